@@ -1,0 +1,99 @@
+"""Input checks: array-likes -> C-contiguous arrays of the Trainer's dtype, or a clear error.
+
+Nothing here changes the model; the Trainer calls these before any work.
+"""
+import numpy as np
+
+
+def _as_numeric(a, name):
+    try:
+        from scipy import sparse
+        if sparse.issparse(a):
+            raise TypeError(f"{name} is a sparse matrix; the Trainer takes dense arrays "
+                            f"(use {name}.toarray())")
+    except ImportError:  # pragma: no cover - scipy is a core dependency
+        pass
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} could not be read as an array: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, int or float); "
+                        f"got dtype {arr.dtype}")
+    return arr
+
+
+def _first_bad(mask):
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def check_X(X, n_features, dtype, name="X"):
+    """X -> (N, n_features) C-contiguous array of `dtype`, finite, N >= 1."""
+    arr = _as_numeric(X, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, {n_features}); "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples); at least 1 sample is needed")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features per sample but the network "
+                         f"takes {n_features} (layers[0]); got shape {arr.shape}")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        where = _first_bad(bad)
+        what = "NaN" if np.isnan(out[where]) else "infinity"
+        extra = ""
+        if arr.dtype.kind != "f" or np.isfinite(arr[where]):
+            extra = (f" after conversion to {np.dtype(dtype).name} "
+                     f"({arr[where]!r} is out of its range)")
+        raise ValueError(f"{name} contains {what}{extra} at row {where[0]}, "
+                         f"column {where[1]}; every value must be finite")
+    return out
+
+
+def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
+    """y -> (labels, targets) for the kernels: labels (N,) int64 class indices for
+    cross_entropy (targets empty), or targets (N, K) of `dtype` (labels empty)."""
+    arr = _as_numeric(y, name)
+    if arr.ndim == 2 and loss == "cross_entropy" and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 0 or arr.shape[0] != n_samples:
+        got = "a scalar" if arr.ndim == 0 else f"{arr.shape[0]} rows"
+        raise ValueError(f"{name} has {got} but X has {n_samples} samples; they must match")
+    no_labels = np.empty(0, dtype=np.int64)
+    if loss == "cross_entropy":
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array of integer class labels in "
+                             f"[0, {n_outputs}) for loss='cross_entropy'; got shape {arr.shape}")
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr) | (arr != np.round(arr))
+            if bad.any():
+                i = _first_bad(bad)[0]
+                raise ValueError(f"{name} must hold integer class labels for "
+                                 f"loss='cross_entropy'; got {arr[i]!r} at row {i}")
+        bad = (arr < 0) | (arr >= n_outputs)
+        if bad.any():
+            i = _first_bad(bad)[0]
+            raise ValueError(f"{name} holds class label {arr[i]!r} at row {i}; labels must be "
+                             f"integers in [0, {n_outputs}) (layers[-1] = {n_outputs} classes)")
+        return arr.astype(np.int64), np.empty((0, n_outputs), dtype=dtype)
+
+    if arr.ndim == 1 and n_outputs == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != n_outputs:
+        raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) for loss={loss!r}"
+                         f" (a 1-D array is allowed for one output); got shape {arr.shape}")
+    targets = np.ascontiguousarray(arr, dtype=dtype)
+    bad = ~np.isfinite(targets)
+    if bad.any():
+        r, c = _first_bad(bad)
+        raise ValueError(f"{name} contains a non-finite value ({targets[r, c]!r}) at row {r}, "
+                         f"column {c}; every target must be finite")
+    if loss == "binary_cross_entropy":
+        bad = (targets < 0) | (targets > 1)
+        if bad.any():
+            r, c = _first_bad(bad)
+            raise ValueError(f"{name} holds {targets[r, c]!r} at row {r}, column {c}; targets "
+                             f"for loss='binary_cross_entropy' must lie in [0, 1]")
+    return no_labels, targets

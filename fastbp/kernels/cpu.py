@@ -1,0 +1,180 @@
+"""The CPU epoch, loss-and-gradient and predict kernels, serial and multi-threaded.
+
+Each body below is plain Python over arrays and scalars, compiled twice at import (as umap
+does): once serial (``prange`` runs as ``range``) for target "cpu" and once with
+``parallel=True`` for target "parallel". Parallelism is over chunks of the minibatch:
+chunk c computes the gradient of its rows into its own slab ``gslab[c]``; the slabs are then
+summed in a fixed order. No thread writes where another does, so results are reproducible
+for a given thread count (chunk count), and equal to the serial ones to rounding.
+
+Extra sizes (see ops.py for the rest):
+    C     number of chunks (1 for "cpu", the thread count for "parallel")
+    W     workspace length per chunk (activations, pre-activations, deltas)
+    N     rows of X
+    S     optimizer steps in the epoch, ceil(N / batch_size)
+    G     number of fixed blocks the flat buffers are cut into for reductions and updates
+"""
+import types
+
+import numpy as np
+from numba import njit, prange
+
+from .ops import FASTMATH, forward, forward_backward, matrix
+from .optim import H_CLIP, update_segment
+
+
+def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_size,
+                 sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off,
+                 opt_code, hyper, step, block_lo, block_hi, block_layer, block_sq, norms):
+    """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,).
+
+    params (P,) and the optimizer state m, v (P,) are updated in place; gslab (C, P) holds
+    the gradient (gslab[0] after each step); work (C, W); block_* (G,) cut the flat buffers
+    into blocks that never straddle a layer (block_layer: l for W_l, L + l for b_l);
+    block_sq (G,) is scratch; norms (S, L + 1) receives, per step, the L2 norm of each
+    weight gradient and the global norm of the whole gradient (before clipping).
+    `step` counts optimizer steps taken before this epoch.
+    Returns (sum of the rows' losses, correct predictions, step after the epoch).
+    """
+    n = order.shape[0]
+    n_chunks = gslab.shape[0]
+    L = sizes.shape[0] - 1
+    n_blocks = block_lo.shape[0]
+    one = params.dtype.type(1)
+    clip_norm = hyper[H_CLIP]
+    chunk_loss = np.zeros(n_chunks)
+    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
+    layer_sq = np.zeros(L)
+    loss_total = 0.0
+    correct_total = 0
+    n_steps = (n + batch_size - 1) // batch_size
+    for s in range(n_steps):
+        lo = s * batch_size
+        hi = min(lo + batch_size, n)
+        inv_count = one / params.dtype.type(hi - lo)
+        per_chunk = (hi - lo + n_chunks - 1) // n_chunks
+        for c in prange(n_chunks):
+            clo = min(lo + c * per_chunk, hi)
+            chi = min(clo + per_chunk, hi)
+            if chi > clo:
+                ls, nc = forward_backward(params, gslab[c], work[c], X, order[clo:chi],
+                                          labels, targets, sizes, w_off, b_off, act,
+                                          loss_code, a_off, z_off, d_off, inv_count, True)
+                chunk_loss[c] = ls
+                chunk_correct[c] = nc
+            else:
+                gslab[c, :] = 0
+                chunk_loss[c] = 0.0
+                chunk_correct[c] = 0
+        for c in range(n_chunks):
+            loss_total += chunk_loss[c]
+            correct_total += chunk_correct[c]
+
+        # Sum the chunk slabs into gslab[0], block by block, with each block's sum of squares.
+        grads = gslab[0]
+        for k in prange(n_blocks):
+            acc = params.dtype.type(0)
+            for i in range(block_lo[k], block_hi[k]):
+                g = grads[i]
+                for c in range(1, n_chunks):
+                    g += gslab[c, i]
+                grads[i] = g
+                acc += g * g
+            block_sq[k] = acc
+        layer_sq[:] = 0.0
+        total_sq = 0.0
+        for k in range(n_blocks):                     # fixed order: reproducible
+            total_sq += block_sq[k]
+            if block_layer[k] < L:
+                layer_sq[block_layer[k]] += block_sq[k]
+        total_norm = np.sqrt(total_sq)
+        for l in range(L):
+            norms[s, l] = np.sqrt(layer_sq[l])
+        norms[s, L] = total_norm
+
+        clip = 1.0                                    # torch.nn.utils.clip_grad_norm_
+        if clip_norm > 0.0:
+            coef = clip_norm / (total_norm + 1e-6)
+            if coef < 1.0:
+                clip = coef
+        step += 1
+        for k in prange(n_blocks):
+            update_segment(params, grads, m, v, block_lo[k], block_hi[k], opt_code, hyper,
+                           step, block_layer[k] < L, params.dtype.type(clip))
+    return loss_total, correct_total, step
+
+
+def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
+               sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off, want_grad):
+    """Mean loss over the rows `order` (N,) of X as one batch, and its gradient.
+
+    Rows are processed block_rows at a time so the workspace work (C, W) stays small; chunk c
+    accumulates its blocks' gradients into acc[c] (gslab (C, P) is per-block scratch), and
+    acc[1:] is then added into acc[0] in a fixed order: acc[0] is the gradient of the mean
+    loss. Returns (sum of the rows' losses, correct predictions).
+    """
+    n = order.shape[0]
+    n_chunks = gslab.shape[0]
+    n_params = params.shape[0]
+    inv_count = params.dtype.type(1) / params.dtype.type(n)
+    per_chunk = (n + n_chunks - 1) // n_chunks
+    chunk_loss = np.zeros(n_chunks)
+    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        clo = min(c * per_chunk, n)
+        chi = min(clo + per_chunk, n)
+        if want_grad:
+            acc[c, :] = 0
+        ls = 0.0
+        nc = 0
+        for blo in range(clo, chi, block_rows):
+            bhi = min(blo + block_rows, chi)
+            bl, bc = forward_backward(params, gslab[c], work[c], X, order[blo:bhi], labels,
+                                      targets, sizes, w_off, b_off, act, loss_code, a_off,
+                                      z_off, d_off, inv_count, want_grad)
+            ls += bl
+            nc += bc
+            if want_grad:
+                for i in range(n_params):
+                    acc[c, i] += gslab[c, i]
+        chunk_loss[c] = ls
+        chunk_correct[c] = nc
+    if want_grad:
+        for c in range(1, n_chunks):
+            for i in range(n_params):
+                acc[0, i] += acc[c, i]
+    return chunk_loss.sum(), chunk_correct.sum()
+
+
+def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, loss_code,
+             a_off, z_off):
+    """out (N, K) = output activation of the network for X (N, n_0), block_rows rows at a
+    time; chunk c of work (C, W) handles blocks c, c + C, c + 2C, ..."""
+    n = X.shape[0]
+    n_chunks = work.shape[0]
+    n_row_blocks = (n + block_rows - 1) // block_rows
+    for c in prange(n_chunks):
+        for blk in range(c, n_row_blocks, n_chunks):
+            lo = blk * block_rows
+            hi = min(lo + block_rows, n)
+            P = forward(params, work[c], X[lo:hi], sizes, w_off, b_off, act, loss_code,
+                        a_off, z_off)
+            out[lo:hi, :] = P
+
+
+def _compile(body, name, parallel):
+    """njit a copy of `body` under its own name, so the serial and parallel variants have
+    separate on-disk cache entries."""
+    fn = types.FunctionType(body.__code__, body.__globals__, name, body.__defaults__,
+                            body.__closure__)
+    fn.__qualname__ = name
+    fn.__doc__ = body.__doc__
+    return njit(cache=True, parallel=parallel, fastmath=FASTMATH)(fn)
+
+
+train_epoch_serial = _compile(_train_epoch, "train_epoch_serial", False)
+train_epoch_parallel = _compile(_train_epoch, "train_epoch_parallel", True)
+loss_grad_serial = _compile(_loss_grad, "loss_grad_serial", False)
+loss_grad_parallel = _compile(_loss_grad, "loss_grad_parallel", True)
+predict_serial = _compile(_predict, "predict_serial", False)
+predict_parallel = _compile(_predict, "predict_parallel", True)

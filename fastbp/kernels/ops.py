@@ -1,0 +1,315 @@
+"""Compiled building blocks of one training step, as mirrored forward/backward pairs.
+
+Size legend (every function below uses it):
+    B     rows in the (chunk of the) minibatch
+    n_in  fan-in of a layer, n_out its fan-out (W has shape (n_in, n_out), C order)
+    K     number of outputs of the network
+    L     number of layers (weight matrices)
+    P     number of parameters (length of the flat buffers)
+
+All functions are serial and pure: they read and write only the arrays they are given.
+Scalar constants are built with ``dtype.type(...)`` so a float32 run stays float32.
+The fast-math flags leave out ``nnan`` and ``ninf`` so NaN/inf still propagate.
+"""
+import numpy as np
+from numba import njit
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Activation codes (hidden layers); fastbp/config.py maps the public names to these.
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
+# Loss codes; each fixes the output activation it is fused with.
+CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MSE = 0, 1, 2
+
+LEAKY_SLOPE = 0.01
+GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+GELU_K = 0.044715
+
+jit = njit(cache=True, fastmath=FASTMATH)
+
+
+@jit
+def matrix(buf, off, rows, cols):
+    """View buf[off : off + rows*cols] as a (rows, cols) C-order matrix."""
+    return buf[off:off + rows * cols].reshape((rows, cols))
+
+
+@jit
+def layer_weight(flat, w_off, sizes, l):
+    """W_l (n_in, n_out) as a view of a flat buffer (params, grads or optimizer state)."""
+    return matrix(flat, w_off[l], sizes[l], sizes[l + 1])
+
+
+@jit
+def layer_bias(flat, b_off, sizes, l):
+    """b_l (n_out,) as a view of a flat buffer."""
+    return flat[b_off[l]:b_off[l] + sizes[l + 1]]
+
+
+# --------------------------------------------------------------------------- linear
+
+@jit
+def linear_forward(Z, A, W, b):
+    """Z (B, n_out) = A (B, n_in) @ W (n_in, n_out) + b (n_out,)."""
+    np.dot(A, W, Z)
+    B, n_out = Z.shape
+    for r in range(B):
+        for j in range(n_out):
+            Z[r, j] += b[j]
+
+
+@jit
+def linear_backward(dA, dW, db, dZ, A, W, need_dA):
+    """dW (n_in, n_out) = A^T dZ; db (n_out,) = column sums of dZ (B, n_out);
+    dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False)."""
+    np.dot(A.T, dZ, dW)
+    B, n_out = dZ.shape
+    db[:] = 0
+    for r in range(B):
+        for j in range(n_out):
+            db[j] += dZ[r, j]
+    if need_dA:
+        np.dot(dZ, W.T, dA)
+
+
+# -------------------------------------------------------------------- activations
+
+@jit
+def activation_forward(A, Z, code):
+    """A (B, n) = act(Z (B, n)) for a hidden layer."""
+    B, n = Z.shape
+    zero = Z.dtype.type(0)
+    one = Z.dtype.type(1)
+    half = Z.dtype.type(0.5)
+    slope = Z.dtype.type(LEAKY_SLOPE)
+    c = Z.dtype.type(GELU_C)
+    k = Z.dtype.type(GELU_K)
+    if code == IDENTITY:
+        A[:, :] = Z
+    elif code == RELU:
+        for r in range(B):
+            for j in range(n):
+                z = Z[r, j]
+                A[r, j] = zero if z < zero else z  # NaN passes through
+    elif code == LEAKY_RELU:
+        for r in range(B):
+            for j in range(n):
+                z = Z[r, j]
+                A[r, j] = slope * z if z < zero else z
+    elif code == TANH:
+        for r in range(B):
+            for j in range(n):
+                A[r, j] = np.tanh(Z[r, j])
+    elif code == SIGMOID:
+        for r in range(B):
+            for j in range(n):
+                A[r, j] = stable_sigmoid(Z[r, j], one)
+    elif code == GELU:
+        for r in range(B):
+            for j in range(n):
+                z = Z[r, j]
+                A[r, j] = half * z * (one + np.tanh(c * (z + k * z * z * z)))
+
+
+@jit
+def activation_backward(dA, Z, A, code):
+    """In place: dA (B, n) <- dA * act'(Z), the derivative taken from A = act(Z) where it can
+    be (relu, leaky_relu, tanh, sigmoid) and from Z for gelu."""
+    B, n = dA.shape
+    zero = Z.dtype.type(0)
+    one = Z.dtype.type(1)
+    half = Z.dtype.type(0.5)
+    three = Z.dtype.type(3)
+    slope = Z.dtype.type(LEAKY_SLOPE)
+    c = Z.dtype.type(GELU_C)
+    k = Z.dtype.type(GELU_K)
+    if code == IDENTITY:
+        return
+    elif code == RELU:
+        for r in range(B):
+            for j in range(n):
+                if not (A[r, j] > zero):
+                    dA[r, j] = zero
+    elif code == LEAKY_RELU:
+        for r in range(B):
+            for j in range(n):
+                if not (Z[r, j] > zero):
+                    dA[r, j] *= slope
+    elif code == TANH:
+        for r in range(B):
+            for j in range(n):
+                a = A[r, j]
+                dA[r, j] *= one - a * a
+    elif code == SIGMOID:
+        for r in range(B):
+            for j in range(n):
+                a = A[r, j]
+                dA[r, j] *= a * (one - a)
+    elif code == GELU:
+        for r in range(B):
+            for j in range(n):
+                z = Z[r, j]
+                t = np.tanh(c * (z + k * z * z * z))
+                d = half * (one + t) + half * z * (one - t * t) * c * (one + three * k * z * z)
+                dA[r, j] *= d
+
+
+@jit
+def stable_sigmoid(z, one):
+    """1 / (1 + exp(-z)) without overflow; one is 1 in z's dtype."""
+    if z >= 0:
+        return one / (one + np.exp(-z))
+    e = np.exp(z)
+    return e / (one + e)
+
+
+# ------------------------------------------------------------ loss (fused output)
+
+@jit
+def output_forward(P, Z, loss_code):
+    """P (B, K) = output activation of the logits Z (B, K): softmax (cross_entropy),
+    sigmoid (binary_cross_entropy) or identity (mse)."""
+    B, K = Z.shape
+    if loss_code == CROSS_ENTROPY:
+        for r in range(B):
+            mx = Z[r, 0]
+            for j in range(1, K):
+                if Z[r, j] > mx:
+                    mx = Z[r, j]
+            s = Z.dtype.type(0)
+            for j in range(K):
+                e = np.exp(Z[r, j] - mx)
+                P[r, j] = e
+                s += e
+            inv = Z.dtype.type(1) / s
+            for j in range(K):
+                P[r, j] *= inv
+    elif loss_code == BINARY_CROSS_ENTROPY:
+        one = Z.dtype.type(1)
+        for r in range(B):
+            for j in range(K):
+                P[r, j] = stable_sigmoid(Z[r, j], one)
+    else:
+        P[:, :] = Z
+
+
+@jit
+def loss_forward(P, Z, idx, labels, targets, loss_code):
+    """Sum over the B rows idx of X of each row's loss (mean over outputs for
+    binary_cross_entropy and mse), from logits Z (B, K) and P = output_forward(Z).
+    labels (n,) int64 are class indices (cross_entropy); targets (n, K) the others.
+    Returns (loss_sum, n_correct): correct argmax rows, or correct 0/1 outputs (binary)."""
+    B, K = Z.shape
+    zero = Z.dtype.type(0)
+    one = Z.dtype.type(1)
+    half = Z.dtype.type(0.5)
+    inv_K = one / Z.dtype.type(K)
+    total = zero
+    correct = 0
+    if loss_code == CROSS_ENTROPY:
+        for r in range(B):
+            y = labels[idx[r]]
+            mx = Z[r, 0]
+            arg = 0
+            for j in range(1, K):
+                if Z[r, j] > mx:
+                    mx = Z[r, j]
+                    arg = j
+            s = zero
+            for j in range(K):
+                s += np.exp(Z[r, j] - mx)
+            total += mx + np.log(s) - Z[r, y]   # log-sum-exp minus the true logit
+            if arg == y:
+                correct += 1
+    elif loss_code == BINARY_CROSS_ENTROPY:
+        for r in range(B):
+            row = zero
+            for j in range(K):
+                z = Z[r, j]
+                y = targets[idx[r], j]
+                row += max(z, zero) - z * y + np.log1p(np.exp(-abs(z)))
+                if (z >= zero) == (y >= half):
+                    correct += 1
+            total += row * inv_K
+    else:
+        for r in range(B):
+            row = zero
+            for j in range(K):
+                d = Z[r, j] - targets[idx[r], j]
+                row += d * d
+            total += row * inv_K
+    return total, correct
+
+
+@jit
+def loss_backward(dZ, P, idx, labels, targets, loss_code, inv_count):
+    """dZ (B, K) = d(loss_sum * inv_count)/dZ: the canonical-link delta P - Y, times
+    inv_count (1 / rows of the whole batch) and 1/K (binary_cross_entropy) or 2/K (mse)."""
+    B, K = P.shape
+    if loss_code == CROSS_ENTROPY:
+        for r in range(B):
+            for j in range(K):
+                dZ[r, j] = P[r, j] * inv_count
+            y = labels[idx[r]]
+            dZ[r, y] -= inv_count
+    else:
+        scale = inv_count / P.dtype.type(K)
+        if loss_code == MSE:
+            scale *= P.dtype.type(2)
+        for r in range(B):
+            for j in range(K):
+                dZ[r, j] = (P[r, j] - targets[idx[r], j]) * scale
+
+
+# ------------------------------------------------------------- the whole network
+
+@jit
+def forward(params, work, A0, sizes, w_off, b_off, act, loss_code, a_off, z_off):
+    """A0 (B, n_0) -> work holds Z_l (B, n_{l+1}) and A_{l+1} for every layer l;
+    A_L (B, K) is the output activation. Returns the view of A_L."""
+    B = A0.shape[0]
+    L = sizes.shape[0] - 1
+    A = A0
+    for l in range(L):
+        Z = matrix(work, z_off[l], B, sizes[l + 1])
+        linear_forward(Z, A, layer_weight(params, w_off, sizes, l),
+                       layer_bias(params, b_off, sizes, l))
+        A = matrix(work, a_off[l + 1], B, sizes[l + 1])
+        if l < L - 1:
+            activation_forward(A, Z, act[l])
+        else:
+            output_forward(A, Z, loss_code)
+    return A
+
+
+@jit
+def forward_backward(params, grads, work, X, idx, labels, targets, sizes, w_off, b_off,
+                     act, loss_code, a_off, z_off, d_off, inv_count, want_grad):
+    """Forward, fused loss and backward over the rows idx (B,) of X.
+    grads (P,) <- gradient of (sum of the rows' losses) * inv_count (when want_grad).
+    Returns (loss_sum, n_correct) of those rows."""
+    B = idx.shape[0]
+    L = sizes.shape[0] - 1
+    A0 = matrix(work, a_off[0], B, sizes[0])
+    for r in range(B):                       # gather the (shuffled) rows once
+        A0[r, :] = X[idx[r]]
+    P = forward(params, work, A0, sizes, w_off, b_off, act, loss_code, a_off, z_off)
+    Z = matrix(work, z_off[L - 1], B, sizes[L])
+    loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, loss_code)
+    if not want_grad:
+        return loss_sum, n_correct
+    dZ = matrix(work, d_off[0], B, sizes[L])
+    loss_backward(dZ, P, idx, labels, targets, loss_code, inv_count)
+    for l in range(L - 1, -1, -1):           # the chain rule, output to input
+        A = matrix(work, a_off[l], B, sizes[l])
+        W = layer_weight(params, w_off, sizes, l)
+        dW = layer_weight(grads, w_off, sizes, l)
+        db = layer_bias(grads, b_off, sizes, l)
+        if l > 0:
+            dA = matrix(work, d_off[(L - l) % 2], B, sizes[l])   # ping-pong delta buffers
+            linear_backward(dA, dW, db, dZ, A, W, True)
+            activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, act[l - 1])
+            dZ = dA
+        else:
+            linear_backward(dZ, dW, db, dZ, A, W, False)      # no input gradient
+    return loss_sum, n_correct

@@ -1,0 +1,66 @@
+"""Layer sizes -> offsets into the flat buffers -> NumPy views.
+
+params = [W_0 (n_0, n_1) C order, b_0 (n_1,), W_1, b_1, ...]; grads and every optimizer state
+buffer share this layout. The per-chunk workspace of the kernels is laid out here too.
+"""
+import numpy as np
+
+BLOCK = 16384  # elements per block of the flat buffers in reductions and updates
+
+
+class Layout:
+    """Offsets of every W_l and b_l in a flat buffer for layer sizes (n_0, ..., n_L)."""
+
+    def __init__(self, sizes):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.n_layers = len(sizes) - 1
+        fan_in, fan_out = self.sizes[:-1], self.sizes[1:]
+        seg = fan_in * fan_out + fan_out                 # W_l then b_l
+        starts = np.concatenate(([0], np.cumsum(seg)[:-1])).astype(np.int64)
+        self.w_off = starts
+        self.b_off = (starts + fan_in * fan_out).astype(np.int64)
+        self.n_params = int(seg.sum())
+
+    def weights(self, flat):
+        """Views W_l (n_l, n_{l+1}) into a flat buffer (writable when it is)."""
+        return [flat[o:o + a * b].reshape(a, b)
+                for o, a, b in zip(self.w_off, self.sizes[:-1], self.sizes[1:])]
+
+    def biases(self, flat):
+        """Views b_l (n_{l+1},) into a flat buffer."""
+        return [flat[o:o + b] for o, b in zip(self.b_off, self.sizes[1:])]
+
+    def blocks(self, block=BLOCK):
+        """Cut the flat buffer into blocks of at most `block` elements that never straddle
+        a W_l or b_l. Returns (lo, hi, layer) int64 arrays; layer is l for a block of W_l
+        and L + l for a block of b_l."""
+        lo, hi, layer = [], [], []
+        L = self.n_layers
+        for l in range(L):
+            w_end = self.b_off[l]
+            b_end = self.b_off[l] + self.sizes[l + 1]
+            for start, end, tag in ((self.w_off[l], w_end, l), (w_end, b_end, L + l)):
+                for s in range(int(start), int(end), block):
+                    lo.append(s)
+                    hi.append(min(s + block, int(end)))
+                    layer.append(tag)
+        return (np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64),
+                np.array(layer, dtype=np.int64))
+
+    def workspace(self, rows):
+        """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off) and two delta buffers (d_off)
+        for `rows` rows in one chunk's workspace, and its total length."""
+        sizes = [int(s) for s in self.sizes]
+        widest = max(sizes[1:])
+        pos = 0
+        a_off, z_off = [], []
+        for l, n in enumerate(sizes):
+            a_off.append(pos)
+            pos += rows * n
+            if l < self.n_layers:
+                z_off.append(pos)
+                pos += rows * sizes[l + 1]
+        d_off = [pos, pos + rows * widest]
+        pos += 2 * rows * widest
+        as_int = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
+        return as_int(a_off), as_int(z_off), as_int(d_off), pos

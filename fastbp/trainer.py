@@ -1,0 +1,372 @@
+"""The Trainer: validates, allocates the flat buffers, calls one compiled kernel per epoch,
+records history. All numerical work happens in fastbp.kernels."""
+import contextlib
+import time
+
+import numba
+import numpy as np
+
+from . import config as _config
+from .data import check_X, check_y
+from .initializers import init_params
+from .kernels import get_kernels
+from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
+    H_LR, H_MOMENTUM, H_NESTEROV
+from .layout import Layout
+
+EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
+
+_blas = None
+
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, used by the kernels)."""
+    global _blas
+    if _blas is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (make sure the kernels' BLAS is loaded)
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController()
+    return _blas
+
+
+class Trainer:
+    """A multi-layer perceptron and its optimizer over flat buffers.
+
+    Parameters
+    ----------
+    layers : sequence of int
+        Layer sizes (n_inputs, hidden..., n_outputs).
+    activation : str or sequence of str
+        Hidden activation(s): 'relu', 'leaky_relu', 'tanh', 'sigmoid' (or 'logistic'),
+        'gelu', 'identity'. One name for all hidden layers or one per hidden layer.
+    loss : {'cross_entropy', 'binary_cross_entropy', 'mse'}
+        Fixes the output activation: softmax, sigmoid or identity.
+    optimizer : {'sgd', 'adam', 'adamw', 'rmsprop'}
+        PyTorch's update rules; `momentum`, `nesterov` (sgd, rmsprop momentum), `betas`,
+        `eps` (adam, adamw, rmsprop), `alpha` (rmsprop), `weight_decay` (decoupled for adamw).
+    lr, batch_size, epochs, clip_norm, init, shuffle, seed
+        Learning rate; minibatch rows; default epochs of `fit`; global gradient-norm clip
+        (None = off); 'auto' | 'he' | 'glorot'; reshuffle rows every epoch; int or None.
+    target : {'cpu', 'parallel'}
+        One core (bit-for-bit reproducible) or all cores (reproducible per thread count).
+    dtype : {'float32', 'float64'}
+    n_threads : int or None
+        Threads for target='parallel' (None: Numba's default, all cores).
+    """
+
+    def __init__(self, layers, activation="relu", loss="cross_entropy", optimizer="adam",
+                 lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
+                 betas=(0.9, 0.999), eps=1e-8, alpha=0.99, weight_decay=0.0, clip_norm=None,
+                 init="auto", shuffle=True, target="cpu", dtype="float32", seed=None,
+                 n_threads=None):
+        cfg = _config.validate(
+            layers, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
+            batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
+            betas=betas, eps=eps, alpha=alpha, weight_decay=weight_decay, clip_norm=clip_norm,
+            init=init, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
+            n_threads=n_threads)
+        if cfg["n_threads"] is not None and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"n_threads={cfg['n_threads']} is not allowed: at most "
+                             f"{numba.config.NUMBA_NUM_THREADS} threads are available")
+        self._cfg = cfg
+        self._layout = Layout(cfg["layers"])
+        self._dtype = np.dtype(cfg["dtype"])
+        self._act = np.array([_config.ACTIVATIONS[a] for a in _config.hidden_activations(cfg)],
+                             dtype=np.int64)
+        self._loss_code = _config.LOSSES[cfg["loss"]]
+        self._opt_code = _config.OPTIMIZERS[cfg["optimizer"]]
+        self._hyper = np.zeros(N_HYPER)
+        self._hyper[[H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP,
+                     H_ALPHA]] = [cfg["lr"], cfg["momentum"], float(cfg["nesterov"]),
+                                  cfg["betas"][0], cfg["betas"][1], cfg["eps"],
+                                  cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"]]
+        self._kernels = get_kernels(cfg["target"])
+        P = self._layout.n_params
+        self._params = np.zeros(P, dtype=self._dtype)
+        opt, mom = cfg["optimizer"], cfg["momentum"] > 0
+        needs_m = opt in ("adam", "adamw") or mom
+        needs_v = opt in ("adam", "adamw", "rmsprop")
+        self._m = np.zeros(P if needs_m else 0, dtype=self._dtype)
+        self._v = np.zeros(P if needs_v else 0, dtype=self._dtype)
+        self._weights = self._layout.weights(self._params)
+        self._biases = self._layout.biases(self._params)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self):
+        """Re-initialise the parameters (from `seed`), the optimizer state, the shuffling
+        generator and the history."""
+        seed_seq = np.random.SeedSequence(self._cfg["seed"])
+        init_ss, shuffle_ss = seed_seq.spawn(2)
+        init_params(self._params, self._layout, _config.hidden_activations(self._cfg),
+                    self._cfg["init"], np.random.default_rng(init_ss))
+        self._rng = np.random.default_rng(shuffle_ss)
+        self._m[:] = 0
+        self._v[:] = 0
+        self._step = 0
+        self.history = {}
+        return self
+
+    @property
+    def config(self):
+        """The validated constructor arguments (a copy)."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._cfg.items()}
+
+    @property
+    def layers(self):
+        return list(self._cfg["layers"])
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def n_params(self):
+        return self._layout.n_params
+
+    @property
+    def params(self):
+        """The flat parameter buffer (a writable array; W_0, b_0, W_1, b_1, ...)."""
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        arr = np.asarray(value)
+        if arr.shape != self._params.shape or arr.dtype.kind not in "biuf":
+            raise ValueError(f"params must be a real array of shape {self._params.shape}; "
+                             f"got {arr.dtype} of shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError("params must be finite; got NaN or infinity")
+        self._params[:] = arr
+
+    @property
+    def weights(self):
+        """W_l (n_l, n_{l+1}) as writable views into `params`."""
+        return list(self._weights)
+
+    @property
+    def biases(self):
+        """b_l (n_{l+1},) as writable views into `params`."""
+        return list(self._biases)
+
+    @property
+    def step(self):
+        """Optimizer steps taken so far."""
+        return self._step
+
+    @property
+    def epochs_done(self):
+        return len(self.history.get("loss", []))
+
+    # --------------------------------------------------------------- helpers
+
+    def _check_data(self, X, y, names=("X", "y")):
+        Xc = check_X(X, self._cfg["layers"][0], self._dtype, names[0])
+        labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
+                                  self._dtype, names[1])
+        return Xc, labels, targets
+
+    def _n_chunks(self):
+        if self._cfg["target"] == "cpu":
+            return 1
+        return self._cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS
+
+    @contextlib.contextmanager
+    def _compute(self):
+        """Kernels run with single-threaded BLAS (parallelism is over batch chunks) and,
+        for target='parallel', Numba's thread count set to the chunk count."""
+        previous = numba.get_num_threads()
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            if self._cfg["target"] == "parallel":
+                numba.set_num_threads(self._n_chunks())
+            try:
+                yield
+            finally:
+                numba.set_num_threads(previous)
+
+    def _workspace(self, rows, n_chunks):
+        a_off, z_off, d_off, size = self._layout.workspace(rows)
+        return np.empty((n_chunks, size), dtype=self._dtype), a_off, z_off, d_off
+
+    def _loss_grad(self, X, labels, targets, want_grad):
+        C = self._n_chunks()
+        rows = min(EVAL_ROWS, -(-X.shape[0] // C))
+        work, a_off, z_off, d_off = self._workspace(rows, C)
+        P = self._layout.n_params if want_grad else 0
+        gslab = np.empty((C, P), dtype=self._dtype)
+        acc = np.empty((C, P), dtype=self._dtype)
+        order = np.arange(X.shape[0], dtype=np.int64)
+        lay = self._layout
+        with self._compute():
+            loss_sum, correct = self._kernels.loss_grad(
+                self._params, gslab, acc, work, X, labels, targets, order, rows, lay.sizes,
+                lay.w_off, lay.b_off, self._act, self._loss_code, a_off, z_off, d_off,
+                want_grad)
+        return loss_sum / X.shape[0], correct, (acc[0].copy() if want_grad else None)
+
+    def _accuracy(self, correct, n):
+        loss = self._cfg["loss"]
+        if loss == "mse":
+            return None
+        return correct / (n if loss == "cross_entropy" else n * self._cfg["layers"][-1])
+
+    # ------------------------------------------------------------- public API
+
+    def fit(self, X, y, validation_data=None, *, epochs=None, shuffle=None, callbacks=None,
+            progress=None):
+        """Train for `epochs` (default: the constructor's) more epochs from the current
+        parameters and optimizer state. Returns `history`.
+
+        validation_data: (X_val, y_val), evaluated after every epoch (val_loss,
+        val_accuracy). callbacks: callables `callback(trainer, epoch, logs)` called after every
+        epoch; one returning True stops training. progress: None shows a tqdm bar over epochs
+        when stderr is a terminal; True/False force it on/off.
+        """
+        Xc, labels, targets = self._check_data(X, y)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val); got "
+                                f"{type(validation_data).__name__}")
+            val = self._check_data(*validation_data, names=("validation_data[0]",
+                                                            "validation_data[1]"))
+        if epochs is None:
+            epochs = self._cfg["epochs"]
+        epochs = _config._int("epochs", epochs, 0, "an integer >= 0")
+        shuffle = self._cfg["shuffle"] if shuffle is None else _config._bool("shuffle", shuffle)
+        if callbacks is None:
+            callbacks = []
+        elif callable(callbacks):
+            callbacks = [callbacks]
+        callbacks = list(callbacks)
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables callback(trainer, epoch, logs);"
+                                f" got {cb!r}")
+        if progress is not None:
+            progress = _config._bool("progress", progress)
+
+        n = Xc.shape[0]
+        lay = self._layout
+        L = lay.n_layers
+        B = self._cfg["batch_size"]
+        C = self._n_chunks()
+        work, a_off, z_off, d_off = self._workspace(-(-min(B, n) // C), C)
+        gslab = np.zeros((C, lay.n_params), dtype=self._dtype)
+        block_lo, block_hi, block_layer = lay.blocks()
+        block_sq = np.empty(block_lo.shape[0])
+        norms = np.empty((-(-n // B), L + 1))
+        natural = np.arange(n, dtype=np.int64)
+
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
+                   leave=True, dynamic_ncols=True)
+        try:
+            with self._compute():
+                for _ in range(epochs):
+                    order = self._rng.permutation(n) if shuffle else natural
+                    t0 = time.perf_counter()
+                    loss_sum, correct, self._step = self._kernels.train_epoch(
+                        self._params, gslab, self._m, self._v, work, Xc, labels, targets,
+                        order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
+                        self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
+                        self._step, block_lo, block_hi, block_layer, block_sq, norms)
+                    seconds = time.perf_counter() - t0
+                    logs = {"loss": loss_sum / n}
+                    acc = self._accuracy(correct, n)
+                    if acc is not None:
+                        logs["accuracy"] = acc
+                    logs["grad_norm"] = float(norms[:, L].mean())
+                    logs["layer_grad_norms"] = norms[:, :L].mean(axis=0).tolist()
+                    logs["time"] = seconds
+                    if val is not None:
+                        vloss, vcorrect, _ = self._loss_grad(*val, want_grad=False)
+                        logs["val_loss"] = vloss
+                        vacc = self._accuracy(vcorrect, val[0].shape[0])
+                        if vacc is not None:
+                            logs["val_accuracy"] = vacc
+                    for key, value in logs.items():
+                        self.history.setdefault(key, []).append(value)
+                    epoch = self.epochs_done - 1
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
+                                     if k in ("loss", "val_loss", "val_accuracy")})
+                    stop = False
+                    for cb in callbacks:
+                        stop = bool(cb(self, epoch, dict(logs))) or stop
+                    if stop:
+                        break
+        finally:
+            bar.close()
+        return self.history
+
+    def loss(self, X, y):
+        """Mean loss over (X, y) as one batch at the current parameters."""
+        Xc, labels, targets = self._check_data(X, y)
+        return float(self._loss_grad(Xc, labels, targets, want_grad=False)[0])
+
+    def gradient(self, X, y):
+        """Gradient of `loss(X, y)` with respect to `params` (a flat array, same layout)."""
+        Xc, labels, targets = self._check_data(X, y)
+        return self._loss_grad(Xc, labels, targets, want_grad=True)[2]
+
+    def evaluate(self, X, y):
+        """{'loss': mean loss, 'accuracy': ...} (accuracy for the classification losses:
+        the fraction of correct classes, or of correct 0/1 outputs for binary_cross_entropy)."""
+        Xc, labels, targets = self._check_data(X, y)
+        loss, correct, _ = self._loss_grad(Xc, labels, targets, want_grad=False)
+        out = {"loss": float(loss)}
+        acc = self._accuracy(correct, Xc.shape[0])
+        if acc is not None:
+            out["accuracy"] = float(acc)
+        return out
+
+    def _output(self, X):
+        Xc = check_X(X, self._cfg["layers"][0], self._dtype)
+        C = self._n_chunks()
+        rows = min(EVAL_ROWS, Xc.shape[0])
+        work, a_off, z_off, _ = self._workspace(rows, C)
+        out = np.empty((Xc.shape[0], self._cfg["layers"][-1]), dtype=self._dtype)
+        lay = self._layout
+        with self._compute():
+            self._kernels.predict(self._params, work, Xc, out, rows, lay.sizes, lay.w_off,
+                                  lay.b_off, self._act, self._loss_code, a_off, z_off)
+        return out
+
+    def predict_proba(self, X):
+        """Class probabilities (N, K): softmax (cross_entropy) or sigmoid per output
+        (binary_cross_entropy)."""
+        if self._cfg["loss"] == "mse":
+            raise AttributeError("predict_proba is defined for the classification losses "
+                                 "only; this Trainer has loss='mse' (use predict)")
+        return self._output(X)
+
+    def predict(self, X):
+        """Class indices (N,) for cross_entropy, 0/1 (N, K) for binary_cross_entropy,
+        values (N, K) for mse."""
+        out = self._output(X)
+        loss = self._cfg["loss"]
+        if loss == "cross_entropy":
+            return out.argmax(axis=1)
+        if loss == "binary_cross_entropy":
+            return (out >= 0.5).astype(np.int64)
+        return out
+
+    def save(self, path, *, include_optimizer=True, metadata=None):
+        """Write the model (and by default the optimizer state, step count, shuffling
+        generator and history) to one .npz file, atomically. metadata: JSON-able dict."""
+        from .io import save_trainer
+        save_trainer(self, path, include_optimizer=include_optimizer, metadata=metadata)
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by `save`; a damaged or foreign file raises ValueError."""
+        from .io import load_trainer
+        return load_trainer(cls, path)
+
+    def __repr__(self):
+        c = self._cfg
+        return (f"Trainer(layers={c['layers']}, activation={c['activation']!r}, "
+                f"loss={c['loss']!r}, optimizer={c['optimizer']!r}, lr={c['lr']}, "
+                f"target={c['target']!r}, dtype={c['dtype']!r})")

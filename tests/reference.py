@@ -1,0 +1,168 @@
+"""A plain-NumPy float64 MLP: forward, loss, backward and PyTorch's optimizers.
+
+Short and obviously correct, independent of fastbp's kernels; it is the oracle of the tests
+and is itself checked against central finite differences (tests/test_reference.py).
+Weights W[l] have shape (fan_in, fan_out); params are lists [W_0, ..., W_{L-1}], [b_0, ...].
+"""
+import numpy as np
+
+GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _gelu(z):
+    return 0.5 * z * (1.0 + np.tanh(GELU_C * (z + 0.044715 * z**3)))
+
+
+def _gelu_prime(z):
+    t = np.tanh(GELU_C * (z + 0.044715 * z**3))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t**2) * GELU_C * (1.0 + 3 * 0.044715 * z**2)
+
+
+# name: (f(z), f'(z))
+ACTIVATIONS = {
+    "identity": (lambda z: z, lambda z: np.ones_like(z)),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(float)),
+    "leaky_relu": (lambda z: np.where(z > 0, z, 0.01 * z), lambda z: np.where(z > 0, 1.0, 0.01)),
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "sigmoid": (_sigmoid, lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
+    "gelu": (_gelu, _gelu_prime),
+}
+ACTIVATIONS["logistic"] = ACTIVATIONS["sigmoid"]
+
+
+def loss_and_delta(Z, y, loss):
+    """Mean loss of logits Z (n, K) against y, and dLoss/dZ."""
+    n, K = Z.shape
+    if loss == "cross_entropy":
+        m = Z.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(Z - m).sum(axis=1))
+        rows = np.arange(n)
+        value = np.mean(lse - Z[rows, y])
+        P = np.exp(Z - lse[:, None])
+        P[rows, y] -= 1.0
+        return value, P / n
+    y = np.asarray(y, dtype=float).reshape(n, K)
+    if loss == "binary_cross_entropy":
+        value = np.mean(np.maximum(Z, 0) - Z * y + np.log1p(np.exp(-np.abs(Z))))
+        return value, (_sigmoid(Z) - y) / (n * K)
+    if loss == "mse":
+        return np.mean((Z - y) ** 2), 2.0 * (Z - y) / (n * K)
+    raise ValueError(loss)
+
+
+def forward(Ws, bs, X, acts):
+    """Pre-activations Z_l and activations A_l (A_0 = X; the last Z is the logits)."""
+    A, Zs, As = X, [], [X]
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        Z = A @ W + b
+        Zs.append(Z)
+        if l < len(Ws) - 1:
+            A = ACTIVATIONS[acts[l]][0](Z)
+            As.append(A)
+    return Zs, As
+
+
+def loss_and_grad(Ws, bs, X, y, acts, loss):
+    """Mean loss over (X, y) and its gradient (dWs, dbs), by the chain rule."""
+    Zs, As = forward(Ws, bs, X, acts)
+    value, dZ = loss_and_delta(Zs[-1], y, loss)
+    dWs, dbs = [None] * len(Ws), [None] * len(Ws)
+    for l in range(len(Ws) - 1, -1, -1):
+        dWs[l] = As[l].T @ dZ
+        dbs[l] = dZ.sum(axis=0)
+        if l > 0:
+            dZ = (dZ @ Ws[l].T) * ACTIVATIONS[acts[l - 1]][1](Zs[l - 1])
+    return value, dWs, dbs
+
+
+def output(Ws, bs, X, acts, loss):
+    """Output activation: softmax, sigmoid or identity of the logits."""
+    Z = forward(Ws, bs, X, acts)[0][-1]
+    if loss == "cross_entropy":
+        e = np.exp(Z - Z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return _sigmoid(Z) if loss == "binary_cross_entropy" else Z
+
+
+def flatten(Ws, bs):
+    """Lists of W_l, b_l -> fastbp's flat layout [W_0, b_0, W_1, b_1, ...]."""
+    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in zip(Ws, bs)])
+
+
+def unflatten(flat, sizes):
+    Ws, bs, o = [], [], 0
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        Ws.append(flat[o:o + a * b].reshape(a, b).astype(float))
+        o += a * b
+        bs.append(flat[o:o + b].astype(float))
+        o += b
+    return Ws, bs
+
+
+class Optimizer:
+    """torch.optim.{SGD, Adam, AdamW, RMSprop} (foreach=False), written out per tensor,
+    plus torch.nn.utils.clip_grad_norm_ before the step. Weight decay on weights only."""
+
+    def __init__(self, name, lr, momentum=0.0, nesterov=False, betas=(0.9, 0.999), eps=1e-8,
+                 alpha=0.99, weight_decay=0.0, clip_norm=None):
+        self.__dict__.update(name=name, lr=lr, momentum=momentum, nesterov=nesterov,
+                             betas=betas, eps=eps, alpha=alpha, wd=weight_decay,
+                             clip_norm=clip_norm)
+        self.t = 0
+        self.state = {}
+
+    def step(self, tensors, grads, is_weight):
+        if self.clip_norm is not None:
+            total = np.sqrt(sum(np.sum(g * g) for g in grads))
+            coef = self.clip_norm / (total + 1e-6)
+            if coef < 1.0:
+                grads = [g * coef for g in grads]
+        self.t += 1
+        for i, (p, g, w) in enumerate(zip(tensors, grads, is_weight)):
+            wd = self.wd if w else 0.0
+            s = self.state.setdefault(i, {})
+            if self.name == "sgd":
+                g = g + wd * p
+                if self.momentum:
+                    buf = s["buf"] = g.copy() if "buf" not in s else self.momentum * s["buf"] + g
+                    g = g + self.momentum * buf if self.nesterov else buf
+                p -= self.lr * g
+            elif self.name in ("adam", "adamw"):
+                if self.name == "adamw":
+                    p *= 1.0 - self.lr * wd
+                else:
+                    g = g + wd * p
+                b1, b2 = self.betas
+                s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+                s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+                bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+                denom = np.sqrt(s["v"]) / np.sqrt(bc2) + self.eps
+                p -= (self.lr / bc1) * s["m"] / denom
+            elif self.name == "rmsprop":
+                g = g + wd * p
+                s["v"] = self.alpha * s.get("v", 0.0) + (1 - self.alpha) * g * g
+                step = g / (np.sqrt(s["v"]) + self.eps)
+                if self.momentum:
+                    step = s["buf"] = self.momentum * s.get("buf", 0.0) + step
+                p -= self.lr * step
+            else:
+                raise ValueError(self.name)
+
+
+def train(Ws, bs, X, y, acts, loss, opt, batch_size, epochs):
+    """Minibatch training with rows in order (shuffle=False); updates Ws, bs in place and
+    returns the mean training loss of each epoch."""
+    n, history = X.shape[0], []
+    for _ in range(epochs):
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            Xb, yb = X[lo:lo + batch_size], y[lo:lo + batch_size]
+            value, dWs, dbs = loss_and_grad(Ws, bs, Xb, yb, acts, loss)
+            total += value * Xb.shape[0]
+            opt.step(Ws + bs, dWs + dbs, [True] * len(Ws) + [False] * len(bs))
+        history.append(total / n)
+    return history

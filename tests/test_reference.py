@@ -1,0 +1,80 @@
+"""The reference itself, against central finite differences (and PyTorch when installed)."""
+import numpy as np
+import pytest
+
+from conftest import ACTIVATIONS, LOSSES, make_data
+import reference as ref
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_reference_gradient_matches_finite_differences(act, loss):
+    sizes = [5, 4, 3, 3]
+    X, y = make_data(loss, sizes[0], sizes[-1], n=7, seed=1)
+    rng = np.random.default_rng(2)
+    Ws = [rng.normal(size=(a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    bs = [rng.normal(size=b) * 0.1 for b in sizes[1:]]
+    acts = [act, act]
+    _, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, acts, loss)
+    analytic = ref.flatten(dWs, dbs)
+    flat = ref.flatten(Ws, bs)
+    h = 1e-6
+    numeric = np.empty_like(flat)
+    for i in range(flat.size):
+        plus, minus = flat.copy(), flat.copy()
+        plus[i] += h
+        minus[i] -= h
+        fp = ref.loss_and_grad(*ref.unflatten(plus, sizes), X, y, acts, loss)[0]
+        fm = ref.loss_and_grad(*ref.unflatten(minus, sizes), X, y, acts, loss)[0]
+        numeric[i] = (fp - fm) / (2 * h)
+    # relu/leaky_relu kinks are measure-zero for random inputs; tolerance covers O(h^2) error
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_reference_losses_match_their_definitions():
+    Z = np.array([[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]])
+    p = np.exp(Z) / np.exp(Z).sum(1, keepdims=True)
+    ce, _ = ref.loss_and_delta(Z, np.array([2, 0]), "cross_entropy")
+    assert ce == pytest.approx(-(np.log(p[0, 2]) + np.log(p[1, 0])) / 2, rel=1e-12)
+    y = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    s = 1 / (1 + np.exp(-Z))
+    bce, _ = ref.loss_and_delta(Z, y, "binary_cross_entropy")
+    assert bce == pytest.approx(np.mean(-(y * np.log(s) + (1 - y) * np.log(1 - s))), rel=1e-12)
+    mse, _ = ref.loss_and_delta(Z, y, "mse")
+    assert mse == pytest.approx(np.mean((Z - y) ** 2), rel=1e-12)
+
+
+OPTIMIZER_CASES = [
+    ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict(momentum=0.5)),
+    ("adam", dict(weight_decay=0.01)),
+    ("adamw", dict(weight_decay=0.1)),
+    ("rmsprop", dict(momentum=0.5, weight_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("name,kw", OPTIMIZER_CASES)
+def test_reference_optimizers_match_pytorch(name, kw):
+    """Our written-out optimizers against torch.optim itself (skipped without torch, which
+    is not a dependency; `pip install torch==2.13.0` enables it)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    W, b = rng.normal(size=(4, 3)), rng.normal(size=3)
+    grads = [(rng.normal(size=(4, 3)), rng.normal(size=3)) for _ in range(5)]
+    ours = ref.Optimizer(name, lr=0.05, clip_norm=1.0, **kw)
+    Wr, br = W.copy(), b.copy()
+    tW = torch.tensor(W, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "rmsprop": torch.optim.RMSprop}[name]
+    decay = kw.get("weight_decay", 0.0)
+    extra = {k: v for k, v in kw.items() if k != "weight_decay"}
+    opt = cls([{"params": [tW], "weight_decay": decay}, {"params": [tb], "weight_decay": 0.0}],
+              lr=0.05, foreach=False, **extra)
+    for gW, gb in grads:
+        ours.step([Wr, br], [gW, gb], [True, False])
+        tW.grad, tb.grad = torch.tensor(gW), torch.tensor(gb)
+        torch.nn.utils.clip_grad_norm_([tW, tb], 1.0)
+        opt.step()
+    np.testing.assert_allclose(Wr, tW.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(br, tb.detach().numpy(), rtol=1e-12, atol=1e-14)
