@@ -38,7 +38,8 @@ def check_X(X, n_features, dtype, name="X"):
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features per sample but the network "
                          f"takes {n_features} (layers[0]); got shape {arr.shape}")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        out = np.ascontiguousarray(arr, dtype=dtype)
     bad = ~np.isfinite(out)
     if bad.any():
         where = _first_bad(bad)
@@ -46,7 +47,7 @@ def check_X(X, n_features, dtype, name="X"):
         extra = ""
         if arr.dtype.kind != "f" or np.isfinite(arr[where]):
             extra = (f" after conversion to {np.dtype(dtype).name} "
-                     f"({arr[where]!r} is out of its range)")
+                     f"({arr[where].item()!r} is out of its range)")
         raise ValueError(f"{name} contains {what}{extra} at row {where[0]}, "
                          f"column {where[1]}; every value must be finite")
     return out
@@ -71,11 +72,11 @@ def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
             if bad.any():
                 i = _first_bad(bad)[0]
                 raise ValueError(f"{name} must hold integer class labels for "
-                                 f"loss='cross_entropy'; got {arr[i]!r} at row {i}")
+                                 f"loss='cross_entropy'; got {arr[i].item()!r} at row {i}")
         bad = (arr < 0) | (arr >= n_outputs)
         if bad.any():
             i = _first_bad(bad)[0]
-            raise ValueError(f"{name} holds class label {arr[i]!r} at row {i}; labels must be "
+            raise ValueError(f"{name} holds class label {arr[i].item()!r} at row {i}; labels must be "
                              f"integers in [0, {n_outputs}) (layers[-1] = {n_outputs} classes)")
         return arr.astype(np.int64), np.empty((0, n_outputs), dtype=dtype)
 
@@ -84,16 +85,17 @@ def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
     if arr.ndim != 2 or arr.shape[1] != n_outputs:
         raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) for loss={loss!r}"
                          f" (a 1-D array is allowed for one output); got shape {arr.shape}")
-    targets = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        targets = np.ascontiguousarray(arr, dtype=dtype)
     bad = ~np.isfinite(targets)
     if bad.any():
         r, c = _first_bad(bad)
-        raise ValueError(f"{name} contains a non-finite value ({targets[r, c]!r}) at row {r}, "
+        raise ValueError(f"{name} contains a non-finite value ({targets[r, c].item()!r}) at row {r}, "
                          f"column {c}; every target must be finite")
     if loss == "binary_cross_entropy":
         bad = (targets < 0) | (targets > 1)
         if bad.any():
             r, c = _first_bad(bad)
-            raise ValueError(f"{name} holds {targets[r, c]!r} at row {r}, column {c}; targets "
+            raise ValueError(f"{name} holds {targets[r, c].item()!r} at row {r}, column {c}; targets "
                              f"for loss='binary_cross_entropy' must lie in [0, 1]")
     return no_labels, targets

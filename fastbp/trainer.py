@@ -90,6 +90,7 @@ class Trainer:
         self._v = np.zeros(P if needs_v else 0, dtype=self._dtype)
         self._weights = self._layout.weights(self._params)
         self._biases = self._layout.biases(self._params)
+        self.metadata = {}   # JSON-able notes saved with the model (e.g. class names)
         self.reset()
 
     # ------------------------------------------------------------------ state

@@ -1,0 +1,165 @@
+"""Model files: one .npz holding the flat params, optionally the optimizer state, and the
+configuration as JSON text with a format version.
+
+Loading never unpickles (allow_pickle=False), checks every field, and answers a damaged or
+foreign file with a ValueError. Writes are atomic: a temporary file, then a rename.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import config as _config
+
+FORMAT = "fastbp-model"
+VERSION = 1
+
+
+def _json_array(obj):
+    return np.array(json.dumps(obj))
+
+
+def save_trainer(trainer, path, *, include_optimizer=True, metadata=None):
+    path = os.fspath(path)
+    try:
+        meta_text = json.dumps(trainer.metadata if metadata is None else metadata)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"metadata must be a JSON-serialisable dict: {e}") from None
+    arrays = {
+        "format": np.array(FORMAT),
+        "version": np.array(VERSION, dtype=np.int64),
+        "config": _json_array(trainer._cfg),
+        "metadata": np.array(meta_text),
+        "params": trainer._params,
+    }
+    if include_optimizer:
+        arrays.update(
+            opt_m=trainer._m, opt_v=trainer._v,
+            opt_step=np.array(trainer._step, dtype=np.int64),
+            rng_state=_json_array(trainer._rng.bit_generator.state),
+            history=_json_array(trainer.history))
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _bad(path, why):
+    return ValueError(f"{path!s} is not a valid fastbp model file: {why}")
+
+
+def _text(files, key, path):
+    arr = files[key]
+    if arr.dtype.kind != "U" or arr.ndim != 0:
+        raise _bad(path, f"field {key!r} must be text")
+    return str(arr)
+
+
+def _json(files, key, path):
+    try:
+        return json.loads(_text(files, key, path))
+    except json.JSONDecodeError as e:
+        raise _bad(path, f"field {key!r} is not valid JSON ({e})") from None
+
+
+def read_model_file(path):
+    """Read and check every field; returns a dict of plain values and arrays."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise _bad(path, "it holds a single array, not an .npz archive")
+        with loaded as npz:
+            files = {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        # pickled objects, truncated archives and non-.npz files all end here
+        raise _bad(path, f"it could not be read as a NumPy .npz archive without pickles ({e})"
+                   ) from None
+    missing = {"format", "version", "config", "params", "metadata"} - set(files)
+    if missing:
+        raise _bad(path, f"missing field(s) {sorted(missing)}")
+    if _text(files, "format", path) != FORMAT:
+        raise _bad(path, f"format is {_text(files, 'format', path)!r}, not {FORMAT!r}")
+    version = files["version"]
+    if version.ndim != 0 or version.dtype.kind not in "iu":
+        raise _bad(path, "field 'version' must be an integer")
+    if int(version) > VERSION:
+        raise _bad(path, f"format version {int(version)} is newer than this fastbp "
+                   f"understands ({VERSION}); upgrade fastbp")
+    cfg = _json(files, "config", path)
+    if not isinstance(cfg, dict) or "layers" not in cfg:
+        raise _bad(path, "field 'config' must be a JSON object with 'layers'")
+    try:
+        layers = cfg.pop("layers")
+        if isinstance(cfg.get("betas"), list):
+            cfg["betas"] = tuple(cfg["betas"])
+        cfg = _config.validate(layers, **cfg)
+    except (TypeError, ValueError) as e:
+        raise _bad(path, f"its configuration is invalid ({e})") from None
+    metadata = _json(files, "metadata", path)
+
+    from .layout import Layout
+    n_params = Layout(cfg["layers"]).n_params
+    dtype = np.dtype(cfg["dtype"])
+
+    def flat(key, allowed):
+        arr = files[key]
+        if arr.dtype != dtype or arr.ndim != 1 or arr.shape[0] not in allowed:
+            raise _bad(path, f"field {key!r} must be a 1-D {dtype} array of length "
+                       f"{' or '.join(map(str, allowed))}; got {arr.dtype} {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise _bad(path, f"field {key!r} holds NaN or infinity")
+        return arr
+
+    out = {"config": cfg, "metadata": metadata, "params": flat("params", (n_params,)),
+           "optimizer": None}
+    if "opt_step" in files:
+        for key in ("opt_m", "opt_v", "rng_state", "history"):
+            if key not in files:
+                raise _bad(path, f"optimizer state is incomplete: missing {key!r}")
+        step = files["opt_step"]
+        if step.ndim != 0 or step.dtype.kind not in "iu" or int(step) < 0:
+            raise _bad(path, "field 'opt_step' must be an integer >= 0")
+        history = _json(files, "history", path)
+        if not isinstance(history, dict):
+            raise _bad(path, "field 'history' must be a JSON object")
+        out["optimizer"] = {"m": flat("opt_m", (0, n_params)), "v": flat("opt_v", (0, n_params)),
+                            "step": int(step), "rng_state": _json(files, "rng_state", path),
+                            "history": history}
+    return out
+
+
+def load_trainer(cls, path):
+    data = read_model_file(path)
+    cfg = dict(data["config"])
+    trainer = cls(cfg.pop("layers"), **cfg)
+    trainer._params[:] = data["params"]
+    trainer.metadata = data["metadata"]
+    opt = data["optimizer"]
+    if opt is not None:
+        for name, arr in (("m", opt["m"]), ("v", opt["v"])):
+            buf = getattr(trainer, "_" + name)
+            if arr.shape != buf.shape:
+                raise _bad(path, f"optimizer buffer {name!r} has length {arr.shape[0]}, "
+                           f"expected {buf.shape[0]} for optimizer {cfg['optimizer']!r}")
+            buf[:] = arr
+        try:
+            trainer._rng.bit_generator.state = opt["rng_state"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise _bad(path, f"field 'rng_state' is not a generator state ({e})") from None
+        trainer._step = opt["step"]
+        trainer.history = opt["history"]
+    return trainer

@@ -1,0 +1,112 @@
+"""Model files: round trip, continuation, and refusal of damaged or foreign files."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import make_data
+from fastbp import Trainer
+
+SIZES = [5, 7, 3]
+
+
+@pytest.fixture
+def trained():
+    X, y = make_data("cross_entropy", 5, 3, n=40)
+    t = Trainer(SIZES, activation=["tanh"], optimizer="adam", seed=0, batch_size=8)
+    t.fit(X, y, epochs=2, progress=False)
+    return t, X, y
+
+
+def test_round_trip_identical_predictions_and_config(trained, tmp_path):
+    t, X, y = trained
+    path = tmp_path / "model.npz"
+    t.save(path, metadata={"classes": ["a", "b", "c"]})
+    u = Trainer.load(path)
+    assert np.array_equal(u.params, t.params) and u.params.dtype == t.params.dtype
+    assert np.array_equal(u.predict_proba(X), t.predict_proba(X))
+    assert u.config == t.config and u.metadata == {"classes": ["a", "b", "c"]}
+    assert u.history == t.history and u.step == t.step
+    assert [f for f in os.listdir(tmp_path)] == ["model.npz"]   # no temporary left behind
+
+
+def test_loaded_model_continues_like_the_original(trained, tmp_path):
+    t, X, y = trained
+    t.save(tmp_path / "m.npz")
+    u = Trainer.load(tmp_path / "m.npz")
+    t.fit(X, y, epochs=2, progress=False)
+    u.fit(X, y, epochs=2, progress=False)      # same optimizer state and shuffling stream
+    assert np.array_equal(u.params, t.params)
+
+
+def test_without_optimizer_state(trained, tmp_path):
+    t, X, _ = trained
+    t.save(tmp_path / "m.npz", include_optimizer=False)
+    u = Trainer.load(tmp_path / "m.npz")
+    assert u.step == 0 and u.history == {}
+    assert np.array_equal(u.predict(X), t.predict(X))
+
+
+def test_truncated_file_refused(trained, tmp_path):
+    t, _, _ = trained
+    t.save(tmp_path / "m.npz")
+    data = (tmp_path / "m.npz").read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 30):
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="not a valid fastbp model file"):
+            Trainer.load(tmp_path / "cut.npz")
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_pickles_are_never_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps(Boom()))
+    np.savez(tmp_path / "obj.npz", params=np.array([Boom()], dtype=object), format="fastbp-model")
+    for name in ("raw.pkl", "obj.npz"):
+        with pytest.raises(ValueError, match="not a valid fastbp model file"):
+            Trainer.load(tmp_path / name)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_foreign_and_tampered_files_refused(trained, tmp_path):
+    t, _, _ = trained
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    cases = {"text.npz": "archive", "single.npy": "single array", "other.npz": "missing field"}
+    t.save(tmp_path / "good.npz")
+    good = dict(np.load(tmp_path / "good.npz"))
+    tampered = {
+        "format": dict(good, format=np.array("keras")),
+        "version": dict(good, version=np.array(99)),
+        "config": dict(good, config=np.array('{"layers": [5, 7, 3], "lr": -1}')),
+        "json": dict(good, config=np.array("{not json")),
+        "params": dict(good, params=good["params"][:-1]),
+        "nan": dict(good, params=np.full_like(good["params"], np.nan)),
+        "dtype": dict(good, params=good["params"].astype(np.float64)),
+        "optimizer": dict(good, opt_m=good["opt_m"][:3]),
+    }
+    for name, arrays in tampered.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        cases[f"{name}.npz"] = ""
+    for name, match in cases.items():
+        with pytest.raises(ValueError, match="not a valid fastbp model file.*" + match):
+            Trainer.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        Trainer.load(tmp_path / "missing.npz")
+
+
+def test_failed_write_leaves_old_file_intact(trained, tmp_path):
+    t, _, _ = trained
+    path = tmp_path / "m.npz"
+    t.save(path)
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="metadata"):
+        t.save(path, metadata={"bad": object()})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]

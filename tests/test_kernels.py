@@ -1,0 +1,117 @@
+"""fastbp's compiled kernels against the float64 reference: loss, gradient, predictions and
+training trajectories of every optimizer."""
+import numpy as np
+import pytest
+
+from conftest import ACTIVATIONS, LOSSES, OPTIMIZERS, make_data
+import reference as ref
+from fastbp import Trainer
+
+SIZES = [5, 6, 4, 3]
+
+
+def _trainer(act, loss, target="cpu", dtype="float64", sizes=SIZES, **kw):
+    return Trainer(sizes, activation=act, loss=loss, target=target, dtype=dtype, seed=3, **kw)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_loss_and_gradient_match_reference(act, loss, target):
+    t = _trainer(act, loss, target)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=23)
+    t.params = t.params + np.random.default_rng(4).normal(scale=0.1, size=t.n_params)  # bias != 0
+    Ws, bs = ref.unflatten(t.params, SIZES)
+    value, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, [act, act], loss)
+    assert t.loss(X, y) == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), rtol=1e-10, atol=1e-13)
+    out = t.predict_proba(X) if loss != "mse" else t.predict(X)
+    np.testing.assert_allclose(out, ref.output(Ws, bs, X, [act, act], loss), rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_one_activation_per_hidden_layer_and_no_hidden_layer():
+    acts = ["tanh", "gelu", "leaky_relu"]
+    sizes = [4, 5, 6, 3, 2]
+    t = _trainer(acts, "cross_entropy", sizes=sizes)
+    X, y = make_data("cross_entropy", 4, 2, n=9)
+    Ws, bs = ref.unflatten(t.params, sizes)
+    _, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, acts, "cross_entropy")
+    np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), rtol=1e-10, atol=1e-13)
+
+    logistic = _trainer("relu", "binary_cross_entropy", sizes=[4, 1])   # no hidden layer
+    X, y = make_data("binary_cross_entropy", 4, 1, n=9)
+    Ws, bs = ref.unflatten(logistic.params, [4, 1])
+    _, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, [], "binary_cross_entropy")
+    np.testing.assert_allclose(logistic.gradient(X, y), ref.flatten(dWs, dbs), rtol=1e-10)
+
+
+OPTIMIZER_SETTINGS = [
+    dict(),
+    dict(weight_decay=0.05),
+    dict(clip_norm=0.05),
+    dict(weight_decay=0.05, clip_norm=0.05),
+]
+
+
+@pytest.mark.parametrize("settings", OPTIMIZER_SETTINGS)
+@pytest.mark.parametrize("optimizer,extra", [
+    ("sgd", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True}),
+    ("adam", {}), ("adamw", {}), ("rmsprop", {}), ("rmsprop", {"momentum": 0.5}),
+])
+def test_training_trajectory_matches_reference(optimizer, extra, settings):
+    """Three epochs of fit(shuffle=False) with a partial last batch, step for step."""
+    loss = "cross_entropy"
+    kw = dict(optimizer=optimizer, lr=0.05, batch_size=8, **extra, **settings)
+    t = _trainer("tanh", loss, **kw)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=30)
+    Ws, bs = ref.unflatten(t.params, SIZES)
+    opt = ref.Optimizer(optimizer, lr=0.05, momentum=extra.get("momentum", 0.0),
+                        nesterov=extra.get("nesterov", False),
+                        weight_decay=settings.get("weight_decay", 0.0),
+                        clip_norm=settings.get("clip_norm"))
+    expected = ref.train(Ws, bs, X, y, ["tanh", "tanh"], loss, opt, batch_size=8, epochs=3)
+    history = t.fit(X, y, epochs=3, shuffle=False, progress=False)
+    np.testing.assert_allclose(history["loss"], expected, rtol=1e-10)
+    np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)
+    assert t.step == 3 * 4
+
+
+@pytest.mark.parametrize("loss", ["binary_cross_entropy", "mse"])
+def test_trajectory_other_losses(loss):
+    t = _trainer("relu", loss, optimizer="adam", lr=0.01, batch_size=7)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=20)
+    Ws, bs = ref.unflatten(t.params, SIZES)
+    expected = ref.train(Ws, bs, X, y, ["relu", "relu"], loss, ref.Optimizer("adam", lr=0.01),
+                         batch_size=7, epochs=2)
+    np.testing.assert_allclose(t.fit(X, y, epochs=2, shuffle=False, progress=False)["loss"],
+                               expected, rtol=1e-10)
+    np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_parallel_equals_cpu_to_rounding(optimizer):
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=50)
+    runs = {}
+    for target in ("cpu", "parallel"):
+        t = _trainer("relu", "cross_entropy", target, optimizer=optimizer, lr=0.01, batch_size=16)
+        t.fit(X, y, epochs=3, progress=False)
+        runs[target] = t
+    np.testing.assert_allclose(runs["parallel"].params, runs["cpu"].params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(runs["parallel"].history["loss"], runs["cpu"].history["loss"],
+                               rtol=1e-10)
+
+
+def test_float32_stays_float32_and_is_close_to_float64():
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=40)
+    t32 = _trainer("gelu", "cross_entropy", dtype="float32", batch_size=8)
+    t64 = _trainer("gelu", "cross_entropy", dtype="float64", batch_size=8)
+    assert t32.params.dtype == np.float32 and t64.params.dtype == np.float64
+    np.testing.assert_allclose(t32.params, t64.params, rtol=1e-6)
+    assert t32.gradient(X, y).dtype == np.float32
+    np.testing.assert_allclose(t32.gradient(X, y), t64.gradient(X, y), rtol=1e-4, atol=1e-6)
+    t32.fit(X, y, epochs=2, progress=False)
+    t64.fit(X, y, epochs=2, progress=False)
+    assert t32.params.dtype == np.float32
+    assert t32.predict_proba(X).dtype == np.float32
+    np.testing.assert_allclose(t32.params, t64.params, rtol=1e-3, atol=1e-4)
