@@ -1,0 +1,90 @@
+"""The main job end to end, the CLI on user files, and a quality floor on real data."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from fastbp import Trainer
+from fastbp.cli import main
+
+
+def test_digits_64_64_10_reaches_96_percent():
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X / 16.0, y, test_size=0.25, random_state=1,
+                                              stratify=y)
+    t = Trainer([64, 64, 10], optimizer="adam", lr=1e-3, batch_size=32, seed=0)
+    t.fit(X_tr, y_tr, epochs=40, progress=False)
+    assert t.evaluate(X_te, y_te)["accuracy"] >= 0.96
+
+
+def test_main_job_runs_end_to_end(tmp_path):
+    """`fastbp train` exactly as a newcomer types it (in a subprocess, few epochs)."""
+    out = tmp_path / "model.npz"
+    run = subprocess.run([sys.executable, "-m", "fastbp.cli", "train", "--epochs", "30",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    acc = float(run.stdout.split("test accuracy:")[1].split()[0])
+    assert acc >= 0.95
+    assert "samples/s" in run.stdout and out.exists()
+    X = load_digits().data[:5]
+    np.savez(tmp_path / "x.npz", X=X)
+    pred = subprocess.run([sys.executable, "-m", "fastbp.cli", "predict", str(out),
+                           str(tmp_path / "x.npz")], capture_output=True, text=True, timeout=600)
+    assert pred.returncode == 0, pred.stderr
+    assert [int(v) for v in pred.stdout.split()] == list(load_digits().target[:5])
+
+
+def _write_csv(path, X, labels, header=True):
+    with open(path, "w") as f:
+        if header:
+            f.write(",".join([f"f{i}" for i in range(X.shape[1])] + ["kind"]) + "\n")
+        for row, lab in zip(X, labels):
+            f.write(",".join(f"{v:.6f}" for v in row) + f",{lab}\n")
+
+
+def test_train_and_predict_on_a_csv_with_string_labels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3)) * 10 + 50
+    labels = np.where(X[:, 0] > 50, "big", "small")
+    _write_csv(tmp_path / "d.csv", X, labels)
+    model = tmp_path / "m.npz"
+    assert main(["train", str(tmp_path / "d.csv"), "--label", "kind", "--epochs", "30",
+                 "--layers", "16,8", "--out", str(model), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("test accuracy:")[1].split()[0]) > 0.9
+    assert Trainer.load(model).layers == [3, 16, 8, 2]
+    # predict: the same CSV (label column present and ignored) -> class names
+    assert main(["predict", str(model), str(tmp_path / "d.csv"), "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    pred = (tmp_path / "p.csv").read_text().split()
+    assert np.mean(np.array(pred) == labels) > 0.9
+
+
+def test_regression_from_npz(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0])
+    np.savez(tmp_path / "r.npz", X=X, y=y)
+    assert main(["train", str(tmp_path / "r.npz"), "--loss", "mse", "--epochs", "60",
+                 "--out", str(tmp_path / "r_model.npz"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("test loss:")[1].split()[0]) < 0.2 * np.var(y)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "missing.csv"], "no data file"),
+    (["train", "--layers", "0"], "hidden size"),
+    (["train", "--lr", "-1"], "lr=-1.0 is not allowed"),
+    (["predict", "nothing.npz", "x.npz"], "no model file"),
+])
+def test_cli_errors_are_clear(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:      # argparse's own errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
