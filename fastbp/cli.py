@@ -30,9 +30,7 @@ def _read_csv(path):
     if not rows:
         raise CLIError(f"{path} is empty")
     header = None
-    try:
-        [float(v) for v in rows[0]]
-    except ValueError:
+    if not any(_is_number(v) for v in rows[0]):   # a header row holds no number at all
         header, rows = [h.strip() for h in rows[0]], rows[1:]
     width = len(rows[0]) if rows else 0
     bad = [i for i, r in enumerate(rows) if len(r) != width]
@@ -57,11 +55,24 @@ def _column_index(label, header, width, path):
     return i % width
 
 
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _floats(table, what):
+    """A table of strings -> floats, or an error naming the first cell that is not a number."""
     try:
         return table.astype(float)
-    except ValueError as e:
-        raise CLIError(f"{what} must be numbers: {e}") from None
+    except ValueError:
+        for (r, c), v in np.ndenumerate(table):
+            if not _is_number(v):
+                raise CLIError(f"{what} must be numbers; got {str(v)!r} at data row {r + 1}, "
+                               f"column {c + 1}") from None
+        raise
 
 
 def load_training_data(path, label):
@@ -174,6 +185,15 @@ def cmd_train(args):
         else:
             mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
     meta["scale"] = {"mean": mean.tolist(), "std": std.tolist()}
+    y_mean, y_std = 0.0, 1.0
+    if args.loss == "mse" and args.scale == "standard":   # regression targets too
+        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+        y_std = np.where(y_std == 0, 1.0, y_std)
+        meta["target_scale"] = {"mean": np.atleast_1d(y_mean).tolist(),
+                                "std": np.atleast_1d(y_std).tolist()}
+        y = (y - y_mean) / y_std
+        if test is not None:
+            test = (test[0], (_floats(np.asarray(test[1]), "test targets") - y_mean) / y_std)
 
     layers = [X.shape[1], *args.layers, n_out]
     try:
@@ -190,21 +210,26 @@ def cmd_train(args):
           f"{args.optimizer} lr={args.lr}) on {source}: {Xs.shape[0]} training samples"
           f"{'' if val is None else f', {len(val[1])} test samples'}; "
           f"target={args.target}, {args.dtype}", flush=True)
+    t0 = time.perf_counter()
     try:
         history = trainer.fit(Xs, y, validation_data=val, progress=args.progress)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from None
+    wall = time.perf_counter() - t0
     times = history["time"]
     if val is not None:
         result = trainer.evaluate(*val)
         line = f"test loss: {result['loss']:.4f}"
         if "accuracy" in result:
             line = f"test accuracy: {result['accuracy']:.4f}   " + line
+        if "target_scale" in meta:
+            line += " (on standardised targets)"
         print(line)
     steady = times[1:] if len(times) > 1 else times
     print(f"training throughput: {Xs.shape[0] * len(steady) / sum(steady):,.0f} samples/s "
-          f"({len(times)} epochs in {sum(times):.2f} s; the first epoch, {times[0]:.2f} s, "
-          f"includes loading or compiling the kernel and is left out)")
+          f"(epochs after the first; the first, {times[0]:.2f} s, includes loading or "
+          f"compiling the kernel). fit took {wall:.2f} s in all for {len(times)} epochs, "
+          f"with the test evaluations and any one-time compilation")
     trainer.save(args.out)
     print(f"saved model to {args.out}")
     return 0
@@ -231,6 +256,8 @@ def cmd_predict(args):
         raise CLIError(str(e)) from None
     if not args.proba and "classes" in meta:
         out = np.asarray(meta["classes"], dtype=object)[out]
+    if "target_scale" in meta:
+        out = out * np.array(meta["target_scale"]["std"]) + np.array(meta["target_scale"]["mean"])
     lines = [",".join(str(v) for v in np.atleast_1d(row)) for row in out]
     text = "\n".join(lines) + "\n"
     if args.out in (None, "-"):
@@ -257,7 +284,8 @@ def build_parser():
                                 "perceptrons with fastbp's compiled backpropagation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (no DATA: the digits dataset)")
+    t = sub.add_parser("train", help="train a model (no DATA: the digits dataset)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("data", nargs="?", help=".npz with X, y (optionally X_test, y_test) or .csv")
     t.add_argument("--label", help="label column of a .csv: name or number (default: last)")
     t.add_argument("--layers", type=_layers, default=[64], help="hidden sizes, e.g. 128,64")
@@ -272,7 +300,8 @@ def build_parser():
     t.add_argument("--dtype", default="float32", choices=list(_config.DTYPES))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--scale", default="standard", choices=["standard", "none"],
-                   help="standardise features (mean/std saved with the model)")
+                   help="standardise features (and mse targets); mean/std are saved with the model "
+                   "and applied by `fastbp predict`")
     t.add_argument("--test-size", type=float, default=0.2,
                    help="fraction held out for the test accuracy (0: none)")
     t.add_argument("--out", default=DEFAULT_OUT, help=f"model file (default {DEFAULT_OUT})")
@@ -280,7 +309,8 @@ def build_parser():
                    help="progress bar (default: when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("predict", help="write predictions of a saved model")
+    q = sub.add_parser("predict", help="write predictions of a saved model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("model", help="a model file written by `fastbp train` or Trainer.save")
     q.add_argument("data", help=".npz with X, or .csv with the feature columns")
     q.add_argument("--out", help="output .csv (default: standard output)")

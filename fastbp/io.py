@@ -85,9 +85,10 @@ def read_model_file(path):
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         if str(e).startswith(str(path)):
             raise
-        # pickled objects, truncated archives and non-.npz files all end here
-        raise _bad(path, f"it could not be read as a NumPy .npz archive without pickles ({e})"
-                   ) from None
+        # pickled objects, truncated archives and non-.npz files all end here; NumPy's own
+        # message would suggest allow_pickle=True, which fastbp never does
+        raise _bad(path, "it is not a readable .npz archive of plain arrays "
+                   f"({type(e).__name__}; fastbp never loads pickled objects)") from None
     missing = {"format", "version", "config", "params", "metadata"} - set(files)
     if missing:
         raise _bad(path, f"missing field(s) {sorted(missing)}")

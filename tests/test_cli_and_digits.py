@@ -68,10 +68,17 @@ def test_regression_from_npz(tmp_path, capsys):
     X = rng.normal(size=(200, 4))
     y = X @ np.array([1.0, -2.0, 0.5, 0.0])
     np.savez(tmp_path / "r.npz", X=X, y=y)
+    y = 100 + 30 * y                      # targets far from 0: standardised for training
+    np.savez(tmp_path / "r.npz", X=X, y=y)
+    model = str(tmp_path / "r_model.npz")
     assert main(["train", str(tmp_path / "r.npz"), "--loss", "mse", "--epochs", "60",
-                 "--out", str(tmp_path / "r_model.npz"), "--no-progress"]) == 0
+                 "--out", model, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert float(out.split("test loss:")[1].split()[0]) < 0.2 * np.var(y)
+    assert float(out.split("test loss:")[1].split()[0]) < 0.1     # standardised units
+    np.savez(tmp_path / "x.npz", X=X[:50])
+    assert main(["predict", model, str(tmp_path / "x.npz")]) == 0
+    pred = np.array(capsys.readouterr().out.split(), dtype=float)
+    assert np.sqrt(np.mean((pred - y[:50]) ** 2)) < 0.3 * np.std(y)   # back in y's units
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -79,9 +86,11 @@ def test_regression_from_npz(tmp_path, capsys):
     (["train", "--layers", "0"], "hidden size"),
     (["train", "--lr", "-1"], "lr=-1.0 is not allowed"),
     (["predict", "nothing.npz", "x.npz"], "no model file"),
+    (["train", "mixed.csv"], "got 'abc' at data row 1, column 2"),
 ])
 def test_cli_errors_are_clear(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "mixed.csv").write_text("1.0,abc,0\n2.0,3.0,1\n4.0,5.0,0\n")  # no header
     try:
         code = main(argv)
     except SystemExit as e:      # argparse's own errors

@@ -1,0 +1,331 @@
+"""Side-by-side training throughput: fastbp vs PyTorch vs JAX vs scikit-learn.
+
+Every contestant trains the same network (ReLU hidden layers, float32) on the same seeded
+data with the same batch size and optimizer, whole epochs with reshuffling, after a warm-up
+epoch (JIT compiled for everyone). Epochs are interleaved round-robin across contestants and
+the median of `--rounds` epochs is reported. Peers that are not installed are left out.
+
+    python benchmarks/compare.py                      # every workload, SGD with momentum
+    python benchmarks/compare.py --optimizer adam --workloads tiny mnist
+    python benchmarks/compare.py --sweep              # hidden width x batch size
+    python benchmarks/compare.py --compile            # cold/warm time to the first epoch
+
+Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
+GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
+throughput divided by this contestant's.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import WORKLOADS, flops_per_sample, make_data  # noqa: E402
+
+N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "wide": 4096,
+             "tiny-b1": 2048}
+LR = {"sgd": 0.01, "adam": 1e-3}
+THREADS = os.cpu_count()
+
+
+def workload(name):
+    """(layers, batch, loss) of a workload; 'tiny-b1' is tiny at batch size 1."""
+    if name == "tiny-b1":
+        layers, _, loss = WORKLOADS["tiny"]
+        return layers, 1, loss
+    return WORKLOADS[name]
+
+
+# ------------------------------------------------------------------ contestants
+# Each factory returns a function that trains one whole epoch (blocking), or raises
+# ImportError when the library is missing.
+
+def fastbp_epoch(target):
+    def factory(layers, batch, loss, X, y, opt):
+        from fastbp import Trainer
+        t = Trainer(layers, loss=loss, optimizer=opt, lr=LR[opt], momentum=0.9 if opt == "sgd"
+                    else 0.0, batch_size=batch, target=target, seed=0)
+        return lambda: t.fit(X, y, epochs=1, progress=False)
+    return factory
+
+
+def torch_epoch(variant):
+    def factory(layers, batch, loss, X, y, opt):
+        import torch
+        torch.set_num_threads(THREADS)
+        torch.manual_seed(0)
+        mods = []
+        for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
+            mods.append(torch.nn.Linear(a, b))
+            if i < len(layers) - 2:
+                mods.append(torch.nn.ReLU())
+        model = torch.nn.Sequential(*mods)
+        kw = {"foreach": True} if variant == "foreach" else {"fused": True}
+        if opt == "sgd":
+            optim = torch.optim.SGD(model.parameters(), lr=LR[opt], momentum=0.9, **kw)
+        else:
+            optim = torch.optim.Adam(model.parameters(), lr=LR[opt], **kw)
+        crit = torch.nn.CrossEntropyLoss() if loss == "cross_entropy" else torch.nn.MSELoss()
+        Xt = torch.from_numpy(X)
+        yt = torch.from_numpy(y)
+        n = X.shape[0]
+        gen = torch.Generator().manual_seed(0)
+
+        def epoch():
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, batch):
+                idx = perm[i:i + batch]
+                optim.zero_grad(set_to_none=True)
+                crit(model(Xt[idx]), yt[idx]).backward()
+                optim.step()
+        return epoch
+    return factory
+
+
+def jax_epoch(layers, batch, loss, X, y, opt):
+    import jax
+    import jax.numpy as jnp
+    key = jax.random.PRNGKey(0)
+    params = []
+    for a, b in zip(layers[:-1], layers[1:]):
+        key, sub = jax.random.split(key)
+        bound = np.sqrt(6.0 / a)
+        params.append((jax.random.uniform(sub, (a, b), jnp.float32, -bound, bound),
+                       jnp.zeros(b, jnp.float32)))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state = (zeros, zeros, jnp.zeros((), jnp.int32))
+    lr = LR[opt]
+
+    def loss_fn(p, xb, yb):
+        h = xb
+        for W, b in p[:-1]:
+            h = jax.nn.relu(h @ W + b)
+        out = h @ p[-1][0] + p[-1][1]
+        if loss == "cross_entropy":
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out), yb[:, None], 1))
+        return jnp.mean((out - yb) ** 2)
+
+    def step(carry, batch_data):
+        p, (m, v, t) = carry
+        g = jax.grad(loss_fn)(p, *batch_data)
+        if opt == "sgd":
+            m = jax.tree_util.tree_map(lambda mi, gi: 0.9 * mi + gi, m, g)
+            p = jax.tree_util.tree_map(lambda pi, mi: pi - lr * mi, p, m)
+        else:
+            t = t + 1
+            m = jax.tree_util.tree_map(lambda mi, gi: 0.9 * mi + 0.1 * gi, m, g)
+            v = jax.tree_util.tree_map(lambda vi, gi: 0.999 * vi + 0.001 * gi * gi, v, g)
+            c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+            p = jax.tree_util.tree_map(
+                lambda pi, mi, vi: pi - lr / c1 * mi / (jnp.sqrt(vi / c2) + 1e-8), p, m, v)
+        return (p, (m, v, t)), None
+
+    n = X.shape[0]
+    steps = n // batch            # the workloads' sample counts are multiples of the batch
+
+    @jax.jit
+    def run(p, s, Xd, yd, perm):
+        Xb = Xd[perm].reshape((steps, batch) + Xd.shape[1:])
+        yb = yd[perm].reshape((steps, batch) + yd.shape[1:])
+        (p, s), _ = jax.lax.scan(step, (p, s), (Xb, yb))
+        return p, s
+
+    Xd, yd = jnp.asarray(X), jnp.asarray(y if loss == "cross_entropy" else y)
+    rng = np.random.default_rng(0)
+    box = [params, state]
+
+    def epoch():
+        p, s = run(box[0], box[1], Xd, yd, jnp.asarray(rng.permutation(n)))
+        jax.block_until_ready(p)
+        box[0], box[1] = p, s
+    return epoch
+
+
+def sklearn_epoch(layers, batch, loss, X, y, opt):
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    cls = MLPClassifier if loss == "cross_entropy" else MLPRegressor
+    kw = dict(solver="sgd", momentum=0.9, nesterovs_momentum=False) if opt == "sgd" else \
+        dict(solver="adam")
+    est = cls(hidden_layer_sizes=layers[1:-1], batch_size=batch, learning_rate_init=LR[opt],
+              alpha=0.0, random_state=0, **kw)
+    classes = np.arange(layers[-1])
+    yy = y if loss == "cross_entropy" else y.ravel() if y.shape[1] == 1 else y
+
+    def epoch():
+        if loss == "cross_entropy":
+            est.partial_fit(X, yy, classes=classes)
+        else:
+            est.partial_fit(X, yy)
+    return epoch
+
+
+CONTESTANTS = {
+    "fastbp cpu": fastbp_epoch("cpu"),
+    "fastbp parallel": fastbp_epoch("parallel"),
+    "torch eager foreach": torch_epoch("foreach"),
+    "torch eager fused": torch_epoch("fused"),
+    "jax jit+scan": jax_epoch,
+    "scikit-learn": sklearn_epoch,
+}
+
+
+# --------------------------------------------------------------------- measuring
+
+def gemm_peak(n=2048, repeats=5):
+    """float32 GFLOP/s of NumPy's matmul on all cores."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(name, opt, rounds, n=None, layers=None, batch=None, skip=()):
+    """{contestant: median samples/s} for one workload, epochs interleaved."""
+    wl_layers, wl_batch, loss = workload(name) if name in N_SAMPLES else (None, None, None)
+    layers = layers or wl_layers
+    batch = batch or wl_batch
+    loss = loss or "cross_entropy"
+    n = n or N_SAMPLES[name]
+    X, y = make_data("tiny", 1) if False else _data(layers, loss, n)
+    epochs = {}
+    for cname, factory in CONTESTANTS.items():
+        if cname in skip:
+            continue
+        try:
+            fn = factory(layers, batch, loss, X, y, opt)
+            fn()                                       # warm-up: compile / allocate
+        except ImportError:
+            continue
+        except Exception as e:  # noqa: BLE001 - a peer's failure is reported, not fatal
+            print(f"  [{cname} failed on {name}: {type(e).__name__}: {e}]", file=sys.stderr)
+            continue
+        epochs[cname] = fn
+    times = {c: [] for c in epochs}
+    for _ in range(rounds):
+        for cname, fn in epochs.items():
+            times[cname].append(_timed(fn))
+    return {c: n / np.median(t) for c, t in times.items()}
+
+
+def _data(layers, loss, n):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, layers[0])).astype(np.float32)
+    if loss == "cross_entropy":
+        return X, rng.integers(0, layers[-1], size=n)
+    return X, rng.standard_normal((n, layers[-1])).astype(np.float32)
+
+
+def print_table(results, peak, flops):
+    print(f"| workload | contestant | samples/s | GFLOP/s | % peak | fastbp/peer |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, res in results.items():
+        best_fastbp = max(v for c, v in res.items() if c.startswith("fastbp"))
+        for cname, sps in res.items():
+            gf = sps * flops[name] / 1e9
+            ratio = "" if cname.startswith("fastbp") else f"{best_fastbp / sps:.2f}x"
+            print(f"| {name} | {cname} | {sps:,.0f} | {gf:.1f} | {100 * gf / peak:.0f}% | "
+                  f"{ratio} |", flush=True)
+
+
+def summary(results):
+    print("\n| workload | best fastbp | best peer | ratio |")
+    print("|---|---|---|---:|")
+    for name, res in results.items():
+        fb = max((v, c) for c, v in res.items() if c.startswith("fastbp"))
+        peers = [(v, c) for c, v in res.items() if not c.startswith("fastbp")]
+        if not peers:
+            continue
+        pb = max(peers)
+        print(f"| {name} | {fb[1]} {fb[0]:,.0f}/s | {pb[1]} {pb[0]:,.0f}/s | "
+              f"{fb[0] / pb[0]:.2f}x |")
+
+
+FIRST_EPOCH = """
+import time; t0 = time.perf_counter()
+import numpy as np
+from fastbp import Trainer
+layers = {layers!r}
+rng = np.random.default_rng(0)
+X = rng.standard_normal((4096, layers[0])).astype(np.float32)
+y = rng.integers(0, layers[-1], size=4096)
+t = Trainer(layers, batch_size=64, optimizer="sgd", momentum=0.9, lr=0.01, target={target!r})
+h = t.fit(X, y, epochs=1, progress=False)
+print(time.perf_counter() - t0, h["time"][0])
+"""
+
+
+def compile_times(targets=("cpu", "parallel")):
+    """Time to the end of the first epoch in a new process, cold (empty Numba cache) and
+    warm (cached), for 2 and 16 layers: compile time must not grow with depth."""
+    print("| layers | target | cold: first epoch done (s) | warm (s) | epoch itself (s) |")
+    print("|---|---|---:|---:|---:|")
+    for depth in (2, 16):
+        layers = [64] + [64] * (depth - 1) + [10]
+        for target in targets:
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+                code = FIRST_EPOCH.format(layers=layers, target=target)
+                cold = subprocess.check_output([sys.executable, "-c", code], env=env).split()
+                warm = subprocess.check_output([sys.executable, "-c", code], env=env).split()
+            print(f"| {depth} | {target} | {float(cold[0]):.2f} | {float(warm[0]):.2f} | "
+                  f"{float(warm[1]):.3f} |", flush=True)
+
+
+def sweep(opt, rounds, skip):
+    """Throughput over hidden width x batch size (a 256-w-w-10 network)."""
+    widths = [32, 128, 512, 2048]
+    batches = [1, 16, 128, 1024]
+    print("| width | batch | " + " | ".join(c for c in CONTESTANTS if c not in skip) +
+          " | fastbp/best peer |")
+    print("|---|---|" + "---:|" * (len([c for c in CONTESTANTS if c not in skip]) + 1))
+    for w in widths:
+        for b in batches:
+            layers = [256, w, w, 10]
+            fps = flops_per_sample(layers)
+            n = int(min(16384, max(4 * b, 2e9 / fps)) // b * b)   # ~0.1-1 s per epoch
+            res = measure(f"w{w}-b{b}", opt, rounds, n=n, layers=layers, batch=b, skip=skip)
+            cells = [f"{res[c]:,.0f}" if c in res else "-" for c in CONTESTANTS if c not in skip]
+            fb = max(v for c, v in res.items() if c.startswith("fastbp"))
+            peers = [v for c, v in res.items() if not c.startswith("fastbp")]
+            ratio = f"{fb / max(peers):.2f}x" if peers else ""
+            print(f"| {w} | {b} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workloads", nargs="+", default=list(N_SAMPLES), choices=list(N_SAMPLES))
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--rounds", type=int, default=5, help="timed epochs per contestant")
+    p.add_argument("--skip", nargs="*", default=[], help="contestants to leave out")
+    p.add_argument("--sweep", action="store_true", help="width x batch sweep instead")
+    p.add_argument("--compile", action="store_true", help="cold/warm first-epoch times instead")
+    args = p.parse_args()
+    if args.compile:
+        return compile_times()
+    peak = gemm_peak()
+    print(f"float32 GEMM peak (NumPy, {THREADS} threads): {peak:.0f} GFLOP/s; "
+          f"optimizer {args.optimizer}; median of {args.rounds} interleaved epochs\n")
+    if args.sweep:
+        return sweep(args.optimizer, args.rounds, set(args.skip))
+    results, flops = {}, {}
+    for name in args.workloads:
+        results[name] = measure(name, args.optimizer, args.rounds, skip=set(args.skip))
+        flops[name] = flops_per_sample(workload(name)[0])
+        print(f"[{name} done]", file=sys.stderr, flush=True)
+    print_table(results, peak, flops)
+    summary(results)
+
+
+if __name__ == "__main__":
+    main()
