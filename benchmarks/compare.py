@@ -2,13 +2,16 @@
 
 Every contestant trains the same network (ReLU hidden layers, float32) on the same seeded
 data with the same batch size and optimizer, whole epochs with reshuffling, after a warm-up
-epoch (JIT compiled for everyone). Epochs are interleaved round-robin across contestants and
-the median of `--rounds` epochs is reported. Peers that are not installed are left out.
+epoch (JIT compiled for everyone). Epochs are interleaved round-robin across contestants, with
+a short untimed pause between two (so one library's spin-waiting threads do not slow the
+next), and the median of `--rounds` epochs is reported. Peers that are not installed are left
+out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead included.
 
     python benchmarks/compare.py                      # every workload, SGD with momentum
     python benchmarks/compare.py --optimizer adam --workloads tiny mnist
     python benchmarks/compare.py --sweep              # hidden width x batch size
     python benchmarks/compare.py --compile            # cold/warm time to the first epoch
+    python benchmarks/compare.py --strategies         # fastbp's parallel strategies
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
@@ -30,6 +33,7 @@ N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "w
              "tiny-b1": 2048}
 LR = {"sgd": 0.01, "adam": 1e-3}
 THREADS = os.cpu_count()
+COOL_DOWN = 0.3   # seconds between two contestants' epochs (not timed)
 
 
 def workload(name):
@@ -213,6 +217,7 @@ def measure(name, opt, rounds, n=None, layers=None, batch=None, skip=()):
     times = {c: [] for c in epochs}
     for _ in range(rounds):
         for cname, fn in epochs.items():
+            time.sleep(COOL_DOWN)   # let the previous library's spinning threads go idle
             times[cname].append(_timed(fn))
     return {c: n / np.median(t) for c, t in times.items()}
 
@@ -301,6 +306,42 @@ def sweep(opt, rounds, skip):
             print(f"| {w} | {b} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
 
 
+def strategies(rounds):
+    """fastbp target='parallel' with each strategy forced, over networks of growing size:
+    the measurements behind fastbp.kernels.choose_strategy's thresholds."""
+    from fastbp import Trainer
+    from fastbp.kernels import choose_strategy, training_plan
+    nets = [([64, 32, 10], 32), ([16, 64, 64, 2], 32), ([64, 64, 64, 10], 64),
+            ([128] * 9 + [10], 64), ([256, 128, 128, 10], 128), ([256, 256, 256, 10], 128),
+            ([784, 256, 128, 10], 128), ([512, 512, 512, 10], 256),
+            ([784, 1024, 1024, 10], 256)]
+    print("| layers | batch | MFLOP/step | serial | chunks | blas | chosen |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for layers, batch in nets:
+        n = int(min(16384, max(8 * batch, 3e9 / flops_per_sample(layers))) // batch * batch)
+        X, y = _data(layers, "cross_entropy", n)
+        runs = {}
+        for strategy in ("serial", "chunks", "blas"):
+            t = Trainer(layers, batch_size=batch, optimizer="sgd", momentum=0.9, lr=0.01,
+                        target="parallel", seed=0)
+            t._train_plan = training_plan("parallel", layers, batch, THREADS, strategy)
+            t.fit(X, y, epochs=1, progress=False)
+            runs[strategy] = t
+        times = {s: [] for s in runs}
+        for _ in range(rounds):
+            for s, t in runs.items():
+                time.sleep(COOL_DOWN)
+                times[s].append(_timed(lambda: t.fit(X, y, epochs=1, progress=False)))
+        sps = {s: n / np.median(v) for s, v in times.items()}
+        best = max(sps, key=sps.get)
+        chosen = choose_strategy(layers, batch, THREADS)
+        mark = "" if chosen == best else f" (best: {best})"
+        print(f"| {'-'.join(map(str, layers))} | {batch} | "
+              f"{flops_per_sample(layers) * batch / 1e6:.1f} | " +
+              " | ".join(f"{sps[s]:,.0f}" for s in ("serial", "chunks", "blas")) +
+              f" | {chosen}{mark} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,9 +351,13 @@ def main():
     p.add_argument("--skip", nargs="*", default=[], help="contestants to leave out")
     p.add_argument("--sweep", action="store_true", help="width x batch sweep instead")
     p.add_argument("--compile", action="store_true", help="cold/warm first-epoch times instead")
+    p.add_argument("--strategies", action="store_true",
+                   help="fastbp's parallel strategies side by side instead")
     args = p.parse_args()
     if args.compile:
         return compile_times()
+    if args.strategies:
+        return strategies(args.rounds)
     peak = gemm_peak()
     print(f"float32 GEMM peak (NumPy, {THREADS} threads): {peak:.0f} GFLOP/s; "
           f"optimizer {args.optimizer}; median of {args.rounds} interleaved epochs\n")

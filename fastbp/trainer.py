@@ -9,7 +9,7 @@ import numpy as np
 from . import config as _config
 from .data import check_X, check_y
 from .initializers import init_params
-from .kernels import get_kernels
+from .kernels import evaluation_plan, training_plan
 from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
     H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
@@ -80,7 +80,11 @@ class Trainer:
                      H_ALPHA]] = [cfg["lr"], cfg["momentum"], float(cfg["nesterov"]),
                                   cfg["betas"][0], cfg["betas"][1], cfg["eps"],
                                   cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"]]
-        self._kernels = get_kernels(cfg["target"])
+        threads = 1 if cfg["target"] == "cpu" else (cfg["n_threads"] or
+                                                    numba.config.NUMBA_NUM_THREADS)
+        self._train_plan = training_plan(cfg["target"], cfg["layers"], cfg["batch_size"],
+                                         threads)
+        self._eval_plan = evaluation_plan(cfg["target"], threads)
         P = self._layout.n_params
         self._params = np.zeros(P, dtype=self._dtype)
         opt, mom = cfg["optimizer"], cfg["momentum"] > 0
@@ -168,19 +172,21 @@ class Trainer:
                                   self._dtype, names[1])
         return Xc, labels, targets
 
-    def _n_chunks(self):
-        if self._cfg["target"] == "cpu":
-            return 1
-        return self._cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS
+    @property
+    def strategy(self):
+        """How target='parallel' spreads a training step over threads: 'serial' (small
+        steps), 'chunks' (batch chunks, one gradient slab each) or 'blas' (multi-threaded
+        matrix products); always 'serial' for target='cpu'."""
+        return self._train_plan.strategy
 
     @contextlib.contextmanager
-    def _compute(self):
-        """Kernels run with single-threaded BLAS (parallelism is over batch chunks) and,
-        for target='parallel', Numba's thread count set to the chunk count."""
+    def _compute(self, plan):
+        """Run kernels with the plan's BLAS thread count (1 unless the plan threads BLAS)
+        and, for a parallel plan, Numba's thread count set to its chunk count."""
         previous = numba.get_num_threads()
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            if self._cfg["target"] == "parallel":
-                numba.set_num_threads(self._n_chunks())
+        with _blas_controller().limit(limits=plan.blas_threads, user_api="blas"):
+            if plan.chunks > 1:
+                numba.set_num_threads(plan.chunks)
             try:
                 yield
             finally:
@@ -191,7 +197,8 @@ class Trainer:
         return np.empty((n_chunks, size), dtype=self._dtype), a_off, z_off, d_off
 
     def _loss_grad(self, X, labels, targets, want_grad):
-        C = self._n_chunks()
+        plan = self._eval_plan
+        C = plan.chunks
         rows = min(EVAL_ROWS, -(-X.shape[0] // C))
         work, a_off, z_off, d_off = self._workspace(rows, C)
         P = self._layout.n_params if want_grad else 0
@@ -199,8 +206,8 @@ class Trainer:
         acc = np.empty((C, P), dtype=self._dtype)
         order = np.arange(X.shape[0], dtype=np.int64)
         lay = self._layout
-        with self._compute():
-            loss_sum, correct = self._kernels.loss_grad(
+        with self._compute(plan):
+            loss_sum, correct = plan.kernels.loss_grad(
                 self._params, gslab, acc, work, X, labels, targets, order, rows, lay.sizes,
                 lay.w_off, lay.b_off, self._act, self._loss_code, a_off, z_off, d_off,
                 want_grad)
@@ -252,7 +259,8 @@ class Trainer:
         lay = self._layout
         L = lay.n_layers
         B = self._cfg["batch_size"]
-        C = self._n_chunks()
+        plan = self._train_plan
+        C = plan.chunks
         work, a_off, z_off, d_off = self._workspace(-(-min(B, n) // C), C)
         gslab = np.zeros((C, lay.n_params), dtype=self._dtype)
         block_lo, block_hi, block_layer = lay.blocks()
@@ -264,11 +272,11 @@ class Trainer:
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
                    leave=True, dynamic_ncols=True)
         try:
-            with self._compute():
+            with self._compute(plan):
                 for _ in range(epochs):
                     order = self._rng.permutation(n) if shuffle else natural
                     t0 = time.perf_counter()
-                    loss_sum, correct, self._step = self._kernels.train_epoch(
+                    loss_sum, correct, self._step = plan.kernels.train_epoch(
                         self._params, gslab, self._m, self._v, work, Xc, labels, targets,
                         order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
                         self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
@@ -325,13 +333,14 @@ class Trainer:
 
     def _output(self, X):
         Xc = check_X(X, self._cfg["layers"][0], self._dtype)
-        C = self._n_chunks()
+        plan = self._eval_plan
+        C = plan.chunks
         rows = min(EVAL_ROWS, Xc.shape[0])
         work, a_off, z_off, _ = self._workspace(rows, C)
         out = np.empty((Xc.shape[0], self._cfg["layers"][-1]), dtype=self._dtype)
         lay = self._layout
-        with self._compute():
-            self._kernels.predict(self._params, work, Xc, out, rows, lay.sizes, lay.w_off,
+        with self._compute(plan):
+            plan.kernels.predict(self._params, work, Xc, out, rows, lay.sizes, lay.w_off,
                                   lay.b_off, self._act, self._loss_code, a_off, z_off)
         return out
 

@@ -19,8 +19,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .ops import FASTMATH, forward, forward_backward, matrix
-from .optim import H_CLIP, update_segment
+from .ops import FASTMATH, forward, forward_backward, jit, output_forward
+from .optim import H_CLIP, bias_corrections, update_segment
 
 
 def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_size,
@@ -29,10 +29,10 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
     """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,).
 
     params (P,) and the optimizer state m, v (P,) are updated in place; gslab (C, P) holds
-    the gradient (gslab[0] after each step); work (C, W); block_* (G,) cut the flat buffers
-    into blocks that never straddle a layer (block_layer: l for W_l, L + l for b_l);
-    block_sq (G,) is scratch; norms (S, L + 1) receives, per step, the L2 norm of each
-    weight gradient and the global norm of the whole gradient (before clipping).
+    the chunks' gradients (gslab[0] the whole batch's after each step); work (C, W); block_*
+    (G,) cut the flat buffers into blocks that never straddle a layer (block_layer: l for
+    W_l, L + l for b_l); block_sq (G,) is scratch; norms (S, L + 1) receives, per step, the
+    L2 norm of each weight gradient and the global norm of the gradient (before clipping).
     `step` counts optimizer steps taken before this epoch.
     Returns (sum of the rows' losses, correct predictions, step after the epoch).
     """
@@ -44,16 +44,16 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
     clip_norm = hyper[H_CLIP]
     chunk_loss = np.zeros(n_chunks)
     chunk_correct = np.zeros(n_chunks, dtype=np.int64)
-    layer_sq = np.zeros(L)
     loss_total = 0.0
     correct_total = 0
+    grads = gslab[0]
     n_steps = (n + batch_size - 1) // batch_size
     for s in range(n_steps):
         lo = s * batch_size
         hi = min(lo + batch_size, n)
         inv_count = one / params.dtype.type(hi - lo)
         per_chunk = (hi - lo + n_chunks - 1) // n_chunks
-        for c in prange(n_chunks):
+        for c in prange(n_chunks):                  # each chunk: its rows, its own slab
             clo = min(lo + c * per_chunk, hi)
             chi = min(clo + per_chunk, hi)
             if chi > clo:
@@ -70,38 +70,57 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
             loss_total += chunk_loss[c]
             correct_total += chunk_correct[c]
 
-        # Sum the chunk slabs into gslab[0], block by block, with each block's sum of squares.
-        grads = gslab[0]
-        for k in prange(n_blocks):
-            acc = params.dtype.type(0)
-            for i in range(block_lo[k], block_hi[k]):
-                g = grads[i]
-                for c in range(1, n_chunks):
-                    g += gslab[c, i]
-                grads[i] = g
-                acc += g * g
-            block_sq[k] = acc
-        layer_sq[:] = 0.0
-        total_sq = 0.0
-        for k in range(n_blocks):                     # fixed order: reproducible
-            total_sq += block_sq[k]
-            if block_layer[k] < L:
-                layer_sq[block_layer[k]] += block_sq[k]
-        total_norm = np.sqrt(total_sq)
-        for l in range(L):
-            norms[s, l] = np.sqrt(layer_sq[l])
-        norms[s, L] = total_norm
-
-        clip = 1.0                                    # torch.nn.utils.clip_grad_norm_
-        if clip_norm > 0.0:
-            coef = clip_norm / (total_norm + 1e-6)
-            if coef < 1.0:
-                clip = coef
         step += 1
-        for k in prange(n_blocks):
-            update_segment(params, grads, m, v, block_lo[k], block_hi[k], opt_code, hyper,
-                           step, block_layer[k] < L, params.dtype.type(clip))
+        bc1, bc2 = bias_corrections(hyper, step)
+        if clip_norm > 0.0:
+            # the global norm is needed before any update: reduce everything first
+            for k in prange(n_blocks):
+                block_sq[k] = reduce_block(gslab, block_lo[k], block_hi[k])
+            total_norm = record_norms(norms, s, block_sq, block_layer, L)
+            coef = clip_norm / (total_norm + 1e-6)   # torch.nn.utils.clip_grad_norm_
+            clip = params.dtype.type(coef if coef < 1.0 else 1.0)
+            for k in prange(n_blocks):
+                update_segment(params, grads, m, v, block_lo[k], block_hi[k], opt_code, hyper,
+                               bc1, bc2, block_layer[k] < L, clip)
+        else:
+            # each block is reduced and updated while it is in cache
+            for k in prange(n_blocks):
+                block_sq[k] = reduce_block(gslab, block_lo[k], block_hi[k])
+                update_segment(params, grads, m, v, block_lo[k], block_hi[k], opt_code, hyper,
+                               bc1, bc2, block_layer[k] < L, one)
+            record_norms(norms, s, block_sq, block_layer, L)
     return loss_total, correct_total, step
+
+
+@jit
+def reduce_block(gslab, lo, hi):
+    """gslab[0, lo:hi] += gslab[c, lo:hi] for c = 1, 2, ... in order; returns the block's
+    sum of squares (float64)."""
+    g0 = gslab[0, lo:hi]
+    for c in range(1, gslab.shape[0]):
+        gc = gslab[c, lo:hi]
+        for i in range(g0.shape[0]):
+            g0[i] += gc[i]
+    acc = gslab.dtype.type(0)
+    for i in range(g0.shape[0]):
+        acc += g0[i] * g0[i]
+    return np.float64(acc)
+
+
+@jit
+def record_norms(norms, s, block_sq, block_layer, L):
+    """norms[s, l] = L2 norm of W_l's gradient, norms[s, L] = global norm; summed over the
+    blocks in a fixed order (reproducible). Returns the global norm."""
+    norms[s, :] = 0.0
+    total = 0.0
+    for k in range(block_sq.shape[0]):
+        total += block_sq[k]
+        if block_layer[k] < L:
+            norms[s, block_layer[k]] += block_sq[k]
+    for l in range(L):
+        norms[s, l] = np.sqrt(norms[s, l])
+    norms[s, L] = np.sqrt(total)
+    return norms[s, L]
 
 
 def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
@@ -157,9 +176,8 @@ def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, loss_co
         for blk in range(c, n_row_blocks, n_chunks):
             lo = blk * block_rows
             hi = min(lo + block_rows, n)
-            P = forward(params, work[c], X[lo:hi], sizes, w_off, b_off, act, loss_code,
-                        a_off, z_off)
-            out[lo:hi, :] = P
+            Z = forward(params, work[c], X[lo:hi], sizes, w_off, b_off, act, a_off, z_off)
+            output_forward(out[lo:hi], Z, loss_code)
 
 
 def _compile(body, name, parallel):
@@ -169,7 +187,7 @@ def _compile(body, name, parallel):
                             body.__closure__)
     fn.__qualname__ = name
     fn.__doc__ = body.__doc__
-    return njit(cache=True, parallel=parallel, fastmath=FASTMATH)(fn)
+    return njit(cache=True, parallel=parallel, fastmath=FASTMATH, error_model="numpy")(fn)
 
 
 train_epoch_serial = _compile(_train_epoch, "train_epoch_serial", False)

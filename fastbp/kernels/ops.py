@@ -9,7 +9,9 @@ Size legend (every function below uses it):
 
 All functions are serial and pure: they read and write only the arrays they are given.
 Scalar constants are built with ``dtype.type(...)`` so a float32 run stays float32.
-The fast-math flags leave out ``nnan`` and ``ninf`` so NaN/inf still propagate.
+The fast-math flags leave out ``nnan`` and ``ninf`` so NaN/inf still propagate, and
+``error_model="numpy"`` makes x/0 give inf/NaN instead of a Python exception: the zero-divisor
+check it saves is what kept loops with a division (Adam, sigmoid) from vectorising.
 """
 import numpy as np
 from numba import njit
@@ -25,7 +27,7 @@ LEAKY_SLOPE = 0.01
 GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 GELU_K = 0.044715
 
-jit = njit(cache=True, fastmath=FASTMATH)
+jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 
 @jit
@@ -73,6 +75,15 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA):
 
 
 # -------------------------------------------------------------------- activations
+
+@jit
+def stable_sigmoid(z, one):
+    """1 / (1 + exp(-z)) without overflow and without a branch (so loops vectorise);
+    one is 1 in z's dtype."""
+    e = np.exp(-abs(z))
+    s = one / (one + e)
+    return s if z >= 0 else e * s
+
 
 @jit
 def activation_forward(A, Z, code):
@@ -154,15 +165,6 @@ def activation_backward(dA, Z, A, code):
                 dA[r, j] *= d
 
 
-@jit
-def stable_sigmoid(z, one):
-    """1 / (1 + exp(-z)) without overflow; one is 1 in z's dtype."""
-    if z >= 0:
-        return one / (one + np.exp(-z))
-    e = np.exp(z)
-    return e / (one + e)
-
-
 # ------------------------------------------------------------ loss (fused output)
 
 @jit
@@ -195,10 +197,12 @@ def output_forward(P, Z, loss_code):
 
 @jit
 def loss_forward(P, Z, idx, labels, targets, loss_code):
-    """Sum over the B rows idx of X of each row's loss (mean over outputs for
-    binary_cross_entropy and mse), from logits Z (B, K) and P = output_forward(Z).
-    labels (n,) int64 are class indices (cross_entropy); targets (n, K) the others.
-    Returns (loss_sum, n_correct): correct argmax rows, or correct 0/1 outputs (binary)."""
+    """The output activation fused with the loss, one exp per logit.
+    P (B, K) <- output_forward(Z) for the logits Z (B, K) of the rows idx (B,) of X;
+    returns (loss_sum, n_correct): the sum over rows of each row's loss (mean over outputs
+    for binary_cross_entropy and mse), and the correct argmax rows (cross_entropy) or correct
+    0/1 outputs (binary_cross_entropy). labels (n,) int64 are class indices (cross_entropy);
+    targets (n, K) the others."""
     B, K = Z.shape
     zero = Z.dtype.type(0)
     one = Z.dtype.type(1)
@@ -217,7 +221,12 @@ def loss_forward(P, Z, idx, labels, targets, loss_code):
                     arg = j
             s = zero
             for j in range(K):
-                s += np.exp(Z[r, j] - mx)
+                e = np.exp(Z[r, j] - mx)
+                P[r, j] = e
+                s += e
+            inv = one / s
+            for j in range(K):
+                P[r, j] *= inv
             total += mx + np.log(s) - Z[r, y]   # log-sum-exp minus the true logit
             if arg == y:
                 correct += 1
@@ -227,7 +236,10 @@ def loss_forward(P, Z, idx, labels, targets, loss_code):
             for j in range(K):
                 z = Z[r, j]
                 y = targets[idx[r], j]
-                row += max(z, zero) - z * y + np.log1p(np.exp(-abs(z)))
+                e = np.exp(-abs(z))
+                sg = one / (one + e)
+                P[r, j] = sg if z >= zero else e * sg
+                row += max(z, zero) - z * y + np.log1p(e)
                 if (z >= zero) == (y >= half):
                     correct += 1
             total += row * inv_K
@@ -235,7 +247,9 @@ def loss_forward(P, Z, idx, labels, targets, loss_code):
         for r in range(B):
             row = zero
             for j in range(K):
-                d = Z[r, j] - targets[idx[r], j]
+                z = Z[r, j]
+                P[r, j] = z
+                d = z - targets[idx[r], j]
                 row += d * d
             total += row * inv_K
     return total, correct
@@ -264,22 +278,22 @@ def loss_backward(dZ, P, idx, labels, targets, loss_code, inv_count):
 # ------------------------------------------------------------- the whole network
 
 @jit
-def forward(params, work, A0, sizes, w_off, b_off, act, loss_code, a_off, z_off):
-    """A0 (B, n_0) -> work holds Z_l (B, n_{l+1}) and A_{l+1} for every layer l;
-    A_L (B, K) is the output activation. Returns the view of A_L."""
+def forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off):
+    """A0 (B, n_0) -> work holds Z_l (B, n_{l+1}) for every layer l and A_{l+1} = act(Z_l)
+    for the hidden ones. Returns the logits Z_{L-1} (B, K); the output activation is left
+    to output_forward (predict) or loss_forward (training), which fuses it with the loss."""
     B = A0.shape[0]
     L = sizes.shape[0] - 1
     A = A0
+    Z = matrix(work, z_off[0], B, sizes[1])
     for l in range(L):
         Z = matrix(work, z_off[l], B, sizes[l + 1])
         linear_forward(Z, A, layer_weight(params, w_off, sizes, l),
                        layer_bias(params, b_off, sizes, l))
-        A = matrix(work, a_off[l + 1], B, sizes[l + 1])
         if l < L - 1:
+            A = matrix(work, a_off[l + 1], B, sizes[l + 1])
             activation_forward(A, Z, act[l])
-        else:
-            output_forward(A, Z, loss_code)
-    return A
+    return Z
 
 
 @jit
@@ -293,8 +307,8 @@ def forward_backward(params, grads, work, X, idx, labels, targets, sizes, w_off,
     A0 = matrix(work, a_off[0], B, sizes[0])
     for r in range(B):                       # gather the (shuffled) rows once
         A0[r, :] = X[idx[r]]
-    P = forward(params, work, A0, sizes, w_off, b_off, act, loss_code, a_off, z_off)
-    Z = matrix(work, z_off[L - 1], B, sizes[L])
+    Z = forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off)
+    P = matrix(work, a_off[L], B, sizes[L])
     loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, loss_code)
     if not want_grad:
         return loss_sum, n_correct

@@ -1,0 +1,151 @@
+"""asv benchmarks of fastbp (run `asv run --python=same ...` from the repository root).
+
+Setup builds seeded data once and trains one warm-up epoch, so JIT compilation is never in a
+`time_*` figure; compile time has its own benchmarks (`Startup`). A faster change that breaks
+convergence shows in the `track_*_accuracy`/`track_final_loss` figures.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .workloads import WORKLOADS, flops_per_sample, make_data
+
+# Samples per workload: small enough for a quick run, whole epochs of many steps.
+N_SAMPLES = {"tiny": 4096, "regression": 4096, "deep": 2048, "mnist": 2048, "wide": 1024}
+
+
+def _trainer(workload, target, optimizer, dtype, **kw):
+    from fastbp import Trainer
+    layers, batch, loss = WORKLOADS[workload]
+    lr = 0.01 if optimizer == "sgd" else 1e-3
+    return Trainer(layers, loss=loss, optimizer=optimizer, lr=lr,
+                   momentum=0.9 if optimizer == "sgd" else 0.0, batch_size=batch,
+                   target=target, dtype=dtype, seed=0, **kw)
+
+
+class Training:
+    """One epoch of each DESIGN.md workload."""
+    params = (list(WORKLOADS), ["cpu", "parallel"], ["sgd", "adam"], ["float32", "float64"])
+    param_names = ["workload", "target", "optimizer", "dtype"]
+    timeout = 600
+
+    def setup(self, workload, target, optimizer, dtype):
+        self.X, self.y = make_data(workload, N_SAMPLES[workload], dtype)
+        self.trainer = _trainer(workload, target, optimizer, dtype)
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)      # warm the JIT
+
+    def time_epoch(self, *args):
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)
+
+    def peakmem_fit(self, workload, target, optimizer, dtype):
+        # a fresh model: its buffers and one epoch's workspace, no copy of the data per epoch
+        _trainer(workload, target, optimizer, dtype).fit(self.X, self.y, epochs=1,
+                                                         progress=False)
+
+    def track_samples_per_second(self, *args):
+        h = self.trainer.fit(self.X, self.y, epochs=3, progress=False)
+        return self.X.shape[0] / float(np.median(h["time"][-3:]))
+    track_samples_per_second.unit = "samples/s"
+
+    def track_gflops(self, workload, *args):
+        sps = self.track_samples_per_second()
+        return sps * flops_per_sample(WORKLOADS[workload][0]) / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+
+class OneStep:
+    """One SGD step at batch size 1 on the tiny network (per-step overhead)."""
+    params = ["cpu", "parallel"]
+    param_names = ["target"]
+
+    def setup(self, target):
+        from fastbp import Trainer
+        self.X, self.y = make_data("tiny", 2048)
+        self.trainer = Trainer(WORKLOADS["tiny"][0], optimizer="sgd", lr=0.01, batch_size=1,
+                               target=target, seed=0)
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)
+
+    def track_step_microseconds(self, target):
+        h = self.trainer.fit(self.X, self.y, epochs=3, progress=False)
+        return 1e6 * float(np.median(h["time"][-3:])) / self.X.shape[0]
+    track_step_microseconds.unit = "us"
+
+
+class Predict:
+    params = (["tiny", "mnist"], ["cpu", "parallel"])
+    param_names = ["workload", "target"]
+
+    def setup(self, workload, target):
+        self.X, _ = make_data(workload, 8192)
+        self.trainer = _trainer(workload, target, "sgd", "float32")
+        self.trainer.predict(self.X[:10])
+
+    def time_predict(self, *args):
+        self.trainer.predict(self.X)
+
+
+class Digits:
+    """Quality on real data (scikit-learn's digits): a speed-up must not cost accuracy."""
+    params = (["cpu", "parallel"], ["sgd", "adam"])
+    param_names = ["target", "optimizer"]
+    timeout = 300
+
+    def setup(self, target, optimizer):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        from fastbp import Trainer
+        X, y = load_digits(return_X_y=True)
+        X_tr, X_te, y_tr, y_te = train_test_split(X / 16.0, y, test_size=0.25, random_state=1,
+                                                  stratify=y)
+        t = Trainer([64, 64, 10], optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-3,
+                    momentum=0.9 if optimizer == "sgd" else 0.0, batch_size=32, seed=0,
+                    target=target)
+        t.fit(X_tr, y_tr, epochs=30, progress=False)
+        self.result = t.evaluate(X_te, y_te)
+        self.final_loss = t.history["loss"][-1]
+
+    def track_test_accuracy(self, *args):
+        return self.result["accuracy"]
+    track_test_accuracy.unit = "accuracy"
+
+    def track_final_loss(self, *args):
+        return self.final_loss
+    track_final_loss.unit = "loss"
+
+
+_FIRST_FIT = """
+import numpy as np
+from fastbp import Trainer
+X = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32)
+y = np.arange(256) % 10
+Trainer([64, 32, 10], batch_size=32, target={target!r}).fit(X, y, epochs=1, progress=False)
+"""
+
+
+class Startup:
+    """Import + first fit in a new process: with the on-disk kernel cache (timeraw) and
+    without it (cold compile, tracked in seconds)."""
+    params = ["cpu", "parallel"]
+    param_names = ["target"]
+    timeout = 300
+
+    def setup(self, target):
+        # fill the on-disk cache so the timeraw benchmark measures loading, not compiling
+        subprocess.run([sys.executable, "-c", _FIRST_FIT.format(target=target)], check=True)
+
+    def timeraw_import_and_first_fit(self, target):
+        return _FIRST_FIT.format(target=target)
+
+    def track_cold_compile_seconds(self, target):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", _FIRST_FIT.format(target=target)],
+                           check=True, env=env)
+            return time.perf_counter() - t0
+    track_cold_compile_seconds.unit = "s"
