@@ -6,6 +6,8 @@ import pytest
 from conftest import ACTIVATIONS, LOSSES, OPTIMIZERS, make_data
 import reference as ref
 from fastbp import Trainer
+from fastbp.kernels import choose_strategy, training_plan
+from fastbp.kernels.cpu import PARALLEL_UPDATE_MIN
 
 SIZES = [5, 6, 4, 3]
 
@@ -89,17 +91,56 @@ def test_trajectory_other_losses(loss):
     np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_parallel_equals_cpu_to_rounding(optimizer):
+def _with_strategy(t, strategy):
+    """Force one of target='parallel''s strategies (normally chosen from the sizes)."""
+    cfg = t.config
+    t._train_plan = training_plan("parallel", cfg["layers"], cfg["batch_size"], 2, strategy)
+    return t
+
+
+@pytest.mark.parametrize("strategy", ["serial", "chunks", "blas"])
+@pytest.mark.parametrize("optimizer,clip", [("sgd", None), ("adam", 0.1), ("rmsprop", None)])
+def test_parallel_equals_cpu_to_rounding(optimizer, clip, strategy):
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=50)
     runs = {}
     for target in ("cpu", "parallel"):
-        t = _trainer("relu", "cross_entropy", target, optimizer=optimizer, lr=0.01, batch_size=16)
+        t = _trainer("relu", "cross_entropy", target, optimizer=optimizer, lr=0.01, batch_size=16,
+                     clip_norm=clip)
+        if target == "parallel":
+            _with_strategy(t, strategy)
         t.fit(X, y, epochs=3, progress=False)
         runs[target] = t
     np.testing.assert_allclose(runs["parallel"].params, runs["cpu"].params, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(runs["parallel"].history["loss"], runs["cpu"].history["loss"],
                                rtol=1e-10)
+    np.testing.assert_allclose(runs["parallel"].history["grad_norm"],
+                               runs["cpu"].history["grad_norm"], rtol=1e-9)
+
+
+def test_parallel_update_of_a_large_model_equals_cpu():
+    """Above PARALLEL_UPDATE_MIN parameters the per-step update runs in parallel blocks."""
+    sizes = [300, 256, 3]                      # 77k parameters, several blocks
+    X, y = make_data("cross_entropy", sizes[0], sizes[-1], n=40)
+    runs = []
+    for target in ("cpu", "parallel"):
+        t = _trainer("relu", "cross_entropy", target, sizes=sizes, optimizer="adamw",
+                     weight_decay=0.1, lr=0.01, batch_size=16, clip_norm=0.5)
+        if target == "parallel":
+            _with_strategy(t, "chunks")
+        t.fit(X, y, epochs=2, progress=False)
+        runs.append(t.params)
+    assert sizes[0] * sizes[1] > PARALLEL_UPDATE_MIN
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-8, atol=1e-11)
+
+
+def test_strategy_is_chosen_from_sizes():
+    """Small steps serial, medium layers chunked, large layers on threaded BLAS; cpu serial."""
+    assert choose_strategy([64, 32, 10], 32, 2) == "serial"
+    assert choose_strategy([128] * 9 + [10], 64, 2) == "chunks"
+    assert choose_strategy([784, 256, 128, 10], 128, 2) == "chunks"
+    assert choose_strategy([784, 1024, 1024, 10], 256, 2) == "blas"
+    assert choose_strategy([784, 1024, 1024, 10], 256, 1) == "serial"
+    assert Trainer([4, 3], loss="binary_cross_entropy").strategy == "serial"
 
 
 def test_float32_stays_float32_and_is_close_to_float64():

@@ -4,6 +4,7 @@ import pytest
 
 from conftest import make_data
 from fastbp import Trainer
+from fastbp.kernels import training_plan
 
 SIZES = [6, 8, 3]
 
@@ -12,12 +13,15 @@ def _data(n=48, loss="cross_entropy", k=3):
     return make_data(loss, SIZES[0], k, n=n)
 
 
-@pytest.mark.parametrize("target", ["cpu", "parallel"])
-def test_same_seed_bit_identical_different_seed_different(target):
+@pytest.mark.parametrize("target,strategy", [("cpu", None), ("parallel", "chunks"),
+                                             ("parallel", "blas")])
+def test_same_seed_bit_identical_different_seed_different(target, strategy):
     X, y = _data()
     runs = []
     for seed in (7, 7, 8):
         t = Trainer(SIZES, seed=seed, target=target, batch_size=10)
+        if strategy:
+            t._train_plan = training_plan(target, SIZES, 10, 2, strategy)
         t.fit(X, y, epochs=3, progress=False)
         runs.append(t.params.copy())
     assert np.array_equal(runs[0], runs[1])

@@ -22,6 +22,9 @@ from numba import njit, prange
 from .ops import FASTMATH, forward, forward_backward, jit, output_forward
 from .optim import H_CLIP, bias_corrections, update_segment
 
+# Below this many parameters the per-step reduction and update run on one thread.
+PARALLEL_UPDATE_MIN = 65536
+
 
 def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_size,
                  sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off,
@@ -72,24 +75,50 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
 
         step += 1
         bc1, bc2 = bias_corrections(hyper, step)
+        # Small models are reduced and updated by this thread alone: a second parallel
+        # region per step would cost more than the work.
+        n_par = n_blocks if n_chunks > 1 and params.shape[0] >= PARALLEL_UPDATE_MIN else 0
         if clip_norm > 0.0:
             # the global norm is needed before any update: reduce everything first
-            for k in prange(n_blocks):
-                block_sq[k] = reduce_block(gslab, block_lo[k], block_hi[k])
+            for k in prange(n_par):
+                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
+                           L, opt_code, hyper, bc1, bc2, one, True, False)
+            for k in range(n_par, n_blocks):
+                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
+                           L, opt_code, hyper, bc1, bc2, one, True, False)
             total_norm = record_norms(norms, s, block_sq, block_layer, L)
             coef = clip_norm / (total_norm + 1e-6)   # torch.nn.utils.clip_grad_norm_
             clip = params.dtype.type(coef if coef < 1.0 else 1.0)
-            for k in prange(n_blocks):
-                update_segment(params, grads, m, v, block_lo[k], block_hi[k], opt_code, hyper,
-                               bc1, bc2, block_layer[k] < L, clip)
+            for k in prange(n_par):
+                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
+                           L, opt_code, hyper, bc1, bc2, clip, False, True)
+            for k in range(n_par, n_blocks):
+                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
+                           L, opt_code, hyper, bc1, bc2, clip, False, True)
         else:
             # each block is reduced and updated while it is in cache
-            for k in prange(n_blocks):
-                block_sq[k] = reduce_block(gslab, block_lo[k], block_hi[k])
-                update_segment(params, grads, m, v, block_lo[k], block_hi[k], opt_code, hyper,
-                               bc1, bc2, block_layer[k] < L, one)
+            for k in prange(n_par):
+                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
+                           L, opt_code, hyper, bc1, bc2, one, True, True)
+            for k in range(n_par, n_blocks):
+                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
+                           L, opt_code, hyper, bc1, bc2, one, True, True)
             record_norms(norms, s, block_sq, block_layer, L)
     return loss_total, correct_total, step
+
+
+@jit
+def block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq, L, opt_code,
+               hyper, bc1, bc2, clip, reduce, update):
+    """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
+    block's sum of squares (reduce), then apply the optimizer to it (update)."""
+    lo = block_lo[k]
+    hi = block_hi[k]
+    if reduce:
+        block_sq[k] = reduce_block(gslab, lo, hi)
+    if update:
+        update_segment(params, gslab[0], m, v, lo, hi, opt_code, hyper, bc1, bc2,
+                       block_layer[k] < L, clip)
 
 
 @jit
