@@ -266,6 +266,7 @@ class Trainer:
         block_lo, block_hi, block_layer = lay.blocks()
         block_sq = np.empty(block_lo.shape[0])
         norms = np.empty((-(-n // B), L + 1))
+        chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
         natural = np.arange(n, dtype=np.int64)
 
         from tqdm.auto import tqdm
@@ -280,7 +281,8 @@ class Trainer:
                         self._params, gslab, self._m, self._v, work, Xc, labels, targets,
                         order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
                         self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
-                        self._step, block_lo, block_hi, block_layer, block_sq, norms)
+                        self._step, block_lo, block_hi, block_layer, block_sq, norms,
+                        chunk_loss, chunk_correct)
                     seconds = time.perf_counter() - t0
                     logs = {"loss": loss_sum / n}
                     acc = self._accuracy(correct, n)

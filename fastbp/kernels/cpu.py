@@ -28,15 +28,17 @@ PARALLEL_UPDATE_MIN = 65536
 
 def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_size,
                  sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off,
-                 opt_code, hyper, step, block_lo, block_hi, block_layer, block_sq, norms):
+                 opt_code, hyper, step, block_lo, block_hi, block_layer, block_sq, norms,
+                 chunk_loss, chunk_correct):
     """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,).
 
     params (P,) and the optimizer state m, v (P,) are updated in place; gslab (C, P) holds
     the chunks' gradients (gslab[0] the whole batch's after each step); work (C, W); block_*
     (G,) cut the flat buffers into blocks that never straddle a layer (block_layer: l for
-    W_l, L + l for b_l); block_sq (G,) is scratch; norms (S, L + 1) receives, per step, the
-    L2 norm of each weight gradient and the global norm of the gradient (before clipping).
-    `step` counts optimizer steps taken before this epoch.
+    W_l, L + l for b_l); norms (S, L + 1) receives, per step, the L2 norm of each weight
+    gradient and the global norm of the gradient (before clipping); block_sq (G,),
+    chunk_loss (C,) float64 and chunk_correct (C,) int64 are scratch. `step` counts
+    optimizer steps taken before this epoch.
     Returns (sum of the rows' losses, correct predictions, step after the epoch).
     """
     n = order.shape[0]
@@ -45,11 +47,14 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
     n_blocks = block_lo.shape[0]
     one = params.dtype.type(1)
     clip_norm = hyper[H_CLIP]
-    chunk_loss = np.zeros(n_chunks)
-    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
+    # Small models are reduced and updated by this thread alone: a second parallel region
+    # per step would cost more than the work.
+    n_par = n_blocks if n_chunks > 1 and params.shape[0] >= PARALLEL_UPDATE_MIN else 0
+    # With clipping, every block is reduced (pass 0) before any is updated (pass 1), as the
+    # global norm must be known first; without, each block is reduced and updated at once.
+    n_passes = 2 if clip_norm > 0.0 else 1
     loss_total = 0.0
     correct_total = 0
-    grads = gslab[0]
     n_steps = (n + batch_size - 1) // batch_size
     for s in range(n_steps):
         lo = s * batch_size
@@ -59,6 +64,8 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
         for c in prange(n_chunks):                  # each chunk: its rows, its own slab
             clo = min(lo + c * per_chunk, hi)
             chi = min(clo + per_chunk, hi)
+            chunk_loss[c] = 0.0
+            chunk_correct[c] = 0
             if chi > clo:
                 ls, nc = forward_backward(params, gslab[c], work[c], X, order[clo:chi],
                                           labels, targets, sizes, w_off, b_off, act,
@@ -66,45 +73,39 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
                 chunk_loss[c] = ls
                 chunk_correct[c] = nc
             else:
-                gslab[c, :] = 0
-                chunk_loss[c] = 0.0
-                chunk_correct[c] = 0
+                fill(gslab[c], 0.0)
         for c in range(n_chunks):
             loss_total += chunk_loss[c]
             correct_total += chunk_correct[c]
 
         step += 1
         bc1, bc2 = bias_corrections(hyper, step)
-        # Small models are reduced and updated by this thread alone: a second parallel
-        # region per step would cost more than the work.
-        n_par = n_blocks if n_chunks > 1 and params.shape[0] >= PARALLEL_UPDATE_MIN else 0
-        if clip_norm > 0.0:
-            # the global norm is needed before any update: reduce everything first
-            for k in prange(n_par):
-                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, one, True, False)
+        clip = one
+        for p in range(n_passes):
+            reduce = p == 0
+            update = p == n_passes - 1
+            if p == 1:
+                total_norm = record_norms(norms, s, block_sq, block_layer, L)
+                coef = clip_norm / (total_norm + 1e-6)   # torch.nn.utils.clip_grad_norm_
+                clip = params.dtype.type(coef if coef < 1.0 else 1.0)
+            if n_par > 0:
+                for k in prange(n_par):
+                    block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer,
+                               block_sq, L, opt_code, hyper, bc1, bc2, clip, reduce, update)
             for k in range(n_par, n_blocks):
                 block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, one, True, False)
-            total_norm = record_norms(norms, s, block_sq, block_layer, L)
-            coef = clip_norm / (total_norm + 1e-6)   # torch.nn.utils.clip_grad_norm_
-            clip = params.dtype.type(coef if coef < 1.0 else 1.0)
-            for k in prange(n_par):
-                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, clip, False, True)
-            for k in range(n_par, n_blocks):
-                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, clip, False, True)
-        else:
-            # each block is reduced and updated while it is in cache
-            for k in prange(n_par):
-                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, one, True, True)
-            for k in range(n_par, n_blocks):
-                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, one, True, True)
+                           L, opt_code, hyper, bc1, bc2, clip, reduce, update)
+        if n_passes == 1:
             record_norms(norms, s, block_sq, block_layer, L)
     return loss_total, correct_total, step
+
+
+@jit
+def fill(a, value):
+    """a (n,) = value, as a plain loop (cheaper to compile than a slice assignment)."""
+    x = a.dtype.type(value)
+    for i in range(a.shape[0]):
+        a[i] = x
 
 
 @jit
@@ -166,13 +167,13 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
     n_params = params.shape[0]
     inv_count = params.dtype.type(1) / params.dtype.type(n)
     per_chunk = (n + n_chunks - 1) // n_chunks
-    chunk_loss = np.zeros(n_chunks)
-    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
+    chunk_loss = np.empty(n_chunks)
+    chunk_correct = np.empty(n_chunks, dtype=np.int64)
     for c in prange(n_chunks):
         clo = min(c * per_chunk, n)
         chi = min(clo + per_chunk, n)
         if want_grad:
-            acc[c, :] = 0
+            fill(acc[c], 0.0)
         ls = 0.0
         nc = 0
         for blo in range(clo, chi, block_rows):
@@ -191,7 +192,12 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
         for c in range(1, n_chunks):
             for i in range(n_params):
                 acc[0, i] += acc[c, i]
-    return chunk_loss.sum(), chunk_correct.sum()
+    loss_sum = 0.0
+    n_correct = 0
+    for c in range(n_chunks):
+        loss_sum += chunk_loss[c]
+        n_correct += chunk_correct[c]
+    return loss_sum, n_correct
 
 
 def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, loss_code,

@@ -9,6 +9,8 @@ Size legend (every function below uses it):
 
 All functions are serial and pure: they read and write only the arrays they are given.
 Scalar constants are built with ``dtype.type(...)`` so a float32 run stays float32.
+Arrays are copied with explicit loops: Numba's array-to-array slice assignment
+(``A[:, :] = Z``) costs about 3 s of compile time the first time it appears.
 The fast-math flags leave out ``nnan`` and ``ninf`` so NaN/inf still propagate, and
 ``error_model="numpy"`` makes x/0 give inf/NaN instead of a Python exception: the zero-divisor
 check it saves is what kept loops with a division (Adam, sigmoid) from vectorising.
@@ -96,7 +98,9 @@ def activation_forward(A, Z, code):
     c = Z.dtype.type(GELU_C)
     k = Z.dtype.type(GELU_K)
     if code == IDENTITY:
-        A[:, :] = Z
+        for r in range(B):
+            for j in range(n):
+                A[r, j] = Z[r, j]
     elif code == RELU:
         for r in range(B):
             for j in range(n):
@@ -192,7 +196,9 @@ def output_forward(P, Z, loss_code):
             for j in range(K):
                 P[r, j] = stable_sigmoid(Z[r, j], one)
     else:
-        P[:, :] = Z
+        for r in range(B):
+            for j in range(K):
+                P[r, j] = Z[r, j]
 
 
 @jit
@@ -305,8 +311,11 @@ def forward_backward(params, grads, work, X, idx, labels, targets, sizes, w_off,
     B = idx.shape[0]
     L = sizes.shape[0] - 1
     A0 = matrix(work, a_off[0], B, sizes[0])
+    n_0 = sizes[0]
     for r in range(B):                       # gather the (shuffled) rows once
-        A0[r, :] = X[idx[r]]
+        row = idx[r]
+        for j in range(n_0):
+            A0[r, j] = X[row, j]
     Z = forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off)
     P = matrix(work, a_off[L], B, sizes[L])
     loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, loss_code)
