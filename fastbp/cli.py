@@ -1,4 +1,5 @@
-"""The `fastbp` command line: `fastbp train [DATA]` and `fastbp predict MODEL DATA`.
+"""The `fastbp` command line: `fastbp train [DATA]`, `fastbp predict MODEL DATA` and
+`fastbp warmup`.
 
 With no DATA, `fastbp train` trains on scikit-learn's copy of the digits dataset (no
 download). DATA is an .npz with arrays X and y (optionally X_test, y_test) or a .csv whose
@@ -269,6 +270,12 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_warmup(args):
+    from .trainer import warmup
+    warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
+    return 0
+
+
 def _layers(text):
     try:
         sizes = [int(s) for s in text.replace(" ", ",").split(",") if s]
@@ -316,6 +323,14 @@ def build_parser():
     q.add_argument("--out", help="output .csv (default: standard output)")
     q.add_argument("--proba", action="store_true", help="write class probabilities")
     q.set_defaults(func=cmd_predict)
+
+    w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--dtypes", nargs="+", default=list(_config.DTYPES),
+                   choices=list(_config.DTYPES))
+    w.add_argument("--targets", nargs="+", default=["cpu", "parallel"],
+                   choices=["cpu", "parallel"])
+    w.set_defaults(func=cmd_warmup)
     return p
 
 

@@ -382,3 +382,28 @@ class Trainer:
         return (f"Trainer(layers={c['layers']}, activation={c['activation']!r}, "
                 f"loss={c['loss']!r}, optimizer={c['optimizer']!r}, lr={c['lr']}, "
                 f"target={c['target']!r}, dtype={c['dtype']!r})")
+
+
+def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False):
+    """Compile (or load from Numba's on-disk cache) the kernels of every dtype and target
+    ahead of time, so a later fit, loss or predict starts at once; the kernels serve every
+    depth, activation, loss and optimizer. Returns {(dtype, target): seconds}."""
+    from .kernels import training_plan as _plan
+    timings = {}
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        X = rng.standard_normal((8, 3))
+        y = np.arange(8) % 2
+        for target in targets:
+            t0 = time.perf_counter()
+            t = Trainer([3, 4, 2], target=target, dtype=dtype, batch_size=4, seed=0)
+            if target == "parallel":      # the parallel variant runs the "chunks" plan
+                t._train_plan = _plan(target, [3, 4, 2], 4, max(2, t._eval_plan.chunks),
+                                      "chunks")
+            t.fit(X, y, validation_data=(X, y), epochs=1, progress=False)
+            t.predict(X)
+            timings[(dtype, target)] = time.perf_counter() - t0
+            if verbose:
+                print(f"fastbp: kernels for {dtype}/{target} ready in "
+                      f"{timings[(dtype, target)]:.1f} s", flush=True)
+    return timings

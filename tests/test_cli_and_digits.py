@@ -97,3 +97,11 @@ def test_cli_errors_are_clear(argv, message, capsys, tmp_path, monkeypatch):
         code = e.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_warmup_compiles_every_kernel_set(capsys):
+    from fastbp import warmup
+    timings = warmup(dtypes=["float32"], targets=["cpu", "parallel"])
+    assert set(timings) == {("float32", "cpu"), ("float32", "parallel")}
+    assert main(["warmup", "--dtypes", "float64", "--targets", "cpu"]) == 0
+    assert "float64/cpu ready" in capsys.readouterr().out
