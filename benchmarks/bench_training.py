@@ -121,9 +121,10 @@ class Digits:
 _FIRST_FIT = """
 import numpy as np
 from fastbp import Trainer
-X = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32)
+X = np.random.default_rng(0).standard_normal((256, 128)).astype(np.float32)
 y = np.arange(256) % 10
-Trainer([64, 32, 10], batch_size=32, target={target!r}).fit(X, y, epochs=1, progress=False)
+t = Trainer([128, 128, 128, 10], batch_size=64, target={target!r})   # 'chunks' when parallel
+t.fit(X, y, epochs=1, progress=False)
 """
 
 

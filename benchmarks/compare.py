@@ -12,6 +12,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --sweep              # hidden width x batch size
     python benchmarks/compare.py --compile            # cold/warm time to the first epoch
     python benchmarks/compare.py --strategies         # fastbp's parallel strategies
+    python benchmarks/compare.py --memory             # fastbp's peak memory during fit
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
@@ -342,6 +343,35 @@ def strategies(rounds):
               f" | {chosen}{mark} |", flush=True)
 
 
+def memory():
+    """Peak memory a fit allocates (tracemalloc: NumPy's and fastbp's buffers) against the
+    budget 1.2 x (training data + 4 x params): no copy of the data per epoch."""
+    import tracemalloc
+
+    from fastbp import Trainer
+    print("| workload | optimizer | data MB | params MB | data + peak of Trainer and fit MB "
+          "| budget MB | ok |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for name in ("tiny", "mnist", "wide", "deep", "regression"):
+        layers, batch, loss = WORKLOADS[name]
+        X, y = _data(layers, loss, N_SAMPLES[name])
+        for opt in ("sgd", "adam"):
+            kw = dict(loss=loss, batch_size=batch, optimizer=opt, momentum=0.9 if opt == "sgd"
+                      else 0.0, seed=0)
+            Trainer(layers, **kw).fit(X[:batch], y[:batch], epochs=1, progress=False)  # JIT
+            tracemalloc.start()     # the Trainer's buffers, fit's workspace and slabs
+            t = Trainer(layers, **kw)
+            t.fit(X, y, epochs=2, progress=False)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            data = X.nbytes + y.nbytes
+            params = t.params.nbytes
+            budget = 1.2 * (data + 4 * params)
+            total = data + peak
+            print(f"| {name} | {opt} | {data / 1e6:.1f} | {params / 1e6:.2f} | "
+                  f"{total / 1e6:.1f} | {budget / 1e6:.1f} | {'yes' if total <= budget else 'NO'} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -353,7 +383,10 @@ def main():
     p.add_argument("--compile", action="store_true", help="cold/warm first-epoch times instead")
     p.add_argument("--strategies", action="store_true",
                    help="fastbp's parallel strategies side by side instead")
+    p.add_argument("--memory", action="store_true", help="fastbp's peak memory during fit")
     args = p.parse_args()
+    if args.memory:
+        return memory()
     if args.compile:
         return compile_times()
     if args.strategies:

@@ -40,9 +40,9 @@ def check_X(X, n_features, dtype, name="X"):
                          f"takes {n_features} (layers[0]); got shape {arr.shape}")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
         out = np.ascontiguousarray(arr, dtype=dtype)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        where = _first_bad(bad)
+    # min/max propagate NaN and show inf without allocating a mask the size of X
+    if not (np.isfinite(out.min()) and np.isfinite(out.max())):
+        where = _first_bad(~np.isfinite(out))
         what = "NaN" if np.isnan(out[where]) else "infinity"
         extra = ""
         if arr.dtype.kind != "f" or np.isfinite(arr[where]):
@@ -78,7 +78,7 @@ def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
             i = _first_bad(bad)[0]
             raise ValueError(f"{name} holds class label {arr[i].item()!r} at row {i}; labels must be "
                              f"integers in [0, {n_outputs}) (layers[-1] = {n_outputs} classes)")
-        return arr.astype(np.int64), np.empty((0, n_outputs), dtype=dtype)
+        return arr.astype(np.int64, copy=False), np.empty((0, n_outputs), dtype=dtype)
 
     if arr.ndim == 1 and n_outputs == 1:
         arr = arr[:, None]

@@ -19,6 +19,12 @@ EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-b
 _blas = None
 
 
+def _row_order(n):
+    """Rows 0..n-1 as the kernels' row-index array: int32 (a quarter of a float32 row of
+    four features), int64 only past 2**31 rows."""
+    return np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+
+
 def _blas_controller():
     """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, used by the kernels)."""
     global _blas
@@ -204,7 +210,7 @@ class Trainer:
         P = self._layout.n_params if want_grad else 0
         gslab = np.empty((C, P), dtype=self._dtype)
         acc = np.empty((C, P), dtype=self._dtype)
-        order = np.arange(X.shape[0], dtype=np.int64)
+        order = _row_order(X.shape[0])
         lay = self._layout
         with self._compute(plan):
             loss_sum, correct = plan.kernels.loss_grad(
@@ -267,7 +273,7 @@ class Trainer:
         block_sq = np.empty(block_lo.shape[0])
         norms = np.empty((-(-n // B), L + 1))
         chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
-        natural = np.arange(n, dtype=np.int64)
+        order = _row_order(n)
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -275,7 +281,9 @@ class Trainer:
         try:
             with self._compute(plan):
                 for _ in range(epochs):
-                    order = self._rng.permutation(n) if shuffle else natural
+                    if shuffle:                  # a fresh permutation of 0..n-1, in place
+                        order[:] = np.arange(n, dtype=order.dtype)
+                        self._rng.shuffle(order)
                     t0 = time.perf_counter()
                     loss_sum, correct, self._step = plan.kernels.train_epoch(
                         self._params, gslab, self._m, self._v, work, Xc, labels, targets,
