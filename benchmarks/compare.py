@@ -316,13 +316,13 @@ def strategies(rounds):
             ([128] * 9 + [10], 64), ([256, 128, 128, 10], 128), ([256, 256, 256, 10], 128),
             ([784, 256, 128, 10], 128), ([512, 512, 512, 10], 256),
             ([784, 1024, 1024, 10], 256)]
-    print("| layers | batch | MFLOP/step | serial | chunks | blas | chosen |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| layers | batch | MFLOP/step | serial | chunks | chosen |")
+    print("|---|---|---:|---:|---:|---|")
     for layers, batch in nets:
         n = int(min(16384, max(8 * batch, 3e9 / flops_per_sample(layers))) // batch * batch)
         X, y = _data(layers, "cross_entropy", n)
         runs = {}
-        for strategy in ("serial", "chunks", "blas"):
+        for strategy in ("serial", "chunks"):
             t = Trainer(layers, batch_size=batch, optimizer="sgd", momentum=0.9, lr=0.01,
                         target="parallel", seed=0)
             t._train_plan = training_plan("parallel", layers, batch, THREADS, strategy)
@@ -339,7 +339,7 @@ def strategies(rounds):
         mark = "" if chosen == best else f" (best: {best})"
         print(f"| {'-'.join(map(str, layers))} | {batch} | "
               f"{flops_per_sample(layers) * batch / 1e6:.1f} | " +
-              " | ".join(f"{sps[s]:,.0f}" for s in ("serial", "chunks", "blas")) +
+              " | ".join(f"{sps[s]:,.0f}" for s in ("serial", "chunks")) +
               f" | {chosen}{mark} |", flush=True)
 
 

@@ -181,16 +181,16 @@ class Trainer:
     @property
     def strategy(self):
         """How target='parallel' spreads a training step over threads: 'serial' (small
-        steps), 'chunks' (batch chunks, one gradient slab each) or 'blas' (multi-threaded
-        matrix products); always 'serial' for target='cpu'."""
+        steps) or 'chunks' (batch chunks, one gradient slab each); always 'serial' for
+        target='cpu'."""
         return self._train_plan.strategy
 
     @contextlib.contextmanager
     def _compute(self, plan):
-        """Run kernels with the plan's BLAS thread count (1 unless the plan threads BLAS)
-        and, for a parallel plan, Numba's thread count set to its chunk count."""
+        """Run kernels with single-threaded BLAS (parallelism is over batch chunks) and
+        Numba's thread count set to the plan's chunk count."""
         previous = numba.get_num_threads()
-        with _blas_controller().limit(limits=plan.blas_threads, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             if plan.chunks > 1:
                 numba.set_num_threads(plan.chunks)
             try:

@@ -1,19 +1,21 @@
 """Compiled kernels and how a target runs them.
 
-A `Plan` says which compiled variant runs, over how many batch chunks (Numba threads) and
-with how many BLAS threads. target='cpu' is always serial. target='parallel' spreads a
-training step over T threads in one of three ways, chosen from the layer sizes, the batch
-size and T alone (so a given seed and thread count always gives the same result):
+A `Plan` says which compiled variant runs and over how many batch chunks (Numba threads);
+BLAS inside the kernels always runs single-threaded. target='cpu' is always serial.
+target='parallel' runs a training step in one of two ways, chosen from the layer sizes and
+the batch size alone (so a given seed and thread count always gives the same result):
 
-- "serial":  one chunk, one BLAS thread: for small steps, where entering a parallel region
-             costs more than it saves (the tiny and regression workloads).
+- "serial":  one chunk: for small steps, where entering a parallel region (about 1.2 us
+             with the omp layer, twice per step) and splitting tiny matrix products cost
+             more than they save (the tiny and regression workloads).
 - "chunks":  the minibatch is cut into T chunks, each thread computes its chunk's gradient
-             into its own slab, the slabs are summed in a fixed order (medium layers).
-- "blas":    one chunk, T BLAS threads on whole-batch matrix products (large layers, where
-             BLAS's own partitioning beats T smaller products plus a slab reduction).
+             into its own slab, the slabs are summed in a fixed order and large models are
+             then updated block-parallel.
 
-The thresholds come from `python benchmarks/compare.py --strategies` on the development
-machine (2 cores, AVX-512); README "Speed" has the figures.
+Multi-threaded BLAS on whole-batch products was measured as a third way and dropped: it was
+never clearly faster than "chunks" here (within noise on the wide workload, 1.1-3x slower
+elsewhere), and Numba's spin-waiting threads fight BLAS's for the cores. The threshold comes
+from `python benchmarks/compare.py --strategies` on the development machine (2 cores).
 """
 from typing import NamedTuple
 
@@ -21,14 +23,11 @@ from typing import NamedTuple
 class Plan(NamedTuple):
     strategy: str
     kernels: object        # SimpleNamespace(train_epoch, loss_grad, predict)
-    chunks: int            # Numba threads = batch chunks
-    blas_threads: int
+    chunks: int            # batch chunks = Numba threads
 
 
 # A step below this many FLOPs (6 x weights x batch) runs serially under target='parallel'.
 SERIAL_BELOW_FLOPS = 10e6
-# Whole-batch BLAS threading once the largest weight matrix has this many entries.
-BLAS_FROM_WEIGHTS = 500_000
 
 
 def get_kernels(target):
@@ -48,34 +47,27 @@ def get_kernels(target):
 
 
 def choose_strategy(sizes, batch_size, threads):
-    """'serial', 'chunks' or 'blas' for a training step of target='parallel'."""
-    if threads <= 1:
+    """'serial' or 'chunks' for a training step of target='parallel'."""
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if threads <= 1 or 6 * weights * batch_size < SERIAL_BELOW_FLOPS:
         return "serial"
-    weights = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
-    if 6 * sum(weights) * batch_size < SERIAL_BELOW_FLOPS:
-        return "serial"
-    if max(weights) >= BLAS_FROM_WEIGHTS:
-        return "blas"
     return "chunks"
 
 
 def training_plan(target, sizes, batch_size, threads, strategy=None):
     """How fit runs: `strategy` overrides the automatic choice (tests, benchmarks)."""
     if target == "cpu":
-        return Plan("serial", get_kernels("cpu"), 1, 1)
+        return Plan("serial", get_kernels("cpu"), 1)
     strategy = strategy or choose_strategy(sizes, batch_size, threads)
     if strategy == "serial":
-        return Plan(strategy, get_kernels("cpu"), 1, 1)
+        return Plan(strategy, get_kernels("cpu"), 1)
     if strategy == "chunks":
-        return Plan(strategy, get_kernels("parallel"), threads, 1)
-    if strategy == "blas":
-        # serial kernel: Numba threads spinning next to BLAS's own would fight for the cores
-        return Plan(strategy, get_kernels("cpu"), 1, threads)
-    raise ValueError(f"unknown strategy {strategy!r}; one of 'serial', 'chunks', 'blas'")
+        return Plan(strategy, get_kernels("parallel"), threads)
+    raise ValueError(f"unknown strategy {strategy!r}; one of 'serial', 'chunks'")
 
 
 def evaluation_plan(target, threads):
     """How loss, gradient and predict run: rows are independent, so split them in chunks."""
     if target == "cpu" or threads <= 1:
-        return Plan("serial", get_kernels("cpu"), 1, 1)
-    return Plan("chunks", get_kernels("parallel"), threads, 1)
+        return Plan("serial", get_kernels("cpu"), 1)
+    return Plan("chunks", get_kernels("parallel"), threads)
