@@ -20,9 +20,9 @@ _blas = None
 
 
 def _row_order(n):
-    """Rows 0..n-1 as the kernels' row-index array: int32 (a quarter of a float32 row of
-    four features), int64 only past 2**31 rows."""
-    return np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    """Rows 0..n-1 as the kernels' row-index array (int64: with int32 indices the parallel
+    kernel ran at half speed on the mnist workload, 70k vs 137k samples/s)."""
+    return np.arange(n, dtype=np.int64)
 
 
 def _blas_controller():
