@@ -86,11 +86,7 @@ class Trainer:
                      H_ALPHA]] = [cfg["lr"], cfg["momentum"], float(cfg["nesterov"]),
                                   cfg["betas"][0], cfg["betas"][1], cfg["eps"],
                                   cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"]]
-        threads = 1 if cfg["target"] == "cpu" else (cfg["n_threads"] or
-                                                    numba.config.NUMBA_NUM_THREADS)
-        self._train_plan = training_plan(cfg["target"], cfg["layers"], cfg["batch_size"],
-                                         threads)
-        self._eval_plan = evaluation_plan(cfg["target"], threads)
+        self._make_plans()
         P = self._layout.n_params
         self._params = np.zeros(P, dtype=self._dtype)
         opt, mom = cfg["optimizer"], cfg["momentum"] > 0
@@ -102,6 +98,14 @@ class Trainer:
         self._biases = self._layout.biases(self._params)
         self.metadata = {}   # JSON-able notes saved with the model (e.g. class names)
         self.reset()
+
+    def _make_plans(self):
+        cfg = self._cfg
+        threads = 1 if cfg["target"] == "cpu" else (cfg["n_threads"] or
+                                                    numba.config.NUMBA_NUM_THREADS)
+        self._train_plan = training_plan(cfg["target"], cfg["layers"], cfg["batch_size"],
+                                         threads)
+        self._eval_plan = evaluation_plan(cfg["target"], threads)
 
     # ------------------------------------------------------------------ state
 
@@ -160,6 +164,29 @@ class Trainer:
     def biases(self):
         """b_l (n_{l+1},) as writable views into `params`."""
         return list(self._biases)
+
+    @property
+    def lr(self):
+        """The learning rate; settable between epochs (schedules)."""
+        return self._cfg["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        value = _config._real("lr", value, 0.0, np.inf, "a finite number > 0", low_open=True)
+        self._cfg["lr"] = value
+        self._hyper[H_LR] = value
+
+    def __getstate__(self):
+        # the compiled kernels are not pickled: the plans are rebuilt from the configuration
+        state = self.__dict__.copy()
+        del state["_train_plan"], state["_eval_plan"], state["_weights"], state["_biases"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._make_plans()
+        self._weights = self._layout.weights(self._params)
+        self._biases = self._layout.biases(self._params)
 
     @property
     def step(self):

@@ -1,0 +1,212 @@
+"""fastbp.MLPClassifier / MLPRegressor: scikit-learn's estimator contract, accuracy against
+scikit-learn's own MLP, and the behaviours its users rely on."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from scipy import sparse
+from sklearn import datasets
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as SkMLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from fastbp import MLPClassifier, MLPRegressor
+
+
+@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
+def test_sklearn_estimator_contract(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def _split(loader):
+    X, y = loader(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    return train_test_split(X, y, random_state=0,
+                            stratify=y if loader is not datasets.load_diabetes else None)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("loader", [datasets.load_iris, datasets.load_wine,
+                                    datasets.load_breast_cancer, datasets.load_digits])
+def test_classification_accuracy_close_to_scikit_learn(loader, solver):
+    X_tr, X_te, y_tr, y_te = _split(loader)
+    kw = dict(hidden_layer_sizes=(64,), solver=solver, max_iter=300, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier(**kw).fit(X_tr, y_tr).score(X_te, y_te)
+        theirs = SkMLPClassifier(**kw).fit(X_tr, y_tr).score(X_te, y_te)
+    assert ours >= theirs - 0.05, (ours, theirs)
+
+
+@pytest.mark.parametrize("solver,lr,alpha,max_iter", [("adam", 0.01, 1.0, 500),
+                                                      ("sgd", 0.001, 1.0, 500),
+                                                      ("lbfgs", 0.001, 100.0, 100)])
+def test_regression_close_to_scikit_learn(solver, lr, alpha, max_iter):
+    """Diabetes is small and noisy: full-batch L-BFGS overfits both libraries' models unless
+    it is regularised, hence its larger alpha."""
+    X_tr, X_te, y_tr, y_te = _split(datasets.load_diabetes)
+    kw = dict(hidden_layer_sizes=(32,), solver=solver, max_iter=max_iter, random_state=0,
+              learning_rate_init=lr, alpha=alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPRegressor(**kw).fit(X_tr, y_tr)
+        theirs = SkMLPRegressor(**kw).fit(X_tr, y_tr)
+    assert ours.score(X_te, y_te) >= theirs.score(X_te, y_te) - 0.1
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=0.5)   # same units: half squared error
+
+
+def test_fitted_attributes_are_views_and_shapes():
+    X, y = datasets.load_iris(return_X_y=True)
+    m = MLPClassifier(hidden_layer_sizes=(8, 5), max_iter=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X, y)
+    assert [c.shape for c in m.coefs_] == [(4, 8), (8, 5), (5, 3)]
+    assert [b.shape for b in m.intercepts_] == [(8,), (5,), (3,)]
+    assert m.n_layers_ == 4 and m.n_outputs_ == 3 and m.out_activation_ == "softmax"
+    assert m.n_iter_ == 20 and m.t_ == 20 * 150 and len(m.loss_curve_) == 20
+    assert m.n_features_in_ == 4 and m.best_loss_ <= m.loss_curve_[0]
+    m.coefs_[0][:] = 0.0                            # a view: the model changes
+    assert np.all(m._trainer.weights[0] == 0.0)
+
+
+def test_binary_multilabel_string_labels_and_float32():
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    labels = np.where(y == 1, "benign", "malignant")
+    m = MLPClassifier(hidden_layer_sizes=(16,), max_iter=50, random_state=0).fit(X, labels)
+    assert m.out_activation_ == "logistic" and m.n_outputs_ == 1
+    assert set(m.predict(X)) <= {"benign", "malignant"} and m.score(X, labels) > 0.95
+    P = m.predict_proba(X)
+    assert P.shape == (len(X), 2) and P.dtype == np.float32 and m.coefs_[0].dtype == np.float32
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(m.predict_log_proba(X), np.log(P), rtol=1e-6)
+
+    Y = np.column_stack([y, 1 - y, (X[:, 0] > 0).astype(int)])      # multilabel
+    ml = MLPClassifier(hidden_layer_sizes=(16,), max_iter=80, random_state=0).fit(X, Y)
+    assert ml.predict(X).shape == Y.shape and ml.score(X, Y) > 0.8
+
+
+def test_multi_output_regression():
+    X, y = datasets.make_regression(n_samples=200, n_features=5, n_targets=3, random_state=0)
+    m = MLPRegressor(hidden_layer_sizes=(32,), solver="lbfgs", max_iter=300,
+                     random_state=0).fit(X, y / 100)
+    assert m.predict(X).shape == (200, 3) and m.score(X, y / 100) > 0.9
+
+
+def test_partial_fit_chunks_equal_fit_on_the_concatenation():
+    X, y = datasets.load_digits(return_X_y=True)
+    X = X[:640] / 16.0
+    y = y[:640]
+    kw = dict(hidden_layer_sizes=(32,), batch_size=32, shuffle=False, random_state=0,
+              max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        whole = MLPClassifier(**kw).fit(X, y)
+    parts = MLPClassifier(**kw)
+    for lo in range(0, 640, 160):
+        parts.partial_fit(X[lo:lo + 160], y[lo:lo + 160], classes=np.arange(10))
+    for a, b in zip(whole.coefs_ + whole.intercepts_, parts.coefs_ + parts.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert parts.n_iter_ == 4 and parts.t_ == 640
+    with pytest.raises(ValueError, match="classes"):
+        MLPClassifier().partial_fit(X, y)
+    with pytest.raises(AttributeError, match="partial_fit"):
+        MLPClassifier(solver="lbfgs").partial_fit(X, y, classes=np.arange(10))
+
+
+def test_warm_start_continues():
+    X, y = datasets.load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = MLPClassifier(max_iter=5, warm_start=True, random_state=0).fit(X, y)
+        first = m.coefs_[0].copy()
+        m.fit(X, y)
+    assert m.n_iter_ == 10 and len(m.loss_curve_) == 10
+    assert not np.array_equal(first, m.coefs_[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cold = MLPClassifier(max_iter=5, random_state=0).fit(X, y)
+        cold.fit(X, y)
+    assert cold.n_iter_ == 5
+
+
+def test_early_stopping_restores_the_best_weights():
+    X, y = datasets.load_digits(return_X_y=True)
+    m = MLPClassifier(hidden_layer_sizes=(16,), early_stopping=True, n_iter_no_change=3,
+                      learning_rate_init=0.05, max_iter=200, random_state=0).fit(X / 16.0, y)
+    scores = m.validation_scores_
+    best = int(np.argmax(scores))
+    assert m.best_validation_score_ == scores[best] and m.best_loss_ is None
+    assert len(scores) == m.n_iter_ > best + 3           # stopped after 3 epochs without gain
+    np.testing.assert_array_equal(m._trainer.params, m._best_params)
+
+
+def test_convergence_warning_and_tol_stopping():
+    X, y = datasets.load_iris(return_X_y=True)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        MLPClassifier(max_iter=3, random_state=0).fit(X, y)
+    m = MLPClassifier(max_iter=5000, tol=1e-2, n_iter_no_change=2, random_state=0).fit(X, y)
+    assert m.n_iter_ < 5000
+
+
+def test_learning_rate_schedules_for_sgd():
+    X, y = datasets.load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        inv = MLPClassifier(solver="sgd", learning_rate="invscaling", power_t=0.5, max_iter=4,
+                            learning_rate_init=0.1, random_state=0).fit(X, y)
+    assert inv._trainer.lr == pytest.approx(0.1 / (4 * 150 + 1) ** 0.5)
+    ada = MLPClassifier(solver="sgd", learning_rate="adaptive", tol=10.0, n_iter_no_change=1,
+                        learning_rate_init=0.1, max_iter=6, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ada.fit(X, y)
+    assert ada._trainer.lr < 0.1 / 5 + 1e-12           # divided by 5 at least once
+
+
+def test_pipeline_grid_search_cross_val_clone_pickle():
+    X, y = datasets.load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(max_iter=200, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(pipe, X, y, cv=3)
+        grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-2]}, cv=3, n_jobs=2)
+        grid.fit(X, y)
+    assert scores.mean() > 0.85 and grid.best_score_ > 0.85
+    c = clone(grid.best_estimator_[-1])
+    assert c.get_params()["alpha"] == grid.best_params_["mlpclassifier__alpha"]
+    fitted = grid.best_estimator_
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_dataframe_feature_names_and_sparse_refused():
+    pd = pytest.importorskip("pandas")
+    X, y = datasets.load_iris(return_X_y=True, as_frame=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = MLPClassifier(max_iter=20, random_state=0).fit(X, y)
+    assert list(m.feature_names_in_) == list(X.columns)
+    assert isinstance(X, pd.DataFrame)
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        MLPClassifier().fit(sparse.csr_matrix(X.values), y)
+
+
+@pytest.mark.parametrize("kwargs", [dict(activation="softplus"), dict(solver="rmsprop"),
+                                    dict(alpha=-1.0), dict(batch_size=0), dict(max_iter=0),
+                                    dict(momentum=1.5), dict(learning_rate="cyclic"),
+                                    dict(target="gpu"), dict(dtype="float16"),
+                                    dict(hidden_layer_sizes=(10, 0))])
+def test_invalid_parameters(kwargs):
+    X, y = datasets.load_iris(return_X_y=True)
+    with pytest.raises(ValueError):
+        MLPClassifier(**kwargs).fit(X, y)
