@@ -9,13 +9,13 @@ import numbers
 import numpy as np
 
 from .kernels.ops import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, GELU, IDENTITY, LEAKY_RELU,
-                          MSE, RELU, SIGMOID, TANH)
+                          MSE, POISSON, RELU, SIGMOID, TANH)
 from .kernels.optim import ADAM, ADAMW, RMSPROP, SGD
 
 ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "tanh": TANH,
                "sigmoid": SIGMOID, "logistic": SIGMOID, "gelu": GELU}
 LOSSES = {"cross_entropy": CROSS_ENTROPY, "binary_cross_entropy": BINARY_CROSS_ENTROPY,
-          "mse": MSE}
+          "mse": MSE, "poisson": POISSON}
 OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW, "rmsprop": RMSPROP}
 TARGETS = ("cpu", "parallel", "cuda")
 DTYPES = ("float32", "float64")

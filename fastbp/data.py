@@ -92,6 +92,12 @@ def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
         r, c = _first_bad(bad)
         raise ValueError(f"{name} contains a non-finite value ({targets[r, c].item()!r}) at row {r}, "
                          f"column {c}; every target must be finite")
+    if loss == "poisson":
+        bad = targets < 0
+        if bad.any():
+            r, c = _first_bad(bad)
+            raise ValueError(f"{name} holds {targets[r, c].item()!r} at row {r}, column {c}; "
+                             f"targets for loss='poisson' must be counts or rates >= 0")
     if loss == "binary_cross_entropy":
         bad = (targets < 0) | (targets > 1)
         if bad.any():
@@ -99,3 +105,20 @@ def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
             raise ValueError(f"{name} holds {targets[r, c].item()!r} at row {r}, column {c}; targets "
                              f"for loss='binary_cross_entropy' must lie in [0, 1]")
     return no_labels, targets
+
+
+def check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
+    """None -> an empty array (unweighted); otherwise (N,) finite weights >= 0 of `dtype`
+    with a positive sum."""
+    if sample_weight is None:
+        return np.empty(0, dtype=dtype)
+    arr = _as_numeric(sample_weight, name)
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise ValueError(f"{name} must be a 1-D array of {n_samples} weights (one per sample); "
+                         f"got shape {arr.shape}")
+    w = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must hold finite weights >= 0")
+    if not w.sum() > 0:
+        raise ValueError(f"{name} must have a positive sum")
+    return w

@@ -180,7 +180,7 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, X, y):
         t = self._trainer
-        Xc, labels, targets = t._check_data(X, y)
+        data = t._check_data(X, y)
         n = X.shape[0]
         lay = t._layout
         W_mask = np.zeros(t.n_params, dtype=bool)      # the weights (L2 applies), not biases
@@ -189,7 +189,7 @@ class _BaseMLP(BaseEstimator):
 
         def loss_and_grad(theta):
             t.params[:] = theta
-            value, _, grad = t._loss_grad(Xc, labels, targets, want_grad=True)
+            value, _, grad = t._loss_grad(*data, want_grad=True)
             grad = grad.astype(np.float64) / self._scale
             grad[W_mask] += self.alpha * theta[W_mask] / n
             return value / self._scale + 0.5 * self.alpha * theta[W_mask] @ theta[W_mask] / n, grad

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from . import config as _config
-from .data import check_X, check_y
+from .data import check_sample_weight, check_X, check_y
 from .initializers import init_params
 from .kernels import evaluation_plan, training_plan
 from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
@@ -199,11 +199,13 @@ class Trainer:
 
     # --------------------------------------------------------------- helpers
 
-    def _check_data(self, X, y, names=("X", "y")):
+    def _check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight")):
+        """-> (X, labels, targets, weights) as the kernels take them."""
         Xc = check_X(X, self._cfg["layers"][0], self._dtype, names[0])
         labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
                                   self._dtype, names[1])
-        return Xc, labels, targets
+        weights = check_sample_weight(sample_weight, Xc.shape[0], self._dtype, names[2])
+        return Xc, labels, targets, weights
 
     @property
     def strategy(self):
@@ -229,7 +231,7 @@ class Trainer:
         a_off, z_off, d_off, size = self._layout.workspace(rows)
         return np.empty((n_chunks, size), dtype=self._dtype), a_off, z_off, d_off
 
-    def _loss_grad(self, X, labels, targets, want_grad):
+    def _loss_grad(self, X, labels, targets, weights, want_grad):
         plan = self._eval_plan
         C = plan.chunks
         rows = min(EVAL_ROWS, -(-X.shape[0] // C))
@@ -241,21 +243,22 @@ class Trainer:
         lay = self._layout
         with self._compute(plan):
             loss_sum, correct = plan.kernels.loss_grad(
-                self._params, gslab, acc, work, X, labels, targets, order, rows, lay.sizes,
-                lay.w_off, lay.b_off, self._act, self._loss_code, a_off, z_off, d_off,
-                want_grad)
-        return loss_sum / X.shape[0], correct, (acc[0].copy() if want_grad else None)
+                self._params, gslab, acc, work, X, labels, targets, weights, order, rows,
+                lay.sizes, lay.w_off, lay.b_off, self._act, self._loss_code, a_off, z_off,
+                d_off, want_grad)
+        total = weights.sum(dtype=np.float64) if weights.size else X.shape[0]
+        return loss_sum / total, correct, (acc[0].copy() if want_grad else None)
 
     def _accuracy(self, correct, n):
         loss = self._cfg["loss"]
-        if loss == "mse":
+        if loss in ("mse", "poisson"):
             return None
         return correct / (n if loss == "cross_entropy" else n * self._cfg["layers"][-1])
 
     # ------------------------------------------------------------- public API
 
-    def fit(self, X, y, validation_data=None, *, epochs=None, shuffle=None, callbacks=None,
-            progress=None):
+    def fit(self, X, y, validation_data=None, *, sample_weight=None, epochs=None, shuffle=None,
+            callbacks=None, progress=None):
         """Train for `epochs` (default: the constructor's) more epochs from the current
         parameters and optimizer state. Returns `history`.
 
@@ -264,14 +267,16 @@ class Trainer:
         epoch; one returning True stops training. progress: None shows a tqdm bar over epochs
         when stderr is a terminal; True/False force it on/off.
         """
-        Xc, labels, targets = self._check_data(X, y)
+        Xc, labels, targets, weights = self._check_data(X, y, sample_weight)
         val = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val); got "
+            if (not isinstance(validation_data, (tuple, list))
+                    or len(validation_data) not in (2, 3)):
+                raise TypeError("validation_data must be a pair (X_val, y_val) or a triple "
+                                "(X_val, y_val, sample_weight_val); got "
                                 f"{type(validation_data).__name__}")
-            val = self._check_data(*validation_data, names=("validation_data[0]",
-                                                            "validation_data[1]"))
+            val = self._check_data(*validation_data, names=(
+                "validation_data[0]", "validation_data[1]", "validation_data[2]"))
         if epochs is None:
             epochs = self._cfg["epochs"]
         epochs = _config._int("epochs", epochs, 0, "an integer >= 0")
@@ -301,6 +306,7 @@ class Trainer:
         norms = np.empty((-(-n // B), L + 1))
         chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
         order = _row_order(n)
+        weight_total = weights.sum(dtype=np.float64) if weights.size else n
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -314,12 +320,12 @@ class Trainer:
                     t0 = time.perf_counter()
                     loss_sum, correct, self._step = plan.kernels.train_epoch(
                         self._params, gslab, self._m, self._v, work, Xc, labels, targets,
-                        order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
+                        weights, order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
                         self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
                         self._step, block_lo, block_hi, block_layer, block_sq, norms,
                         chunk_loss, chunk_correct)
                     seconds = time.perf_counter() - t0
-                    logs = {"loss": loss_sum / n}
+                    logs = {"loss": loss_sum / weight_total}
                     acc = self._accuracy(correct, n)
                     if acc is not None:
                         logs["accuracy"] = acc
@@ -347,21 +353,23 @@ class Trainer:
             bar.close()
         return self.history
 
-    def loss(self, X, y):
-        """Mean loss over (X, y) as one batch at the current parameters."""
-        Xc, labels, targets = self._check_data(X, y)
-        return float(self._loss_grad(Xc, labels, targets, want_grad=False)[0])
+    def loss(self, X, y, sample_weight=None):
+        """Mean loss over (X, y) as one batch at the current parameters (weighted mean
+        with sample_weight)."""
+        data = self._check_data(X, y, sample_weight)
+        return float(self._loss_grad(*data, want_grad=False)[0])
 
-    def gradient(self, X, y):
+    def gradient(self, X, y, sample_weight=None):
         """Gradient of `loss(X, y)` with respect to `params` (a flat array, same layout)."""
-        Xc, labels, targets = self._check_data(X, y)
-        return self._loss_grad(Xc, labels, targets, want_grad=True)[2]
+        data = self._check_data(X, y, sample_weight)
+        return self._loss_grad(*data, want_grad=True)[2]
 
-    def evaluate(self, X, y):
+    def evaluate(self, X, y, sample_weight=None):
         """{'loss': mean loss, 'accuracy': ...} (accuracy for the classification losses:
-        the fraction of correct classes, or of correct 0/1 outputs for binary_cross_entropy)."""
-        Xc, labels, targets = self._check_data(X, y)
-        loss, correct, _ = self._loss_grad(Xc, labels, targets, want_grad=False)
+        the fraction of correct classes, or of correct 0/1 outputs for binary_cross_entropy;
+        unweighted)."""
+        Xc, labels, targets, weights = self._check_data(X, y, sample_weight)
+        loss, correct, _ = self._loss_grad(Xc, labels, targets, weights, want_grad=False)
         out = {"loss": float(loss)}
         acc = self._accuracy(correct, Xc.shape[0])
         if acc is not None:
@@ -384,9 +392,10 @@ class Trainer:
     def predict_proba(self, X):
         """Class probabilities (N, K): softmax (cross_entropy) or sigmoid per output
         (binary_cross_entropy)."""
-        if self._cfg["loss"] == "mse":
+        if self._cfg["loss"] in ("mse", "poisson"):
             raise AttributeError("predict_proba is defined for the classification losses "
-                                 "only; this Trainer has loss='mse' (use predict)")
+                                 f"only; this Trainer has loss={self._cfg['loss']!r} "
+                                 "(use predict)")
         return self._output(X)
 
     def predict(self, X):

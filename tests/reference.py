@@ -34,24 +34,33 @@ ACTIVATIONS = {
 ACTIVATIONS["logistic"] = ACTIVATIONS["sigmoid"]
 
 
-def loss_and_delta(Z, y, loss):
-    """Mean loss of logits Z (n, K) against y, and dLoss/dZ."""
+def loss_and_delta(Z, y, loss, sample_weight=None):
+    """Mean loss of logits Z (n, K) against y (weighted mean with sample_weight), and
+    dLoss/dZ."""
     n, K = Z.shape
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     if loss == "cross_entropy":
         m = Z.max(axis=1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(Z - m).sum(axis=1))
         rows = np.arange(n)
-        value = np.mean(lse - Z[rows, y])
-        P = np.exp(Z - lse[:, None])
-        P[rows, y] -= 1.0
-        return value, P / n
-    y = np.asarray(y, dtype=float).reshape(n, K)
-    if loss == "binary_cross_entropy":
-        value = np.mean(np.maximum(Z, 0) - Z * y + np.log1p(np.exp(-np.abs(Z))))
-        return value, (_sigmoid(Z) - y) / (n * K)
-    if loss == "mse":
-        return np.mean((Z - y) ** 2), 2.0 * (Z - y) / (n * K)
-    raise ValueError(loss)
+        row_loss = lse - Z[rows, y]
+        dZ = np.exp(Z - lse[:, None])
+        dZ[rows, y] -= 1.0
+    else:
+        y = np.asarray(y, dtype=float).reshape(n, K)
+        if loss == "binary_cross_entropy":
+            row_loss = np.mean(np.maximum(Z, 0) - Z * y + np.log1p(np.exp(-np.abs(Z))), axis=1)
+            dZ = (_sigmoid(Z) - y) / K
+        elif loss == "mse":
+            row_loss = np.mean((Z - y) ** 2, axis=1)
+            dZ = 2.0 * (Z - y) / K
+        elif loss == "poisson":     # PyTorch's PoissonNLLLoss(log_input=True)
+            row_loss = np.mean(np.exp(Z) - y * Z, axis=1)
+            dZ = (np.exp(Z) - y) / K
+        else:
+            raise ValueError(loss)
+    inv = 1.0 / w.sum() if w.sum() > 0 else 0.0     # a batch of zero weight adds nothing
+    return (w @ row_loss) * inv, dZ * (w * inv)[:, None]
 
 
 def forward(Ws, bs, X, acts):
@@ -66,10 +75,10 @@ def forward(Ws, bs, X, acts):
     return Zs, As
 
 
-def loss_and_grad(Ws, bs, X, y, acts, loss):
+def loss_and_grad(Ws, bs, X, y, acts, loss, sample_weight=None):
     """Mean loss over (X, y) and its gradient (dWs, dbs), by the chain rule."""
     Zs, As = forward(Ws, bs, X, acts)
-    value, dZ = loss_and_delta(Zs[-1], y, loss)
+    value, dZ = loss_and_delta(Zs[-1], y, loss, sample_weight)
     dWs, dbs = [None] * len(Ws), [None] * len(Ws)
     for l in range(len(Ws) - 1, -1, -1):
         dWs[l] = As[l].T @ dZ
@@ -85,6 +94,8 @@ def output(Ws, bs, X, acts, loss):
     if loss == "cross_entropy":
         e = np.exp(Z - Z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+    if loss == "poisson":
+        return np.exp(Z)
     return _sigmoid(Z) if loss == "binary_cross_entropy" else Z
 
 
@@ -153,16 +164,18 @@ class Optimizer:
                 raise ValueError(self.name)
 
 
-def train(Ws, bs, X, y, acts, loss, opt, batch_size, epochs):
-    """Minibatch training with rows in order (shuffle=False); updates Ws, bs in place and
-    returns the mean training loss of each epoch."""
+def train(Ws, bs, X, y, acts, loss, opt, batch_size, epochs, sample_weight=None):
+    """Minibatch training with rows in order (shuffle=False); each batch's loss is the
+    (weighted) mean over its rows. Updates Ws, bs in place and returns the (weighted) mean
+    training loss of each epoch."""
     n, history = X.shape[0], []
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     for _ in range(epochs):
         total = 0.0
         for lo in range(0, n, batch_size):
-            Xb, yb = X[lo:lo + batch_size], y[lo:lo + batch_size]
-            value, dWs, dbs = loss_and_grad(Ws, bs, Xb, yb, acts, loss)
-            total += value * Xb.shape[0]
+            sl = slice(lo, lo + batch_size)
+            value, dWs, dbs = loss_and_grad(Ws, bs, X[sl], y[sl], acts, loss, w[sl])
+            total += value * w[sl].sum()
             opt.step(Ws + bs, dWs + dbs, [True] * len(Ws) + [False] * len(bs))
-        history.append(total / n)
+        history.append(total / w.sum())
     return history

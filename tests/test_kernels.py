@@ -27,7 +27,7 @@ def test_loss_and_gradient_match_reference(act, loss, target):
     value, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, [act, act], loss)
     assert t.loss(X, y) == pytest.approx(value, rel=1e-12)
     np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), rtol=1e-10, atol=1e-13)
-    out = t.predict_proba(X) if loss != "mse" else t.predict(X)
+    out = t.predict(X) if loss in ("mse", "poisson") else t.predict_proba(X)
     np.testing.assert_allclose(out, ref.output(Ws, bs, X, [act, act], loss), rtol=1e-12,
                                atol=1e-14)
 
@@ -158,3 +158,33 @@ def test_float32_stays_float32_and_is_close_to_float64():
     assert t32.params.dtype == np.float32
     assert t32.predict_proba(X).dtype == np.float32
     np.testing.assert_allclose(t32.params, t64.params, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_sample_weights_match_reference_and_repeated_rows(loss, target):
+    t = _trainer("tanh", loss, target)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=19)
+    w = np.random.default_rng(5).integers(0, 4, size=19).astype(float)
+    w[0] = 1.0
+    Ws, bs = ref.unflatten(t.params, SIZES)
+    value, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, ["tanh", "tanh"], loss, w)
+    assert t.loss(X, y, sample_weight=w) == pytest.approx(value, rel=1e-12)
+    g = t.gradient(X, y, sample_weight=w)
+    np.testing.assert_allclose(g, ref.flatten(dWs, dbs), rtol=1e-10, atol=1e-13)
+    rep = np.repeat(np.arange(19), w.astype(int))        # integer weight = repeated row
+    np.testing.assert_allclose(g, t.gradient(X[rep], y[rep]), rtol=1e-10, atol=1e-13)
+
+
+def test_weighted_training_trajectory_matches_reference():
+    loss = "cross_entropy"
+    t = _trainer("relu", loss, optimizer="sgd", momentum=0.9, lr=0.05, batch_size=8)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=30)
+    w = np.random.default_rng(1).random(30) * 2
+    w[8:16] = 0.0                                            # a batch of zero weight
+    Ws, bs = ref.unflatten(t.params, SIZES)
+    opt = ref.Optimizer("sgd", lr=0.05, momentum=0.9)
+    expected = ref.train(Ws, bs, X, y, ["relu", "relu"], loss, opt, 8, 2, sample_weight=w)
+    h = t.fit(X, y, sample_weight=w, epochs=2, shuffle=False, progress=False)
+    np.testing.assert_allclose(h["loss"], expected, rtol=1e-10)
+    np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)

@@ -27,8 +27,11 @@ def test_reference_gradient_matches_finite_differences(act, loss):
         fp = ref.loss_and_grad(*ref.unflatten(plus, sizes), X, y, acts, loss)[0]
         fm = ref.loss_and_grad(*ref.unflatten(minus, sizes), X, y, acts, loss)[0]
         numeric[i] = (fp - fm) / (2 * h)
-    # relu/leaky_relu kinks are measure-zero for random inputs; tolerance covers O(h^2) error
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+    # relu/leaky_relu kinks are measure-zero for random inputs; the tolerance covers the
+    # O(h^2) error and the rounding of the loss (which scales with the gradient: poisson
+    # with identity layers reaches exp(z) ~ 1e4)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5,
+                               atol=1e-8 * max(1.0, np.abs(numeric).max()))
 
 
 def test_reference_losses_match_their_definitions():

@@ -26,11 +26,12 @@ from .optim import H_CLIP, bias_corrections, update_segment
 PARALLEL_UPDATE_MIN = 65536
 
 
-def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_size,
+def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, order, batch_size,
                  sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off,
                  opt_code, hyper, step, block_lo, block_hi, block_layer, block_sq, norms,
                  chunk_loss, chunk_correct):
-    """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,).
+    """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,); each
+    batch's loss is the mean of its rows' losses, weighted by row_weight (N,) unless empty.
 
     params (P,) and the optimizer state m, v (P,) are updated in place; gslab (C, P) holds
     the chunks' gradients (gslab[0] the whole batch's after each step); work (C, W); block_*
@@ -60,6 +61,8 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
         lo = s * batch_size
         hi = min(lo + batch_size, n)
         inv_count = one / params.dtype.type(hi - lo)
+        if row_weight.shape[0] > 0:              # weighted mean: 1 / the batch's weight
+            inv_count = batch_weight_inverse(row_weight, order[lo:hi])
         per_chunk = (hi - lo + n_chunks - 1) // n_chunks
         for c in prange(n_chunks):                  # each chunk: its rows, its own slab
             clo = min(lo + c * per_chunk, hi)
@@ -68,8 +71,9 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
             chunk_correct[c] = 0
             if chi > clo:
                 ls, nc = forward_backward(params, gslab[c], work[c], X, order[clo:chi],
-                                          labels, targets, sizes, w_off, b_off, act,
-                                          loss_code, a_off, z_off, d_off, inv_count, True)
+                                          labels, targets, row_weight, sizes, w_off, b_off,
+                                          act, loss_code, a_off, z_off, d_off, inv_count,
+                                          True)
                 chunk_loss[c] = ls
                 chunk_correct[c] = nc
             else:
@@ -98,6 +102,16 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, order, batch_siz
         if n_passes == 1:
             record_norms(norms, s, block_sq, block_layer, L)
     return loss_total, correct_total, step
+
+
+@jit
+def batch_weight_inverse(row_weight, idx):
+    """1 / (sum of the weights of the rows idx), 0 for a batch of zero weight (it then
+    contributes no gradient)."""
+    total = row_weight.dtype.type(0)
+    for i in range(idx.shape[0]):
+        total += row_weight[idx[i]]
+    return row_weight.dtype.type(1) / total if total > 0 else row_weight.dtype.type(0)
 
 
 @jit
@@ -153,9 +167,10 @@ def record_norms(norms, s, block_sq, block_layer, L):
     return norms[s, L]
 
 
-def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
+def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, block_rows,
                sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off, want_grad):
-    """Mean loss over the rows `order` (N,) of X as one batch, and its gradient.
+    """Mean loss over the rows `order` (N,) of X as one batch (weighted by row_weight (N,)
+    unless it is empty), and its gradient.
 
     Rows are processed block_rows at a time so the workspace work (C, W) stays small; chunk c
     accumulates its blocks' gradients into acc[c] (gslab (C, P) is per-block scratch), and
@@ -166,6 +181,8 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
     n_chunks = gslab.shape[0]
     n_params = params.shape[0]
     inv_count = params.dtype.type(1) / params.dtype.type(n)
+    if row_weight.shape[0] > 0:
+        inv_count = batch_weight_inverse(row_weight, order)
     per_chunk = (n + n_chunks - 1) // n_chunks
     chunk_loss = np.empty(n_chunks)
     chunk_correct = np.empty(n_chunks, dtype=np.int64)
@@ -179,8 +196,8 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, order, block_rows,
         for blo in range(clo, chi, block_rows):
             bhi = min(blo + block_rows, chi)
             bl, bc = forward_backward(params, gslab[c], work[c], X, order[blo:bhi], labels,
-                                      targets, sizes, w_off, b_off, act, loss_code, a_off,
-                                      z_off, d_off, inv_count, want_grad)
+                                      targets, row_weight, sizes, w_off, b_off, act, loss_code,
+                                      a_off, z_off, d_off, inv_count, want_grad)
             ls += bl
             nc += bc
             if want_grad:

@@ -23,7 +23,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Activation codes (hidden layers); fastbp/config.py maps the public names to these.
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
 # Loss codes; each fixes the output activation it is fused with.
-CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MSE = 0, 1, 2
+CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MSE, POISSON = 0, 1, 2, 3
 
 LEAKY_SLOPE = 0.01
 GELU_C = 0.7978845608028654  # sqrt(2 / pi)
@@ -174,7 +174,7 @@ def activation_backward(dA, Z, A, code):
 @jit
 def output_forward(P, Z, loss_code):
     """P (B, K) = output activation of the logits Z (B, K): softmax (cross_entropy),
-    sigmoid (binary_cross_entropy) or identity (mse)."""
+    sigmoid (binary_cross_entropy), identity (mse) or exp (poisson)."""
     B, K = Z.shape
     if loss_code == CROSS_ENTROPY:
         for r in range(B):
@@ -195,6 +195,10 @@ def output_forward(P, Z, loss_code):
         for r in range(B):
             for j in range(K):
                 P[r, j] = stable_sigmoid(Z[r, j], one)
+    elif loss_code == POISSON:
+        for r in range(B):
+            for j in range(K):
+                P[r, j] = np.exp(Z[r, j])
     else:
         for r in range(B):
             for j in range(K):
@@ -202,22 +206,25 @@ def output_forward(P, Z, loss_code):
 
 
 @jit
-def loss_forward(P, Z, idx, labels, targets, loss_code):
+def loss_forward(P, Z, idx, labels, targets, row_weight, loss_code):
     """The output activation fused with the loss, one exp per logit.
     P (B, K) <- output_forward(Z) for the logits Z (B, K) of the rows idx (B,) of X;
     returns (loss_sum, n_correct): the sum over rows of each row's loss (mean over outputs
-    for binary_cross_entropy and mse), and the correct argmax rows (cross_entropy) or correct
-    0/1 outputs (binary_cross_entropy). labels (n,) int64 are class indices (cross_entropy);
-    targets (n, K) the others."""
+    for binary_cross_entropy, mse and poisson) times the row's weight (row_weight (n,), or
+    1 when it is empty), and the correct argmax rows (cross_entropy) or correct 0/1 outputs
+    (binary_cross_entropy). labels (n,) int64 are class indices (cross_entropy); targets
+    (n, K) the others. poisson's loss is exp(z) - y z (PyTorch's PoissonNLLLoss)."""
     B, K = Z.shape
     zero = Z.dtype.type(0)
     one = Z.dtype.type(1)
     half = Z.dtype.type(0.5)
     inv_K = one / Z.dtype.type(K)
+    weighted = row_weight.shape[0] > 0
     total = zero
     correct = 0
-    if loss_code == CROSS_ENTROPY:
-        for r in range(B):
+    for r in range(B):
+        row = zero
+        if loss_code == CROSS_ENTROPY:
             y = labels[idx[r]]
             mx = Z[r, 0]
             arg = 0
@@ -233,12 +240,10 @@ def loss_forward(P, Z, idx, labels, targets, loss_code):
             inv = one / s
             for j in range(K):
                 P[r, j] *= inv
-            total += mx + np.log(s) - Z[r, y]   # log-sum-exp minus the true logit
+            row = mx + np.log(s) - Z[r, y]      # log-sum-exp minus the true logit
             if arg == y:
                 correct += 1
-    elif loss_code == BINARY_CROSS_ENTROPY:
-        for r in range(B):
-            row = zero
+        elif loss_code == BINARY_CROSS_ENTROPY:
             for j in range(K):
                 z = Z[r, j]
                 y = targets[idx[r], j]
@@ -248,35 +253,44 @@ def loss_forward(P, Z, idx, labels, targets, loss_code):
                 row += max(z, zero) - z * y + np.log1p(e)
                 if (z >= zero) == (y >= half):
                     correct += 1
-            total += row * inv_K
-    else:
-        for r in range(B):
-            row = zero
+            row *= inv_K
+        elif loss_code == POISSON:
+            for j in range(K):
+                z = Z[r, j]
+                e = np.exp(z)
+                P[r, j] = e
+                row += e - targets[idx[r], j] * z
+            row *= inv_K
+        else:
             for j in range(K):
                 z = Z[r, j]
                 P[r, j] = z
                 d = z - targets[idx[r], j]
                 row += d * d
-            total += row * inv_K
+            row *= inv_K
+        total += row * row_weight[idx[r]] if weighted else row
     return total, correct
 
 
 @jit
-def loss_backward(dZ, P, idx, labels, targets, loss_code, inv_count):
-    """dZ (B, K) = d(loss_sum * inv_count)/dZ: the canonical-link delta P - Y, times
-    inv_count (1 / rows of the whole batch) and 1/K (binary_cross_entropy) or 2/K (mse)."""
+def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count):
+    """dZ (B, K) = d(loss_sum * inv_count)/dZ: the canonical-link delta P - Y, times the
+    row's weight, inv_count (1 / rows, or total weight, of the whole batch) and 1/K
+    (binary_cross_entropy, poisson) or 2/K (mse)."""
     B, K = P.shape
+    weighted = row_weight.shape[0] > 0
     if loss_code == CROSS_ENTROPY:
         for r in range(B):
+            scale = inv_count * row_weight[idx[r]] if weighted else inv_count
             for j in range(K):
-                dZ[r, j] = P[r, j] * inv_count
-            y = labels[idx[r]]
-            dZ[r, y] -= inv_count
+                dZ[r, j] = P[r, j] * scale
+            dZ[r, labels[idx[r]]] -= scale
     else:
-        scale = inv_count / P.dtype.type(K)
+        per_output = inv_count / P.dtype.type(K)
         if loss_code == MSE:
-            scale *= P.dtype.type(2)
+            per_output *= P.dtype.type(2)
         for r in range(B):
+            scale = per_output * row_weight[idx[r]] if weighted else per_output
             for j in range(K):
                 dZ[r, j] = (P[r, j] - targets[idx[r], j]) * scale
 
@@ -303,11 +317,11 @@ def forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off):
 
 
 @jit
-def forward_backward(params, grads, work, X, idx, labels, targets, sizes, w_off, b_off,
-                     act, loss_code, a_off, z_off, d_off, inv_count, want_grad):
+def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, sizes, w_off,
+                     b_off, act, loss_code, a_off, z_off, d_off, inv_count, want_grad):
     """Forward, fused loss and backward over the rows idx (B,) of X.
-    grads (P,) <- gradient of (sum of the rows' losses) * inv_count (when want_grad).
-    Returns (loss_sum, n_correct) of those rows."""
+    grads (P,) <- gradient of (sum of the rows' weighted losses) * inv_count (when
+    want_grad). Returns (weighted loss_sum, n_correct) of those rows."""
     B = idx.shape[0]
     L = sizes.shape[0] - 1
     A0 = matrix(work, a_off[0], B, sizes[0])
@@ -318,11 +332,11 @@ def forward_backward(params, grads, work, X, idx, labels, targets, sizes, w_off,
             A0[r, j] = X[row, j]
     Z = forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off)
     P = matrix(work, a_off[L], B, sizes[L])
-    loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, loss_code)
+    loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, row_weight, loss_code)
     if not want_grad:
         return loss_sum, n_correct
     dZ = matrix(work, d_off[0], B, sizes[L])
-    loss_backward(dZ, P, idx, labels, targets, loss_code, inv_count)
+    loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
     for l in range(L - 1, -1, -1):           # the chain rule, output to input
         A = matrix(work, a_off[l], B, sizes[l])
         W = layer_weight(params, w_off, sizes, l)
