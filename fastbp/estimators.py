@@ -22,6 +22,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import xlogy
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
@@ -31,7 +32,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                      validate_data)
 
 from .trainer import Trainer
 
@@ -98,7 +101,7 @@ class _BaseMLP(BaseEstimator):
         """Trainer's gradient / scikit-learn's gradient for the same loss."""
         if loss == "cross_entropy":
             return 1.0
-        if loss == "binary_cross_entropy":
+        if loss in ("binary_cross_entropy", "poisson"):
             return 1.0 / n_outputs
         return 2.0 / n_outputs
 
@@ -128,7 +131,7 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(layers)
         self.n_outputs_ = n_outputs
         self.out_activation_ = {"cross_entropy": "softmax", "binary_cross_entropy": "logistic",
-                                "mse": "identity"}[loss]
+                                "mse": "identity", "poisson": "exp"}[loss]
         self.n_iter_ = 0
         self.t_ = 0
         self.loss_curve_ = []
@@ -158,13 +161,14 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------------- fitting
 
-    def _fit(self, X, y, incremental):
+    def _fit(self, X, y, sample_weight, incremental):
         first = not hasattr(self, "_trainer") or not (self.warm_start or incremental)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32),
                              multi_output=True, y_numeric=not isinstance(self, ClassifierMixin))
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)    # DataConversionWarning, as scikit-learn
         loss, n_outputs, y_t = self._encode(y, incremental and not first)
+        sample_weight = self._row_weights(X, y, sample_weight)
         if first:
             self._random_state = check_random_state(self.random_state)
             self._build(X.shape[1], loss, n_outputs, X.shape[0], self._dtype_for(X))
@@ -173,15 +177,25 @@ class _BaseMLP(BaseEstimator):
                              f"{self.n_outputs_}")
         Xc = np.ascontiguousarray(X, dtype=self._trainer.dtype)
         if self.solver == "lbfgs":
-            self._fit_lbfgs(Xc, y_t)
+            self._fit_lbfgs(Xc, y_t, sample_weight)
         else:
-            self._fit_stochastic(Xc, y_t, y, incremental)
+            self._fit_stochastic(Xc, y_t, y, sample_weight, incremental)
         return self
 
-    def _fit_lbfgs(self, X, y):
+    def _row_weights(self, X, y, sample_weight):
+        """sample_weight (checked as scikit-learn does) times the class weights, or None."""
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        class_weight = getattr(self, "class_weight", None)
+        if class_weight is not None:
+            cw = compute_sample_weight(class_weight, y).astype(X.dtype)
+            sample_weight = cw if sample_weight is None else sample_weight * cw
+        return sample_weight
+
+    def _fit_lbfgs(self, X, y, sample_weight):
         t = self._trainer
-        data = t._check_data(X, y)
-        n = X.shape[0]
+        data = t._check_data(X, y, sample_weight)
+        n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         lay = t._layout
         W_mask = np.zeros(t.n_params, dtype=bool)      # the weights (L2 applies), not biases
         for o, a, b in zip(lay.w_off, lay.sizes[:-1], lay.sizes[1:]):
@@ -192,7 +206,8 @@ class _BaseMLP(BaseEstimator):
             value, _, grad = t._loss_grad(*data, want_grad=True)
             grad = grad.astype(np.float64) / self._scale
             grad[W_mask] += self.alpha * theta[W_mask] / n
-            return value / self._scale + 0.5 * self.alpha * theta[W_mask] @ theta[W_mask] / n, grad
+            value = value / self._scale + self._loss_offset
+            return value + 0.5 * self.alpha * theta[W_mask] @ theta[W_mask] / n, grad
 
         result = minimize(loss_and_grad, t.params.astype(np.float64), method="L-BFGS-B",
                           jac=True, options={"maxfun": self.max_fun, "maxiter": self.max_iter,
@@ -207,10 +222,10 @@ class _BaseMLP(BaseEstimator):
         self.loss_ = float(result.fun)
         self.best_loss_ = self.loss_
 
-    def _fit_stochastic(self, X, y_t, y_orig, incremental):
+    def _fit_stochastic(self, X, y_t, y_orig, sample_weight, incremental):
         t = self._trainer
-        X_val = y_val = None
-        X_tr, y_tr = X, y_t
+        X_val = y_val = sw_val = None
+        X_tr, y_tr, sw_tr = X, y_t, sample_weight
         if self.early_stopping and not incremental:
             stratify = y_orig if (isinstance(self, ClassifierMixin) and
                                   type_of_target(y_orig) in ("binary", "multiclass")) else None
@@ -221,13 +236,16 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(f"The validation set is too small ({va.size} samples): "
                                  "increase validation_fraction or the number of samples.")
             X_tr, y_tr, X_val, y_val = X[tr], y_t[tr], X[va], y_orig[va]
+            if sample_weight is not None:
+                sw_tr, sw_val = sample_weight[tr], sample_weight[va]
         n = X_tr.shape[0]
         max_iter = 1 if incremental else self.max_iter
         for _ in range(max_iter):
-            history = t.fit(X_tr, y_tr, epochs=1, progress=False)
+            history = t.fit(X_tr, y_tr, sample_weight=sw_tr, epochs=1, progress=False)
             self.n_iter_ += 1
             self.t_ += n
-            self.loss_ = history["loss"][-1] / self._scale + self._l2(self._batch)
+            self.loss_ = (history["loss"][-1] / self._scale + self._loss_offset +
+                          self._l2(self._batch))
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
@@ -236,7 +254,7 @@ class _BaseMLP(BaseEstimator):
                                  "learning_rate_init or scale the inputs.")
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 t.lr = self.learning_rate_init / self._scale / (self.t_ + 1) ** self.power_t
-            self._update_no_improvement(X_val, y_val)
+            self._update_no_improvement(X_val, y_val, sw_val)
             if incremental:
                 break
             if self._no_improvement_count > self.n_iter_no_change:
@@ -262,9 +280,9 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and not incremental and self._best_params is not None:
             t.params[:] = self._best_params
 
-    def _update_no_improvement(self, X_val, y_val):
+    def _update_no_improvement(self, X_val, y_val, sw_val):
         if self.early_stopping and X_val is not None:
-            score = self._score_for_stopping(X_val, y_val)
+            score = self._score_for_stopping(X_val, y_val, sw_val)
             self.validation_scores_.append(score)
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1
@@ -281,11 +299,12 @@ class _BaseMLP(BaseEstimator):
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def fit(self, X, y):
-        """Fit the model to data matrix X and target(s) y. Returns self."""
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y (rows weighted by sample_weight, and
+        by class_weight for the classifier). Returns self."""
         self._validate_params()
         self._best_params = None
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight, incremental=False)
 
     def _output(self, X):
         check_is_fitted(self, "_trainer")
@@ -300,9 +319,13 @@ class _BaseMLP(BaseEstimator):
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by fastbp's
-    compiled kernels. Same parameters, attributes and behaviour; plus `target` ('cpu' or
-    'parallel'), `dtype` (None: float32 for float32 X, else float64) and `n_threads`.
-    Binary and multilabel problems use sigmoid outputs, multiclass a softmax."""
+    compiled kernels. Same parameters, attributes and behaviour; plus `class_weight` (None,
+    'balanced' or {label: weight}), `target` ('cpu' or 'parallel'), `dtype` (None: float32
+    for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
+    outputs, multiclass a softmax."""
+
+    _parameter_constraints = {**_BaseMLP._parameter_constraints,
+                              "class_weight": [None, StrOptions({"balanced"}), dict]}
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -310,7 +333,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 target="cpu", dtype=None, n_threads=None):
+                 class_weight=None, target="cpu", dtype=None, n_threads=None):
+        self.class_weight = class_weight
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -339,6 +363,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.n_threads = n_threads
 
     def _encode(self, y, incremental):
+        self._loss_offset = 0.0
         if not incremental:
             self._label_binarizer = LabelBinarizer()
             self._label_binarizer.fit(y)
@@ -360,8 +385,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return "binary_cross_entropy", 1, pos
         return "cross_entropy", len(self.classes_), np.searchsorted(self.classes_, y)
 
-    def _score_for_stopping(self, X, y):
-        return accuracy_score(y, self._predict_raw(X))
+    def _score_for_stopping(self, X, y, sample_weight):
+        return accuracy_score(y, self._predict_raw(X), sample_weight=sample_weight)
 
     def _predict_raw(self, X):
         P = self._trainer._output(np.ascontiguousarray(X, dtype=self._trainer.dtype))
@@ -407,12 +432,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._build(X.shape[1], loss, n_outputs, X.shape[0], self._dtype_for(X))
             self._best_params = None
             Xc = np.ascontiguousarray(X, dtype=self._trainer.dtype)
-            self._fit_stochastic(Xc, y_t, y, incremental=True)
+            self._fit_stochastic(Xc, y_t, y, self._row_weights(X, y, None), incremental=True)
             return self
         if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first "
                              f"call to partial_fit, was: {list(self.classes_)}")
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, None, incremental=True)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -421,11 +446,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multi-layer perceptron regressor: scikit-learn's MLPRegressor (squared error), trained
-    by fastbp's compiled kernels; plus `target`, `dtype` and `n_threads`."""
+    """Multi-layer perceptron regressor: scikit-learn's MLPRegressor (loss 'squared_error',
+    or 'poisson' with an exp output for counts), trained by fastbp's compiled kernels; plus
+    `target`, `dtype` and `n_threads`."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
-                              "loss": [StrOptions({"squared_error"})]}
+                              "loss": [StrOptions({"squared_error", "poisson"})]}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -467,11 +493,19 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
         self._y_1d = np.ndim(y) == 1
+        self._loss_offset = 0.0
+        if self.loss == "poisson":
+            if (Y < 0).any():
+                raise ValueError("Some value(s) of y are negative which is not allowed for "
+                                 "Poisson regression.")
+            # scikit-learn's poisson loss = K x (exp(z) - y z, averaged) + this constant
+            self._loss_offset = float(np.sum(np.mean(xlogy(Y, Y) - Y, axis=0)))
+            return "poisson", Y.shape[1], Y
         return "mse", Y.shape[1], Y
 
-    def _score_for_stopping(self, X, y):
+    def _score_for_stopping(self, X, y, sample_weight):
         P = self._trainer._output(np.ascontiguousarray(X, dtype=self._trainer.dtype))
-        return r2_score(y, P.ravel() if self._y_1d else P)
+        return r2_score(y, P.ravel() if self._y_1d else P, sample_weight=sample_weight)
 
     def predict(self, X):
         """Predicted values: shape (n,) for one output, (n, n_outputs) otherwise."""
@@ -484,4 +518,4 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if not hasattr(self, "_trainer"):
             self._validate_params()
             self._best_params = None
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, None, incremental=True)
