@@ -23,7 +23,7 @@ INITS = ("auto", "he", "glorot")
 
 DEFAULTS = dict(activation="relu", loss="cross_entropy", optimizer="adam", lr=1e-3,
                 batch_size=32, epochs=10, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
-                eps=1e-8, alpha=0.99, weight_decay=0.0, clip_norm=None, init="auto",
+                eps=1e-8, alpha=0.99, weight_decay=0.0, clip_norm=None, dropout=0.0, init="auto",
                 shuffle=True, target="cpu", dtype="float32", seed=None, n_threads=None)
 
 
@@ -132,6 +132,16 @@ def validate(layers, **kwargs):
     clip = kw["clip_norm"]
     cfg["clip_norm"] = None if clip is None else _real(
         "clip_norm", clip, 0.0, np.inf, "None or a finite number > 0", low_open=True)
+    drop = kw["dropout"]
+    allowed = (f"a rate in [0, 1) or a sequence of {n_hidden} rates (one per hidden layer)")
+    if _is_real(drop):
+        cfg["dropout"] = _real("dropout", drop, 0.0, 1.0, allowed)
+    elif hasattr(drop, "__len__") and not isinstance(drop, str) and all(_is_real(d) for d in drop):
+        if len(drop) != n_hidden:
+            _fail("dropout", drop, allowed)
+        cfg["dropout"] = [_real("dropout", d, 0.0, 1.0, allowed) for d in drop]
+    else:
+        _fail("dropout", drop, allowed, TypeError)
     cfg["init"] = _choice("init", kw["init"], INITS)
     cfg["shuffle"] = _bool("shuffle", kw["shuffle"])
     cfg["target"] = _choice("target", kw["target"], TARGETS)
@@ -157,3 +167,10 @@ def hidden_activations(cfg):
     act = cfg["activation"]
     n_hidden = len(cfg["layers"]) - 2
     return [act] * n_hidden if isinstance(act, str) else list(act)
+
+
+def hidden_dropout(cfg):
+    """The dropout rate of every hidden layer."""
+    drop = cfg.get("dropout", 0.0)
+    n_hidden = len(cfg["layers"]) - 2
+    return [drop] * n_hidden if not isinstance(drop, list) else list(drop)

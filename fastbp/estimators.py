@@ -74,6 +74,7 @@ class _BaseMLP(BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"),
                              Options(Real, {np.inf})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
         "target": [StrOptions({"cpu", "parallel"})],
         "dtype": [None, StrOptions({"float32", "float64"})],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
@@ -113,7 +114,8 @@ class _BaseMLP(BaseEstimator):
             batch = int(np.clip(self.batch_size, 1, n_samples))
         scale = self._loss_scale(loss, n_outputs)
         solver = self.solver
-        kw = dict(loss=loss, batch_size=batch, epochs=1, shuffle=self.shuffle,
+        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
+        kw = dict(loss=loss, batch_size=batch, epochs=1, shuffle=self.shuffle, dropout=dropout,
                   target=self.target, dtype=dtype, n_threads=self.n_threads,
                   seed=int(self._random_state.randint(np.iinfo(np.int32).max)))
         if solver == "sgd":
@@ -320,8 +322,9 @@ class _BaseMLP(BaseEstimator):
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by fastbp's
     compiled kernels. Same parameters, attributes and behaviour; plus `class_weight` (None,
-    'balanced' or {label: weight}), `target` ('cpu' or 'parallel'), `dtype` (None: float32
-    for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
+    'balanced' or {label: weight}), `dropout` (inverted dropout of the hidden layers while
+    training: one rate or one per hidden layer), `target` ('cpu' or 'parallel'), `dtype`
+    (None: float32 for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
     outputs, multiclass a softmax."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
@@ -333,8 +336,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, target="cpu", dtype=None, n_threads=None):
+                 class_weight=None, dropout=0.0, target="cpu", dtype=None, n_threads=None):
         self.class_weight = class_weight
+        self.dropout = dropout
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -448,7 +452,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor: scikit-learn's MLPRegressor (loss 'squared_error',
     or 'poisson' with an exp output for counts), trained by fastbp's compiled kernels; plus
-    `target`, `dtype` and `n_threads`."""
+    `dropout`, `target`, `dtype` and `n_threads` (as MLPClassifier)."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
                               "loss": [StrOptions({"squared_error", "poisson"})]}
@@ -459,7 +463,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 target="cpu", dtype=None, n_threads=None):
+                 dropout=0.0, target="cpu", dtype=None, n_threads=None):
+        self.dropout = dropout
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation

@@ -53,6 +53,9 @@ class Trainer:
     lr, batch_size, epochs, clip_norm, init, shuffle, seed
         Learning rate; minibatch rows; default epochs of `fit`; global gradient-norm clip
         (None = off); 'auto' | 'he' | 'glorot'; reshuffle rows every epoch; int or None.
+    dropout : float or sequence of float
+        Inverted dropout rate of the hidden layers while training (one rate, or one per
+        hidden layer), applied in the compiled kernel; off in loss, gradient and predict.
     target : {'cpu', 'parallel'}
         One core (bit-for-bit reproducible) or all cores (reproducible per thread count).
     dtype : {'float32', 'float64'}
@@ -63,13 +66,13 @@ class Trainer:
     def __init__(self, layers, activation="relu", loss="cross_entropy", optimizer="adam",
                  lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=1e-8, alpha=0.99, weight_decay=0.0, clip_norm=None,
-                 init="auto", shuffle=True, target="cpu", dtype="float32", seed=None,
-                 n_threads=None):
+                 dropout=0.0, init="auto", shuffle=True, target="cpu", dtype="float32",
+                 seed=None, n_threads=None):
         cfg = _config.validate(
             layers, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
             batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
             betas=betas, eps=eps, alpha=alpha, weight_decay=weight_decay, clip_norm=clip_norm,
-            init=init, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
+            dropout=dropout, init=init, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
             n_threads=n_threads)
         if cfg["n_threads"] is not None and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"n_threads={cfg['n_threads']} is not allowed: at most "
@@ -79,6 +82,10 @@ class Trainer:
         self._dtype = np.dtype(cfg["dtype"])
         self._act = np.array([_config.ACTIVATIONS[a] for a in _config.hidden_activations(cfg)],
                              dtype=np.int64)
+        rates = _config.hidden_dropout(cfg)
+        self._dropout = np.array(rates if any(rates) else [], dtype=np.float64)
+        self._no_dropout = np.empty(0, dtype=np.float64)
+        self._no_index = np.empty(0, dtype=np.int64)
         self._loss_code = _config.LOSSES[cfg["loss"]]
         self._opt_code = _config.OPTIMIZERS[cfg["optimizer"]]
         self._hyper = np.zeros(N_HYPER)
@@ -113,7 +120,8 @@ class Trainer:
         """Re-initialise the parameters (from `seed`), the optimizer state, the shuffling
         generator and the history."""
         seed_seq = np.random.SeedSequence(self._cfg["seed"])
-        init_ss, shuffle_ss = seed_seq.spawn(2)
+        init_ss, shuffle_ss, dropout_ss = seed_seq.spawn(3)
+        self._dropout_seed = int(dropout_ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
         init_params(self._params, self._layout, _config.hidden_activations(self._cfg),
                     self._cfg["init"], np.random.default_rng(init_ss))
         self._rng = np.random.default_rng(shuffle_ss)
@@ -244,8 +252,8 @@ class Trainer:
         with self._compute(plan):
             loss_sum, correct = plan.kernels.loss_grad(
                 self._params, gslab, acc, work, X, labels, targets, weights, order, rows,
-                lay.sizes, lay.w_off, lay.b_off, self._act, self._loss_code, a_off, z_off,
-                d_off, want_grad)
+                lay.sizes, lay.w_off, lay.b_off, self._act, self._no_dropout, self._loss_code,
+                a_off, z_off, d_off, want_grad)
         total = weights.sum(dtype=np.float64) if weights.size else X.shape[0]
         return loss_sum / total, correct, (acc[0].copy() if want_grad else None)
 
@@ -321,7 +329,7 @@ class Trainer:
                     loss_sum, correct, self._step = plan.kernels.train_epoch(
                         self._params, gslab, self._m, self._v, work, Xc, labels, targets,
                         weights, order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
-                        self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
+                        self._dropout, self._dropout_seed, self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
                         self._step, block_lo, block_hi, block_layer, block_sq, norms,
                         chunk_loss, chunk_correct)
                     seconds = time.perf_counter() - t0
@@ -386,7 +394,8 @@ class Trainer:
         lay = self._layout
         with self._compute(plan):
             plan.kernels.predict(self._params, work, Xc, out, rows, lay.sizes, lay.w_off,
-                                  lay.b_off, self._act, self._loss_code, a_off, z_off)
+                                  lay.b_off, self._act, self._no_dropout, self._no_index,
+                                  self._loss_code, a_off, z_off)
         return out
 
     def predict_proba(self, X):

@@ -63,28 +63,50 @@ def loss_and_delta(Z, y, loss, sample_weight=None):
     return (w @ row_loss) * inv, dZ * (w * inv)[:, None]
 
 
-def forward(Ws, bs, X, acts):
-    """Pre-activations Z_l and activations A_l (A_0 = X; the last Z is the logits)."""
-    A, Zs, As = X, [], [X]
+def keep_mask(seed, step, rows, layer, n_units, keep):
+    """fastbp's dropout mask (kernels/ops.py keep_unit), written out with NumPy's uint64."""
+    u = np.uint64
+    with np.errstate(over="ignore"):
+        x = (u(seed) ^ (u(step) * u(0x9E3779B97F4A7C15))
+             ^ (np.asarray(rows, dtype=u)[:, None] * u(0xC2B2AE3D27D4EB4F))
+             ^ ((u(layer * 65536) + np.arange(n_units, dtype=u))[None, :]
+                * u(0x165667B19E3779F9)))
+        x = (x ^ (x >> u(30))) * u(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> u(27))) * u(0x94D049BB133111EB)
+        x = x ^ (x >> u(31))
+    return (x >> u(11)).astype(float) / 2.0**53 < keep
+
+
+def forward(Ws, bs, X, acts, dropout=None):
+    """Pre-activations Z_l and activations A_l (A_0 = X; the last Z is the logits).
+    dropout: (rates, seed, step, rows) for training with inverted dropout; masks returned."""
+    A, Zs, As, masks = X, [], [X], []
     for l, (W, b) in enumerate(zip(Ws, bs)):
         Z = A @ W + b
         Zs.append(Z)
         if l < len(Ws) - 1:
             A = ACTIVATIONS[acts[l]][0](Z)
+            if dropout is not None and dropout[0][l] > 0:
+                rates, seed, step, rows = dropout
+                mask = keep_mask(seed, step, rows, l, Z.shape[1], 1 - rates[l]) / (1 - rates[l])
+                A = A * mask
+                masks.append(mask)
+            else:
+                masks.append(np.ones_like(Z))
             As.append(A)
-    return Zs, As
+    return Zs, As, masks
 
 
-def loss_and_grad(Ws, bs, X, y, acts, loss, sample_weight=None):
+def loss_and_grad(Ws, bs, X, y, acts, loss, sample_weight=None, dropout=None):
     """Mean loss over (X, y) and its gradient (dWs, dbs), by the chain rule."""
-    Zs, As = forward(Ws, bs, X, acts)
+    Zs, As, masks = forward(Ws, bs, X, acts, dropout)
     value, dZ = loss_and_delta(Zs[-1], y, loss, sample_weight)
     dWs, dbs = [None] * len(Ws), [None] * len(Ws)
     for l in range(len(Ws) - 1, -1, -1):
         dWs[l] = As[l].T @ dZ
         dbs[l] = dZ.sum(axis=0)
         if l > 0:
-            dZ = (dZ @ Ws[l].T) * ACTIVATIONS[acts[l - 1]][1](Zs[l - 1])
+            dZ = (dZ @ Ws[l].T) * masks[l - 1] * ACTIVATIONS[acts[l - 1]][1](Zs[l - 1])
     return value, dWs, dbs
 
 
@@ -164,17 +186,23 @@ class Optimizer:
                 raise ValueError(self.name)
 
 
-def train(Ws, bs, X, y, acts, loss, opt, batch_size, epochs, sample_weight=None):
+def train(Ws, bs, X, y, acts, loss, opt, batch_size, epochs, sample_weight=None,
+          dropout=None):
     """Minibatch training with rows in order (shuffle=False); each batch's loss is the
-    (weighted) mean over its rows. Updates Ws, bs in place and returns the (weighted) mean
-    training loss of each epoch."""
+    (weighted) mean over its rows. dropout: (rates, seed) for inverted dropout, step counted
+    from 1. Updates Ws, bs in place and returns the (weighted) mean training loss of each
+    epoch."""
     n, history = X.shape[0], []
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    step = 0
     for _ in range(epochs):
         total = 0.0
         for lo in range(0, n, batch_size):
             sl = slice(lo, lo + batch_size)
-            value, dWs, dbs = loss_and_grad(Ws, bs, X[sl], y[sl], acts, loss, w[sl])
+            step += 1
+            drop = None if dropout is None else (dropout[0], dropout[1], step,
+                                                   np.arange(n)[sl])
+            value, dWs, dbs = loss_and_grad(Ws, bs, X[sl], y[sl], acts, loss, w[sl], drop)
             total += value * w[sl].sum()
             opt.step(Ws + bs, dWs + dbs, [True] * len(Ws) + [False] * len(bs))
         history.append(total / w.sum())

@@ -259,3 +259,19 @@ def test_poisson_regression_on_counts():
     assert m.loss_ == pytest.approx(theirs.loss_, rel=0.2)      # scikit-learn's units
     with pytest.raises(ValueError, match="negative"):
         MLPRegressor(loss="poisson").fit(X, y - 5.0)
+
+
+def test_dropout_regularises_training_and_is_off_at_predict_time():
+    X, y = datasets.load_digits(return_X_y=True)
+    X = X / 16.0
+    kw = dict(hidden_layer_sizes=(64,), max_iter=30, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = MLPClassifier(**kw).fit(X, y)
+        dropped = MLPClassifier(dropout=0.5, **kw).fit(X, y)
+    assert dropped.loss_ > plain.loss_               # noisier training loss
+    p1, p2 = dropped.predict_proba(X), dropped.predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)              # deterministic: no dropout at predict
+    assert dropped.score(X, y) > 0.9                   # still learns
+    with pytest.raises(ValueError):
+        MLPClassifier(dropout=1.0).fit(X, y)

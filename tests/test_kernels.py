@@ -188,3 +188,40 @@ def test_weighted_training_trajectory_matches_reference():
     h = t.fit(X, y, sample_weight=w, epochs=2, shuffle=False, progress=False)
     np.testing.assert_allclose(h["loss"], expected, rtol=1e-10)
     np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "gelu"])
+def test_dropout_trajectory_matches_reference(act):
+    """Inverted dropout in the kernel, mask for mask (the reference recomputes fastbp's
+    counter-based masks), and the backward pass through it."""
+    sizes = [5, 7, 6, 3]
+    t = _trainer(act, "cross_entropy", sizes=sizes, optimizer="sgd", momentum=0.9, lr=0.05,
+                 batch_size=8, dropout=[0.3, 0.5])
+    X, y = make_data("cross_entropy", sizes[0], sizes[-1], n=30)
+    Ws, bs = ref.unflatten(t.params, sizes)
+    opt = ref.Optimizer("sgd", lr=0.05, momentum=0.9)
+    expected = ref.train(Ws, bs, X, y, [act, act], "cross_entropy", opt, 8, 2,
+                         dropout=([0.3, 0.5], t._dropout_seed))
+    h = t.fit(X, y, epochs=2, shuffle=False, progress=False)
+    np.testing.assert_allclose(h["loss"], expected, rtol=1e-10)
+    np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)
+
+
+def test_dropout_is_off_outside_training_and_parallel_equals_cpu():
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=64)
+    with_drop = _trainer("relu", "cross_entropy", dropout=0.5)
+    without = _trainer("relu", "cross_entropy")
+    assert np.array_equal(with_drop.params, without.params)
+    assert with_drop.loss(X, y) == without.loss(X, y)
+    np.testing.assert_array_equal(with_drop.predict_proba(X), without.predict_proba(X))
+    np.testing.assert_array_equal(with_drop.gradient(X, y), without.gradient(X, y))
+    runs = []
+    for target in ("cpu", "parallel"):
+        t = _trainer("relu", "cross_entropy", target, dropout=0.5, batch_size=16)
+        if target == "parallel":
+            _with_strategy(t, "chunks")
+        t.fit(X, y, epochs=2, progress=False)
+        runs.append(t.params)
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-9, atol=1e-12)
+    without.fit(X, y, epochs=2, progress=False)
+    assert not np.allclose(runs[0], without.params)      # dropout did change training

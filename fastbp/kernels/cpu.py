@@ -27,7 +27,7 @@ PARALLEL_UPDATE_MIN = 65536
 
 
 def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, order, batch_size,
-                 sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off,
+                 sizes, w_off, b_off, act, dropout, seed, loss_code, a_off, z_off, d_off,
                  opt_code, hyper, step, block_lo, block_hi, block_layer, block_sq, norms,
                  chunk_loss, chunk_correct):
     """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,); each
@@ -72,8 +72,8 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
             if chi > clo:
                 ls, nc = forward_backward(params, gslab[c], work[c], X, order[clo:chi],
                                           labels, targets, row_weight, sizes, w_off, b_off,
-                                          act, loss_code, a_off, z_off, d_off, inv_count,
-                                          True)
+                                          act, dropout, seed, step + 1, loss_code, a_off,
+                                          z_off, d_off, inv_count, True)
                 chunk_loss[c] = ls
                 chunk_correct[c] = nc
             else:
@@ -168,7 +168,8 @@ def record_norms(norms, s, block_sq, block_layer, L):
 
 
 def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, block_rows,
-               sizes, w_off, b_off, act, loss_code, a_off, z_off, d_off, want_grad):
+               sizes, w_off, b_off, act, no_dropout, loss_code, a_off, z_off, d_off,
+               want_grad):
     """Mean loss over the rows `order` (N,) of X as one batch (weighted by row_weight (N,)
     unless it is empty), and its gradient.
 
@@ -196,8 +197,9 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, 
         for blo in range(clo, chi, block_rows):
             bhi = min(blo + block_rows, chi)
             bl, bc = forward_backward(params, gslab[c], work[c], X, order[blo:bhi], labels,
-                                      targets, row_weight, sizes, w_off, b_off, act, loss_code,
-                                      a_off, z_off, d_off, inv_count, want_grad)
+                                      targets, row_weight, sizes, w_off, b_off, act, no_dropout,
+                                      0, 0, loss_code, a_off, z_off, d_off, inv_count,
+                                      want_grad)
             ls += bl
             nc += bc
             if want_grad:
@@ -217,10 +219,11 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, 
     return loss_sum, n_correct
 
 
-def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, loss_code,
-             a_off, z_off):
+def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, no_dropout,
+             no_index, loss_code, a_off, z_off):
     """out (N, K) = output activation of the network for X (N, n_0), block_rows rows at a
-    time; chunk c of work (C, W) handles blocks c, c + C, c + 2C, ..."""
+    time; chunk c of work (C, W) handles blocks c, c + C, c + 2C, ... No dropout: no_dropout
+    and no_index are empty arrays."""
     n = X.shape[0]
     n_chunks = work.shape[0]
     n_row_blocks = (n + block_rows - 1) // block_rows
@@ -228,7 +231,8 @@ def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, loss_co
         for blk in range(c, n_row_blocks, n_chunks):
             lo = blk * block_rows
             hi = min(lo + block_rows, n)
-            Z = forward(params, work[c], X[lo:hi], sizes, w_off, b_off, act, a_off, z_off)
+            Z = forward(params, work[c], X[lo:hi], no_index, sizes, w_off, b_off, act,
+                        no_dropout, 0, 0, a_off, z_off)
             output_forward(out[lo:hi], Z, loss_code)
 
 

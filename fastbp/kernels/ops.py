@@ -127,9 +127,10 @@ def activation_forward(A, Z, code):
 
 
 @jit
-def activation_backward(dA, Z, A, code):
+def activation_backward(dA, Z, A, code, from_z):
     """In place: dA (B, n) <- dA * act'(Z), the derivative taken from A = act(Z) where it can
-    be (relu, leaky_relu, tanh, sigmoid) and from Z for gelu."""
+    be (relu, leaky_relu, tanh, sigmoid) and from Z for gelu, or from Z for all (from_z:
+    dropout has rescaled A)."""
     B, n = dA.shape
     zero = Z.dtype.type(0)
     one = Z.dtype.type(1)
@@ -143,7 +144,7 @@ def activation_backward(dA, Z, A, code):
     elif code == RELU:
         for r in range(B):
             for j in range(n):
-                if not (A[r, j] > zero):
+                if not ((Z[r, j] if from_z else A[r, j]) > zero):
                     dA[r, j] = zero
     elif code == LEAKY_RELU:
         for r in range(B):
@@ -153,12 +154,12 @@ def activation_backward(dA, Z, A, code):
     elif code == TANH:
         for r in range(B):
             for j in range(n):
-                a = A[r, j]
+                a = np.tanh(Z[r, j]) if from_z else A[r, j]
                 dA[r, j] *= one - a * a
     elif code == SIGMOID:
         for r in range(B):
             for j in range(n):
-                a = A[r, j]
+                a = stable_sigmoid(Z[r, j], one) if from_z else A[r, j]
                 dA[r, j] *= a * (one - a)
     elif code == GELU:
         for r in range(B):
@@ -167,6 +168,41 @@ def activation_backward(dA, Z, A, code):
                 t = np.tanh(c * (z + k * z * z * z))
                 d = half * (one + t) + half * z * (one - t * t) * c * (one + three * k * z * z)
                 dA[r, j] *= d
+
+
+# ---------------------------------------------------------------------- dropout
+
+@jit
+def keep_unit(seed, step, row, layer, unit, keep):
+    """Whether unit `unit` of hidden layer `layer` is kept for data row `row` at optimizer
+    step `step`: a SplitMix64 hash of those counters compared with the keep probability.
+    Counter-based, so a mask depends on neither the chunking nor the thread count."""
+    x = (np.uint64(seed) ^ (np.uint64(step) * np.uint64(0x9E3779B97F4A7C15))
+         ^ (np.uint64(row) * np.uint64(0xC2B2AE3D27D4EB4F))
+         ^ (np.uint64(layer * 65536 + unit) * np.uint64(0x165667B19E3779F9)))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return np.float64(x >> np.uint64(11)) * (1.0 / 9007199254740992.0) < keep
+
+
+@jit
+def dropout_forward(A, idx, rate, seed, step, layer):
+    """Inverted dropout, in place: A (B, n) <- A * mask / (1 - rate), mask ~ Bernoulli."""
+    keep = 1.0 - rate
+    scale = A.dtype.type(1.0 / keep)
+    zero = A.dtype.type(0)
+    B, n = A.shape
+    for r in range(B):
+        row = idx[r]
+        for j in range(n):
+            A[r, j] = A[r, j] * scale if keep_unit(seed, step, row, layer, j, keep) else zero
+
+
+@jit
+def dropout_backward(dA, idx, rate, seed, step, layer):
+    """In place: dA (B, n) <- dA * mask / (1 - rate), the same mask as dropout_forward."""
+    dropout_forward(dA, idx, rate, seed, step, layer)
 
 
 # ------------------------------------------------------------ loss (fused output)
@@ -298,10 +334,12 @@ def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
 # ------------------------------------------------------------- the whole network
 
 @jit
-def forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off):
+def forward(params, work, A0, idx, sizes, w_off, b_off, act, dropout, seed, step, a_off, z_off):
     """A0 (B, n_0) -> work holds Z_l (B, n_{l+1}) for every layer l and A_{l+1} = act(Z_l)
-    for the hidden ones. Returns the logits Z_{L-1} (B, K); the output activation is left
-    to output_forward (predict) or loss_forward (training), which fuses it with the loss."""
+    for the hidden ones, with dropout at rate dropout[l] (training; dropout (L-1,) or empty
+    for none) on data rows idx (B,) at optimizer step `step`. Returns the logits Z_{L-1}
+    (B, K); the output activation is left to output_forward (predict) or loss_forward
+    (training), which fuses it with the loss."""
     B = A0.shape[0]
     L = sizes.shape[0] - 1
     A = A0
@@ -313,13 +351,17 @@ def forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off):
         if l < L - 1:
             A = matrix(work, a_off[l + 1], B, sizes[l + 1])
             activation_forward(A, Z, act[l])
+            if dropout.shape[0] > 0 and dropout[l] > 0.0:
+                dropout_forward(A, idx, dropout[l], seed, step, l)
     return Z
 
 
 @jit
 def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, sizes, w_off,
-                     b_off, act, loss_code, a_off, z_off, d_off, inv_count, want_grad):
-    """Forward, fused loss and backward over the rows idx (B,) of X.
+                     b_off, act, dropout, seed, step, loss_code, a_off, z_off, d_off,
+                     inv_count, want_grad):
+    """Forward, fused loss and backward over the rows idx (B,) of X (dropout as in
+    forward: pass an empty `dropout` to evaluate).
     grads (P,) <- gradient of (sum of the rows' weighted losses) * inv_count (when
     want_grad). Returns (weighted loss_sum, n_correct) of those rows."""
     B = idx.shape[0]
@@ -330,7 +372,8 @@ def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, s
         row = idx[r]
         for j in range(n_0):
             A0[r, j] = X[row, j]
-    Z = forward(params, work, A0, sizes, w_off, b_off, act, a_off, z_off)
+    Z = forward(params, work, A0, idx, sizes, w_off, b_off, act, dropout, seed, step, a_off,
+                z_off)
     P = matrix(work, a_off[L], B, sizes[L])
     loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, row_weight, loss_code)
     if not want_grad:
@@ -345,7 +388,11 @@ def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, s
         if l > 0:
             dA = matrix(work, d_off[(L - l) % 2], B, sizes[l])   # ping-pong delta buffers
             linear_backward(dA, dW, db, dZ, A, W, True)
-            activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, act[l - 1])
+            dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
+            if dropped:
+                dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
+            activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, act[l - 1],
+                                dropped)
             dZ = dA
         else:
             linear_backward(dZ, dW, db, dZ, A, W, False)      # no input gradient
