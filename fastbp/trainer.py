@@ -9,7 +9,7 @@ import numpy as np
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
 from .initializers import init_params
-from .kernels import evaluation_plan, training_plan
+from .kernels import evaluation_plan, safe_plan, training_plan
 from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
     H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
@@ -240,7 +240,7 @@ class Trainer:
         return np.empty((n_chunks, size), dtype=self._dtype), a_off, z_off, d_off
 
     def _loss_grad(self, X, labels, targets, weights, want_grad):
-        plan = self._eval_plan
+        plan = safe_plan(self._eval_plan)
         C = plan.chunks
         rows = min(EVAL_ROWS, -(-X.shape[0] // C))
         work, a_off, z_off, d_off = self._workspace(rows, C)
@@ -305,7 +305,7 @@ class Trainer:
         lay = self._layout
         L = lay.n_layers
         B = self._cfg["batch_size"]
-        plan = self._train_plan
+        plan = safe_plan(self._train_plan)
         C = plan.chunks
         work, a_off, z_off, d_off = self._workspace(-(-min(B, n) // C), C)
         gslab = np.zeros((C, lay.n_params), dtype=self._dtype)
@@ -386,7 +386,7 @@ class Trainer:
 
     def _output(self, X):
         Xc = check_X(X, self._cfg["layers"][0], self._dtype)
-        plan = self._eval_plan
+        plan = safe_plan(self._eval_plan)
         C = plan.chunks
         rows = min(EVAL_ROWS, Xc.shape[0])
         work, a_off, z_off, _ = self._workspace(rows, C)

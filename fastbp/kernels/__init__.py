@@ -17,7 +17,11 @@ never clearly faster than "chunks" here (within noise on the wide workload, 1.1-
 elsewhere), and Numba's spin-waiting threads fight BLAS's for the cores. The threshold comes
 from `python benchmarks/compare.py --strategies` on the development machine (2 cores).
 """
+import importlib
+import threading
 from typing import NamedTuple
+
+import numba
 
 
 class Plan(NamedTuple):
@@ -71,3 +75,38 @@ def evaluation_plan(target, threads):
     if target == "cpu" or threads <= 1:
         return Plan("serial", get_kernels("cpu"), 1)
     return Plan("chunks", get_kernels("parallel"), threads)
+
+
+def threading_layer():
+    """The Numba threading layer parallel kernels run on: the one in use, or the one Numba
+    will pick at its first parallel launch (the requested one, else the first available of
+    its priority list)."""
+    try:
+        return numba.threading_layer()
+    except ValueError:          # no parallel region has run yet
+        pass
+    requested = numba.config.THREADING_LAYER
+    if requested in ("tbb", "omp", "workqueue"):
+        return requested
+    candidates = {"threadsafe": ["tbb", "omp"], "safe": ["tbb"],
+                  "forksafe": ["tbb", "omp", "workqueue"]}.get(
+        requested, list(numba.config.THREADING_LAYER_PRIORITY))
+    for name in candidates:
+        if name == "workqueue":
+            return name
+        try:
+            importlib.import_module(f"numba.np.ufunc.{name}pool")
+            return name
+        except ImportError:
+            continue
+    return "workqueue"
+
+
+def safe_plan(plan):
+    """`plan`, or the serial plan where running it could crash: Numba's `workqueue` layer
+    aborts the process when parallel code is entered from two threads at once, so off the
+    main thread (joblib or Dask threads) a parallel plan falls back to serial code there."""
+    if plan.chunks > 1 and threading.current_thread() is not threading.main_thread() \
+            and threading_layer() == "workqueue":
+        return Plan("serial", get_kernels("cpu"), 1)
+    return plan

@@ -1,0 +1,83 @@
+"""Threading-layer safety: fits from several threads at once, and the fallback to serial code
+where Numba's `workqueue` layer would abort the process."""
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+
+from fastbp import Trainer
+from fastbp import kernels
+
+TWO_THREADS = textwrap.dedent("""
+    import threading
+    import numpy as np
+    from fastbp import Trainer
+    from fastbp.kernels import threading_layer
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 128)).astype(np.float32)
+    y = rng.integers(0, 10, 512)
+    results = {}
+    def work(k):
+        t = Trainer([128, 128, 128, 10], batch_size=64, target="parallel", seed=k)
+        assert t.strategy == "chunks"
+        t.fit(X, y, epochs=3, progress=False)
+        results[k] = t.evaluate(X, y)["accuracy"]
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    [th.start() for th in threads]
+    [th.join() for th in threads]
+    print(threading_layer(), len(results), min(results.values()))
+""")
+
+
+def _run(layer):
+    env_code = f"import os; os.environ['NUMBA_THREADING_LAYER'] = {layer!r}\n"
+    return subprocess.run([sys.executable, "-c", env_code + TWO_THREADS], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_two_threads_fitting_at_once_both_finish_on_workqueue():
+    """workqueue aborts on concurrent parallel regions; fastbp runs serial code off the main
+    thread there, so both fits finish."""
+    run = _run("workqueue")
+    assert run.returncode == 0, run.stderr[-2000:]
+    layer, n, acc = run.stdout.split()
+    assert layer == "workqueue" and n == "2" and float(acc) > 0.15
+
+
+def test_two_threads_fitting_at_once_both_finish_on_the_default_layer():
+    run = _run("default")
+    assert run.returncode == 0, run.stderr[-2000:]
+    layer, n, _ = run.stdout.split()
+    assert layer in ("omp", "tbb") and n == "2"
+
+
+def test_safe_plan_falls_back_only_off_the_main_thread_on_workqueue(monkeypatch):
+    t = Trainer([128, 128, 128, 10], batch_size=64, target="parallel")
+    assert t._train_plan.chunks > 1
+    monkeypatch.setattr(kernels, "threading_layer", lambda: "workqueue")
+    assert kernels.safe_plan(t._train_plan) is t._train_plan          # main thread
+    seen = []
+    th = threading.Thread(target=lambda: seen.append(kernels.safe_plan(t._train_plan)))
+    th.start()
+    th.join()
+    assert seen[0].strategy == "serial" and seen[0].chunks == 1
+    monkeypatch.setattr(kernels, "threading_layer", lambda: "omp")
+    th = threading.Thread(target=lambda: seen.append(kernels.safe_plan(t._train_plan)))
+    th.start()
+    th.join()
+    assert seen[1] is t._train_plan
+
+
+def test_threaded_fit_from_the_main_process_matches():
+    """Fitting from a worker thread gives the same model as from the main thread."""
+    X = np.random.default_rng(0).standard_normal((64, 6))
+    y = np.arange(64) % 3
+    a = Trainer([6, 8, 3], seed=0)
+    a.fit(X, y, epochs=2, progress=False)
+    b = Trainer([6, 8, 3], seed=0)
+    th = threading.Thread(target=lambda: b.fit(X, y, epochs=2, progress=False))
+    th.start()
+    th.join()
+    np.testing.assert_array_equal(a.params, b.params)
