@@ -13,6 +13,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --compile            # cold/warm time to the first epoch
     python benchmarks/compare.py --strategies         # fastbp's parallel strategies
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
+    python benchmarks/compare.py --estimators         # MLPClassifier vs scikit-learn's
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
@@ -372,6 +373,52 @@ def memory():
                   f"{total / 1e6:.1f} | {budget / 1e6:.1f} | {'yes' if total <= budget else 'NO'} |")
 
 
+def estimators(rounds):
+    """fastbp.MLPClassifier against sklearn.neural_network.MLPClassifier with identical
+    settings: fit time and test accuracy on digits and on the mnist workload's shapes."""
+    import warnings
+
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    from fastbp import MLPClassifier
+    X, y = load_digits(return_X_y=True)
+    digits = train_test_split((X / 16.0).astype(np.float32), y, random_state=0, stratify=y)
+    layers, batch, _ = WORKLOADS["mnist"]
+    rng = np.random.default_rng(0)
+    Xm = rng.standard_normal((8192, layers[0])).astype(np.float32)
+    ym = (Xm[:, :10].argmax(axis=1))                     # learnable synthetic labels
+    mnist = train_test_split(Xm, ym, random_state=0, stratify=ym)
+    cases = [("digits", digits, dict(hidden_layer_sizes=(64,), max_iter=50)),
+             ("mnist shapes", mnist, dict(hidden_layer_sizes=tuple(layers[1:-1]),
+                                          batch_size=batch, max_iter=10))]
+    print("| data | solver | estimator | fit s (median) | test accuracy | fastbp speed-up |")
+    print("|---|---|---|---:|---:|---:|")
+    for name, (X_tr, X_te, y_tr, y_te), kw in cases:
+        for solver in ("adam", "sgd", "lbfgs"):
+            times, acc = {}, {}
+            contestants = {"fastbp cpu": lambda: MLPClassifier(target="cpu", **common),
+                           "fastbp parallel": lambda: MLPClassifier(target="parallel", **common),
+                           "scikit-learn": lambda: SkMLP(**common)}
+            common = dict(solver=solver, random_state=0, tol=0.0, **kw)
+            for label, make in contestants.items():
+                runs = []
+                for _ in range(rounds):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", ConvergenceWarning)
+                        est = make()
+                        runs.append(_timed(lambda: est.fit(X_tr, y_tr)))
+                times[label] = float(np.median(runs))
+                acc[label] = est.score(X_te, y_te)
+            for label in contestants:
+                speed = "" if label == "scikit-learn" else \
+                    f"{times['scikit-learn'] / times[label]:.1f}x"
+                print(f"| {name} | {solver} | {label} | {times[label]:.2f} | {acc[label]:.3f} | "
+                      f"{speed} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,9 +431,13 @@ def main():
     p.add_argument("--strategies", action="store_true",
                    help="fastbp's parallel strategies side by side instead")
     p.add_argument("--memory", action="store_true", help="fastbp's peak memory during fit")
+    p.add_argument("--estimators", action="store_true",
+                   help="fastbp.MLPClassifier vs scikit-learn's MLPClassifier instead")
     args = p.parse_args()
     if args.memory:
         return memory()
+    if args.estimators:
+        return estimators(args.rounds)
     if args.compile:
         return compile_times()
     if args.strategies:

@@ -36,7 +36,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from .trainer import Trainer
+from .trainer import Trainer, _blas_controller
 
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
 
@@ -211,9 +211,12 @@ class _BaseMLP(BaseEstimator):
             value = value / self._scale + self._loss_offset
             return value + 0.5 * self.alpha * theta[W_mask] @ theta[W_mask] / n, grad
 
-        result = minimize(loss_and_grad, t.params.astype(np.float64), method="L-BFGS-B",
-                          jac=True, options={"maxfun": self.max_fun, "maxiter": self.max_iter,
-                                             "gtol": self.tol})
+        # L-BFGS-B's own BLAS calls stay on one thread: idle BLAS threads spin-waiting next to
+        # the kernel's threads made target='parallel' 8x slower on digits
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            result = minimize(loss_and_grad, t.params.astype(np.float64), method="L-BFGS-B",
+                              jac=True, options={"maxfun": self.max_fun,
+                                                 "maxiter": self.max_iter, "gtol": self.tol})
         if result.status != 0:
             warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) "
                           f"(status={result.status}): {result.message}. Increase the number "
