@@ -254,9 +254,6 @@ class _BaseMLP(BaseEstimator):
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            if not np.isfinite(self.loss_):
-                raise ValueError("Training diverged: the loss is not finite. Lower "
-                                 "learning_rate_init or scale the inputs.")
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 t.lr = self.learning_rate_init / self._scale / (self.t_ + 1) ** self.power_t
             self._update_no_improvement(X_val, y_val, sw_val)

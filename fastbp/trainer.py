@@ -2,17 +2,20 @@
 records history. All numerical work happens in fastbp.kernels."""
 import contextlib
 import time
+import warnings
 
 import numba
 import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
+from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .kernels import evaluation_plan, safe_plan, training_plan
 from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
     H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
+from .schedules import make_schedule
 
 EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
 
@@ -266,14 +269,20 @@ class Trainer:
     # ------------------------------------------------------------- public API
 
     def fit(self, X, y, validation_data=None, *, sample_weight=None, epochs=None, shuffle=None,
-            callbacks=None, progress=None):
+            callbacks=None, progress=None, lr_schedule=None, on_divergence="raise"):
         """Train for `epochs` (default: the constructor's) more epochs from the current
         parameters and optimizer state. Returns `history`.
 
-        validation_data: (X_val, y_val), evaluated after every epoch (val_loss,
-        val_accuracy). callbacks: callables `callback(trainer, epoch, logs)` called after every
-        epoch; one returning True stops training. progress: None shows a tqdm bar over epochs
-        when stderr is a terminal; True/False force it on/off.
+        validation_data: (X_val, y_val[, sample_weight_val]), evaluated after every epoch
+        (val_loss, val_accuracy). callbacks: callables `callback(trainer, epoch, logs)` called
+        after every epoch (see fastbp.callbacks); one returning True stops training.
+        progress: None shows a tqdm bar over epochs when stderr is a terminal; True/False
+        force it. lr_schedule: a name, (name, {params}) or callable epoch -> lr (see
+        fastbp.schedules), applied per epoch. on_divergence: when a loss becomes NaN or
+        infinite, the parameters and optimizer state of the last good epoch are restored and
+        fastbp.DivergenceError is raised ("raise") or a TrainingHealthWarning is given and fit
+        returns ("warn"). Vanishing or exploding gradients give one TrainingHealthWarning
+        each (see `health()`).
         """
         Xc, labels, targets, weights = self._check_data(X, y, sample_weight)
         val = None
@@ -300,6 +309,8 @@ class Trainer:
                                 f" got {cb!r}")
         if progress is not None:
             progress = _config._bool("progress", progress)
+        _config._choice("on_divergence", on_divergence, ("raise", "warn"))
+        schedule = make_schedule(lr_schedule, self._cfg["lr"])
 
         n = Xc.shape[0]
         lay = self._layout
@@ -315,6 +326,7 @@ class Trainer:
         chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
         order = _row_order(n)
         weight_total = weights.sum(dtype=np.float64) if weights.size else n
+        warned = set()
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -322,23 +334,35 @@ class Trainer:
         try:
             with self._compute(plan):
                 for _ in range(epochs):
+                    epoch = self.epochs_done
+                    lr = schedule.lr(epoch)
+                    if lr != self._cfg["lr"]:
+                        self.lr = lr
+                    good = self._snapshot()
                     if shuffle:                  # a fresh permutation of 0..n-1, in place
                         order[:] = np.arange(n, dtype=order.dtype)
                         self._rng.shuffle(order)
                     t0 = time.perf_counter()
-                    loss_sum, correct, self._step = plan.kernels.train_epoch(
+                    loss_sum, correct, self._step, bad_step = plan.kernels.train_epoch(
                         self._params, gslab, self._m, self._v, work, Xc, labels, targets,
                         weights, order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
-                        self._dropout, self._dropout_seed, self._loss_code, a_off, z_off, d_off, self._opt_code, self._hyper,
-                        self._step, block_lo, block_hi, block_layer, block_sq, norms,
-                        chunk_loss, chunk_correct)
+                        self._dropout, self._dropout_seed, self._loss_code, a_off, z_off,
+                        d_off, self._opt_code, self._hyper, self._step, block_lo, block_hi,
+                        block_layer, block_sq, norms, chunk_loss, chunk_correct)
                     seconds = time.perf_counter() - t0
+                    if bad_step >= 0:
+                        self._restore(good)
+                        self._diverged(epoch, bad_step, on_divergence)
+                        break
                     logs = {"loss": loss_sum / weight_total}
                     acc = self._accuracy(correct, n)
                     if acc is not None:
                         logs["accuracy"] = acc
                     logs["grad_norm"] = float(norms[:, L].mean())
+                    logs["grad_norm_max"] = float(norms[:, L].max())
                     logs["layer_grad_norms"] = norms[:, :L].mean(axis=0).tolist()
+                    logs["layer_grad_norms_max"] = norms[:, :L].max(axis=0).tolist()
+                    logs["lr"] = self._cfg["lr"]
                     logs["time"] = seconds
                     if val is not None:
                         vloss, vcorrect, _ = self._loss_grad(*val, want_grad=False)
@@ -348,7 +372,13 @@ class Trainer:
                             logs["val_accuracy"] = vacc
                     for key, value in logs.items():
                         self.history.setdefault(key, []).append(value)
-                    epoch = self.epochs_done - 1
+                    schedule.observe(logs)
+                    for problem in diagnose(self.history):
+                        key = (problem["kind"], problem["layer"])
+                        if key not in warned:
+                            warned.add(key)
+                            warnings.warn(f"epoch {epoch}: {problem['message']}",
+                                          TrainingHealthWarning, stacklevel=2)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
                                      if k in ("loss", "val_loss", "val_accuracy")})
@@ -360,6 +390,44 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def _snapshot(self):
+        """What an epoch may change: restored when the epoch diverges."""
+        return (self._params.copy(), self._m.copy(), self._v.copy(), self._step,
+                self._rng.bit_generator.state, self._cfg["lr"])
+
+    def _restore(self, snap):
+        params, m, v, step, rng_state, lr = snap
+        self._params[:] = params
+        self._m[:] = m
+        self._v[:] = v
+        self._step = step
+        self._rng.bit_generator.state = rng_state
+        self.lr = lr
+
+    def _diverged(self, epoch, bad_step, on_divergence):
+        cfg = self._cfg
+        hints = [f"a smaller lr (now {cfg['lr']:g})"]
+        if cfg["clip_norm"] is None:
+            hints.append("clip_norm=1.0")
+        hints.append("standardised inputs (and targets, for mse)")
+        message = (f"training diverged at epoch {epoch}, step {bad_step} of that epoch: the "
+                   f"loss became NaN or infinite. The parameters and optimizer state of the "
+                   f"last good epoch ({epoch - 1 if epoch else 'the start'}) are restored. "
+                   f"Try {', '.join(hints)}.")
+        if on_divergence == "raise":
+            raise DivergenceError(message, epoch, bad_step)
+        warnings.warn(message, TrainingHealthWarning, stacklevel=3)
+
+    def health(self):
+        """The gradient diagnostics of the last epoch: {'ok': bool, 'problems': [...]} with
+        each problem's kind ('vanishing', 'exploding', 'growing'), layer and advice, and the
+        per-layer gradient norms (mean and max over the epoch's steps)."""
+        problems = diagnose(self.history)
+        return {"ok": not problems, "problems": problems,
+                "layer_grad_norms": (self.history.get("layer_grad_norms") or [None])[-1],
+                "layer_grad_norms_max": (self.history.get("layer_grad_norms_max") or [None])[-1],
+                "grad_norm": (self.history.get("grad_norm") or [None])[-1]}
 
     def loss(self, X, y, sample_weight=None):
         """Mean loss over (X, y) as one batch at the current parameters (weighted mean

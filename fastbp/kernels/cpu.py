@@ -40,7 +40,9 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
     gradient and the global norm of the gradient (before clipping); block_sq (G,),
     chunk_loss (C,) float64 and chunk_correct (C,) int64 are scratch. `step` counts
     optimizer steps taken before this epoch.
-    Returns (sum of the rows' losses, correct predictions, step after the epoch).
+    Returns (sum of the rows' losses, correct predictions, step after the epoch, -1); when a
+    step's loss is NaN or infinite it stops before that step's update and returns the
+    step's index in the epoch last instead of -1 (divergence).
     """
     n = order.shape[0]
     n_chunks = gslab.shape[0]
@@ -78,9 +80,13 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
                 chunk_correct[c] = nc
             else:
                 fill(gslab[c], 0.0)
+        step_loss = 0.0
         for c in range(n_chunks):
-            loss_total += chunk_loss[c]
+            step_loss += chunk_loss[c]
             correct_total += chunk_correct[c]
+        if not np.isfinite(step_loss):
+            return loss_total, correct_total, step, s    # diverged: stop before the update
+        loss_total += step_loss
 
         step += 1
         bc1, bc2 = bias_corrections(hyper, step)
@@ -101,7 +107,7 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
                            L, opt_code, hyper, bc1, bc2, clip, reduce, update)
         if n_passes == 1:
             record_norms(norms, s, block_sq, block_layer, L)
-    return loss_total, correct_total, step
+    return loss_total, correct_total, step, -1
 
 
 @jit

@@ -1,0 +1,131 @@
+"""Learning-rate schedules, applied per epoch by `Trainer.fit(lr_schedule=...)`.
+
+A schedule is given as a name, a (name, {parameters}) pair, or any callable epoch -> lr
+(epochs count from 0 over the Trainer's whole history, so a resumed run continues the same
+schedule). The formulas are PyTorch's lr_scheduler ones, per epoch:
+
+- "constant":              lr
+- ("step", step_size, gamma=0.1):            lr * gamma ** (epoch // step_size)
+- ("exponential", gamma):                    lr * gamma ** epoch
+- ("cosine", t_max, eta_min=0, warmup=0):    linear warm-up over `warmup` epochs to lr, then
+      eta_min + (lr - eta_min) * (1 + cos(pi * (epoch - warmup) / (t_max - warmup))) / 2
+- ("plateau", factor=0.1, patience=10, min_delta=1e-4, monitor="val_loss", min_lr=0):
+      multiply by `factor` when `monitor` (val_loss, else loss) has not improved by
+      `min_delta` for `patience` epochs.
+"""
+import math
+import numbers
+
+
+class Schedule:
+    """lr(epoch) for the next epoch; observe(logs) after it (only plateau listens)."""
+
+    def __init__(self, base_lr):
+        self.base_lr = base_lr
+
+    def lr(self, epoch):
+        return self.base_lr
+
+    def observe(self, logs):
+        pass
+
+
+class _Callable(Schedule):
+    def __init__(self, base_lr, fn):
+        super().__init__(base_lr)
+        self.fn = fn
+
+    def lr(self, epoch):
+        return self.fn(epoch)
+
+
+class _Step(Schedule):
+    def __init__(self, base_lr, step_size, gamma=0.1):
+        super().__init__(base_lr)
+        self.step_size, self.gamma = _positive_int("step_size", step_size), float(gamma)
+
+    def lr(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class _Exponential(Schedule):
+    def __init__(self, base_lr, gamma):
+        super().__init__(base_lr)
+        self.gamma = float(gamma)
+
+    def lr(self, epoch):
+        return self.base_lr * self.gamma ** epoch
+
+
+class _Cosine(Schedule):
+    def __init__(self, base_lr, t_max, eta_min=0.0, warmup=0):
+        super().__init__(base_lr)
+        self.t_max, self.eta_min = _positive_int("t_max", t_max), float(eta_min)
+        self.warmup = int(warmup)
+        if not 0 <= self.warmup < self.t_max:
+            raise ValueError(f"lr_schedule cosine: warmup={warmup} must be in [0, t_max)")
+
+    def lr(self, epoch):
+        if epoch < self.warmup:
+            return self.base_lr * (epoch + 1) / self.warmup
+        t = min(epoch - self.warmup, self.t_max - self.warmup)
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * t / (self.t_max - self.warmup))) / 2
+
+
+class _Plateau(Schedule):
+    def __init__(self, base_lr, factor=0.1, patience=10, min_delta=1e-4, monitor="val_loss",
+                 min_lr=0.0):
+        super().__init__(base_lr)
+        if not 0 < factor < 1:
+            raise ValueError(f"lr_schedule plateau: factor={factor} must be in (0, 1)")
+        self.factor, self.patience = float(factor), int(patience)
+        self.min_delta, self.monitor, self.min_lr = float(min_delta), monitor, float(min_lr)
+        self.current, self.best, self.bad = base_lr, math.inf, 0
+
+    def lr(self, epoch):
+        return self.current
+
+    def observe(self, logs):
+        value = logs.get(self.monitor, logs.get("loss"))
+        if value is None:
+            return
+        if value < self.best - self.min_delta:
+            self.best, self.bad = value, 0
+            return
+        self.bad += 1
+        if self.bad > self.patience:
+            self.current = max(self.current * self.factor, self.min_lr)
+            self.bad = 0
+
+
+NAMES = {"constant": Schedule, "step": _Step, "exponential": _Exponential, "cosine": _Cosine,
+         "plateau": _Plateau}
+
+
+def _positive_int(name, value):
+    if not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"lr_schedule: {name}={value!r} must be an integer >= 1")
+    return int(value)
+
+
+def make_schedule(spec, base_lr):
+    """A Schedule from None, a name, (name, {params}) / (name, *args), or a callable."""
+    if spec is None:
+        return Schedule(base_lr)
+    if callable(spec):
+        return _Callable(base_lr, spec)
+    name, args, kwargs = spec, (), {}
+    if isinstance(spec, (tuple, list)) and spec:
+        name, rest = spec[0], list(spec[1:])
+        if rest and isinstance(rest[-1], dict):
+            kwargs = rest.pop()
+        args = tuple(rest)
+    if name not in NAMES:
+        raise ValueError(f"lr_schedule={spec!r} is not allowed: give a callable epoch -> lr or "
+                         f"one of {', '.join(repr(n) for n in NAMES)}, optionally as "
+                         "(name, {parameters})")
+    try:
+        return NAMES[name](base_lr, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"lr_schedule {name!r}: {e}") from None

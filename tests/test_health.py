@@ -1,0 +1,124 @@
+"""Training health: gradient diagnostics, vanishing/exploding warnings, divergence handling,
+learning-rate schedules."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import make_data
+from fastbp import DivergenceError, Trainer, TrainingHealthWarning
+from fastbp.schedules import make_schedule
+
+
+def test_history_records_gradient_norms_mean_and_max_per_layer():
+    X, y = make_data("cross_entropy", 6, 3, n=64)
+    t = Trainer([6, 8, 5, 3], seed=0, batch_size=16, dtype="float64")
+    h = t.fit(X, y, epochs=2, progress=False)
+    assert len(h["layer_grad_norms"][0]) == 3 and len(h["layer_grad_norms_max"][0]) == 3
+    assert all(mx >= mean for mx, mean in zip(h["layer_grad_norms_max"][-1],
+                                              h["layer_grad_norms"][-1]))
+    assert h["grad_norm_max"][-1] >= h["grad_norm"][-1] > 0
+    # the global norm is the norm over all weights and biases: at least each layer's weights
+    assert h["grad_norm"][-1] >= max(h["layer_grad_norms"][-1]) - 1e-12
+    assert t.health()["ok"] and t.health()["layer_grad_norms"] == h["layer_grad_norms"][-1]
+
+
+def test_deep_sigmoid_network_with_a_bad_init_warns_of_vanishing_gradients():
+    X, y = make_data("cross_entropy", 16, 4, n=256)
+    t = Trainer([16] + [32] * 10 + [4], activation="sigmoid", seed=0, lr=1e-3)
+    for W in t.weights:              # a bad init: far too small weights
+        W *= 0.05
+    with pytest.warns(TrainingHealthWarning, match=r"vanishing gradient in layer 0.*init"):
+        t.fit(X, y, epochs=1, progress=False)
+    kinds = {(p["kind"], p["layer"]) for p in t.health()["problems"]}
+    assert ("vanishing", 0) in kinds and not t.health()["ok"]
+    assert all(kind == "vanishing" for kind, _ in kinds)      # no contradictory "exploding"
+    with warnings.catch_warnings():                 # a healthy network: no warning
+        warnings.simplefilter("error", TrainingHealthWarning)
+        Trainer([16, 32, 32, 4], activation="relu", seed=0).fit(X, y, epochs=2, progress=False)
+
+
+def _exploding_setup():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 8)) * 30.0               # unscaled inputs ...
+    y = X @ rng.normal(size=(8, 1)) * 10.0
+    return X, y
+
+
+def test_high_learning_rate_explodes_then_diverges_and_restores_the_model():
+    X, y = _exploding_setup()
+    t = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=0.05, seed=0)  # ... a high lr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DivergenceError, match="diverged at epoch 0.*clip_norm") as err:
+            t.fit(X, y, epochs=20, progress=False)
+    assert err.value.epoch == 0 and err.value.step >= 0
+    t2 = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=0.05, seed=0)
+    assert np.array_equal(t.params, t2.params) and t.step == 0 and t.history == {}
+    assert np.all(np.isfinite(t.params))
+
+    # with more epochs of history: the good epochs stay, the bad one is undone
+    t3 = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=1e-5, seed=0)
+    t3.fit(X, y, epochs=2, progress=False)
+    good = (t3.params.copy(), t3.step, len(t3.history["loss"]))
+    t3.lr = 0.05
+    with pytest.warns(TrainingHealthWarning, match="diverged"):
+        t3.fit(X, y, epochs=5, progress=False, on_divergence="warn")
+    assert np.array_equal(t3.params, good[0]) and t3.step == good[1]
+    assert len(t3.history["loss"]) == good[2]
+    del caught
+
+
+def test_exploding_gradients_are_flagged_before_divergence():
+    X, y = _exploding_setup()
+    t = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=2e-5, seed=0)
+    with pytest.warns(TrainingHealthWarning, match="exploding gradients: the global"):
+        try:
+            t.fit(X, y, epochs=30, progress=False)
+        except DivergenceError:
+            pass
+
+
+def test_the_same_run_trains_with_clip_norm():
+    X, y = _exploding_setup()
+    t = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=0.05, seed=0, clip_norm=1.0)
+    h = t.fit(X, y, epochs=20, progress=False)
+    assert np.isfinite(h["loss"][-1]) and h["loss"][-1] < h["loss"][0]
+
+
+@pytest.mark.parametrize("spec,formula", [
+    ("constant", lambda e: 0.1),
+    (("step", 3, {"gamma": 0.5}), lambda e: 0.1 * 0.5 ** (e // 3)),
+    (("exponential", {"gamma": 0.9}), lambda e: 0.1 * 0.9 ** e),
+    (("cosine", {"t_max": 10, "eta_min": 0.01, "warmup": 2}),
+     lambda e: 0.1 * (e + 1) / 2 if e < 2 else
+     0.01 + 0.09 * (1 + math.cos(math.pi * min(e - 2, 8) / 8)) / 2),
+    (lambda e: 0.1 / (1 + e), lambda e: 0.1 / (1 + e)),
+])
+def test_schedules_follow_their_formulas(spec, formula):
+    s = make_schedule(spec, 0.1)
+    for e in range(14):
+        assert s.lr(e) == pytest.approx(formula(e), rel=1e-12)
+    X, y = make_data("cross_entropy", 6, 3, n=32)
+    t = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
+    h = t.fit(X, y, epochs=6, progress=False, lr_schedule=spec)
+    np.testing.assert_allclose(h["lr"], [formula(e) for e in range(6)], rtol=1e-12)
+
+
+def test_reduce_on_plateau():
+    s = make_schedule(("plateau", {"factor": 0.5, "patience": 1, "monitor": "val_loss"}), 0.1)
+    lrs = []
+    for v in [1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.6, 0.7]:
+        lrs.append(s.lr(len(lrs)))
+        s.observe({"val_loss": v})
+    assert lrs == [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]
+    assert s.lr(8) == 0.025
+
+
+@pytest.mark.parametrize("spec,exc", [("linear", ValueError), (("step", 0), ValueError),
+                                      (("cosine", {"t_max": 5, "warmup": 5}), ValueError),
+                                      (("step", {"size": 3}), TypeError)])
+def test_bad_schedules_are_refused(spec, exc):
+    with pytest.raises(exc, match="lr_schedule"):
+        make_schedule(spec, 0.1)
