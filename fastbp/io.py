@@ -39,6 +39,8 @@ def save_trainer(trainer, path, *, include_optimizer=True, metadata=None):
             opt_m=trainer._m, opt_v=trainer._v,
             opt_step=np.array(trainer._step, dtype=np.int64),
             rng_state=_json_array(trainer._rng.bit_generator.state),
+            dropout_seed=np.array(trainer._dropout_seed, dtype=np.int64),
+            current_lr=np.array(trainer.lr, dtype=np.float64),
             history=_json_array(trainer.history))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
@@ -139,7 +141,17 @@ def read_model_file(path):
             raise _bad(path, "field 'history' must be a JSON object")
         out["optimizer"] = {"m": flat("opt_m", (0, n_params)), "v": flat("opt_v", (0, n_params)),
                             "step": int(step), "rng_state": _json(files, "rng_state", path),
-                            "history": history}
+                            "history": history, "dropout_seed": None}
+        if "current_lr" in files:
+            lr = files["current_lr"]
+            if lr.ndim != 0 or lr.dtype.kind != "f" or not np.isfinite(lr) or lr <= 0:
+                raise _bad(path, "field 'current_lr' must be a finite number > 0")
+            out["optimizer"]["current_lr"] = float(lr)
+        if "dropout_seed" in files:
+            seed = files["dropout_seed"]
+            if seed.ndim != 0 or seed.dtype.kind not in "iu" or int(seed) < 0:
+                raise _bad(path, "field 'dropout_seed' must be an integer >= 0")
+            out["optimizer"]["dropout_seed"] = int(seed)
     return out
 
 
@@ -163,4 +175,8 @@ def load_trainer(cls, path):
             raise _bad(path, f"field 'rng_state' is not a generator state ({e})") from None
         trainer._step = opt["step"]
         trainer.history = opt["history"]
+        if opt["dropout_seed"] is not None:
+            trainer._dropout_seed = opt["dropout_seed"]
+        if "current_lr" in opt:
+            trainer.lr = opt["current_lr"]
     return trainer

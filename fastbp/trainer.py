@@ -178,14 +178,14 @@ class Trainer:
 
     @property
     def lr(self):
-        """The learning rate; settable between epochs (schedules)."""
-        return self._cfg["lr"]
+        """The current learning rate; settable between epochs. (`config['lr']` keeps the
+        constructor's, the base of `fit(lr_schedule=...)`.)"""
+        return float(self._hyper[H_LR])
 
     @lr.setter
     def lr(self, value):
-        value = _config._real("lr", value, 0.0, np.inf, "a finite number > 0", low_open=True)
-        self._cfg["lr"] = value
-        self._hyper[H_LR] = value
+        self._hyper[H_LR] = _config._real("lr", value, 0.0, np.inf, "a finite number > 0",
+                                          low_open=True)
 
     def __getstate__(self):
         # the compiled kernels are not pickled: the plans are rebuilt from the configuration
@@ -335,9 +335,8 @@ class Trainer:
             with self._compute(plan):
                 for _ in range(epochs):
                     epoch = self.epochs_done
-                    lr = schedule.lr(epoch)
-                    if lr != self._cfg["lr"]:
-                        self.lr = lr
+                    if lr_schedule is not None:
+                        self.lr = schedule.lr(epoch)
                     good = self._snapshot()
                     if shuffle:                  # a fresh permutation of 0..n-1, in place
                         order[:] = np.arange(n, dtype=order.dtype)
@@ -362,7 +361,7 @@ class Trainer:
                     logs["grad_norm_max"] = float(norms[:, L].max())
                     logs["layer_grad_norms"] = norms[:, :L].mean(axis=0).tolist()
                     logs["layer_grad_norms_max"] = norms[:, :L].max(axis=0).tolist()
-                    logs["lr"] = self._cfg["lr"]
+                    logs["lr"] = self.lr
                     logs["time"] = seconds
                     if val is not None:
                         vloss, vcorrect, _ = self._loss_grad(*val, want_grad=False)
@@ -394,7 +393,7 @@ class Trainer:
     def _snapshot(self):
         """What an epoch may change: restored when the epoch diverges."""
         return (self._params.copy(), self._m.copy(), self._v.copy(), self._step,
-                self._rng.bit_generator.state, self._cfg["lr"])
+                self._rng.bit_generator.state, self.lr)
 
     def _restore(self, snap):
         params, m, v, step, rng_state, lr = snap
@@ -407,7 +406,7 @@ class Trainer:
 
     def _diverged(self, epoch, bad_step, on_divergence):
         cfg = self._cfg
-        hints = [f"a smaller lr (now {cfg['lr']:g})"]
+        hints = [f"a smaller lr (now {self.lr:g})"]
         if cfg["clip_norm"] is None:
             hints.append("clip_norm=1.0")
         hints.append("standardised inputs (and targets, for mse)")
