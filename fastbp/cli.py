@@ -10,10 +10,12 @@ import csv
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from . import config as _config
+from .health import DivergenceError
 
 DEFAULT_OUT = "fastbp-model.npz"
 
@@ -201,7 +203,7 @@ def cmd_train(args):
         trainer = Trainer(layers, activation=args.activation, loss=args.loss,
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                           epochs=args.epochs, target=args.target, dtype=args.dtype,
-                          seed=args.seed)
+                          seed=args.seed, clip_norm=args.clip_norm)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from None
     trainer.metadata = meta
@@ -213,8 +215,11 @@ def cmd_train(args):
           f"target={args.target}, {args.dtype}", flush=True)
     t0 = time.perf_counter()
     try:
-        history = trainer.fit(Xs, y, validation_data=val, progress=args.progress)
-    except (TypeError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            history = trainer.fit(Xs, y, validation_data=val, progress=args.progress,
+                                  lr_schedule=_schedule(args.lr_schedule, args.epochs))
+    except (TypeError, ValueError, DivergenceError) as e:
         raise CLIError(str(e)) from None
     wall = time.perf_counter() - t0
     times = history["time"]
@@ -233,7 +238,26 @@ def cmd_train(args):
           f"with the test evaluations and any one-time compilation")
     trainer.save(args.out)
     print(f"saved model to {args.out}")
+    if args.report:
+        from .plot import training_report
+        try:
+            training_report(history, args.report, title=f"fastbp train: {source}")
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        print(f"wrote training report to {args.report}")
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"fastbp: warning: {message}", file=sys.stderr)
+
+
+def _schedule(name, epochs):
+    if name == "cosine":
+        return ("cosine", {"t_max": max(epochs, 2), "warmup": min(5, max(epochs, 2) - 1)})
+    if name == "plateau":
+        return ("plateau", {"factor": 0.5, "patience": 3})
+    return None
 
 
 def cmd_predict(args):
@@ -312,6 +336,11 @@ def build_parser():
     t.add_argument("--test-size", type=float, default=0.2,
                    help="fraction held out for the test accuracy (0: none)")
     t.add_argument("--out", default=DEFAULT_OUT, help=f"model file (default {DEFAULT_OUT})")
+    t.add_argument("--report", help="write a training report figure (PNG) to this path")
+    t.add_argument("--lr-schedule", choices=["constant", "cosine", "plateau"],
+                   default="constant", help="per-epoch learning-rate schedule")
+    t.add_argument("--clip-norm", type=float, default=None,
+                   help="clip the global gradient norm to this value")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     t.set_defaults(func=cmd_train)

@@ -6,7 +6,9 @@ in `history`. `diagnose` reads those lists.
 """
 import numpy as np
 
-VANISHING = 1e-3      # a layer's gradient norm below this x the median layer's
+VANISHING = 1e-3      # a layer's gradient norm below this x the median layer's,
+VANISHING_OF_MAX = 1e-4   # or below this x the largest layer's (a steady decay layer by
+                          # layer keeps every layer near the median of its neighbours)
 EXPLODING = 1e3       # ... or above this x the median layer's
 GROWTH = 10.0         # the global norm growing this much ...
 GROWTH_EPOCHS = 3     # ... over this many epochs
@@ -38,12 +40,15 @@ def diagnose(history):
     if len(norms) > 1 and median > 0 and np.isfinite(median):
         # When some layers vanish the median is small itself and healthy layers would look
         # exploding next to it, so "exploding" is only reported when nothing vanishes.
-        any_vanishing = bool(np.any(norms < VANISHING * median))
+        largest = float(norms.max())
+        low = np.maximum(VANISHING * median, VANISHING_OF_MAX * largest)
+        any_vanishing = bool(np.any(norms < low))
         for l, g in enumerate(norms):
-            if g < VANISHING * median:
+            if g < low:
                 problems.append(dict(kind="vanishing", layer=l, message=(
                     f"vanishing gradient in layer {l}: its weight-gradient norm {g:.3g} is "
-                    f"below {VANISHING:g} x the median layer's ({median:.3g}). Try "
+                    f"below {VANISHING:g} x the median layer's ({median:.3g}) or "
+                    f"{VANISHING_OF_MAX:g} x the largest ({largest:.3g}). Try "
                     "init='auto' (He for relu, Glorot for tanh/sigmoid), relu/gelu instead "
                     "of sigmoid/tanh, fewer layers, or a larger lr.")))
             elif g > EXPLODING * median and not any_vanishing:

@@ -122,3 +122,29 @@ def test_reduce_on_plateau():
 def test_bad_schedules_are_refused(spec, exc):
     with pytest.raises(exc, match="lr_schedule"):
         make_schedule(spec, 0.1)
+
+
+def test_training_report_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastbp.plot import training_report
+    X, y = make_data("cross_entropy", 6, 3, n=64)
+    t = Trainer([6, 8, 8, 3], seed=0)
+    t.fit(X, y, validation_data=(X, y), epochs=4, progress=False,
+          lr_schedule=("exponential", {"gamma": 0.5}))
+    path = training_report(t.history, tmp_path / "r.png")
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ValueError, match="no epochs"):
+        training_report({}, tmp_path / "empty.png")
+
+
+def test_cli_report_and_health_warnings(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from fastbp.cli import main
+    out = tmp_path / "report.png"
+    assert main(["train", "--epochs", "3", "--layers", "32,32,32,32,32,32,32,32",
+                 "--activation", "sigmoid", "--optimizer", "sgd", "--lr", "0.1",
+                 "--out", str(tmp_path / "m.npz"), "--report", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "fastbp: warning: epoch 0: vanishing gradient in layer 0" in captured.err
+    assert out.exists() and "wrote training report" in captured.out
