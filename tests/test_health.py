@@ -70,14 +70,27 @@ def test_high_learning_rate_explodes_then_diverges_and_restores_the_model():
     del caught
 
 
-def test_exploding_gradients_are_flagged_before_divergence():
+def test_rising_learning_rate_warns_of_exploding_gradients_then_diverges():
+    """Without clipping: first the exploding-gradient warning, then DivergenceError with the
+    last good epoch restored; with clip_norm the same run goes on."""
     X, y = _exploding_setup()
-    t = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=2e-5, seed=0)
-    with pytest.warns(TrainingHealthWarning, match="exploding gradients: the global"):
-        try:
-            t.fit(X, y, epochs=30, progress=False)
-        except DivergenceError:
-            pass
+    ramp = ("exponential", {"gamma": 2.0})
+    t = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=1e-6, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DivergenceError) as err:
+            t.fit(X, y, epochs=30, progress=False, lr_schedule=ramp)
+    messages = [str(w.message) for w in caught if w.category is TrainingHealthWarning]
+    assert any("exploding gradients: the global gradient norm grew" in m for m in messages)
+    first = int(messages[0].split(":")[0].split()[1])
+    assert first < err.value.epoch                      # the warning came first
+    assert len(t.history["loss"]) == err.value.epoch and np.all(np.isfinite(t.params))
+    clipped = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=1e-6, seed=0,
+                      clip_norm=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingHealthWarning)
+        h = clipped.fit(X, y, epochs=30, progress=False, lr_schedule=ramp)
+    assert len(h["loss"]) == 30 and np.all(np.isfinite(h["loss"]))
 
 
 def test_the_same_run_trains_with_clip_norm():
