@@ -58,10 +58,12 @@ def diagnose(history):
                     "clip_norm=1.0, a smaller lr, or standardised inputs.")))
     total = history.get("grad_norm") or []
     if len(total) > GROWTH_EPOCHS and np.isfinite(total[-1]):
-        before = total[-1 - GROWTH_EPOCHS]
+        # against the largest norm before the window, so that a start from small gradients
+        # (which often grow at first) is not taken for an explosion
+        before = max(total[:-GROWTH_EPOCHS])
         if before > 0 and total[-1] > GROWTH * before:
             problems.append(dict(kind="growing", layer=None, message=(
-                f"exploding gradients: the global gradient norm grew from {before:.3g} to "
-                f"{total[-1]:.3g} in {GROWTH_EPOCHS} epochs. Try clip_norm=1.0 or a "
-                "smaller lr.")))
+                f"exploding gradients: the global gradient norm reached {total[-1]:.3g}, "
+                f"over {GROWTH:g} x its largest value {GROWTH_EPOCHS} or more epochs before "
+                f"({before:.3g}). Try clip_norm=1.0 or a smaller lr.")))
     return problems

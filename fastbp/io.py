@@ -49,6 +49,9 @@ def save_trainer(trainer, path, *, include_optimizer=True, metadata=None):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)              # mkstemp makes 0600 files: give the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
