@@ -1,0 +1,143 @@
+"""fastbp.distributed: out-of-core training over Dask arrays and data-parallel local SGD on a
+LocalCluster, including a worker killed mid-run."""
+import os
+import signal
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+from fastbp import MLPClassifier, Trainer  # noqa: E402
+from fastbp.distributed import fit, fit_incremental  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    return X_tr[:1344], y_tr[:1344], X_te, y_te
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+def test_fit_incremental_over_dask_blocks_trains_with_memory_of_about_one_block():
+    n, d, blocks = 200_000, 32, 10
+    rng = da.random.default_rng(0)
+    X = rng.standard_normal((n, d), chunks=(n // blocks, d))
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    block_bytes = (n // blocks) * d * 8
+    t = Trainer([d, 16, 2], seed=0, dtype="float64", batch_size=256)
+    t.fit(np.zeros((4, d)), np.zeros(4, dtype=int), epochs=1, progress=False)  # JIT outside
+    tracemalloc.start()
+    fit_incremental(t, X, y, epochs=1, random_state=0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * block_bytes < 10 * block_bytes       # about one block, not the data
+    Xs, ys = X[:2000].compute(), y[:2000].compute()
+    assert t.evaluate(Xs, ys)["accuracy"] > 0.95
+
+
+def test_fit_incremental_with_estimators_chunks_and_dataframes(digits):
+    X, y, X_te, y_te = digits
+    clf = MLPClassifier(hidden_layer_sizes=(32,), batch_size=32, random_state=0)
+    fit_incremental(clf, da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168),
+                    epochs=20, classes=np.arange(10), random_state=0)
+    assert clf.score(X_te, y_te) > 0.9
+    chunks = [(X[i:i + 336], y[i:i + 336]) for i in range(0, len(X), 336)]
+    t = Trainer([64, 32, 10], seed=0)
+    fit_incremental(t, lambda: iter(chunks), epochs=10)
+    assert t.evaluate(X_te, y_te)["accuracy"] > 0.9
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        fit_incremental(Trainer([64, 32, 10]), iter(chunks), epochs=2)
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X, columns=[f"p{i}" for i in range(64)]).assign(label=y)
+    ddf = dd.from_pandas(frame, npartitions=4)
+    t2 = Trainer([64, 32, 10], seed=0)
+    fit_incremental(t2, ddf, "label", epochs=10)
+    assert t2.evaluate(X_te, y_te)["accuracy"] > 0.9
+
+
+def test_dask_ml_incremental_wrapper(digits):
+    wrappers = pytest.importorskip("dask_ml.wrappers")
+    X, y, X_te, y_te = digits
+    inc = wrappers.Incremental(MLPClassifier(hidden_layer_sizes=(32,), batch_size=32,
+                                             random_state=0), scoring="accuracy")
+    Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+    for _ in range(10):
+        inc.partial_fit(Xd, yd, classes=np.arange(10))
+    assert inc.score(da.from_array(X_te), da.from_array(y_te)) > 0.85
+
+
+def test_data_parallel_fit_reaches_single_process_accuracy(client, digits):
+    X, y, X_te, y_te = digits
+    Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+    kw = dict(optimizer="sgd", momentum=0.9, lr=0.05, batch_size=32, seed=0)
+    t = fit(Trainer([64, 64, 10], **kw), Xd, yd, client=client, rounds=200, local_steps=5,
+            random_state=0)
+    single = Trainer([64, 64, 10], **kw)
+    single.fit(X, y, epochs=48, progress=False)       # the same number of samples seen
+    acc, acc_single = t.evaluate(X_te, y_te)["accuracy"], single.evaluate(X_te, y_te)["accuracy"]
+    assert acc >= acc_single - 0.01, (acc, acc_single)
+    stats = t.distributed_stats
+    assert stats["workers"] == 2 and stats["bytes_per_round"] == 2 * 2 * t.params.nbytes * 2
+    assert len(t.history["loss"]) == 200
+
+
+def test_one_worker_one_local_step_equals_single_process_training(digits):
+    X, y, _, _ = digits
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as c:
+        Xd, yd = da.from_array(X, chunks=(336, 64)), da.from_array(y, chunks=336)
+        kw = dict(optimizer="adam", lr=0.01, batch_size=32, seed=0, dtype="float64")
+        a = fit(Trainer([64, 32, 10], **kw), Xd, yd, client=c, rounds=84, local_steps=1,
+                shuffle=False)
+    b = Trainer([64, 32, 10], **kw)
+    b.fit(X, y, epochs=2, shuffle=False, progress=False)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-12, atol=1e-15)
+
+
+def test_a_worker_killed_mid_run_is_survived(digits):
+    X, y, X_te, y_te = digits
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as c:
+        Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+        t = Trainer([64, 64, 10], optimizer="sgd", momentum=0.9, lr=0.05, batch_size=32,
+                    seed=0)
+        errors = []
+        run = threading.Thread(target=lambda: _catch(errors, fit, t, Xd, yd, client=c,
+                                                     rounds=150, local_steps=5))
+        run.start()
+        deadline = time.time() + 120
+        while len(t.history.get("loss", [])) < 20 and time.time() < deadline:
+            time.sleep(0.02)
+        pids = c.run(os.getpid)
+        victim = sorted(pids)[0]
+        os.kill(pids[victim], signal.SIGKILL)          # a worker process dies mid-run
+        run.join(timeout=150)
+        assert not run.is_alive() and not errors, errors
+    assert len(t.history["loss"]) == 150
+    assert t.evaluate(X_te, y_te)["accuracy"] > 0.93
+
+
+def _catch(errors, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        errors.append(repr(e))
