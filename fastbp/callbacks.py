@@ -38,12 +38,9 @@ class EarlyStopping:
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.best_params, self.wait = None, None, 0
         self.stopped_epoch = None
+        self.needs_monitor = True       # fit refuses to start when it would not record it
 
     def __call__(self, trainer, epoch, logs):
-        if self.monitor not in logs:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not "
-                           f"record (it records {sorted(logs)}); pass validation_data or "
-                           "monitor='loss'")
         value = logs[self.monitor]
         if _improved(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -72,6 +69,7 @@ class Checkpoint:
         self.monitor, self.mode = monitor, _mode(monitor, mode)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.saved = []
+        self.needs_monitor = save_best
 
     def __call__(self, trainer, epoch, logs):
         due = self.every is not None and (epoch + 1) % self.every == 0

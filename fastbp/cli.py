@@ -271,7 +271,11 @@ def cmd_predict(args):
     n_features = trainer.layers[0]
     X = load_features(args.data, n_features, meta.get("feature_names"))
     scale = meta.get("scale") or {"mean": [0.0] * n_features, "std": [1.0] * n_features}
-    X = (np.asarray(X, dtype=float) - np.array(scale["mean"])) / np.array(scale["std"])
+    try:
+        X = (np.asarray(X, dtype=float) - np.array(scale["mean"])) / np.array(scale["std"])
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"{args.data}: X must be a table of {n_features} numeric features "
+                       f"({e})") from None
     try:
         if args.proba:
             out = trainer.predict_proba(X)
@@ -367,6 +371,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "train" and not 0 <= args.test_size < 1:
         print("fastbp: error: --test-size must be in [0, 1)", file=sys.stderr)
+        return 2
+    if args.command == "train" and args.epochs < 1:
+        print("fastbp: error: --epochs must be at least 1", file=sys.stderr)
         return 2
     try:
         return args.func(args)

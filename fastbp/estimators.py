@@ -129,6 +129,9 @@ class _BaseMLP(BaseEstimator):
         layers = [n_features, *self._hidden(), n_outputs]
         self._trainer = Trainer(layers, activation=self.activation, **kw)
         self._scale = scale
+        # scikit-learn's loss value / the Trainer's: as the gradients, except for squared
+        # error, whose value is half the mean over outputs while its gradient is not /K
+        self._value_scale = 2.0 if loss == "mse" else scale
         self._batch = batch
         self.n_layers_ = len(layers)
         self.n_outputs_ = n_outputs
@@ -169,7 +172,7 @@ class _BaseMLP(BaseEstimator):
                              multi_output=True, y_numeric=not isinstance(self, ClassifierMixin))
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)    # DataConversionWarning, as scikit-learn
-        loss, n_outputs, y_t = self._encode(y, incremental and not first)
+        loss, n_outputs, y_t = self._encode(y, not first)
         sample_weight = self._row_weights(X, y, sample_weight)
         if first:
             self._random_state = check_random_state(self.random_state)
@@ -208,7 +211,7 @@ class _BaseMLP(BaseEstimator):
             value, _, grad = t._loss_grad(*data, want_grad=True)
             grad = grad.astype(np.float64) / self._scale
             grad[W_mask] += self.alpha * theta[W_mask] / n
-            value = value / self._scale + self._loss_offset
+            value = value / self._value_scale + self._loss_offset
             return value + 0.5 * self.alpha * theta[W_mask] @ theta[W_mask] / n, grad
 
         # L-BFGS-B's own BLAS calls stay on one thread: idle BLAS threads spin-waiting next to
@@ -249,7 +252,7 @@ class _BaseMLP(BaseEstimator):
             history = t.fit(X_tr, y_tr, sample_weight=sw_tr, epochs=1, progress=False)
             self.n_iter_ += 1
             self.t_ += n
-            self.loss_ = (history["loss"][-1] / self._scale + self._loss_offset +
+            self.loss_ = (history["loss"][-1] / self._value_scale + self._loss_offset +
                           self._l2(self._batch))
             self.loss_curve_.append(self.loss_)
             if self.verbose:
@@ -306,6 +309,7 @@ class _BaseMLP(BaseEstimator):
         by class_weight for the classifier). Returns self."""
         self._validate_params()
         self._best_params = None
+        self._in_partial_fit = False
         return self._fit(X, y, sample_weight, incremental=False)
 
     def _output(self, X):
@@ -374,6 +378,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self.classes_ = self._label_binarizer.classes_
         else:
             classes = unique_labels(y)
+            if self.warm_start and not getattr(self, "_in_partial_fit", False) and \
+                    not np.array_equal(classes, self.classes_):
+                raise ValueError("warm_start can only be used where `y` has the same classes "
+                                 f"as in the previous call to fit. Previously got "
+                                 f"{self.classes_}, `y` has {classes}")
             if not set(classes) <= set(self.classes_):
                 raise ValueError(f"`y` has classes not in `self.classes_`. "
                                  f"`self.classes_` has {self.classes_}. 'y' has {classes}.")
@@ -420,8 +429,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.log(self.predict_proba(X))
 
     @available_if(_stochastic)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y) from the current state; the first call needs `classes`."""
+        if self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        self._in_partial_fit = True
         first = not hasattr(self, "_trainer")
         if first:
             self._validate_params()
@@ -436,12 +448,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._build(X.shape[1], loss, n_outputs, X.shape[0], self._dtype_for(X))
             self._best_params = None
             Xc = np.ascontiguousarray(X, dtype=self._trainer.dtype)
-            self._fit_stochastic(Xc, y_t, y, self._row_weights(X, y, None), incremental=True)
+            self._fit_stochastic(Xc, y_t, y, self._row_weights(X, y, sample_weight),
+                                 incremental=True)
             return self
         if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first "
                              f"call to partial_fit, was: {list(self.classes_)}")
-        return self._fit(X, y, None, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -518,9 +531,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return P.ravel() if self.n_outputs_ == 1 and self._y_1d else P
 
     @available_if(_stochastic)
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y) from the current state."""
+        if self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
         if not hasattr(self, "_trainer"):
             self._validate_params()
             self._best_params = None
-        return self._fit(X, y, None, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)

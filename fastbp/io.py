@@ -140,8 +140,10 @@ def read_model_file(path):
         if step.ndim != 0 or step.dtype.kind not in "iu" or int(step) < 0:
             raise _bad(path, "field 'opt_step' must be an integer >= 0")
         history = _json(files, "history", path)
-        if not isinstance(history, dict):
-            raise _bad(path, "field 'history' must be a JSON object")
+        if not isinstance(history, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) for k, v in history.items()) or \
+                len({len(v) for v in history.values()}) > 1:
+            raise _bad(path, "field 'history' must be a JSON object of equally long lists")
         out["optimizer"] = {"m": flat("opt_m", (0, n_params)), "v": flat("opt_v", (0, n_params)),
                             "step": int(step), "rng_state": _json(files, "rng_state", path),
                             "history": history, "dropout_seed": None}
@@ -161,6 +163,9 @@ def read_model_file(path):
 def load_trainer(cls, path):
     data = read_model_file(path)
     cfg = dict(data["config"])
+    import numba
+    if cfg.get("n_threads") and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
+        cfg["n_threads"] = numba.config.NUMBA_NUM_THREADS   # saved on a larger machine
     trainer = cls(cfg.pop("layers"), **cfg)
     trainer._params[:] = data["params"]
     trainer.metadata = data["metadata"]

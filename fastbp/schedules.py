@@ -43,6 +43,8 @@ class _Step(Schedule):
     def __init__(self, base_lr, step_size, gamma=0.1):
         super().__init__(base_lr)
         self.step_size, self.gamma = _positive_int("step_size", step_size), float(gamma)
+        if not 0 < self.gamma:
+            raise ValueError(f"lr_schedule step: gamma={gamma} must be > 0")
 
     def lr(self, epoch):
         return self.base_lr * self.gamma ** (epoch // self.step_size)
@@ -52,6 +54,8 @@ class _Exponential(Schedule):
     def __init__(self, base_lr, gamma):
         super().__init__(base_lr)
         self.gamma = float(gamma)
+        if not 0 < self.gamma:
+            raise ValueError(f"lr_schedule exponential: gamma={gamma} must be > 0")
 
     def lr(self, epoch):
         return self.base_lr * self.gamma ** epoch
@@ -61,6 +65,8 @@ class _Cosine(Schedule):
     def __init__(self, base_lr, t_max, eta_min=0.0, warmup=0):
         super().__init__(base_lr)
         self.t_max, self.eta_min = _positive_int("t_max", t_max), float(eta_min)
+        if not 0 <= self.eta_min <= base_lr:
+            raise ValueError(f"lr_schedule cosine: eta_min={eta_min} must be in [0, lr]")
         self.warmup = int(warmup)
         if not 0 <= self.warmup < self.t_max:
             raise ValueError(f"lr_schedule cosine: warmup={warmup} must be in [0, t_max)")

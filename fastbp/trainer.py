@@ -111,8 +111,9 @@ class Trainer:
 
     def _make_plans(self):
         cfg = self._cfg
-        threads = 1 if cfg["target"] == "cpu" else (cfg["n_threads"] or
-                                                    numba.config.NUMBA_NUM_THREADS)
+        # a model saved or pickled on a larger machine uses at most the threads here
+        threads = 1 if cfg["target"] == "cpu" else min(
+            cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
         self._train_plan = training_plan(cfg["target"], cfg["layers"], cfg["batch_size"],
                                          threads)
         self._eval_plan = evaluation_plan(cfg["target"], threads)
@@ -131,6 +132,7 @@ class Trainer:
         self._m[:] = 0
         self._v[:] = 0
         self._step = 0
+        self._hyper[H_LR] = self._cfg["lr"]
         self.history = {}
         return self
 
@@ -184,8 +186,8 @@ class Trainer:
 
     @lr.setter
     def lr(self, value):
-        self._hyper[H_LR] = _config._real("lr", value, 0.0, np.inf, "a finite number > 0",
-                                          low_open=True)
+        # 0 is allowed here (a schedule may end there), not in the constructor
+        self._hyper[H_LR] = _config._real("lr", value, 0.0, np.inf, "a finite number >= 0")
 
     def __getstate__(self):
         # the compiled kernels are not pickled: the plans are rebuilt from the configuration
@@ -311,6 +313,18 @@ class Trainer:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
+        recorded = {"loss", "grad_norm", "grad_norm_max", "lr", "time"}
+        if self._accuracy(0, 1) is not None:
+            recorded.add("accuracy")
+        if val is not None:
+            recorded |= {"val_loss"} | ({"val_accuracy"} if "accuracy" in recorded else set())
+        for cb in callbacks:            # a callback watching a metric this fit never records
+            monitor = getattr(cb, "monitor", None) if getattr(cb, "needs_monitor", False) \
+                else None
+            if monitor is not None and monitor not in recorded:
+                raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit "
+                                 f"does not record (it records {sorted(recorded)}); pass "
+                                 "validation_data or monitor another entry")
 
         n = Xc.shape[0]
         lay = self._layout
@@ -335,9 +349,9 @@ class Trainer:
             with self._compute(plan):
                 for _ in range(epochs):
                     epoch = self.epochs_done
+                    good = self._snapshot()      # before the schedule moves lr
                     if lr_schedule is not None:
                         self.lr = schedule.lr(epoch)
-                    good = self._snapshot()
                     if shuffle:                  # a fresh permutation of 0..n-1, in place
                         order[:] = np.arange(n, dtype=order.dtype)
                         self._rng.shuffle(order)
@@ -349,6 +363,8 @@ class Trainer:
                         d_off, self._opt_code, self._hyper, self._step, block_lo, block_hi,
                         block_layer, block_sq, norms, chunk_loss, chunk_correct)
                     seconds = time.perf_counter() - t0
+                    if bad_step < 0 and not np.isfinite(self._params).all():
+                        bad_step = norms.shape[0] - 1      # the epoch's last update blew up
                     if bad_step >= 0:
                         self._restore(good)
                         self._diverged(epoch, bad_step, on_divergence)

@@ -34,8 +34,11 @@ def test_early_stopping_stops_and_restores_the_best_parameters():
     assert es.stopped_epoch is not None and len(val) == es.stopped_epoch + 1 < 200
     assert es.best_epoch == int(np.argmin(val)) and len(val) - 1 - es.best_epoch == 3
     np.testing.assert_array_equal(t.params, seen[es.best_epoch])
-    with pytest.raises(KeyError, match="validation_data"):
-        Trainer(SIZES).fit(X, y, epochs=1, progress=False, callbacks=[EarlyStopping()])
+    fresh = Trainer(SIZES, seed=0)
+    before = fresh.params.copy()
+    with pytest.raises(ValueError, match="validation_data"):     # refused before any work
+        fresh.fit(X, y, epochs=1, progress=False, callbacks=[EarlyStopping()])
+    assert np.array_equal(fresh.params, before) and fresh.history == {}
 
 
 def test_checkpoint_every_and_best_and_csv_logger_and_history(tmp_path):

@@ -87,6 +87,7 @@ def test_regression_from_npz(tmp_path, capsys):
     (["train", "--lr", "-1"], "lr=-1.0 is not allowed"),
     (["predict", "nothing.npz", "x.npz"], "no model file"),
     (["train", "mixed.csv"], "got 'abc' at data row 1, column 2"),
+    (["train", "--epochs", "0"], "--epochs must be at least 1"),
 ])
 def test_cli_errors_are_clear(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

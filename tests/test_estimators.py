@@ -277,3 +277,31 @@ def test_dropout_regularises_training_and_is_off_at_predict_time():
     assert dropped.score(X, y) > 0.9                   # still learns
     with pytest.raises(ValueError):
         MLPClassifier(dropout=1.0).fit(X, y)
+
+
+def test_warm_start_needs_the_same_classes_and_partial_fit_refuses_early_stopping():
+    X, y = datasets.load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = MLPClassifier(max_iter=5, warm_start=True, random_state=0).fit(X, y)
+        with pytest.raises(ValueError, match="same classes"):
+            m.fit(X[y < 2], y[y < 2])
+        with pytest.raises(ValueError, match="same classes"):
+            m.fit(X, y + 10)
+    assert list(m.classes_) == [0, 1, 2] and m.predict(X).shape == (150,)
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
+
+
+def test_multi_output_squared_error_loss_in_scikit_learns_units():
+    """Half the mean squared error (over outputs too): with noise of variance 1 on every
+    output both libraries' loss_ settles near 0.5, not 0.5 x 3."""
+    X, y = datasets.make_regression(n_samples=400, n_features=5, n_targets=3, random_state=0)
+    y = y / 100 + np.random.default_rng(0).normal(size=y.shape)
+    kw = dict(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=100, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPRegressor(**kw).fit(X, y)
+        theirs = SkMLPRegressor(**kw).fit(X, y)
+    assert 0.3 < theirs.loss_ < 0.7
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=0.2)

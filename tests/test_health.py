@@ -161,3 +161,26 @@ def test_cli_report_and_health_warnings(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "fastbp: warning: epoch 0: vanishing gradient in layer 0" in captured.err
     assert out.exists() and "wrote training report" in captured.out
+
+
+def test_a_blow_up_in_the_last_update_of_an_epoch_is_caught_and_undone():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 3)).astype(np.float32)
+    y = rng.normal(size=16).astype(np.float32) * 100
+    t = Trainer([3, 4, 1], loss="mse", optimizer="sgd", lr=1e38, batch_size=16, seed=0)
+    before = t.params.copy()
+    with pytest.raises(DivergenceError):
+        t.fit(X, y, epochs=1, progress=False)
+    assert np.array_equal(t.params, before) and np.all(np.isfinite(t.params))
+
+
+def test_divergence_restores_the_learning_rate_and_reset_restores_the_constructors():
+    X, y = _exploding_setup()
+    t = Trainer([8, 32, 32, 1], loss="mse", optimizer="sgd", lr=1e-6, seed=0)
+    with pytest.raises(DivergenceError) as err:
+        t.fit(X, y, epochs=10, progress=False,
+              lr_schedule=lambda e: 1e-6 if e < 2 else 1e30)
+    assert err.value.epoch == 2 and t.lr == 1e-6
+    t.lr = 0.5
+    t.reset()
+    assert t.lr == 1e-6
