@@ -110,12 +110,15 @@ def _train_block(model, X, y, classes):
 
 # ----------------------------------------------------------------- data parallel
 
-def _local_round(config, state, X_parts, y_parts, offset, n_rows, shuffle, seed):
-    """On a worker: `n_rows` rows of its concatenated partitions from position `offset` of an
-    endless sequence of passes over them (each pass in a fresh seeded order when shuffle),
-    trained from `state` as consecutive minibatches. Returns the new state and n_rows."""
-    X = np.concatenate([np.asarray(x) for x in X_parts])
-    y = np.concatenate([np.asarray(v) for v in y_parts])
+def _join(parts):
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def _local_round(config, state, X, y, offset, n_rows, shuffle, seed):
+    """On a worker: `n_rows` rows of its data X, y (its partitions, joined) from position
+    `offset` of an endless sequence of passes over them (each pass in a fresh seeded order
+    when shuffle), trained from `state` as consecutive minibatches. Returns the new state
+    and n_rows."""
     size = X.shape[0]
     positions = offset + np.arange(n_rows)
     passes = positions // size
@@ -125,16 +128,30 @@ def _local_round(config, state, X_parts, y_parts, offset, n_rows, shuffle, seed)
         order = np.random.default_rng([seed, int(p)]).permutation(size) if shuffle \
             else np.arange(size)
         idx[sel] = order[positions[sel] % size]
-    cfg = dict(config)
-    t = Trainer(cfg.pop("layers"), **cfg)
+    t = _worker_trainer(config)
     t._params[:] = state["params"]
     t._m[:] = state["m"]
     t._v[:] = state["v"]
     t._step = state["step"]
     t.lr = state["lr"]
+    t.history = {}
     t.fit(X[idx], y[idx], epochs=1, shuffle=False, progress=False)
-    return {"params": t._params, "m": t._m, "v": t._v, "step": t._step,
+    return {"params": t._params.copy(), "m": t._m.copy(), "v": t._v.copy(), "step": t._step,
             "loss": t.history["loss"][-1], "rows": n_rows}
+
+
+_TRAINERS = {}
+
+
+def _worker_trainer(config):
+    """One Trainer per configuration per worker process, reused across rounds (its buffers
+    are overwritten from the round's state; building one costs an initialisation)."""
+    key = repr(sorted(config.items()))
+    if key not in _TRAINERS:
+        cfg = dict(config)
+        _TRAINERS.clear()
+        _TRAINERS[key] = Trainer(cfg.pop("layers"), **cfg)
+    return _TRAINERS[key]
 
 
 def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
@@ -174,9 +191,11 @@ def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
         # (loose placement: if w dies, Dask recomputes them on another worker)
         xs = client.compute([p[0] for p in parts], workers=[w], allow_other_workers=True)
         ys = client.compute([p[1] for p in parts], workers=[w], allow_other_workers=True)
-        persisted[w] = (xs, ys)
-    wait([f for xs, ys in persisted.values() for f in xs + ys])
-    sizes = {w: sum(client.submit(len, x, workers=[w]).result() for x in xs)
+        # one array per worker, joined once (not every round)
+        persisted[w] = (client.submit(_join, xs, workers=[w], allow_other_workers=True),
+                        client.submit(_join, ys, workers=[w], allow_other_workers=True))
+    wait([f for pair in persisted.values() for f in pair])
+    sizes = {w: client.submit(len, xs, workers=[w]).result()
              for w, (xs, ys) in persisted.items()}
     config = dict(trainer.config)
     n_rows = local_steps * config["batch_size"]
