@@ -36,7 +36,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from .trainer import Trainer, _blas_controller
+from .trainer import Trainer, single_threaded_blas
 
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
 
@@ -216,7 +216,7 @@ class _BaseMLP(BaseEstimator):
 
         # L-BFGS-B's own BLAS calls stay on one thread: idle BLAS threads spin-waiting next to
         # the kernel's threads made target='parallel' 8x slower on digits
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with single_threaded_blas():
             result = minimize(loss_and_grad, t.params.astype(np.float64), method="L-BFGS-B",
                               jac=True, options={"maxfun": self.max_fun,
                                                  "maxiter": self.max_iter, "gtol": self.tol})

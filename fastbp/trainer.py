@@ -1,6 +1,7 @@
 """The Trainer: validates, allocates the flat buffers, calls one compiled kernel per epoch,
 records history. All numerical work happens in fastbp.kernels."""
 import contextlib
+import threading
 import time
 import warnings
 
@@ -20,6 +21,31 @@ from .schedules import make_schedule
 EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
 
 _blas = None
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread while any fastbp kernel runs, in any thread. threadpoolctl's
+    limits are process-wide: the first user applies the limit and the last one restores the
+    original thread counts (overlapping per-thread limits would restore each other's)."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas_controller().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def _row_order(n):
@@ -232,7 +258,7 @@ class Trainer:
         """Run kernels with single-threaded BLAS (parallelism is over batch chunks) and
         Numba's thread count set to the plan's chunk count."""
         previous = numba.get_num_threads()
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with single_threaded_blas():
             if plan.chunks > 1:
                 numba.set_num_threads(plan.chunks)
             try:

@@ -81,3 +81,24 @@ def test_threaded_fit_from_the_main_process_matches():
     th.start()
     th.join()
     np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_overlapping_fits_in_threads_restore_the_blas_thread_counts():
+    """threadpoolctl limits are process-wide; fastbp's are shared and counted, so threads
+    fitting at once leave NumPy's and SciPy's BLAS as they found them."""
+    from threadpoolctl import threadpool_info
+
+    from fastbp.trainer import _blas_controller
+    _blas_controller()                     # make sure SciPy's BLAS is loaded and seen
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    X = np.random.default_rng(0).standard_normal((4000, 32))
+    y = np.arange(4000) % 3
+
+    def work(seed):
+        Trainer([32, 64, 3], seed=seed).fit(X, y, epochs=3, progress=False)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    [th.start() for th in threads]
+    [th.join() for th in threads]
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before
