@@ -1,5 +1,6 @@
 """fastbp.distributed: out-of-core training over Dask arrays and data-parallel local SGD on a
 LocalCluster, including a worker killed mid-run."""
+import contextlib
 import os
 import signal
 import threading
@@ -26,12 +27,19 @@ def digits():
     return X_tr[:1344], y_tr[:1344], X_te, y_te
 
 
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+@contextlib.contextmanager
+def local_cluster(n_workers):
+    """A LocalCluster of single-threaded worker processes, and its client."""
+    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         with distributed.Client(cluster) as c:
             yield c
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_cluster(2) as c:
+        yield c
 
 
 def test_fit_incremental_over_dask_blocks_trains_with_memory_of_about_one_block():
@@ -100,9 +108,7 @@ def test_data_parallel_fit_reaches_single_process_accuracy(client, digits):
 
 def test_one_worker_one_local_step_equals_single_process_training(digits):
     X, y, _, _ = digits
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
+    with local_cluster(1) as c:
         Xd, yd = da.from_array(X, chunks=(336, 64)), da.from_array(y, chunks=336)
         kw = dict(optimizer="adam", lr=0.01, batch_size=32, seed=0, dtype="float64")
         a = fit(Trainer([64, 32, 10], **kw), Xd, yd, client=c, rounds=84, local_steps=1,
@@ -114,9 +120,7 @@ def test_one_worker_one_local_step_equals_single_process_training(digits):
 
 def test_a_worker_killed_mid_run_is_survived(digits):
     X, y, X_te, y_te = digits
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
+    with local_cluster(2) as c:
         Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
         t = Trainer([64, 64, 10], optimizer="sgd", momentum=0.9, lr=0.05, batch_size=32,
                     seed=0)
