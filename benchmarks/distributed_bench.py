@@ -52,7 +52,7 @@ def main():
     base = None
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
             Xd = da.from_array(X_tr, chunks=(args.samples // 8, layers[0]))
             yd = da.from_array(y_tr, chunks=args.samples // 8)
             warm = Trainer(layers, **kw)

@@ -31,7 +31,7 @@ def digits():
 def local_cluster(n_workers):
     """A LocalCluster of single-threaded worker processes, and its client."""
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         with distributed.Client(cluster) as c:
             yield c
 
