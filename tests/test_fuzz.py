@@ -10,7 +10,8 @@ from hypothesis.extra import numpy as hnp
 
 from fastbp import DivergenceError, Trainer
 
-FUZZ = settings(max_examples=60, deadline=None,
+# derandomize: the same examples on every run, so CI stays bounded and repeatable
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from(
@@ -33,7 +34,8 @@ def arrays(draw):
     if kind == "complex":
         return draw(hnp.arrays(np.complex128, shape, elements=st.complex_numbers(max_magnitude=9)))
     if kind == "str":
-        return draw(hnp.arrays(np.dtype("U3"), shape, elements=st.text(max_size=3)))
+        return draw(hnp.arrays(np.dtype("U3"), shape,
+                               elements=st.text(alphabet="ab1.-é Z", max_size=3)))
     return draw(st.lists(st.lists(st.integers(0, 3), max_size=5), max_size=5))   # ragged
 
 
