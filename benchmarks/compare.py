@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS, flops_per_sample, make_data  # noqa: E402
+from workloads import WORKLOADS, flops_per_sample, make_arrays  # noqa: E402
 
 N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "wide": 4096,
              "tiny-b1": 2048}
@@ -202,7 +202,7 @@ def measure(name, opt, rounds, n=None, layers=None, batch=None, skip=()):
     batch = batch or wl_batch
     loss = loss or "cross_entropy"
     n = n or N_SAMPLES[name]
-    X, y = make_data("tiny", 1) if False else _data(layers, loss, n)
+    X, y = make_arrays(layers, loss, n)
     epochs = {}
     for cname, factory in CONTESTANTS.items():
         if cname in skip:
@@ -224,16 +224,8 @@ def measure(name, opt, rounds, n=None, layers=None, batch=None, skip=()):
     return {c: n / np.median(t) for c, t in times.items()}
 
 
-def _data(layers, loss, n):
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, layers[0])).astype(np.float32)
-    if loss == "cross_entropy":
-        return X, rng.integers(0, layers[-1], size=n)
-    return X, rng.standard_normal((n, layers[-1])).astype(np.float32)
-
-
 def print_table(results, peak, flops):
-    print(f"| workload | contestant | samples/s | GFLOP/s | % peak | fastbp/peer |")
+    print("| workload | contestant | samples/s | GFLOP/s | % peak | fastbp/peer |")
     print("|---|---|---:|---:|---:|---:|")
     for name, res in results.items():
         best_fastbp = max(v for c, v in res.items() if c.startswith("fastbp"))
@@ -321,7 +313,7 @@ def strategies(rounds):
     print("|---|---|---:|---:|---:|---|")
     for layers, batch in nets:
         n = int(min(16384, max(8 * batch, 3e9 / flops_per_sample(layers))) // batch * batch)
-        X, y = _data(layers, "cross_entropy", n)
+        X, y = make_arrays(layers, "cross_entropy", n)
         runs = {}
         for strategy in ("serial", "chunks"):
             t = Trainer(layers, batch_size=batch, optimizer="sgd", momentum=0.9, lr=0.01,
@@ -355,7 +347,7 @@ def memory():
     print("|---|---|---:|---:|---:|---:|---|")
     for name in ("tiny", "mnist", "wide", "deep", "regression"):
         layers, batch, loss = WORKLOADS[name]
-        X, y = _data(layers, loss, N_SAMPLES[name])
+        X, y = make_arrays(layers, loss, N_SAMPLES[name])
         for opt in ("sgd", "adam"):
             kw = dict(loss=loss, batch_size=batch, optimizer=opt, momentum=0.9 if opt == "sgd"
                       else 0.0, seed=0)

@@ -14,6 +14,12 @@ WORKLOADS = {
 def make_data(name, n, dtype="float32"):
     """X (n, n_in) and y for a workload, from np.random.default_rng(0)."""
     layers, _, loss = WORKLOADS[name]
+    return make_arrays(layers, loss, n, dtype)
+
+
+def make_arrays(layers, loss, n, dtype="float32"):
+    """Seeded synthetic data for any network: X (n, layers[0]); class labels for
+    cross_entropy, real targets (n, layers[-1]) otherwise."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, layers[0])).astype(dtype)
     if loss == "cross_entropy":

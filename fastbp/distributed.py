@@ -17,7 +17,6 @@ target='cpu' with as many single-threaded workers as cores. Never both, or threa
 oversubscribe the cores. fastbp falls back to serial code off the main thread when Numba's
 `workqueue` layer is the only one available (see README, "Threads").
 """
-import math
 
 import numpy as np
 
@@ -165,7 +164,7 @@ def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
     starting point; it holds the result). X, y: Dask arrays partitioned by rows; partitions
     are persisted on the workers and never gathered. Returns trainer, with
     `trainer.history['loss']` one entry per round and `trainer.distributed_stats`."""
-    dask, da = _dask()
+    _dask()                               # a clear message when Dask is missing
     from distributed import get_client, wait
     if not isinstance(trainer, Trainer):
         raise TypeError("fastbp.distributed.fit takes a fastbp Trainer")

@@ -81,19 +81,19 @@ def read_model_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path}")
+    files = None
     try:
         loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise _bad(path, "it holds a single array, not an .npz archive")
-        with loaded as npz:
-            files = {key: npz[key] for key in npz.files}
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as npz:
+                files = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        if str(e).startswith(str(path)):
-            raise
         # pickled objects, truncated archives and non-.npz files all end here; NumPy's own
         # message would suggest allow_pickle=True, which fastbp never does
         raise _bad(path, "it is not a readable .npz archive of plain arrays "
                    f"({type(e).__name__}; fastbp never loads pickled objects)") from None
+    if files is None:
+        raise _bad(path, "it holds a single array, not an .npz archive")
     missing = {"format", "version", "config", "params", "metadata"} - set(files)
     if missing:
         raise _bad(path, f"missing field(s) {sorted(missing)}")

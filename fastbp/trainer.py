@@ -367,6 +367,7 @@ class Trainer:
         order = _row_order(n)
         weight_total = weights.sum(dtype=np.float64) if weights.size else n
         warned = set()
+        good = None                      # the last good epoch's state (see _snapshot)
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -375,7 +376,7 @@ class Trainer:
             with self._compute(plan):
                 for _ in range(epochs):
                     epoch = self.epochs_done
-                    good = self._snapshot()      # before the schedule moves lr
+                    good = self._snapshot(good)  # before the schedule moves lr
                     if lr_schedule is not None:
                         self.lr = schedule.lr(epoch)
                     if shuffle:                  # a fresh permutation of 0..n-1, in place
@@ -389,7 +390,8 @@ class Trainer:
                         d_off, self._opt_code, self._hyper, self._step, block_lo, block_hi,
                         block_layer, block_sq, norms, chunk_loss, chunk_correct)
                     seconds = time.perf_counter() - t0
-                    if bad_step < 0 and not np.isfinite(self._params).all():
+                    if bad_step < 0 and not (np.isfinite(self._params.min())
+                                             and np.isfinite(self._params.max())):
                         bad_step = norms.shape[0] - 1      # the epoch's last update blew up
                     if bad_step >= 0:
                         self._restore(good)
@@ -432,19 +434,23 @@ class Trainer:
             bar.close()
         return self.history
 
-    def _snapshot(self):
-        """What an epoch may change: restored when the epoch diverges."""
-        return (self._params.copy(), self._m.copy(), self._v.copy(), self._step,
-                self._rng.bit_generator.state, self.lr)
+    def _snapshot(self, snap=None):
+        """What an epoch may change, copied into `snap` (buffers allocated once per fit,
+        not per epoch): restored when the epoch diverges."""
+        if snap is None:
+            snap = {"params": np.empty_like(self._params), "m": np.empty_like(self._m),
+                    "v": np.empty_like(self._v)}
+        for key in ("params", "m", "v"):
+            np.copyto(snap[key], getattr(self, "_" + key))
+        snap.update(step=self._step, rng_state=self._rng.bit_generator.state, lr=self.lr)
+        return snap
 
     def _restore(self, snap):
-        params, m, v, step, rng_state, lr = snap
-        self._params[:] = params
-        self._m[:] = m
-        self._v[:] = v
-        self._step = step
-        self._rng.bit_generator.state = rng_state
-        self.lr = lr
+        for key in ("params", "m", "v"):
+            np.copyto(getattr(self, "_" + key), snap[key])
+        self._step = snap["step"]
+        self._rng.bit_generator.state = snap["rng_state"]
+        self.lr = snap["lr"]
 
     def _diverged(self, epoch, bad_step, on_divergence):
         cfg = self._cfg

@@ -3,7 +3,7 @@ training trajectories of every optimizer."""
 import numpy as np
 import pytest
 
-from conftest import ACTIVATIONS, LOSSES, OPTIMIZERS, make_data
+from conftest import ACTIVATIONS, LOSSES, make_data
 import reference as ref
 from fastbp import Trainer
 from fastbp.kernels import choose_strategy, training_plan
