@@ -145,9 +145,6 @@ def validate(layers, **kwargs):
     cfg["init"] = _choice("init", kw["init"], INITS)
     cfg["shuffle"] = _bool("shuffle", kw["shuffle"])
     cfg["target"] = _choice("target", kw["target"], TARGETS)
-    if cfg["target"] == "cuda":
-        raise ValueError("target='cuda' is not available in this version of fastbp yet; "
-                         "use target='cpu' or target='parallel'")
     dtype = kw["dtype"]
     if isinstance(dtype, (type, np.dtype)):
         dtype = np.dtype(dtype).name

@@ -12,7 +12,7 @@ from . import config as _config
 from .data import check_sample_weight, check_X, check_y
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
-from .kernels import evaluation_plan, safe_plan, training_plan
+from .kernels import Plan, evaluation_plan, safe_plan, training_plan
 from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
     H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
@@ -85,8 +85,10 @@ class Trainer:
     dropout : float or sequence of float
         Inverted dropout rate of the hidden layers while training (one rate, or one per
         hidden layer), applied in the compiled kernel; off in loss, gradient and predict.
-    target : {'cpu', 'parallel'}
-        One core (bit-for-bit reproducible) or all cores (reproducible per thread count).
+    target : {'cpu', 'parallel', 'cuda'}
+        One core (bit-for-bit reproducible), all cores (reproducible per thread count), or
+        an NVIDIA GPU through numba-cuda (the `cuda` extra): params, optimizer state and
+        the training data stay on the GPU for the whole fit (see the README's CUDA section).
     dtype : {'float32', 'float64'}
     n_threads : int or None
         Threads for target='parallel' (None: Numba's default, all cores).
@@ -137,6 +139,11 @@ class Trainer:
 
     def _make_plans(self):
         cfg = self._cfg
+        if cfg["target"] == "cuda":
+            from .kernels import cuda_backend
+            cuda_backend.load()      # CudaUnavailableError now, not at the first fit
+            self._train_plan = self._eval_plan = Plan("cuda", None, 1)
+            return
         # a model saved or pickled on a larger machine uses at most the threads here
         threads = 1 if cfg["target"] == "cpu" else min(
             cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
@@ -219,6 +226,7 @@ class Trainer:
         # the compiled kernels are not pickled: the plans are rebuilt from the configuration
         state = self.__dict__.copy()
         del state["_train_plan"], state["_eval_plan"], state["_weights"], state["_biases"]
+        state.pop("_cuda_net", None)        # device buffers: rebuilt on first use
         return state
 
     def __setstate__(self, state):
@@ -250,8 +258,18 @@ class Trainer:
     def strategy(self):
         """How target='parallel' spreads a training step over threads: 'serial' (small
         steps) or 'chunks' (batch chunks, one gradient slab each); always 'serial' for
-        target='cpu'."""
+        target='cpu' and 'cuda' for target='cuda'."""
         return self._train_plan.strategy
+
+    def _device(self):
+        """The network's buffers on the GPU (target='cuda'), built on first use."""
+        net = getattr(self, "_cuda_net", None)
+        if net is None:
+            from .kernels.cuda_runner import CudaNetwork
+            net = self._cuda_net = CudaNetwork(
+                self._layout, self._dtype, self._act, self._dropout, self._loss_code,
+                self._opt_code, self._m.size > 0, self._v.size > 0)
+        return net
 
     @contextlib.contextmanager
     def _compute(self, plan):
@@ -270,7 +288,14 @@ class Trainer:
         a_off, z_off, d_off, size = self._layout.workspace(rows)
         return np.empty((n_chunks, size), dtype=self._dtype), a_off, z_off, d_off
 
-    def _loss_grad(self, X, labels, targets, weights, want_grad):
+    def _loss_grad(self, X, labels, targets, weights, want_grad, device_data=None):
+        if self._cfg["target"] == "cuda":
+            net = self._device()
+            net.params.copy_to_device(self._params)
+            data = device_data or net.data(X, labels, targets, weights)
+            loss_sum, correct, grad = net.loss_grad(data, want_grad)
+            total = weights.sum(dtype=np.float64) if weights.size else X.shape[0]
+            return loss_sum / total, correct, grad
         plan = safe_plan(self._eval_plan)
         C = plan.chunks
         rows = min(EVAL_ROWS, -(-X.shape[0] // C))
@@ -357,17 +382,15 @@ class Trainer:
         L = lay.n_layers
         B = self._cfg["batch_size"]
         plan = safe_plan(self._train_plan)
-        C = plan.chunks
-        work, a_off, z_off, d_off = self._workspace(-(-min(B, n) // C), C)
-        gslab = np.zeros((C, lay.n_params), dtype=self._dtype)
-        block_lo, block_hi, block_layer = lay.blocks()
-        block_sq = np.empty(block_lo.shape[0])
         norms = np.empty((-(-n // B), L + 1))
-        chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
         order = _row_order(n)
         weight_total = weights.sum(dtype=np.float64) if weights.size else n
         warned = set()
         good = None                      # the last good epoch's state (see _snapshot)
+        run_epoch = self._epoch_runner(plan, Xc, labels, targets, weights, order, norms)
+        val_device = None
+        if val is not None and self._cfg["target"] == "cuda":
+            val_device = self._device().data(*val)     # moved to the GPU once per fit
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -383,12 +406,7 @@ class Trainer:
                         order[:] = np.arange(n, dtype=order.dtype)
                         self._rng.shuffle(order)
                     t0 = time.perf_counter()
-                    loss_sum, correct, self._step, bad_step = plan.kernels.train_epoch(
-                        self._params, gslab, self._m, self._v, work, Xc, labels, targets,
-                        weights, order, B, lay.sizes, lay.w_off, lay.b_off, self._act,
-                        self._dropout, self._dropout_seed, self._loss_code, a_off, z_off,
-                        d_off, self._opt_code, self._hyper, self._step, block_lo, block_hi,
-                        block_layer, block_sq, norms, chunk_loss, chunk_correct)
+                    loss_sum, correct, self._step, bad_step = run_epoch()
                     seconds = time.perf_counter() - t0
                     if bad_step < 0 and not (np.isfinite(self._params.min())
                                              and np.isfinite(self._params.max())):
@@ -408,7 +426,8 @@ class Trainer:
                     logs["lr"] = self.lr
                     logs["time"] = seconds
                     if val is not None:
-                        vloss, vcorrect, _ = self._loss_grad(*val, want_grad=False)
+                        vloss, vcorrect, _ = self._loss_grad(*val, want_grad=False,
+                                                             device_data=val_device)
                         logs["val_loss"] = vloss
                         vacc = self._accuracy(vcorrect, val[0].shape[0])
                         if vacc is not None:
@@ -433,6 +452,41 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def _epoch_runner(self, plan, X, labels, targets, weights, order, norms):
+        """A function running one epoch over the rows in `order` (filled by fit): returns
+        (loss sum, correct, step after the epoch, -1 or the diverged step) and fills
+        `norms`. Buffers are allocated here, once per fit."""
+        lay = self._layout
+        B = self._cfg["batch_size"]
+        if plan.strategy == "cuda":
+            net = self._device()
+            net.upload(self._params, self._m, self._v)
+            data = net.data(X, labels, targets, weights, B)
+            buffers = net.epoch_buffers(norms.shape[0])
+
+            def run_cuda():
+                out = net.train_epoch(data, order, B, self._hyper, self._step,
+                                      self._dropout_seed, norms, buffers)
+                net.download(self._params, self._m, self._v)   # once per epoch
+                return out
+            return run_cuda
+
+        C = plan.chunks
+        work, a_off, z_off, d_off = self._workspace(-(-min(B, X.shape[0]) // C), C)
+        gslab = np.zeros((C, lay.n_params), dtype=self._dtype)
+        block_lo, block_hi, block_layer = lay.blocks()
+        block_sq = np.empty(block_lo.shape[0])
+        chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
+
+        def run_cpu():
+            return plan.kernels.train_epoch(
+                self._params, gslab, self._m, self._v, work, X, labels, targets, weights,
+                order, B, lay.sizes, lay.w_off, lay.b_off, self._act, self._dropout,
+                self._dropout_seed, self._loss_code, a_off, z_off, d_off, self._opt_code,
+                self._hyper, self._step, block_lo, block_hi, block_layer, block_sq, norms,
+                chunk_loss, chunk_correct)
+        return run_cpu
 
     def _snapshot(self, snap=None):
         """What an epoch may change, copied into `snap` (buffers allocated once per fit,
@@ -501,6 +555,10 @@ class Trainer:
 
     def _output(self, X):
         Xc = check_X(X, self._cfg["layers"][0], self._dtype)
+        if self._cfg["target"] == "cuda":
+            net = self._device()
+            net.params.copy_to_device(self._params)
+            return net.predict(Xc)
         plan = safe_plan(self._eval_plan)
         C = plan.chunks
         rows = min(EVAL_ROWS, Xc.shape[0])

@@ -1,0 +1,66 @@
+"""The one place fastbp imports Numba's CUDA target.
+
+fastbp's CUDA kernels are written against ``numba.cuda`` as the `numba-cuda` package provides
+it (the CUDA target built into Numba itself is deprecated). Everything else asks this module
+for it, so moving to another Numba CUDA package is a change of the import in `_import_cuda`.
+Nothing here runs at ``import fastbp``: the module is imported when a Trainer is built with
+target='cuda'.
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` in the environment before Numba is
+first imported) the same kernels run as Python on the CPU, one thread per simulated GPU
+thread: slow, but every kernel can be checked without a GPU.
+"""
+import os
+
+
+class CudaUnavailableError(RuntimeError):
+    """target='cuda' was asked for where it cannot run; the message says what is missing."""
+
+
+def _import_cuda():
+    from numba import cuda
+    return cuda
+
+
+def simulator_enabled():
+    """Whether Numba's CUDA simulator is on (it must be set before Numba is imported)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def load():
+    """The ``numba.cuda`` module, ready to launch kernels, or CudaUnavailableError saying
+    which piece is missing: the numba-cuda package, or a GPU (and its driver)."""
+    try:
+        import numba_cuda  # noqa: F401  (the maintained CUDA target, not Numba's built-in)
+    except ImportError:
+        raise CudaUnavailableError(
+            "target='cuda' needs the numba-cuda package, which is not installed: "
+            "pip install 'fastbp[cuda]' (CUDA 12 drivers) or 'fastbp[cuda13]' (CUDA 13 "
+            "drivers); NUMBA_ENABLE_CUDASIM=1 runs the kernels on Numba's CPU simulator "
+            "without a GPU") from None
+    cuda = _import_cuda()
+    if simulator_enabled():
+        return cuda
+    try:
+        available = cuda.is_available()
+    except Exception as e:                      # a broken driver or toolkit install
+        raise CudaUnavailableError(f"target='cuda' could not reach the CUDA driver: {e}") \
+            from None
+    if not available:
+        raise CudaUnavailableError(
+            "target='cuda' needs an NVIDIA GPU with a working driver, and numba-cuda found "
+            "none (numba.cuda.is_available() is False; `python -c \"from numba import cuda; "
+            "cuda.detect()\"` says why). Use target='cpu' or 'parallel', or set "
+            "NUMBA_ENABLE_CUDASIM=1 before importing fastbp to run on Numba's CPU simulator")
+    return cuda
+
+
+def describe():
+    """The GPU in use, in words (for benchmarks and error messages)."""
+    cuda = load()
+    if simulator_enabled():
+        return "Numba CUDA simulator"
+    device = cuda.get_current_device()
+    name = device.name.decode() if isinstance(device.name, bytes) else device.name
+    return f"{name} (compute capability {device.compute_capability[0]}." \
+           f"{device.compute_capability[1]})"

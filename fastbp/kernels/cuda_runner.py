@@ -1,0 +1,353 @@
+"""target='cuda': the network's buffers on the GPU and the launches of a training epoch.
+
+`CudaNetwork` holds params, gradients and optimizer state on the device for as long as the
+Trainer lives, and a workspace (every layer's pre-activations, activations and deltas) per
+batch size. `DeviceData` moves a data set to the device once per fit, or, when it does not
+fit in the share of free GPU memory set by RESIDENT_FRACTION, keeps the labels and the row
+order there and streams X in large chunks of already shuffled rows.
+
+An epoch is a sequence of asynchronous launches, about 3 per layer and 3 more per step
+(see `train_epoch`); the epoch's permutation (drawn on the host from the same generator as
+on the CPU, so a seed gives the same run) goes to the device once, rows are gathered there,
+and the host reads nothing back until the epoch's end: the per-step losses, correct counts
+and gradient norms, and the divergence status. Launch arguments are the only per-step
+traffic.
+"""
+import math
+
+import numpy as np
+
+from . import cuda_backend, gpu
+from .optim import ADAMW, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, H_LR, \
+    H_MOMENTUM, H_NESTEROV
+
+# A data set is moved to the GPU whole when X takes at most this share of its free memory;
+# larger ones are streamed (tests lower MAX_RESIDENT_BYTES to force streaming).
+RESIDENT_FRACTION = 0.5
+MAX_RESIDENT_BYTES = None
+EVAL_ROWS = 1024       # rows per launch when evaluating, predicting or taking a gradient
+
+
+def _blocks(n, per_block):
+    return max(1, -(-n // per_block))
+
+
+class DeviceData:
+    """X (N, n_0), labels, targets and row weights of one data set on the device. X is
+    resident, or streamed: then `chunk_rows` rows at a time, in the epoch's row order."""
+
+    def __init__(self, cuda, X, labels, targets, weights, batch_size, dtype):
+        self.n = X.shape[0]
+        self.host_X = X
+        self.weights = weights
+        self.labels = cuda.to_device(_nonempty(labels, np.int64))
+        self.targets = cuda.to_device(_nonempty(targets, dtype))
+        self.row_weight = cuda.to_device(_nonempty(weights, dtype))
+        self.weighted = weights.shape[0] > 0
+        self.order = cuda.device_array(self.n, dtype=np.int64)
+        budget = _resident_budget(cuda)
+        row_bytes = X.shape[1] * X.itemsize
+        if X.nbytes <= budget:
+            self.X = cuda.to_device(X)
+            self.chunk_rows = None
+        else:                 # a whole number of batches per chunk
+            rows = max(batch_size, int(budget // max(row_bytes, 1)) // batch_size * batch_size)
+            self.chunk_rows = min(rows, -(-self.n // batch_size) * batch_size)
+            self.X = cuda.device_array((self.chunk_rows, X.shape[1]), dtype=X.dtype)
+            self._cuda = cuda
+
+    @property
+    def streamed(self):
+        return self.chunk_rows is not None
+
+    def set_order(self, order):
+        self.order.copy_to_device(order)
+        self._host_order = order
+
+    def chunk(self, lo):
+        """Upload the chunk of shuffled rows that starts at row position lo (streamed)."""
+        hi = min(lo + self.chunk_rows, self.n)
+        rows = np.ascontiguousarray(self.host_X[self._host_order[lo:hi]])
+        self.X[:hi - lo].copy_to_device(rows)
+
+
+def _resident_budget(cuda):
+    if MAX_RESIDENT_BYTES is not None:
+        return MAX_RESIDENT_BYTES
+    if cuda_backend.simulator_enabled():
+        return np.inf
+    free, _ = cuda.current_context().get_memory_info()
+    return RESIDENT_FRACTION * free
+
+
+def _nonempty(arr, dtype):
+    """Kernels take arrays of at least one element; flags say when one is unused."""
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.shape[0] == 0:
+        arr = np.zeros((1,) + arr.shape[1:], dtype=dtype)
+    return arr
+
+
+class Workspace:
+    """Per-layer device buffers for up to `rows` rows: Z[l] = A_l W_l + b_l, A[l+1] =
+    act(Z[l]) (hidden layers; A[0] is the input), D[l] = dLoss/dZ[l]; per-row losses and
+    correct counts."""
+
+    def __init__(self, cuda, sizes, rows, dtype):
+        L = len(sizes) - 1
+        self.rows = rows
+        self.Z = [cuda.device_array((rows, sizes[l + 1]), dtype=dtype) for l in range(L)]
+        self.A = [None] + [cuda.device_array((rows, sizes[l]), dtype=dtype)
+                           for l in range(1, L)]
+        self.D = [cuda.device_array((rows, sizes[l + 1]), dtype=dtype) for l in range(L)]
+        self.row_loss = cuda.device_array(rows, dtype=np.float64)
+        self.row_correct = cuda.device_array(rows, dtype=np.int64)
+
+
+class CudaNetwork:
+    """A Trainer's network on the GPU: flat params, gradient and optimizer state buffers in
+    the CPU's layout, with views of every W_l and b_l, and the launches of forward,
+    backward, a training epoch, evaluation and prediction."""
+
+    def __init__(self, layout, dtype, act, dropout, loss_code, opt_code, has_m, has_v):
+        self.cuda = cuda = cuda_backend.load()
+        self.k = gpu.get_kernels(dtype)
+        self.layout = layout
+        self.dtype = np.dtype(dtype)
+        self.F = self.dtype.type
+        self.sizes = [int(s) for s in layout.sizes]
+        self.L = layout.n_layers
+        self.act = [int(a) for a in act]
+        self.dropout = [float(r) for r in dropout]       # empty: no dropout
+        self.loss_code = int(loss_code)
+        self.opt_code = int(opt_code)
+        P = layout.n_params
+        self.params = cuda.device_array(P, dtype=self.dtype)
+        self.grads = cuda.device_array(P, dtype=self.dtype)
+        self.m = cuda.device_array(P if has_m else 1, dtype=self.dtype)
+        self.v = cuda.device_array(P if has_v else 1, dtype=self.dtype)
+        self.W, self.b, self.dW, self.db = [], [], [], []
+        for l in range(self.L):
+            n_in, n_out = self.sizes[l], self.sizes[l + 1]
+            w, b = int(layout.w_off[l]), int(layout.b_off[l])
+            self.W.append(self.params[w:w + n_in * n_out].reshape(n_in, n_out))
+            self.b.append(self.params[b:b + n_out])
+            self.dW.append(self.grads[w:w + n_in * n_out].reshape(n_in, n_out))
+            self.db.append(self.grads[b:b + n_out])
+        self.sizes_d = cuda.to_device(np.asarray(self.sizes, dtype=np.int64))
+        self.b_off_d = cuda.to_device(np.asarray(layout.b_off, dtype=np.int64))
+        block_lo, block_hi, block_layer = layout.blocks()
+        self.n_blocks = block_lo.shape[0]
+        self.block_lo = cuda.to_device(block_lo)
+        self.block_hi = cuda.to_device(block_hi)
+        self.block_layer = cuda.to_device(block_layer)
+        self.block_sq = cuda.device_array(self.n_blocks, dtype=np.float64)
+        self.clip = cuda.to_device(np.ones(1, dtype=self.dtype))
+        self.status = cuda.to_device(np.zeros(2, dtype=np.int64))
+        self._workspaces = {}
+        self._eval_index = cuda.to_device(np.zeros(1, dtype=np.int64))
+
+    # ----------------------------------------------------------------- transfers
+
+    def upload(self, params, m, v):
+        """Host -> device: the parameters and the optimizer state (empty ones skipped)."""
+        self.params.copy_to_device(params)
+        if m.size:
+            self.m.copy_to_device(m)
+        if v.size:
+            self.v.copy_to_device(v)
+
+    def download(self, params, m, v):
+        """Device -> host, into the given arrays."""
+        self.params.copy_to_host(params)
+        if m.size:
+            self.m.copy_to_host(m)
+        if v.size:
+            self.v.copy_to_host(v)
+
+    def data(self, X, labels, targets, weights, batch_size=EVAL_ROWS):
+        return DeviceData(self.cuda, X, labels, targets, weights, batch_size, self.dtype)
+
+    def workspace(self, rows):
+        if rows not in self._workspaces:
+            self._workspaces.clear()        # one batch size at a time
+            self._workspaces[rows] = Workspace(self.cuda, self.sizes, rows, self.dtype)
+        return self._workspaces[rows]
+
+    def _index(self, n):
+        """0..n-1 on the device (evaluation reads rows in order)."""
+        if self._eval_index.shape[0] < n:
+            self._eval_index = self.cuda.to_device(np.arange(n, dtype=np.int64))
+        return self._eval_index
+
+    # ------------------------------------------------------------------ launches
+
+    def _grid2(self, cols, rows):
+        bt = self.k.block_tile
+        return (_blocks(cols, bt), _blocks(rows, bt)), (self.k.tile, self.k.tile)
+
+    def forward(self, ws, A0, gather, idx, lo, n_rows, seed, step, training):
+        """Every layer's Z and hidden A for n_rows rows: row r of the input is
+        A0[idx[lo + r]] (gather) or A0[r]."""
+        A, g = A0, gather
+        for l in range(self.L):
+            hidden = l < self.L - 1
+            out = ws.A[l + 1] if hidden else ws.Z[l]
+            rate = self.dropout[l] if training and hidden and self.dropout else 0.0
+            grid, block = self._grid2(self.sizes[l + 1], n_rows)
+            self.k.linear_forward[grid, block](
+                ws.Z[l], out, A, idx, lo, g, self.W[l], self.b[l], n_rows, hidden,
+                self.act[l] if hidden else 0, rate, seed, step, l)
+            A, g = out, False
+
+    def loss(self, ws, data, idx, lo, n_rows, inv_count, out_lo, row_loss, row_correct,
+             want_grad):
+        L = self.L
+        self.k.loss_delta[_blocks(n_rows, self.k.threads), self.k.threads](
+            ws.D[L - 1], ws.Z[L - 1], idx, lo, n_rows, data.labels, data.targets,
+            data.row_weight, data.weighted, self.loss_code, self.F(inv_count), row_loss,
+            row_correct, out_lo, want_grad)
+
+    def backward(self, ws, A0, gather, idx, lo, n_rows, seed, step, training, accumulate):
+        """The chain rule, output to input: every dW_l, db_l (added to the gradient buffer
+        when accumulate) and the deltas D[l-1]."""
+        for l in range(self.L - 1, -1, -1):
+            n_in, n_out = self.sizes[l], self.sizes[l + 1]
+            A, g = (A0, gather) if l == 0 else (ws.A[l], False)
+            grid, block = self._grid2(n_out, n_in)
+            self.k.linear_backward_weight[grid, block](
+                self.dW[l], self.db[l], A, idx, lo, g, ws.D[l], n_rows, accumulate)
+            if l > 0:
+                rate = self.dropout[l - 1] if training and self.dropout else 0.0
+                grid, block = self._grid2(n_in, n_rows)
+                self.k.linear_backward_input[grid, block](
+                    ws.D[l - 1], ws.D[l], self.W[l], ws.Z[l - 1], ws.A[l], idx, lo, n_rows,
+                    self.act[l - 1], rate, seed, step, l - 1)
+
+    # --------------------------------------------------------------- training
+
+    def train_epoch(self, data, order, batch_size, hyper, step, seed, norms, buffers):
+        """One epoch over `data` in the row order `order` (host int64), as
+        cpu.train_epoch: returns (sum of the rows' losses, correct predictions, step after
+        the epoch, -1 or the index of the step whose loss was NaN/inf). norms (S, L + 1)
+        (host) receives the per-step gradient norms. `buffers` are the per-fit device
+        arrays from `epoch_buffers`."""
+        cuda, k, F = self.cuda, self.k, self.F
+        n, B, L = data.n, batch_size, self.L
+        n_steps = -(-n // B)
+        ws = self.workspace(min(B, n))
+        data.set_order(order)
+        self.status.copy_to_device(np.zeros(2, dtype=np.int64))
+        inv_counts = self._inverse_counts(data, order, B)
+        opt = self._optimizer_scalars(hyper)
+        shrink = self._shrink(hyper)
+        clip_norm = float(hyper[H_CLIP])
+        opt_grid = min(_blocks(self.layout.n_params, k.threads), 1024)
+        for s in range(n_steps):
+            lo = s * B
+            n_rows = min(B, n - lo)
+            t = step + s + 1                  # the step being taken (dropout masks, Adam)
+            if data.streamed:
+                c_lo = lo - lo % data.chunk_rows
+                if lo == c_lo:
+                    data.chunk(c_lo)
+                A0, gather = data.X[lo - c_lo:lo - c_lo + n_rows], False
+            else:
+                A0, gather = data.X, True
+            self.forward(ws, A0, gather, data.order, lo, n_rows, seed, t, True)
+            self.loss(ws, data, data.order, lo, n_rows, inv_counts[s], 0, ws.row_loss,
+                      ws.row_correct, True)
+            self.backward(ws, A0, gather, data.order, lo, n_rows, seed, t, True, False)
+            k.grad_block_norms[self.n_blocks, k.threads](
+                self.grads, self.block_lo, self.block_hi, self.block_sq)
+            k.step_stats[1, k.threads](
+                ws.row_loss, ws.row_correct, n_rows, self.block_sq, self.block_layer,
+                buffers["norms"], s, clip_norm, self.clip, self.status, buffers["loss"],
+                buffers["correct"])
+            bc1 = 1.0 - hyper[H_BETA1] ** t
+            bc2 = 1.0 - hyper[H_BETA2] ** t
+            k.optimizer_update[opt_grid, k.threads](
+                self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
+                self.opt_code, *opt, F(hyper[H_LR] / bc1), F(1.0 / math.sqrt(bc2)), shrink,
+                self.clip, self.status)
+        status = self.status.copy_to_host()
+        bad = int(status[1]) if status[0] else -1
+        done = bad if bad >= 0 else n_steps
+        losses = buffers["loss"].copy_to_host()[:done]
+        correct = buffers["correct"].copy_to_host()[:done]
+        norms[:] = buffers["norms"].copy_to_host()[:norms.shape[0]]
+        return float(losses.sum()), int(correct.sum()), step + done, bad
+
+    def epoch_buffers(self, n_steps):
+        """Per-fit device arrays of the per-step results."""
+        cuda = self.cuda
+        return {"loss": cuda.device_array(n_steps, dtype=np.float64),
+                "correct": cuda.device_array(n_steps, dtype=np.int64),
+                "norms": cuda.device_array((n_steps, self.L + 1), dtype=np.float64)}
+
+    def _inverse_counts(self, data, order, B):
+        """Per step: 1 / rows, or 1 / the batch's total weight (0 for a weightless batch),
+        in the parameters' dtype, as cpu.batch_weight_inverse."""
+        n = data.n
+        starts = np.arange(0, n, B)
+        if not data.weighted:
+            counts = np.minimum(B, n - starts).astype(self.dtype)
+            return self.F(1) / counts
+        totals = np.add.reduceat(data.weights[order], starts).astype(self.dtype)
+        with np.errstate(divide="ignore"):
+            return np.where(totals > 0, self.F(1) / totals, self.F(0)).astype(self.dtype)
+
+    def _optimizer_scalars(self, hyper):
+        """lr, momentum, nesterov, beta1, beta2, eps, alpha, decay in the kernel's order
+        (decay 0 for adamw, whose decay is the shrink factor)."""
+        F = self.F
+        decay = 0.0 if self.opt_code == ADAMW else hyper[H_DECAY]
+        return (F(hyper[H_LR]), F(hyper[H_MOMENTUM]), bool(hyper[H_NESTEROV] != 0.0),
+                F(hyper[H_BETA1]), F(hyper[H_BETA2]), F(hyper[H_EPS]), F(hyper[H_ALPHA]),
+                F(decay))
+
+    def _shrink(self, hyper):
+        return self.F(1.0 - hyper[H_LR] * hyper[H_DECAY] if self.opt_code == ADAMW else 1.0)
+
+    # ---------------------------------------------------------- evaluation
+
+    def loss_grad(self, data, want_grad):
+        """(sum of the rows' weighted losses, correct predictions, gradient of the mean
+        loss or None) of the whole data set as one batch, EVAL_ROWS rows per launch."""
+        n = data.n
+        rows = min(EVAL_ROWS, n)
+        ws = Workspace(self.cuda, self.sizes, rows, self.dtype)
+        idx = self._index(n)
+        row_loss = self.cuda.device_array(n, dtype=np.float64)
+        row_correct = self.cuda.device_array(n, dtype=np.int64)
+        if data.weighted:
+            total = data.weights.sum(dtype=self.dtype)
+            inv_count = self.F(1) / total if total > 0 else self.F(0)
+        else:
+            inv_count = self.F(1) / self.F(n)
+        X = self.cuda.to_device(data.host_X) if data.streamed else data.X
+        for lo in range(0, n, rows):
+            n_rows = min(rows, n - lo)
+            self.forward(ws, X, True, idx, lo, n_rows, 0, 0, False)
+            self.loss(ws, data, idx, lo, n_rows, inv_count, lo, row_loss, row_correct,
+                      want_grad)
+            if want_grad:
+                self.backward(ws, X, True, idx, lo, n_rows, 0, 0, False, lo > 0)
+        loss_sum = float(row_loss.copy_to_host().sum())
+        correct = int(row_correct.copy_to_host().sum())
+        return loss_sum, correct, (self.grads.copy_to_host() if want_grad else None)
+
+    def predict(self, X):
+        """The output activation (N, K) for X (N, n_0) (host array)."""
+        n = X.shape[0]
+        rows = min(EVAL_ROWS, n)
+        ws = Workspace(self.cuda, self.sizes, rows, self.dtype)
+        X_d = self.cuda.to_device(X)
+        idx = self._index(n)
+        out = self.cuda.device_array((n, self.sizes[-1]), dtype=self.dtype)
+        for lo in range(0, n, rows):
+            n_rows = min(rows, n - lo)
+            self.forward(ws, X_d, True, idx, lo, n_rows, 0, 0, False)
+            self.k.output_forward[_blocks(n_rows, self.k.threads), self.k.threads](
+                out[lo:lo + n_rows], ws.Z[self.L - 1], n_rows, self.loss_code)
+        return out.copy_to_host()

@@ -1,0 +1,594 @@
+"""The CUDA kernels: the CPU ops of ops.py and optim.py, rewritten for the GPU.
+
+Each kernel mirrors a CPU op of the same name and argument order where one exists
+(``linear_forward``, ``loss_forward``/``loss_backward`` fused as ``loss_delta``,
+``linear_backward`` split into its weight and input products, ``output_forward``,
+``update_segment`` as ``optimizer_update``), plus the two reductions the CPU does inline
+(gradient norms, step statistics). cuda_runner.py launches them; no kernel allocates.
+
+Block sizes are parameters of `build` so that tests can use tiles small enough for tiny
+shapes to span several blocks:
+    tile        threads per side of a 2-D block (tile x tile threads)
+    per_thread  outputs per side that each thread computes (a per_thread x per_thread patch);
+                a block computes a (tile*per_thread)^2 tile of a matrix product, stepping
+                through the summed dimension `tile` at a time through shared memory
+    threads     threads of a 1-D block (rows, reductions, the optimizer); a power of two
+
+Products are plain sums in index order, in the parameters' dtype, so float32 results agree
+with the CPU's (BLAS) to rounding. Constants are the dtype's own (F(...)): a bare float
+literal would make a float32 kernel compute in float64.
+"""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import cuda_backend
+from .ops import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, GELU, GELU_C, GELU_K, LEAKY_RELU,
+                  LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID, TANH)
+from .optim import ADAM, ADAMW, SGD
+
+cuda = None            # numba.cuda, set by build() (imported only when target='cuda' is used)
+DEFAULT_BLOCK_SIZES = {"tile": 16, "per_thread": 2, "threads": 256}
+_block_sizes = dict(DEFAULT_BLOCK_SIZES)
+_built = {}
+
+
+def set_block_sizes(tile=None, per_thread=None, threads=None):
+    """Change the block sizes of kernels built from now on (see the module docstring);
+    None keeps a size. Returns the sizes in force."""
+    new = dict(_block_sizes)
+    for name, value in (("tile", tile), ("per_thread", per_thread), ("threads", threads)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} is not allowed: {name} must be an integer >= 1")
+        new[name] = int(value)
+    if new["threads"] & (new["threads"] - 1):
+        raise ValueError(f"threads={new['threads']} is not allowed: threads must be a power "
+                         "of two (tree reductions)")
+    if new["tile"] ** 2 > 1024 or new["threads"] > 1024:
+        raise ValueError("a CUDA block holds at most 1024 threads: tile**2 and threads must "
+                         "be <= 1024")
+    _block_sizes.update(new)
+    return dict(_block_sizes)
+
+
+def block_sizes():
+    return dict(_block_sizes)
+
+
+def get_kernels(dtype):
+    """The kernels for `dtype` ('float32' or 'float64') at the current block sizes, built
+    (and compiled for the GPU) on first use."""
+    key = (np.dtype(dtype).name, _block_sizes["tile"], _block_sizes["per_thread"],
+           _block_sizes["threads"])
+    if key not in _built:
+        _built[key] = build(*key)
+    return _built[key]
+
+
+def _signature(text, F):
+    """An explicit kernel signature: 'F' is the parameters' dtype, F1/F2 its C-contiguous
+    1-D/2-D arrays, I1 int64 arrays, D1 float64 arrays, I int64, B boolean."""
+    names = {"F2": f"{F}[:, ::1]", "F1": f"{F}[::1]", "I1": "int64[::1]", "D1": "float64[::1]",
+             "D2": "float64[:, ::1]", "F": F, "I": "int64", "B": "boolean", "D": "float64"}
+    args = [names[a.strip()] for a in text.split(",")]
+    return f"void({', '.join(args)})"
+
+
+def compile_ptx(dtype, cc, tile=None, per_thread=None, threads=None):
+    """{kernel name: PTX} of every kernel for compute capability cc = (major, minor),
+    compiled by NVVM without a GPU (tests and reviews of the generated code). Device
+    functions are compiled for the current device's capability, so it is stood in for."""
+    from numba.cuda import dispatcher
+
+    sizes = {**_block_sizes, **{k: v for k, v in (("tile", tile), ("per_thread", per_thread),
+                                                  ("threads", threads)) if v is not None}}
+    real = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=tuple(cc))
+    try:
+        return build(np.dtype(dtype).name, sizes["tile"], sizes["per_thread"],
+                     sizes["threads"], ptx_cc=tuple(cc)).ptx
+    finally:
+        dispatcher.get_current_device = real
+
+
+def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
+    """Compile every kernel for `dtype` with these block sizes. Returns a namespace of
+    kernels (not yet configured with a grid) and the block sizes; with ptx_cc=(major,
+    minor), only {kernel name: PTX} for that compute capability (needs NVVM, not a GPU)."""
+    import numba
+
+    # a module global, not a local: the simulator swaps the kernels' global `cuda` for its
+    # fake module while a kernel runs
+    global cuda
+    cuda = cuda_backend._import_cuda() if ptx_cc else cuda_backend.load()
+    F = getattr(numba, dtype)
+    NPF = np.dtype(dtype).type
+    T, R, NT = tile, per_thread, threads
+    BT = T * R
+    zero, one, two, half, three = NPF(0), NPF(1), NPF(2), NPF(0.5), NPF(3)
+    slope, gelu_c, gelu_k = NPF(LEAKY_SLOPE), NPF(GELU_C), NPF(GELU_K)
+
+    ptx = {}
+
+    def kernel(sig):
+        signature = _signature(sig, dtype)
+
+        def decorate(fn):
+            if ptx_cc is not None:
+                ptx[fn.__name__] = cuda.compile_ptx(fn, signature, cc=ptx_cc)[0]
+                return fn
+            return cuda.jit(signature)(fn)
+        return decorate
+
+    # the simulator's jit knows no forceinline
+    device = cuda.jit(device=True, **({} if cuda_backend.simulator_enabled()
+                                      else {"forceinline": True}))
+
+    # ------------------------------------------------------------ element functions
+
+    @device
+    def stable_sigmoid(z):
+        e = math.exp(-abs(z))
+        s = one / (one + e)
+        return s if z >= zero else e * s
+
+    @device
+    def activation_forward(z, code):
+        """act(z) for a hidden layer (ops.activation_forward, one element)."""
+        if code == RELU:
+            return zero if z < zero else z
+        if code == LEAKY_RELU:
+            return slope * z if z < zero else z
+        if code == TANH:
+            return math.tanh(z)
+        if code == SIGMOID:
+            return stable_sigmoid(z)
+        if code == GELU:
+            return half * z * (one + math.tanh(gelu_c * (z + gelu_k * z * z * z)))
+        return z
+
+    @device
+    def activation_backward(g, z, a, code, from_z):
+        """g * act'(z), the derivative from a = act(z) where it can be (ops.activation_backward,
+        one element); from z for all when dropout has rescaled a."""
+        if code == RELU:
+            return g if (z if from_z else a) > zero else zero
+        if code == LEAKY_RELU:
+            return g if z > zero else g * slope
+        if code == TANH:
+            t = math.tanh(z) if from_z else a
+            return g * (one - t * t)
+        if code == SIGMOID:
+            s = stable_sigmoid(z) if from_z else a
+            return g * (s * (one - s))
+        if code == GELU:
+            t = math.tanh(gelu_c * (z + gelu_k * z * z * z))
+            return g * (half * (one + t)
+                        + half * z * (one - t * t) * gelu_c * (one + three * gelu_k * z * z))
+        return g
+
+    @device
+    def keep_unit(seed, step, row, layer, unit, keep):
+        """ops.keep_unit: the same SplitMix64 hash, so masks equal the CPU's."""
+        x = (np.uint64(seed) ^ (np.uint64(step) * np.uint64(0x9E3779B97F4A7C15))
+             ^ (np.uint64(row) * np.uint64(0xC2B2AE3D27D4EB4F))
+             ^ (np.uint64(layer * 65536 + unit) * np.uint64(0x165667B19E3779F9)))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+        return np.float64(x >> np.uint64(11)) * (1.0 / 9007199254740992.0) < keep
+
+    @device
+    def dropout_scale(rate, seed, step, row, layer, unit):
+        """mask / (1 - rate) for one unit (ops.dropout_forward's factor)."""
+        keep = 1.0 - rate
+        return NPF(1.0 / keep) if keep_unit(seed, step, row, layer, unit, keep) else zero
+
+    # ------------------------------------------------------------------- products
+
+    @kernel("F2, F2, F2, I1, I, B, F2, F1, I, B, I, D, I, I, I")
+    def linear_forward(Z, A_out, A, idx, lo, gather, W, b, n_rows, hidden, act, rate, seed,
+                       step, layer):
+        """Z (n_rows, n_out) = A (n_rows, n_in) @ W + b, and for a hidden layer also
+        A_out = act(Z) with dropout at `rate` (0: none) (ops.linear_forward +
+        activation_forward + dropout_forward). Row r of A is A[idx[lo + r]] when `gather`
+        (the shuffled rows of X), else A[r]. Grid (ceil(n_out/BT), ceil(n_rows/BT))."""
+        sA = cuda.shared.array((BT, T), F)
+        sW = cuda.shared.array((T, BT), F)
+        acc = cuda.local.array((R, R), F)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        r0 = cuda.blockIdx.y * BT
+        c0 = cuda.blockIdx.x * BT
+        n_in = W.shape[0]
+        n_out = W.shape[1]
+        for a in range(R):
+            for c in range(R):
+                acc[a, c] = zero
+        for k0 in range(0, n_in, T):
+            for a in range(R):            # A tile: rows r0 + ty + a*T, columns k0 + tx
+                r = r0 + ty + a * T
+                k = k0 + tx
+                val = zero
+                if r < n_rows and k < n_in:
+                    val = A[idx[lo + r] if gather else r, k]
+                sA[ty + a * T, tx] = val
+                c = c0 + tx + a * T       # W tile: rows k0 + ty, columns c0 + tx + a*T
+                k = k0 + ty
+                val = zero
+                if c < n_out and k < n_in:
+                    val = W[k, c]
+                sW[ty, tx + a * T] = val
+            cuda.syncthreads()
+            for k in range(T):
+                for a in range(R):
+                    av = sA[ty + a * T, k]
+                    for c in range(R):
+                        acc[a, c] += av * sW[k, tx + c * T]
+            cuda.syncthreads()
+        for a in range(R):
+            r = r0 + ty + a * T
+            if r >= n_rows:
+                continue
+            for c in range(R):
+                j = c0 + tx + c * T
+                if j < n_out:
+                    z = acc[a, c] + b[j]
+                    Z[r, j] = z
+                    if hidden:
+                        h = activation_forward(z, act)
+                        if rate > 0.0:
+                            h *= dropout_scale(rate, seed, step, idx[lo + r], layer, j)
+                        A_out[r, j] = h
+
+    @kernel("F2, F1, F2, I1, I, B, F2, I, B")
+    def linear_backward_weight(dW, db, A, idx, lo, gather, dZ, n_rows, accumulate):
+        """dW (n_in, n_out) = A^T dZ and db = column sums of dZ (n_rows, n_out), or added to
+        them (accumulate) (ops.linear_backward's parameter gradients). A's rows as in
+        linear_forward. Grid (ceil(n_out/BT), ceil(n_in/BT)); the blocks of the first grid
+        row also sum db from the dZ tiles they load."""
+        sA = cuda.shared.array((T, BT), F)
+        sD = cuda.shared.array((T, BT), F)
+        acc = cuda.local.array((R, R), F)
+        bacc = cuda.local.array(R, F)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        i0 = cuda.blockIdx.y * BT
+        c0 = cuda.blockIdx.x * BT
+        n_in = dW.shape[0]
+        n_out = dW.shape[1]
+        does_bias = cuda.blockIdx.y == 0 and ty == 0
+        for a in range(R):
+            bacc[a] = zero
+            for c in range(R):
+                acc[a, c] = zero
+        for k0 in range(0, n_rows, T):
+            r = k0 + ty                    # batch row of this thread's loads
+            for a in range(R):
+                i = i0 + tx + a * T
+                val = zero
+                if r < n_rows and i < n_in:
+                    val = A[idx[lo + r] if gather else r, i]
+                sA[ty, tx + a * T] = val
+                j = c0 + tx + a * T
+                val = zero
+                if r < n_rows and j < n_out:
+                    val = dZ[r, j]
+                sD[ty, tx + a * T] = val
+            cuda.syncthreads()
+            for k in range(T):
+                for a in range(R):
+                    av = sA[k, ty + a * T]
+                    for c in range(R):
+                        acc[a, c] += av * sD[k, tx + c * T]
+                if does_bias:
+                    for c in range(R):
+                        bacc[c] += sD[k, tx + c * T]
+            cuda.syncthreads()
+        for a in range(R):
+            i = i0 + ty + a * T
+            if i >= n_in:
+                continue
+            for c in range(R):
+                j = c0 + tx + c * T
+                if j < n_out:
+                    if accumulate:
+                        dW[i, j] += acc[a, c]
+                    else:
+                        dW[i, j] = acc[a, c]
+        if does_bias:
+            for c in range(R):
+                j = c0 + tx + c * T
+                if j < n_out:
+                    if accumulate:
+                        db[j] += bacc[c]
+                    else:
+                        db[j] = bacc[c]
+
+    @kernel("F2, F2, F2, F2, F2, I1, I, I, I, D, I, I, I")
+    def linear_backward_input(dA, dZ, W, Z_prev, A_prev, idx, lo, n_rows, act, rate, seed,
+                              step, layer):
+        """dA (n_rows, n_in) = (dZ (n_rows, n_out) @ W^T), times the dropout mask of the
+        layer below (rate > 0) and its activation's derivative at Z_prev / A_prev
+        (ops.linear_backward's input gradient + dropout_backward + activation_backward).
+        Grid (ceil(n_in/BT), ceil(n_rows/BT))."""
+        sD = cuda.shared.array((BT, T), F)
+        sW = cuda.shared.array((T, BT), F)
+        acc = cuda.local.array((R, R), F)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        r0 = cuda.blockIdx.y * BT
+        i0 = cuda.blockIdx.x * BT
+        n_in = W.shape[0]
+        n_out = W.shape[1]
+        for a in range(R):
+            for c in range(R):
+                acc[a, c] = zero
+        for k0 in range(0, n_out, T):
+            for a in range(R):
+                r = r0 + ty + a * T
+                k = k0 + tx
+                val = zero
+                if r < n_rows and k < n_out:
+                    val = dZ[r, k]
+                sD[ty + a * T, tx] = val
+                i = i0 + ty + a * T        # W[i, k0 + tx]: consecutive threads, consecutive k
+                val = zero
+                if i < n_in and k < n_out:
+                    val = W[i, k]
+                sW[tx, ty + a * T] = val
+            cuda.syncthreads()
+            for k in range(T):
+                for a in range(R):
+                    dv = sD[ty + a * T, k]
+                    for c in range(R):
+                        acc[a, c] += dv * sW[k, tx + c * T]
+            cuda.syncthreads()
+        dropped = rate > 0.0
+        for a in range(R):
+            r = r0 + ty + a * T
+            if r >= n_rows:
+                continue
+            for c in range(R):
+                i = i0 + tx + c * T
+                if i < n_in:
+                    g = acc[a, c]
+                    if dropped:
+                        g *= dropout_scale(rate, seed, step, idx[lo + r], layer, i)
+                    dA[r, i] = activation_backward(g, Z_prev[r, i], A_prev[r, i], act, dropped)
+
+    # ------------------------------------------------------------------- the loss
+
+    @kernel("F2, F2, I1, I, I, I1, F2, F1, B, I, F, D1, I1, I, B")
+    def loss_delta(dZ, Z, idx, lo, n_rows, labels, targets, row_weight, weighted, loss_code,
+                   inv_count, row_loss, row_correct, out_lo, want_grad):
+        """Per row r < n_rows of the logits Z (n_rows, K): its weighted loss into
+        row_loss[out_lo + r] and its correct predictions into row_correct[out_lo + r]
+        (ops.loss_forward), and when want_grad its delta into dZ (ops.loss_backward):
+        the output activation fused with the loss, one exp per logit. One thread per row."""
+        r = cuda.grid(1)
+        if r >= n_rows:
+            return
+        K = Z.shape[1]
+        row = idx[lo + r]
+        weight = row_weight[row] if weighted else one
+        total = zero
+        correct = 0
+        if loss_code == CROSS_ENTROPY:
+            y = labels[row]
+            mx = Z[r, 0]
+            arg = 0
+            for j in range(1, K):
+                if Z[r, j] > mx:
+                    mx = Z[r, j]
+                    arg = j
+            s = zero
+            for j in range(K):
+                e = math.exp(Z[r, j] - mx)
+                if want_grad:
+                    dZ[r, j] = e
+                s += e
+            total = mx + math.log(s) - Z[r, y]      # log-sum-exp minus the true logit
+            if arg == y:
+                correct = 1
+            if want_grad:
+                scale = inv_count * weight
+                inv = one / s
+                for j in range(K):
+                    dZ[r, j] = dZ[r, j] * inv * scale
+                dZ[r, y] -= scale
+        else:
+            per_output = inv_count / NPF(K)
+            if loss_code == MSE:
+                per_output *= two
+            scale = per_output * weight
+            for j in range(K):
+                z = Z[r, j]
+                t = targets[row, j]
+                if loss_code == BINARY_CROSS_ENTROPY:
+                    e = math.exp(-abs(z))
+                    sg = one / (one + e)
+                    p = sg if z >= zero else e * sg
+                    total += max(z, zero) - z * t + math.log1p(e)
+                    if (z >= zero) == (t >= half):
+                        correct += 1
+                elif loss_code == POISSON:
+                    p = math.exp(z)
+                    total += p - t * z
+                else:
+                    p = z
+                    d = z - t
+                    total += d * d
+                if want_grad:
+                    dZ[r, j] = (p - t) * scale
+            total *= one / NPF(K)
+        row_loss[out_lo + r] = np.float64(total * weight)
+        row_correct[out_lo + r] = correct
+
+    @kernel("F2, F2, I, I")
+    def output_forward(P, Z, n_rows, loss_code):
+        """P (n_rows, K) = the output activation of the logits Z: softmax, sigmoid, exp or
+        identity (ops.output_forward). One thread per row."""
+        r = cuda.grid(1)
+        if r >= n_rows:
+            return
+        K = Z.shape[1]
+        if loss_code == CROSS_ENTROPY:
+            mx = Z[r, 0]
+            for j in range(1, K):
+                mx = max(mx, Z[r, j])
+            s = zero
+            for j in range(K):
+                e = math.exp(Z[r, j] - mx)
+                P[r, j] = e
+                s += e
+            inv = one / s
+            for j in range(K):
+                P[r, j] *= inv
+        else:
+            for j in range(K):
+                z = Z[r, j]
+                if loss_code == BINARY_CROSS_ENTROPY:
+                    P[r, j] = stable_sigmoid(z)
+                elif loss_code == POISSON:
+                    P[r, j] = math.exp(z)
+                else:
+                    P[r, j] = z
+
+    # ------------------------------------------------------ norms, clipping, status
+
+    @device
+    def block_sum(buf, tid):
+        """Tree-sum buf (NT,) in shared memory; buf[0] ends with the total."""
+        width = NT // 2
+        while width > 0:
+            cuda.syncthreads()
+            if tid < width:
+                buf[tid] += buf[tid + width]
+            width //= 2
+        cuda.syncthreads()
+
+    @kernel("F1, I1, I1, D1")
+    def grad_block_norms(grads, block_lo, block_hi, block_sq):
+        """block_sq[k] = sum of squares of grads[block_lo[k]:block_hi[k]], one CUDA block per
+        layout block (cpu.reduce_block's norm). Blocks never straddle a W_l or b_l."""
+        buf = cuda.shared.array(NT, numba.float64)
+        k = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        acc = 0.0
+        for i in range(block_lo[k] + tid, block_hi[k], NT):
+            g = np.float64(grads[i])
+            acc += g * g
+        buf[tid] = acc
+        block_sum(buf, tid)
+        if tid == 0:
+            block_sq[k] = buf[0]
+
+    @kernel("D1, I1, I, D1, I1, D2, I, D, F1, I1, D1, I1")
+    def step_stats(row_loss, row_correct, n_rows, block_sq, block_layer, norms, s, clip_norm,
+                   clip, status, step_loss, step_correct):
+        """After a step's gradient: its loss and correct count (summed over rows in a fixed
+        order) into step_loss[s], step_correct[s]; each weight gradient's L2 norm and the
+        global norm into norms[s] (cpu.record_norms); the clipping factor into clip[0]
+        (torch.nn.utils.clip_grad_norm_; 1 when clip_norm is 0). A NaN or infinite loss
+        sets status = (1, s) and every later launch of the epoch leaves params alone: the
+        divergence check of cpu._train_epoch, without a round trip to the host. One block."""
+        lbuf = cuda.shared.array(NT, numba.float64)
+        cbuf = cuda.shared.array(NT, numba.float64)
+        tid = cuda.threadIdx.x
+        acc = 0.0
+        cnt = 0.0
+        for r in range(tid, n_rows, NT):
+            acc += row_loss[r]
+            cnt += row_correct[r]
+        lbuf[tid] = acc
+        cbuf[tid] = cnt
+        block_sum(lbuf, tid)
+        block_sum(cbuf, tid)
+        if tid != 0 or status[0] != 0:
+            return
+        total_loss = lbuf[0]
+        if not math.isfinite(total_loss):
+            status[0] = 1
+            status[1] = s
+            return
+        step_loss[s] = total_loss
+        step_correct[s] = np.int64(cbuf[0])
+        L = norms.shape[1] - 1
+        for l in range(L + 1):
+            norms[s, l] = 0.0
+        total = 0.0
+        for k in range(block_sq.shape[0]):
+            total += block_sq[k]
+            if block_layer[k] < L:
+                norms[s, block_layer[k]] += block_sq[k]
+        for l in range(L):
+            norms[s, l] = math.sqrt(norms[s, l])
+        total = math.sqrt(total)
+        norms[s, L] = total
+        coef = 1.0
+        if clip_norm > 0.0:
+            coef = min(clip_norm / (total + 1e-6), 1.0)
+        clip[0] = NPF(coef)
+
+    # ------------------------------------------------------------------- optimizer
+
+    @kernel("F1, F1, F1, F1, I1, I1, I, F, F, B, F, F, F, F, F, F, F, F, F1, I1")
+    def optimizer_update(params, grads, m, v, b_off, sizes, opt_code, lr, momentum, nesterov,
+                         beta1, beta2, eps, alpha, decay, step_size, inv_sqrt_bc2, shrink,
+                         clip, status):
+        """One optimizer step over the whole flat buffers as one grid-stride loop
+        (optim.update_segment and the rule it calls, element by element), the gradient
+        scaled by clip[0]. decay (0 for adamw) and shrink (adamw's 1 - lr*decay, else 1)
+        apply to weights only: elements of a b_l get 0 and 1. step_size = lr / (1 - beta1^t)
+        and inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t) are Adam's. Skipped entirely once
+        status[0] is set (the epoch diverged at an earlier step)."""
+        if status[0] != 0:
+            return
+        cl = clip[0]
+        L = b_off.shape[0]
+        adam = opt_code == ADAM or opt_code == ADAMW
+        for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+            is_weight = True
+            for l in range(L):
+                if b_off[l] <= i and i < b_off[l] + sizes[l + 1]:
+                    is_weight = False
+            d = decay if is_weight else zero
+            if adam:
+                p = params[i] * (shrink if is_weight else one)
+                g = cl * grads[i] + d * p
+                mi = beta1 * m[i] + (one - beta1) * g
+                vi = beta2 * v[i] + (one - beta2) * g * g
+                m[i] = mi
+                v[i] = vi
+                params[i] = p - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+            elif opt_code == SGD:
+                p = params[i]
+                g = cl * grads[i] + d * p
+                if momentum == zero:
+                    params[i] = p - lr * g
+                else:
+                    buf = momentum * m[i] + g
+                    m[i] = buf
+                    params[i] = p - lr * (g + momentum * buf if nesterov else buf)
+            else:                                                  # rmsprop
+                p = params[i]
+                g = cl * grads[i] + d * p
+                vi = alpha * v[i] + (one - alpha) * g * g
+                v[i] = vi
+                if momentum == zero:
+                    params[i] = p - lr * g / (math.sqrt(vi) + eps)
+                else:
+                    buf = momentum * m[i] + g / (math.sqrt(vi) + eps)
+                    m[i] = buf
+                    params[i] = p - lr * buf
+
+    return SimpleNamespace(
+        linear_forward=linear_forward, linear_backward_weight=linear_backward_weight,
+        linear_backward_input=linear_backward_input, loss_delta=loss_delta,
+        output_forward=output_forward, grad_block_norms=grad_block_norms,
+        step_stats=step_stats, optimizer_update=optimizer_update, tile=T, per_thread=R,
+        threads=NT, block_tile=BT, dtype=dtype, ptx=ptx)
