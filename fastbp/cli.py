@@ -204,7 +204,7 @@ def cmd_train(args):
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                           epochs=args.epochs, target=args.target, dtype=args.dtype,
                           seed=args.seed, clip_norm=args.clip_norm)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:     # RuntimeError: no GPU
         raise CLIError(str(e)) from None
     trainer.metadata = meta
     Xs = (X - mean) / std
@@ -264,8 +264,8 @@ def cmd_predict(args):
     from .trainer import Trainer
 
     try:
-        trainer = Trainer.load(args.model)
-    except (ValueError, FileNotFoundError) as e:
+        trainer = Trainer.load(args.model, target=args.target)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:     # RuntimeError: no GPU
         raise CLIError(str(e)) from None
     meta = trainer.metadata or {}
     n_features = trainer.layers[0]
@@ -330,8 +330,9 @@ def build_parser():
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--target", default="cpu", choices=["cpu", "parallel"],
-                   help="compute target: one core or all cores")
+    t.add_argument("--target", default="cpu", choices=["cpu", "parallel", "cuda"],
+                   help="compute target: one core, all cores, or an NVIDIA GPU "
+                        "(needs the cuda extra)")
     t.add_argument("--dtype", default="float32", choices=list(_config.DTYPES))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--scale", default="standard", choices=["standard", "none"],
@@ -355,6 +356,8 @@ def build_parser():
     q.add_argument("data", help=".npz with X, or .csv with the feature columns")
     q.add_argument("--out", help="output .csv (default: standard output)")
     q.add_argument("--proba", action="store_true", help="write class probabilities")
+    q.add_argument("--target", choices=["cpu", "parallel", "cuda"],
+                   help="compute target (default: the one the model was saved from)")
     q.set_defaults(func=cmd_predict)
 
     w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",

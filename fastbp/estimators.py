@@ -75,7 +75,7 @@ class _BaseMLP(BaseEstimator):
                              Options(Real, {np.inf})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
-        "target": [StrOptions({"cpu", "parallel"})],
+        "target": [StrOptions({"cpu", "parallel", "cuda"})],
         "dtype": [None, StrOptions({"float32", "float64"})],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
     }
@@ -327,7 +327,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by fastbp's
     compiled kernels. Same parameters, attributes and behaviour; plus `class_weight` (None,
     'balanced' or {label: weight}), `dropout` (inverted dropout of the hidden layers while
-    training: one rate or one per hidden layer), `target` ('cpu' or 'parallel'), `dtype`
+    training: one rate or one per hidden layer), `target` ('cpu', 'parallel' or 'cuda'), `dtype`
     (None: float32 for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
     outputs, multiclass a softmax."""
 

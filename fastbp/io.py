@@ -160,13 +160,21 @@ def read_model_file(path):
     return out
 
 
-def load_trainer(cls, path):
+def load_trainer(cls, path, target=None):
     data = read_model_file(path)
     cfg = dict(data["config"])
+    if target is not None:
+        cfg["target"] = _config._choice("target", target, _config.TARGETS)
     import numba
     if cfg.get("n_threads") and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
         cfg["n_threads"] = numba.config.NUMBA_NUM_THREADS   # saved on a larger machine
-    trainer = cls(cfg.pop("layers"), **cfg)
+    from .kernels.cuda_backend import CudaUnavailableError
+    try:
+        trainer = cls(cfg.pop("layers"), **cfg)
+    except CudaUnavailableError as e:
+        raise CudaUnavailableError(f"{path!s} was saved from target='cuda': {e}. Pass "
+                                   "target='cpu' or 'parallel' to Trainer.load to load it "
+                                   "here") from None
     trainer._params[:] = data["params"]
     trainer.metadata = data["metadata"]
     opt = data["optimizer"]

@@ -598,10 +598,12 @@ class Trainer:
         save_trainer(self, path, include_optimizer=include_optimizer, metadata=metadata)
 
     @classmethod
-    def load(cls, path):
-        """Read a file written by `save`; a damaged or foreign file raises ValueError."""
+    def load(cls, path, target=None):
+        """Read a file written by `save`; a damaged or foreign file raises ValueError.
+        target: run the model on another target than the one it was saved from (a model
+        trained on a GPU loads on a machine without one with target='cpu')."""
         from .io import load_trainer
-        return load_trainer(cls, path)
+        return load_trainer(cls, path, target)
 
     def __repr__(self):
         c = self._cfg

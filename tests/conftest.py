@@ -1,5 +1,50 @@
+import os
+import sys
+
 import numpy as np
 import pytest
+
+# tests/cuda runs where Numba's CUDA target can: under its simulator (NUMBA_ENABLE_CUDASIM=1,
+# which must be set before Numba is imported: tests/test_cuda.py starts that run in a
+# subprocess) or on a GPU (FASTBP_CUDA_TESTS=1).
+CUDA_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+CUDA_TESTS = CUDA_SIMULATOR or os.environ.get("FASTBP_CUDA_TESTS", "0") not in ("", "0")
+collect_ignore = [] if CUDA_TESTS else ["cuda"]
+if CUDA_SIMULATOR:
+    # the simulator runs a GPU thread per Python thread and its launcher busy-waits on them:
+    # a short GIL switch interval makes its kernels about 10x faster
+    sys.setswitchinterval(1e-5)
+
+    def _lock_simulated_shared_arrays():
+        """The simulator finds a block's shared array by the line that declares it, with an
+        unlocked look-up-or-create: two threads of a block can each create their own
+        array, which then is not shared (seen as rare wrong results, more often with the
+        short switch interval). Same look-up, under a lock."""
+        import threading
+
+        from numba.core import types
+        from numba.cuda.simulator import kernelapi
+        from numba.np import numpy_support
+
+        lock = threading.Lock()
+        unlocked = kernelapi.FakeCUDAShared.array
+
+        def array(self, shape, dtype, alignment=None):
+            if shape == 0 or alignment is not None:        # dynamic / unsupported: as before
+                return unlocked(self, shape, dtype, alignment)
+            frame = sys._getframe(1)
+            caller = (frame.f_code.co_filename, frame.f_lineno)
+            with lock:
+                res = self._allocations.get(caller)
+                if res is None:
+                    if isinstance(dtype, types.Type):
+                        dtype = numpy_support.as_dtype(dtype)
+                    res = self._allocations[caller] = np.empty(shape, dtype)
+            return res
+
+        kernelapi.FakeCUDAShared.array = array
+
+    _lock_simulated_shared_arrays()
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
 LOSSES = ["cross_entropy", "binary_cross_entropy", "mse", "poisson"]

@@ -1,0 +1,204 @@
+"""target='cuda' against target='cpu' (itself checked against the float64 reference): every
+kernel through loss, gradient and predictions, and 2-epoch fits for every activation, loss
+and optimizer. Runs under Numba's CUDA simulator (tests/test_cuda.py starts it) or on a GPU
+(FASTBP_CUDA_TESTS=1); tests/conftest.py leaves this folder out of other runs.
+
+Shapes are tiny, and the simulator's blocks smaller still (a 4x4 tile per 2x2 threads), so
+every product spans several blocks in both directions and ends in partial tiles."""
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import ACTIVATIONS, CUDA_SIMULATOR, LOSSES, make_data
+from fastbp import DivergenceError, MLPClassifier, Trainer, callbacks
+from fastbp.kernels import cuda_runner, gpu
+
+SIZES = [5, 6, 4, 3]
+BATCH = 5          # 11 rows: steps of 5, 5 and 1 rows
+N = 11
+SMALL = dict(tile=2, per_thread=2, threads=8)
+OPTIMIZERS = [("sgd", {}), ("sgd", {"momentum": 0.9}),
+              ("sgd", {"momentum": 0.9, "nesterov": True}), ("adam", {}), ("adamw", {}),
+              ("rmsprop", {}), ("rmsprop", {"momentum": 0.5})]
+SETTINGS = [{}, {"weight_decay": 0.05}, {"clip_norm": 0.05},
+            {"weight_decay": 0.05, "clip_norm": 0.05}]
+
+
+@pytest.fixture(autouse=True, params=[SMALL] if CUDA_SIMULATOR else
+                [SMALL, gpu.DEFAULT_BLOCK_SIZES], ids=lambda p: "tile{tile}x{per_thread}".format(**p))
+def block_sizes(request):
+    before = gpu.block_sizes()
+    gpu.set_block_sizes(**request.param)
+    yield request.param
+    gpu.set_block_sizes(**before)
+
+
+def pair(sizes=SIZES, **kw):
+    """The same model (same seed) on target='cpu' and target='cuda'."""
+    kw = {"seed": 3, "dtype": "float64", "batch_size": BATCH, **kw}
+    return Trainer(sizes, target="cpu", **kw), Trainer(sizes, target="cuda", **kw)
+
+
+def assert_same_fit(cpu, gpu_t, h_cpu, h_gpu, rtol=1e-10):
+    for key in ("loss", "grad_norm", "grad_norm_max", "accuracy", "val_loss"):
+        if key in h_cpu:
+            np.testing.assert_allclose(h_gpu[key], h_cpu[key], rtol=rtol, atol=1e-12,
+                                       err_msg=key)
+    np.testing.assert_allclose(h_gpu["layer_grad_norms"], h_cpu["layer_grad_norms"],
+                               rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(gpu_t.params, cpu.params, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(gpu_t._m, cpu._m, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(gpu_t._v, cpu._v, rtol=rtol, atol=1e-12)
+    assert gpu_t.step == cpu.step
+
+
+def test_small_blocks_leave_partial_tiles(block_sizes):
+    if block_sizes is not SMALL:
+        pytest.skip("only the small block sizes are chosen to split these shapes")
+    tile = gpu.get_kernels("float64").block_tile
+    assert tile < BATCH < 2 * tile and all(tile < n < 2 * tile for n in SIZES[:2])
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_loss_gradient_and_outputs_match_cpu(act, loss):
+    cpu, cuda = pair(activation=act, loss=loss)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=N)
+    params = cpu.params + np.random.default_rng(4).normal(scale=0.1, size=cpu.n_params)
+    cpu.params = cuda.params = params                      # biases != 0
+    assert cuda.loss(X, y) == pytest.approx(cpu.loss(X, y), rel=1e-12)
+    np.testing.assert_allclose(cuda.gradient(X, y), cpu.gradient(X, y), rtol=1e-10,
+                               atol=1e-13)
+    assert cuda.evaluate(X, y) == pytest.approx(cpu.evaluate(X, y), rel=1e-12)
+    if loss in ("mse", "poisson"):
+        np.testing.assert_allclose(cuda.predict(X), cpu.predict(X), rtol=1e-12, atol=1e-14)
+    else:
+        np.testing.assert_allclose(cuda.predict_proba(X), cpu.predict_proba(X), rtol=1e-12,
+                                   atol=1e-14)
+        np.testing.assert_array_equal(cuda.predict(X), cpu.predict(X))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("optimizer,extra", OPTIMIZERS,
+                         ids=[f"{o}{'-' if e else ''}{'-'.join(e)}" for o, e in OPTIMIZERS])
+def test_two_epoch_fit_matches_cpu(optimizer, extra, loss):
+    """Shuffled 2-epoch fits with a partial last batch; activations and the weight decay /
+    clipping settings rotate over the cases so that each meets every optimizer."""
+    i = [o for o, _ in OPTIMIZERS].index(optimizer) + len(extra) + LOSSES.index(loss)
+    kw = dict(activation=ACTIVATIONS[i % len(ACTIVATIONS)], loss=loss, optimizer=optimizer,
+              lr=0.05, **extra, **SETTINGS[i % len(SETTINGS)])
+    cpu, cuda = pair(**kw)
+    X, y = make_data(loss, SIZES[0], SIZES[-1], n=N)
+    h_cpu = cpu.fit(X, y, epochs=2, progress=False)
+    h_gpu = cuda.fit(X, y, epochs=2, progress=False)
+    assert_same_fit(cpu, cuda, h_cpu, h_gpu)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_every_activation_fits_like_cpu(act):
+    cpu, cuda = pair(activation=[act, "tanh"], optimizer="sgd", momentum=0.9, lr=0.1)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    assert_same_fit(cpu, cuda, cpu.fit(X, y, epochs=2, progress=False),
+                    cuda.fit(X, y, epochs=2, progress=False))
+
+
+def test_float32_fit_matches_cpu_to_float_rounding():
+    cpu, cuda = pair(dtype="float32", activation="gelu", lr=0.01)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    h_cpu = cpu.fit(X, y, epochs=2, progress=False)
+    h_gpu = cuda.fit(X, y, epochs=2, progress=False)
+    assert cuda.params.dtype == np.float32
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-5)
+    np.testing.assert_allclose(cuda.params, cpu.params, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_masks_are_the_cpus():
+    cpu, cuda = pair(activation="relu", dropout=[0.5, 0.25], lr=0.05)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    assert_same_fit(cpu, cuda, cpu.fit(X, y, epochs=2, progress=False),
+                    cuda.fit(X, y, epochs=2, progress=False))
+    # dropout is off outside training: loss and outputs equal the CPU's
+    assert cuda.loss(X, y) == pytest.approx(cpu.loss(X, y), rel=1e-12)
+
+
+def test_sample_weight_matches_cpu():
+    cpu, cuda = pair(loss="mse", optimizer="sgd", lr=0.1)
+    X, y = make_data("mse", SIZES[0], SIZES[-1], n=N)
+    w = np.random.default_rng(1).random(N)
+    w[:5] = 0.0                                  # with shuffle=False, a weightless batch
+    h_cpu = cpu.fit(X, y, sample_weight=w, epochs=2, shuffle=False, progress=False)
+    h_gpu = cuda.fit(X, y, sample_weight=w, epochs=2, shuffle=False, progress=False)
+    assert_same_fit(cpu, cuda, h_cpu, h_gpu)
+    assert cuda.loss(X, y, w) == pytest.approx(cpu.loss(X, y, w), rel=1e-12)
+    np.testing.assert_allclose(cuda.gradient(X, y, w), cpu.gradient(X, y, w), rtol=1e-10,
+                               atol=1e-13)
+
+
+def test_streamed_data_trains_like_resident_data(monkeypatch):
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    cpu, resident = pair(dropout=0.2)
+    _, streamed = pair(dropout=0.2)
+    h_res = resident.fit(X, y, epochs=2, progress=False)
+    monkeypatch.setattr(cuda_runner, "MAX_RESIDENT_BYTES", 2 * BATCH * X.shape[1] * 8)
+    data = streamed._device().data(X, np.zeros(N, np.int64), np.zeros((0, 3)), np.zeros(0),
+                                   BATCH)
+    assert data.streamed and data.chunk_rows == 2 * BATCH       # chunks of 10 and 1 rows
+    h_str = streamed.fit(X, y, epochs=2, progress=False)
+    assert_same_fit(resident, streamed, h_res, h_str, rtol=1e-13)
+    assert_same_fit(cpu, streamed, cpu.fit(X, y, epochs=2, progress=False), h_str)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_divergence_is_caught_on_the_device_like_on_the_cpu():
+    """float32 overflows in the second epoch: the device's status flag stops the updates
+    at the same step, and fit restores the state of the first epoch."""
+    cpu, cuda = pair(loss="mse", optimizer="sgd", lr=1e3, dtype="float32")
+    X, y = make_data("mse", SIZES[0], SIZES[-1], n=N)
+    y = y * 1e3
+    errors = []
+    for t in (cpu, cuda):
+        with pytest.raises(DivergenceError) as info:
+            t.fit(X, y, epochs=6, progress=False)
+        errors.append((info.value.epoch, info.value.step))
+    assert errors[0] == errors[1] == (1, 0)
+    np.testing.assert_allclose(cuda.params, cpu.params, rtol=1e-4)   # epoch 0's, restored
+    assert cuda.step == cpu.step == 3 and cuda.epochs_done == 1
+
+
+def test_validation_callbacks_files_and_pickles(tmp_path):
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    Xv, yv = make_data("cross_entropy", SIZES[0], SIZES[-1], n=7, seed=1)
+    cpu, cuda = pair(lr=0.05)
+    logs = []
+    h_cpu = cpu.fit(X, y, validation_data=(Xv, yv), epochs=3, progress=False)
+    h_gpu = cuda.fit(X, y, validation_data=(Xv, yv), epochs=3, progress=False,
+                     callbacks=[lambda t, e, l: logs.append(t.params.copy()),
+                                callbacks.Checkpoint(tmp_path / "best.npz")])
+    assert_same_fit(cpu, cuda, h_cpu, h_gpu)
+    np.testing.assert_allclose(h_gpu["val_accuracy"], h_cpu["val_accuracy"])
+    assert len(logs) == 3 and not np.array_equal(logs[0], logs[2])   # params every epoch
+
+    path = tmp_path / "model.npz"
+    cuda.save(path)
+    again = Trainer.load(path)
+    on_cpu = Trainer.load(path, target="cpu")
+    assert again.config["target"] == "cuda" and on_cpu.config["target"] == "cpu"
+    np.testing.assert_allclose(again.predict_proba(X), on_cpu.predict_proba(X), rtol=1e-12)
+    copy = pickle.loads(pickle.dumps(cuda))
+    for t in (cuda, copy, cpu):
+        t.fit(X, y, epochs=1, progress=False)
+    np.testing.assert_allclose(copy.params, cuda.params, rtol=1e-13)
+    np.testing.assert_allclose(cuda.params, cpu.params, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_estimator_on_cuda_matches_cpu(solver):
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    kw = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=BATCH, max_iter=3,
+              random_state=0, dtype="float64")
+    cpu = MLPClassifier(target="cpu", **kw).fit(X, y)
+    cuda = MLPClassifier(target="cuda", **kw).fit(X, y)
+    for a, b in zip(cuda.coefs_ + cuda.intercepts_, cpu.coefs_ + cpu.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(cuda.predict_proba(X), cpu.predict_proba(X), rtol=1e-9)
