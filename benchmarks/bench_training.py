@@ -57,6 +57,30 @@ class Training:
     track_gflops.unit = "GFLOP/s"
 
 
+class CudaTraining:
+    """One epoch of each DESIGN.md workload on target='cuda', at batch sizes 128 and 1024
+    (skipped where numba-cuda finds no GPU). The data stays on the GPU between epochs: one
+    fit of several epochs, timed per epoch by fit itself."""
+    params = (list(WORKLOADS), [128, 1024])
+    param_names = ["workload", "batch_size"]
+    timeout = 600
+
+    def setup(self, workload, batch_size):
+        from fastbp import CudaUnavailableError, Trainer
+        layers, _, loss = WORKLOADS[workload]
+        try:
+            self.trainer = Trainer(layers, loss=loss, optimizer="sgd", lr=0.01, momentum=0.9,
+                                   batch_size=batch_size, target="cuda", seed=0)
+        except CudaUnavailableError as e:
+            raise NotImplementedError(str(e)) from None     # asv: skipped
+        self.X, self.y = make_data(workload, max(N_SAMPLES[workload] * 4, 32 * batch_size))
+
+    def track_samples_per_second(self, *args):
+        h = self.trainer.fit(self.X, self.y, epochs=4, progress=False)
+        return self.X.shape[0] / float(np.median(h["time"][1:]))
+    track_samples_per_second.unit = "samples/s"
+
+
 class OneStep:
     """One SGD step at batch size 1 on the tiny network (per-step overhead)."""
     params = ["cpu", "parallel"]

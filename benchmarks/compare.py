@@ -14,6 +14,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --strategies         # fastbp's parallel strategies
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
     python benchmarks/compare.py --estimators         # MLPClassifier vs scikit-learn's
+    python benchmarks/compare.py --cuda               # target='cuda' vs PyTorch eager on the GPU
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
@@ -411,6 +412,72 @@ def estimators(rounds):
                       f"{speed} |", flush=True)
 
 
+# ------------------------------------------------------------------------- GPU
+
+def cuda_compare(workloads, opt, rounds, batches=(128, 1024), n=None):
+    """target='cuda' vs PyTorch eager on the same GPU, each DESIGN workload at batch sizes
+    128 and 1024: median samples/s of `rounds` epochs after a warm-up epoch. Both keep the
+    data on the GPU and reshuffle it there every epoch; PyTorch is synchronised once per
+    epoch, and fastbp's epoch time is fit's own per-epoch figure (its `history["time"]`,
+    which includes the per-epoch copy of params and optimizer state back to the host).
+    Runs under NUMBA_ENABLE_CUDASIM=1 too, as a smoke test (fastbp only: no GPU for torch)."""
+    from fastbp import Trainer
+    from fastbp.kernels import cuda_backend
+
+    print(f"GPU: {cuda_backend.describe()}; optimizer {opt}; median of {rounds} epochs; "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| workload | batch | fastbp cuda samples/s | torch cuda eager samples/s | "
+          "fastbp/torch |")
+    print("|---|---:|---:|---:|---:|")
+    for name in workloads:
+        layers, _, loss = WORKLOADS[name]
+        for batch in batches:
+            rows = n or max(N_SAMPLES[name] * 4, 64 * batch)
+            X, y = make_arrays(layers, loss, rows)
+            t = Trainer(layers, loss=loss, optimizer=opt, lr=LR[opt], batch_size=batch,
+                        momentum=0.9 if opt == "sgd" else 0.0, target="cuda", seed=0)
+            h = t.fit(X, y, epochs=rounds + 1, progress=False)
+            ours = rows / float(np.median(h["time"][1:]))
+            try:
+                theirs = _torch_cuda(layers, batch, loss, X, y, opt, rounds)
+                cell, ratio = f"{theirs:,.0f}", f"{ours / theirs:.2f}x"
+            except (ImportError, RuntimeError) as e:     # no torch, or torch without CUDA
+                cell, ratio = f"({type(e).__name__})", ""
+            print(f"| {name} | {batch} | {ours:,.0f} | {cell} | {ratio} |", flush=True)
+
+
+def _torch_cuda(layers, batch, loss, X, y, opt, rounds):
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch has no CUDA device")
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    mods = []
+    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
+        mods.append(torch.nn.Linear(a, b))
+        if i < len(layers) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods).to(dev)
+    if opt == "sgd":
+        optim = torch.optim.SGD(model.parameters(), lr=LR[opt], momentum=0.9, foreach=True)
+    else:
+        optim = torch.optim.Adam(model.parameters(), lr=LR[opt], foreach=True)
+    crit = torch.nn.CrossEntropyLoss() if loss == "cross_entropy" else torch.nn.MSELoss()
+    Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+    n = X.shape[0]
+
+    def epoch():
+        perm = torch.randperm(n, device=dev)
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            optim.zero_grad(set_to_none=True)
+            crit(model(Xt[idx]), yt[idx]).backward()
+            optim.step()
+        torch.cuda.synchronize()
+    epoch()                                             # warm-up
+    return n / float(np.median([_timed(epoch) for _ in range(rounds)]))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -425,7 +492,14 @@ def main():
     p.add_argument("--memory", action="store_true", help="fastbp's peak memory during fit")
     p.add_argument("--estimators", action="store_true",
                    help="fastbp.MLPClassifier vs scikit-learn's MLPClassifier instead")
+    p.add_argument("--cuda", action="store_true",
+                   help="target='cuda' vs PyTorch eager on the GPU, batch 128 and 1024")
+    p.add_argument("--samples", type=int, help="rows per data set (--cuda; default: by "
+                   "workload)")
     args = p.parse_args()
+    if args.cuda:
+        workloads = [w for w in args.workloads if w in WORKLOADS]
+        return cuda_compare(workloads, args.optimizer, args.rounds, n=args.samples)
     if args.memory:
         return memory()
     if args.estimators:
