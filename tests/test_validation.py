@@ -42,7 +42,6 @@ INVALID_ARGUMENTS = [
     (dict(dropout="0.5"), TypeError, "dropout"),
     (dict(shuffle="yes"), TypeError, "shuffle"),
     (dict(target="gpu"), ValueError, "target"),
-    (dict(target="cuda"), ValueError, "cuda"),
     (dict(dtype="float16"), ValueError, "dtype"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(seed=1.5), TypeError, "seed"),
