@@ -205,10 +205,12 @@ class _BaseMLP(BaseEstimator):
         W_mask = np.zeros(t.n_params, dtype=bool)      # the weights (L2 applies), not biases
         for o, a, b in zip(lay.w_off, lay.sizes[:-1], lay.sizes[1:]):
             W_mask[o:o + a * b] = True
+        # target='cuda': the data goes to the GPU once, not at every function evaluation
+        on_device = t._device().data(*data) if t.config["target"] == "cuda" else None
 
         def loss_and_grad(theta):
             t.params[:] = theta
-            value, _, grad = t._loss_grad(*data, want_grad=True)
+            value, _, grad = t._loss_grad(*data, want_grad=True, device_data=on_device)
             grad = grad.astype(np.float64) / self._scale
             grad[W_mask] += self.alpha * theta[W_mask] / n
             value = value / self._value_scale + self._loss_offset

@@ -461,11 +461,12 @@ class Trainer:
         B = self._cfg["batch_size"]
         if plan.strategy == "cuda":
             net = self._device()
-            net.upload(self._params, self._m, self._v)
             data = net.data(X, labels, targets, weights, B)
             buffers = net.epoch_buffers(norms.shape[0])
 
             def run_cuda():
+                # every epoch: a callback may have changed params (or lr) between epochs
+                net.upload(self._params, self._m, self._v)
                 out = net.train_epoch(data, order, B, self._hyper, self._step,
                                       self._dropout_seed, norms, buffers)
                 net.download(self._params, self._m, self._v)   # once per epoch

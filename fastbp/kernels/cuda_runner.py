@@ -14,6 +14,7 @@ and gradient norms, and the divergence status. Launch arguments are the only per
 traffic.
 """
 import math
+import warnings
 
 import numpy as np
 
@@ -22,9 +23,11 @@ from .optim import ADAMW, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, H_L
     H_MOMENTUM, H_NESTEROV
 
 # A data set is moved to the GPU whole when X takes at most this share of its free memory;
-# larger ones are streamed (tests lower MAX_RESIDENT_BYTES to force streaming).
+# larger ones are streamed, in chunks of at most CHUNK_BYTES (tests lower MAX_RESIDENT_BYTES
+# to force streaming).
 RESIDENT_FRACTION = 0.5
 MAX_RESIDENT_BYTES = None
+CHUNK_BYTES = 256 * 2**20
 EVAL_ROWS = 1024       # rows per launch when evaluating, predicting or taking a gradient
 
 
@@ -46,15 +49,15 @@ class DeviceData:
         self.weighted = weights.shape[0] > 0
         self.order = cuda.device_array(self.n, dtype=np.int64)
         budget = _resident_budget(cuda)
-        row_bytes = X.shape[1] * X.itemsize
+        row_bytes = max(X.shape[1] * X.itemsize, 1)
         if X.nbytes <= budget:
             self.X = cuda.to_device(X)
             self.chunk_rows = None
-        else:                 # a whole number of batches per chunk
-            rows = max(batch_size, int(budget // max(row_bytes, 1)) // batch_size * batch_size)
+        else:                 # a whole number of batches (at least one) per chunk
+            fit = int(min(budget, CHUNK_BYTES) // row_bytes)
+            rows = max(batch_size, fit // batch_size * batch_size)
             self.chunk_rows = min(rows, -(-self.n // batch_size) * batch_size)
             self.X = cuda.device_array((self.chunk_rows, X.shape[1]), dtype=X.dtype)
-            self._cuda = cuda
 
     @property
     def streamed(self):
@@ -64,11 +67,13 @@ class DeviceData:
         self.order.copy_to_device(order)
         self._host_order = order
 
-    def chunk(self, lo):
-        """Upload the chunk of shuffled rows that starts at row position lo (streamed)."""
+    def chunk(self, lo, shuffled=True):
+        """Upload the chunk of rows that starts at row position lo (streamed): in the
+        epoch's order (training) or as stored (evaluation). Returns its row count."""
         hi = min(lo + self.chunk_rows, self.n)
-        rows = np.ascontiguousarray(self.host_X[self._host_order[lo:hi]])
-        self.X[:hi - lo].copy_to_device(rows)
+        rows = self.host_X[self._host_order[lo:hi]] if shuffled else self.host_X[lo:hi]
+        self.X[:hi - lo].copy_to_device(np.ascontiguousarray(rows))
+        return hi - lo
 
 
 def _resident_budget(cuda):
@@ -145,6 +150,8 @@ class CudaNetwork:
         self.clip = cuda.to_device(np.ones(1, dtype=self.dtype))
         self.status = cuda.to_device(np.zeros(2, dtype=np.int64))
         self._workspaces = {}
+        self._launchers = {}
+        self._simulated = cuda_backend.simulator_enabled()
         self._eval_index = cuda.to_device(np.zeros(1, dtype=np.int64))
 
     # ----------------------------------------------------------------- transfers
@@ -168,11 +175,13 @@ class CudaNetwork:
     def data(self, X, labels, targets, weights, batch_size=EVAL_ROWS):
         return DeviceData(self.cuda, X, labels, targets, weights, batch_size, self.dtype)
 
-    def workspace(self, rows):
-        if rows not in self._workspaces:
-            self._workspaces.clear()        # one batch size at a time
-            self._workspaces[rows] = Workspace(self.cuda, self.sizes, rows, self.dtype)
-        return self._workspaces[rows]
+    def workspace(self, rows, purpose="train"):
+        """The workspace for `rows` rows; one per purpose ('train', 'eval'), kept between
+        calls (device allocations are slow) and replaced when the row count changes."""
+        ws = self._workspaces.get(purpose)
+        if ws is None or ws.rows != rows:
+            ws = self._workspaces[purpose] = Workspace(self.cuda, self.sizes, rows, self.dtype)
+        return ws
 
     def _index(self, n):
         """0..n-1 on the device (evaluation reads rows in order)."""
@@ -182,9 +191,30 @@ class CudaNetwork:
 
     # ------------------------------------------------------------------ launches
 
-    def _grid2(self, cols, rows):
+    def _launch(self, kernel, grid, block):
+        """kernel[grid, block], configured once and kept: configuring costs Python time on
+        every launch, and numba-cuda warns of grids under 128 blocks, which the small
+        networks fastbp is fast for always have (the warning would reach users)."""
+        if self._simulated:      # the simulator's kernel[grid, block] returns the kernel
+            return kernel[grid, block]     # itself, reconfigured: nothing to keep
+        key = (id(kernel), grid, block)
+        launcher = self._launchers.get(key)
+        if launcher is None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
+                launcher = self._launchers[key] = kernel[grid, block]
+        return launcher
+
+    def _product(self, kernel, x_extent, y_extent):
+        """A 2-D product kernel over (x_extent, y_extent) elements, BT x BT per block."""
         bt = self.k.block_tile
-        return (_blocks(cols, bt), _blocks(rows, bt)), (self.k.tile, self.k.tile)
+        return self._launch(kernel, (_blocks(x_extent, bt), _blocks(y_extent, bt)),
+                            (self.k.tile, self.k.tile))
+
+    def _grid_stride(self, kernel, n):
+        """A 1-D grid-stride kernel over n elements (the optimizer)."""
+        threads = self.k.threads
+        return self._launch(kernel, min(_blocks(n, threads), 1024), threads)
 
     def forward(self, ws, A0, gather, idx, lo, n_rows, seed, step, training):
         """Every layer's Z and hidden A for n_rows rows: row r of the input is
@@ -194,8 +224,7 @@ class CudaNetwork:
             hidden = l < self.L - 1
             out = ws.A[l + 1] if hidden else ws.Z[l]
             rate = self.dropout[l] if training and hidden and self.dropout else 0.0
-            grid, block = self._grid2(self.sizes[l + 1], n_rows)
-            self.k.linear_forward[grid, block](
+            self._product(self.k.linear_forward, n_rows, self.sizes[l + 1])(
                 ws.Z[l], out, A, idx, lo, g, self.W[l], self.b[l], n_rows, hidden,
                 self.act[l] if hidden else 0, rate, seed, step, l)
             A, g = out, False
@@ -203,7 +232,7 @@ class CudaNetwork:
     def loss(self, ws, data, idx, lo, n_rows, inv_count, out_lo, row_loss, row_correct,
              want_grad):
         L = self.L
-        self.k.loss_delta[_blocks(n_rows, self.k.threads), self.k.threads](
+        self._launch(self.k.loss_delta, _blocks(n_rows, self.k.threads), self.k.threads)(
             ws.D[L - 1], ws.Z[L - 1], idx, lo, n_rows, data.labels, data.targets,
             data.row_weight, data.weighted, self.loss_code, self.F(inv_count), row_loss,
             row_correct, out_lo, want_grad)
@@ -214,13 +243,11 @@ class CudaNetwork:
         for l in range(self.L - 1, -1, -1):
             n_in, n_out = self.sizes[l], self.sizes[l + 1]
             A, g = (A0, gather) if l == 0 else (ws.A[l], False)
-            grid, block = self._grid2(n_out, n_in)
-            self.k.linear_backward_weight[grid, block](
+            self._product(self.k.linear_backward_weight, n_out, n_in)(
                 self.dW[l], self.db[l], A, idx, lo, g, ws.D[l], n_rows, accumulate)
             if l > 0:
                 rate = self.dropout[l - 1] if training and self.dropout else 0.0
-                grid, block = self._grid2(n_in, n_rows)
-                self.k.linear_backward_input[grid, block](
+                self._product(self.k.linear_backward_input, n_rows, n_in)(
                     ws.D[l - 1], ws.D[l], self.W[l], ws.Z[l - 1], ws.A[l], idx, lo, n_rows,
                     self.act[l - 1], rate, seed, step, l - 1)
 
@@ -232,7 +259,7 @@ class CudaNetwork:
         the epoch, -1 or the index of the step whose loss was NaN/inf). norms (S, L + 1)
         (host) receives the per-step gradient norms. `buffers` are the per-fit device
         arrays from `epoch_buffers`."""
-        cuda, k, F = self.cuda, self.k, self.F
+        k, F = self.k, self.F
         n, B, L = data.n, batch_size, self.L
         n_steps = -(-n // B)
         ws = self.workspace(min(B, n))
@@ -242,7 +269,9 @@ class CudaNetwork:
         opt = self._optimizer_scalars(hyper)
         shrink = self._shrink(hyper)
         clip_norm = float(hyper[H_CLIP])
-        opt_grid = min(_blocks(self.layout.n_params, k.threads), 1024)
+        block_norms = self._launch(k.grad_block_norms, self.n_blocks, k.threads)
+        step_stats = self._launch(k.step_stats, 1, k.threads)
+        update = self._grid_stride(k.optimizer_update, self.layout.n_params)
         for s in range(n_steps):
             lo = s * B
             n_rows = min(B, n - lo)
@@ -258,15 +287,14 @@ class CudaNetwork:
             self.loss(ws, data, data.order, lo, n_rows, inv_counts[s], 0, ws.row_loss,
                       ws.row_correct, True)
             self.backward(ws, A0, gather, data.order, lo, n_rows, seed, t, True, False)
-            k.grad_block_norms[self.n_blocks, k.threads](
-                self.grads, self.block_lo, self.block_hi, self.block_sq)
-            k.step_stats[1, k.threads](
+            block_norms(self.grads, self.block_lo, self.block_hi, self.block_sq)
+            step_stats(
                 ws.row_loss, ws.row_correct, n_rows, self.block_sq, self.block_layer,
                 buffers["norms"], s, clip_norm, self.clip, self.status, buffers["loss"],
                 buffers["correct"])
             bc1 = 1.0 - hyper[H_BETA1] ** t
             bc2 = 1.0 - hyper[H_BETA2] ** t
-            k.optimizer_update[opt_grid, k.threads](
+            update(
                 self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
                 self.opt_code, *opt, F(hyper[H_LR] / bc1), F(1.0 / math.sqrt(bc2)), shrink,
                 self.clip, self.status)
@@ -311,12 +339,26 @@ class CudaNetwork:
 
     # ---------------------------------------------------------- evaluation
 
+    def _row_blocks(self, data):
+        """(input, gather, lo, n_rows) per block of rows of `data` for evaluation: EVAL_ROWS
+        rows at a time from the resident X, or chunk by chunk of a streamed X (uploaded in
+        stored order; idx[lo + r] = lo + r then still finds the labels)."""
+        n = data.n
+        if not data.streamed:
+            for lo in range(0, n, EVAL_ROWS):
+                yield data.X, True, lo, min(EVAL_ROWS, n - lo)
+            return
+        for c_lo in range(0, n, data.chunk_rows):
+            rows = data.chunk(c_lo, shuffled=False)
+            for lo in range(c_lo, c_lo + rows, EVAL_ROWS):
+                n_rows = min(EVAL_ROWS, c_lo + rows - lo)
+                yield data.X[lo - c_lo:lo - c_lo + n_rows], False, lo, n_rows
+
     def loss_grad(self, data, want_grad):
         """(sum of the rows' weighted losses, correct predictions, gradient of the mean
         loss or None) of the whole data set as one batch, EVAL_ROWS rows per launch."""
         n = data.n
-        rows = min(EVAL_ROWS, n)
-        ws = Workspace(self.cuda, self.sizes, rows, self.dtype)
+        ws = self.workspace(min(EVAL_ROWS, n), "eval")
         idx = self._index(n)
         row_loss = self.cuda.device_array(n, dtype=np.float64)
         row_correct = self.cuda.device_array(n, dtype=np.int64)
@@ -325,29 +367,32 @@ class CudaNetwork:
             inv_count = self.F(1) / total if total > 0 else self.F(0)
         else:
             inv_count = self.F(1) / self.F(n)
-        X = self.cuda.to_device(data.host_X) if data.streamed else data.X
-        for lo in range(0, n, rows):
-            n_rows = min(rows, n - lo)
-            self.forward(ws, X, True, idx, lo, n_rows, 0, 0, False)
+        for A0, gather, lo, n_rows in self._row_blocks(data):
+            self.forward(ws, A0, gather, idx, lo, n_rows, 0, 0, False)
             self.loss(ws, data, idx, lo, n_rows, inv_count, lo, row_loss, row_correct,
                       want_grad)
             if want_grad:
-                self.backward(ws, X, True, idx, lo, n_rows, 0, 0, False, lo > 0)
+                self.backward(ws, A0, gather, idx, lo, n_rows, 0, 0, False, lo > 0)
         loss_sum = float(row_loss.copy_to_host().sum())
         correct = int(row_correct.copy_to_host().sum())
         return loss_sum, correct, (self.grads.copy_to_host() if want_grad else None)
 
     def predict(self, X):
-        """The output activation (N, K) for X (N, n_0) (host array)."""
+        """The output activation (N, K) for X (N, n_0) (host array), EVAL_ROWS rows at a
+        time through one device buffer each way."""
         n = X.shape[0]
         rows = min(EVAL_ROWS, n)
-        ws = Workspace(self.cuda, self.sizes, rows, self.dtype)
-        X_d = self.cuda.to_device(X)
-        idx = self._index(n)
-        out = self.cuda.device_array((n, self.sizes[-1]), dtype=self.dtype)
+        ws = self.workspace(rows, "eval")
+        X_d = self.cuda.device_array((rows, X.shape[1]), dtype=self.dtype)
+        P_d = self.cuda.device_array((rows, self.sizes[-1]), dtype=self.dtype)
+        idx = self._index(rows)
+        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
+        output = self._launch(self.k.output_forward, _blocks(rows, self.k.threads),
+                              self.k.threads)
         for lo in range(0, n, rows):
             n_rows = min(rows, n - lo)
-            self.forward(ws, X_d, True, idx, lo, n_rows, 0, 0, False)
-            self.k.output_forward[_blocks(n_rows, self.k.threads), self.k.threads](
-                out[lo:lo + n_rows], ws.Z[self.L - 1], n_rows, self.loss_code)
-        return out.copy_to_host()
+            X_d[:n_rows].copy_to_device(X[lo:lo + n_rows])
+            self.forward(ws, X_d, False, idx, 0, n_rows, 0, 0, False)
+            output(P_d, ws.Z[self.L - 1], n_rows, self.loss_code)
+            out[lo:lo + n_rows] = P_d.copy_to_host()[:n_rows]
+        return out

@@ -50,6 +50,12 @@ def set_block_sizes(tile=None, per_thread=None, threads=None):
     if new["tile"] ** 2 > 1024 or new["threads"] > 1024:
         raise ValueError("a CUDA block holds at most 1024 threads: tile**2 and threads must "
                          "be <= 1024")
+    block_tile = new["tile"] * new["per_thread"]
+    shared = (2 * block_tile + 1) * new["tile"] * 8     # two float64 tiles, one padded
+    if shared > 48 * 1024:
+        raise ValueError(f"tile={new['tile']}, per_thread={new['per_thread']} needs "
+                         f"{shared} bytes of shared memory per block for float64; at most "
+                         "49152 are allowed (lower tile or per_thread)")
     _block_sizes.update(new)
     return dict(_block_sizes)
 
@@ -188,6 +194,16 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         return NPF(1.0 / keep) if keep_unit(seed, step, row, layer, unit, keep) else zero
 
     # ------------------------------------------------------------------- products
+    # Shared tiles are flat 1-D arrays indexed with uint32 offsets: with 2-D arrays and
+    # signed indices Numba emits negative-index wrap-around code for every shared-memory
+    # access, and the inner loop issued ~9 instructions per multiply-add instead of ~2
+    # (counted in the PTX). Block index x runs over rows (up to 2^31 - 1 blocks), y over
+    # columns.
+
+    U = np.uint32
+    PAD = BT + 1             # row stride of a transposed tile: no shared-memory bank conflicts
+    TILE = BT * T            # elements of a shared tile (a constant: Numba needs one)
+    PADDED_TILE = T * PAD
 
     @kernel("F2, F2, F2, I1, I, B, F2, F1, I, B, I, D, I, I, I")
     def linear_forward(Z, A_out, A, idx, lo, gather, W, b, n_rows, hidden, act, rate, seed,
@@ -195,14 +211,14 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         """Z (n_rows, n_out) = A (n_rows, n_in) @ W + b, and for a hidden layer also
         A_out = act(Z) with dropout at `rate` (0: none) (ops.linear_forward +
         activation_forward + dropout_forward). Row r of A is A[idx[lo + r]] when `gather`
-        (the shuffled rows of X), else A[r]. Grid (ceil(n_out/BT), ceil(n_rows/BT))."""
-        sA = cuda.shared.array((BT, T), F)
-        sW = cuda.shared.array((T, BT), F)
+        (the shuffled rows of X), else A[r]. Grid (ceil(n_rows/BT), ceil(n_out/BT))."""
+        sA = cuda.shared.array(TILE, F)          # [row][k], row stride T
+        sW = cuda.shared.array(TILE, F)          # [k][col], row stride BT
         acc = cuda.local.array((R, R), F)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        r0 = cuda.blockIdx.y * BT
-        c0 = cuda.blockIdx.x * BT
+        tx = U(cuda.threadIdx.x)
+        ty = U(cuda.threadIdx.y)
+        r0 = cuda.blockIdx.x * BT
+        c0 = cuda.blockIdx.y * BT
         n_in = W.shape[0]
         n_out = W.shape[1]
         for a in range(R):
@@ -215,19 +231,20 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                 val = zero
                 if r < n_rows and k < n_in:
                     val = A[idx[lo + r] if gather else r, k]
-                sA[ty + a * T, tx] = val
+                sA[(ty + U(a * T)) * U(T) + tx] = val
                 c = c0 + tx + a * T       # W tile: rows k0 + ty, columns c0 + tx + a*T
                 k = k0 + ty
                 val = zero
                 if c < n_out and k < n_in:
                     val = W[k, c]
-                sW[ty, tx + a * T] = val
+                sW[ty * U(BT) + tx + U(a * T)] = val
             cuda.syncthreads()
             for k in range(T):
+                ku = U(k)
                 for a in range(R):
-                    av = sA[ty + a * T, k]
+                    av = sA[(ty + U(a * T)) * U(T) + ku]
                     for c in range(R):
-                        acc[a, c] += av * sW[k, tx + c * T]
+                        acc[a, c] += av * sW[ku * U(BT) + tx + U(c * T)]
             cuda.syncthreads()
         for a in range(R):
             r = r0 + ty + a * T
@@ -250,12 +267,12 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         them (accumulate) (ops.linear_backward's parameter gradients). A's rows as in
         linear_forward. Grid (ceil(n_out/BT), ceil(n_in/BT)); the blocks of the first grid
         row also sum db from the dZ tiles they load."""
-        sA = cuda.shared.array((T, BT), F)
-        sD = cuda.shared.array((T, BT), F)
+        sA = cuda.shared.array(TILE, F)          # [batch row][i], row stride BT
+        sD = cuda.shared.array(TILE, F)          # [batch row][j], row stride BT
         acc = cuda.local.array((R, R), F)
         bacc = cuda.local.array(R, F)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
+        tx = U(cuda.threadIdx.x)
+        ty = U(cuda.threadIdx.y)
         i0 = cuda.blockIdx.y * BT
         c0 = cuda.blockIdx.x * BT
         n_in = dW.shape[0]
@@ -272,21 +289,22 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                 val = zero
                 if r < n_rows and i < n_in:
                     val = A[idx[lo + r] if gather else r, i]
-                sA[ty, tx + a * T] = val
+                sA[ty * U(BT) + tx + U(a * T)] = val
                 j = c0 + tx + a * T
                 val = zero
                 if r < n_rows and j < n_out:
                     val = dZ[r, j]
-                sD[ty, tx + a * T] = val
+                sD[ty * U(BT) + tx + U(a * T)] = val
             cuda.syncthreads()
             for k in range(T):
+                row = U(k) * U(BT)
                 for a in range(R):
-                    av = sA[k, ty + a * T]
+                    av = sA[row + ty + U(a * T)]
                     for c in range(R):
-                        acc[a, c] += av * sD[k, tx + c * T]
+                        acc[a, c] += av * sD[row + tx + U(c * T)]
                 if does_bias:
                     for c in range(R):
-                        bacc[c] += sD[k, tx + c * T]
+                        bacc[c] += sD[row + tx + U(c * T)]
             cuda.syncthreads()
         for a in range(R):
             i = i0 + ty + a * T
@@ -314,14 +332,14 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         """dA (n_rows, n_in) = (dZ (n_rows, n_out) @ W^T), times the dropout mask of the
         layer below (rate > 0) and its activation's derivative at Z_prev / A_prev
         (ops.linear_backward's input gradient + dropout_backward + activation_backward).
-        Grid (ceil(n_in/BT), ceil(n_rows/BT))."""
-        sD = cuda.shared.array((BT, T), F)
-        sW = cuda.shared.array((T, BT), F)
+        Grid (ceil(n_rows/BT), ceil(n_in/BT))."""
+        sD = cuda.shared.array(TILE, F)          # [row][k], row stride T
+        sW = cuda.shared.array(PADDED_TILE, F)         # [k][i] = W[i, k], row stride BT + 1
         acc = cuda.local.array((R, R), F)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        r0 = cuda.blockIdx.y * BT
-        i0 = cuda.blockIdx.x * BT
+        tx = U(cuda.threadIdx.x)
+        ty = U(cuda.threadIdx.y)
+        r0 = cuda.blockIdx.x * BT
+        i0 = cuda.blockIdx.y * BT
         n_in = W.shape[0]
         n_out = W.shape[1]
         for a in range(R):
@@ -334,18 +352,19 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                 val = zero
                 if r < n_rows and k < n_out:
                     val = dZ[r, k]
-                sD[ty + a * T, tx] = val
+                sD[(ty + U(a * T)) * U(T) + tx] = val
                 i = i0 + ty + a * T        # W[i, k0 + tx]: consecutive threads, consecutive k
                 val = zero
                 if i < n_in and k < n_out:
                     val = W[i, k]
-                sW[tx, ty + a * T] = val
+                sW[tx * U(PAD) + ty + U(a * T)] = val
             cuda.syncthreads()
             for k in range(T):
+                ku = U(k)
                 for a in range(R):
-                    dv = sD[ty + a * T, k]
+                    dv = sD[(ty + U(a * T)) * U(T) + ku]
                     for c in range(R):
-                        acc[a, c] += dv * sW[k, tx + c * T]
+                        acc[a, c] += dv * sW[ku * U(PAD) + tx + U(c * T)]
             cuda.syncthreads()
         dropped = rate > 0.0
         for a in range(R):
@@ -517,16 +536,23 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
             return
         step_loss[s] = total_loss
         step_correct[s] = np.int64(cbuf[0])
+        # the layout's blocks come layer by layer (W_0's, b_0's, W_1's, ...): each weight's
+        # sum of squares is kept in a register and stored once, summed in the CPU's order
         L = norms.shape[1] - 1
-        for l in range(L + 1):
-            norms[s, l] = 0.0
         total = 0.0
+        acc = 0.0
+        current = block_layer[0]
         for k in range(block_sq.shape[0]):
-            total += block_sq[k]
-            if block_layer[k] < L:
-                norms[s, block_layer[k]] += block_sq[k]
-        for l in range(L):
-            norms[s, l] = math.sqrt(norms[s, l])
+            sq = block_sq[k]
+            total += sq
+            if block_layer[k] != current:
+                if current < L:
+                    norms[s, current] = math.sqrt(acc)
+                acc = 0.0
+                current = block_layer[k]
+            acc += sq
+        if current < L:
+            norms[s, current] = math.sqrt(acc)
         total = math.sqrt(total)
         norms[s, L] = total
         coef = 1.0

@@ -147,6 +147,22 @@ def test_streamed_data_trains_like_resident_data(monkeypatch):
     h_str = streamed.fit(X, y, epochs=2, progress=False)
     assert_same_fit(resident, streamed, h_res, h_str, rtol=1e-13)
     assert_same_fit(cpu, streamed, cpu.fit(X, y, epochs=2, progress=False), h_str)
+    # evaluation streams too (chunk by chunk, a few rows per launch), and so does predict
+    monkeypatch.setattr(cuda_runner, "EVAL_ROWS", 4)
+    w = np.random.default_rng(2).random(N)
+    assert streamed.loss(X, y, w) == pytest.approx(cpu.loss(X, y, w), rel=1e-12)
+    np.testing.assert_allclose(streamed.gradient(X, y), cpu.gradient(X, y), rtol=1e-10,
+                               atol=1e-13)
+    np.testing.assert_allclose(streamed.predict_proba(X), cpu.predict_proba(X), rtol=1e-12)
+
+
+def test_a_callback_changing_params_between_epochs_takes_effect():
+    def halve(t, epoch, logs):
+        t.params *= 0.5
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    cpu, cuda = pair(optimizer="sgd", momentum=0.9, lr=0.05)
+    assert_same_fit(cpu, cuda, cpu.fit(X, y, epochs=3, callbacks=[halve], progress=False),
+                    cuda.fit(X, y, epochs=3, callbacks=[halve], progress=False))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
