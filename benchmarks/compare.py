@@ -60,36 +60,42 @@ def fastbp_epoch(target):
     return factory
 
 
+def torch_training(layers, batch, loss, X, y, opt, device="cpu", **optim_kw):
+    """A function training one epoch of the same network in PyTorch (eager) on `device`,
+    the data moved there once and reshuffled there every epoch."""
+    import torch
+    torch.manual_seed(0)
+    mods = []
+    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
+        mods.append(torch.nn.Linear(a, b))
+        if i < len(layers) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods).to(device)
+    if opt == "sgd":
+        optim = torch.optim.SGD(model.parameters(), lr=LR[opt], momentum=0.9, **optim_kw)
+    else:
+        optim = torch.optim.Adam(model.parameters(), lr=LR[opt], **optim_kw)
+    crit = torch.nn.CrossEntropyLoss() if loss == "cross_entropy" else torch.nn.MSELoss()
+    Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+    n = X.shape[0]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def epoch():
+        perm = torch.randperm(n, generator=gen, device=device)
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            optim.zero_grad(set_to_none=True)
+            crit(model(Xt[idx]), yt[idx]).backward()
+            optim.step()
+    return epoch
+
+
 def torch_epoch(variant):
     def factory(layers, batch, loss, X, y, opt):
         import torch
         torch.set_num_threads(THREADS)
-        torch.manual_seed(0)
-        mods = []
-        for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
-            mods.append(torch.nn.Linear(a, b))
-            if i < len(layers) - 2:
-                mods.append(torch.nn.ReLU())
-        model = torch.nn.Sequential(*mods)
         kw = {"foreach": True} if variant == "foreach" else {"fused": True}
-        if opt == "sgd":
-            optim = torch.optim.SGD(model.parameters(), lr=LR[opt], momentum=0.9, **kw)
-        else:
-            optim = torch.optim.Adam(model.parameters(), lr=LR[opt], **kw)
-        crit = torch.nn.CrossEntropyLoss() if loss == "cross_entropy" else torch.nn.MSELoss()
-        Xt = torch.from_numpy(X)
-        yt = torch.from_numpy(y)
-        n = X.shape[0]
-        gen = torch.Generator().manual_seed(0)
-
-        def epoch():
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n, batch):
-                idx = perm[i:i + batch]
-                optim.zero_grad(set_to_none=True)
-                crit(model(Xt[idx]), yt[idx]).backward()
-                optim.step()
-        return epoch
+        return torch_training(layers, batch, loss, X, y, opt, **kw)
     return factory
 
 
@@ -450,32 +456,13 @@ def _torch_cuda(layers, batch, loss, X, y, opt, rounds):
     import torch
     if not torch.cuda.is_available():
         raise RuntimeError("torch has no CUDA device")
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
-    mods = []
-    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
-        mods.append(torch.nn.Linear(a, b))
-        if i < len(layers) - 2:
-            mods.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*mods).to(dev)
-    if opt == "sgd":
-        optim = torch.optim.SGD(model.parameters(), lr=LR[opt], momentum=0.9, foreach=True)
-    else:
-        optim = torch.optim.Adam(model.parameters(), lr=LR[opt], foreach=True)
-    crit = torch.nn.CrossEntropyLoss() if loss == "cross_entropy" else torch.nn.MSELoss()
-    Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-    n = X.shape[0]
+    train = torch_training(layers, batch, loss, X, y, opt, device="cuda", foreach=True)
 
     def epoch():
-        perm = torch.randperm(n, device=dev)
-        for i in range(0, n, batch):
-            idx = perm[i:i + batch]
-            optim.zero_grad(set_to_none=True)
-            crit(model(Xt[idx]), yt[idx]).backward()
-            optim.step()
+        train()
         torch.cuda.synchronize()
     epoch()                                             # warm-up
-    return n / float(np.median([_timed(epoch) for _ in range(rounds)]))
+    return X.shape[0] / float(np.median([_timed(epoch) for _ in range(rounds)]))
 
 
 def main():

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import cuda_backend
+from . import cuda_backend, ops
 from .ops import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, GELU, GELU_C, GELU_K, LEAKY_RELU,
                   LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID, TANH)
 from .optim import ADAM, ADAMW, SGD
@@ -176,16 +176,8 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                         + half * z * (one - t * t) * gelu_c * (one + three * gelu_k * z * z))
         return g
 
-    @device
-    def keep_unit(seed, step, row, layer, unit, keep):
-        """ops.keep_unit: the same SplitMix64 hash, so masks equal the CPU's."""
-        x = (np.uint64(seed) ^ (np.uint64(step) * np.uint64(0x9E3779B97F4A7C15))
-             ^ (np.uint64(row) * np.uint64(0xC2B2AE3D27D4EB4F))
-             ^ (np.uint64(layer * 65536 + unit) * np.uint64(0x165667B19E3779F9)))
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-        return np.float64(x >> np.uint64(11)) * (1.0 / 9007199254740992.0) < keep
+    # the CPU's own hash, compiled for the GPU: the masks are the same by construction
+    keep_unit = device(ops.keep_unit.py_func)
 
     @device
     def dropout_scale(rate, seed, step, row, layer, unit):
