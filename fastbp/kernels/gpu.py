@@ -376,10 +376,12 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
     @kernel("F2, F2, I1, I, I, I1, F2, F1, B, I, F, D1, I1, I, B")
     def loss_delta(dZ, Z, idx, lo, n_rows, labels, targets, row_weight, weighted, loss_code,
                    inv_count, row_loss, row_correct, out_lo, want_grad):
-        """Per row r < n_rows of the logits Z (n_rows, K): its weighted loss into
-        row_loss[out_lo + r] and its correct predictions into row_correct[out_lo + r]
-        (ops.loss_forward), and when want_grad its delta into dZ (ops.loss_backward):
-        the output activation fused with the loss, one exp per logit. One thread per row."""
+        """Per row r < n_rows of the logits Z (n_rows, K), data row idx[lo + r]: its loss
+        (times its row_weight when `weighted`; kernels take no empty arrays, so a flag says
+        whether labels/targets/row_weight are real) into row_loss[out_lo + r] and its
+        correct predictions into row_correct[out_lo + r] (ops.loss_forward), and when
+        want_grad its delta into dZ (ops.loss_backward), scaled by inv_count: the output
+        activation fused with the loss, one exp per logit. One thread per row."""
         r = cuda.grid(1)
         if r >= n_rows:
             return
