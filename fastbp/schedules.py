@@ -29,6 +29,10 @@ class Schedule:
     def observe(self, logs):
         pass
 
+    def resume(self, history, current_lr):
+        """Continue from a model's earlier epochs (a later fit, a loaded checkpoint): only
+        plateau has state, which it rebuilds from `history`."""
+
 
 class _Callable(Schedule):
     def __init__(self, base_lr, fn):
@@ -103,6 +107,15 @@ class _Plateau(Schedule):
         if self.bad > self.patience:
             self.current = max(self.current * self.factor, self.min_lr)
             self.bad = 0
+
+    def resume(self, history, current_lr):
+        """Replay the recorded epochs through observe (best value and epochs without
+        improvement), and go on from the model's current lr."""
+        epochs = len(history.get("loss", []))
+        for e in range(epochs):
+            self.observe({k: v[e] for k, v in history.items() if len(v) == epochs})
+        if epochs:
+            self.current = current_lr
 
 
 NAMES = {"constant": Schedule, "step": _Step, "exponential": _Exponential, "cosine": _Cosine,

@@ -364,6 +364,7 @@ class Trainer:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
+        schedule.resume(self.history, self.lr)
         recorded = {"loss", "grad_norm", "grad_norm_max", "lr", "time"}
         if self._accuracy(0, 1) is not None:
             recorded.add("accuracy")

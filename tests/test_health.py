@@ -129,6 +129,21 @@ def test_reduce_on_plateau():
     assert s.lr(8) == 0.025
 
 
+def test_plateau_resumes_across_fits():
+    """Two fits of 4 epochs (the second, say, after loading a checkpoint) follow the plateau
+    schedule of one fit of 8: its best loss and patience come back from the history."""
+    X, y = make_data("cross_entropy", 6, 3, n=32)
+    spec = ("plateau", {"factor": 0.5, "patience": 1, "monitor": "loss", "min_delta": 0.1})
+    one = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
+    h_one = one.fit(X, y, epochs=8, progress=False, lr_schedule=spec)
+    two = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
+    two.fit(X, y, epochs=4, progress=False, lr_schedule=spec)
+    h_two = two.fit(X, y, epochs=4, progress=False, lr_schedule=spec)
+    assert len(set(h_one["lr"])) > 2                     # it did reduce, more than once
+    assert h_two["lr"] == h_one["lr"]
+    np.testing.assert_array_equal(two.params, one.params)
+
+
 @pytest.mark.parametrize("spec,exc", [("linear", ValueError), (("step", 0), ValueError),
                                       (("cosine", {"t_max": 5, "warmup": 5}), ValueError),
                                       (("step", {"size": 3}), TypeError)])
