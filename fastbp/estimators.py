@@ -3,8 +3,9 @@
 Every constructor parameter of scikit-learn's MLPs keeps its name, default and meaning, and
 the estimators follow its semantics where they differ from the Trainer's:
 
-- the L2 term alpha/2 * ||W||^2 / n_samples (n_samples of the batch): the Trainer's
-  `weight_decay` is set to alpha / batch_size times the loss scale below;
+- the L2 term alpha/2 * ||W||^2 / n_samples (n_samples of the batch, or its total sample
+  weight): the Trainer's `weight_decay` is alpha times the loss scale below, taken per unit
+  of batch weight (kernels.optim.H_DECAY_PER_WEIGHT);
 - scikit-learn's losses: log-loss summed over the outputs of a multilabel problem and half
   the squared error, where the Trainer averages over the outputs (and drops the 1/2). The
   gradients differ by a constant factor `scale` (1 for softmax, 1/K for K sigmoid outputs,
@@ -36,6 +37,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from .kernels.optim import H_DECAY_PER_WEIGHT
 from .trainer import Trainer, single_threaded_blas
 
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
@@ -125,9 +127,12 @@ class _BaseMLP(BaseEstimator):
         else:   # adam (lbfgs uses no optimizer: any will do)
             kw.update(optimizer="adam", lr=self.learning_rate_init,
                       betas=(self.beta_1, self.beta_2), eps=self.epsilon)
-        kw["weight_decay"] = scale * self.alpha / batch
+        kw["weight_decay"] = scale * self.alpha
         layers = [n_features, *self._hidden(), n_outputs]
         self._trainer = Trainer(layers, activation=self.activation, **kw)
+        # scikit-learn's L2 term of a batch is alpha/2 ||W||^2 / (its rows, or its total
+        # sample weight): the decay is taken per unit of batch weight
+        self._trainer._hyper[H_DECAY_PER_WEIGHT] = 1.0
         self._scale = scale
         # scikit-learn's loss value / the Trainer's: as the gradients, except for squared
         # error, whose value is half the mean over outputs while its gradient is not /K

@@ -231,6 +231,9 @@ class Trainer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if self._hyper.shape[0] < N_HYPER:            # pickled by a version with fewer
+            self._hyper = np.concatenate([self._hyper,
+                                          np.zeros(N_HYPER - self._hyper.shape[0])])
         self._make_plans()
         self._weights = self._layout.weights(self._params)
         self._biases = self._layout.biases(self._params)

@@ -141,14 +141,16 @@ class Optimizer:
     plus torch.nn.utils.clip_grad_norm_ before the step. Weight decay on weights only."""
 
     def __init__(self, name, lr, momentum=0.0, nesterov=False, betas=(0.9, 0.999), eps=1e-8,
-                 alpha=0.99, weight_decay=0.0, clip_norm=None):
+                 alpha=0.99, weight_decay=0.0, clip_norm=None, decay_per_weight=False):
         self.__dict__.update(name=name, lr=lr, momentum=momentum, nesterov=nesterov,
                              betas=betas, eps=eps, alpha=alpha, wd=weight_decay,
-                             clip_norm=clip_norm)
+                             clip_norm=clip_norm, decay_per_weight=decay_per_weight)
         self.t = 0
         self.state = {}
 
-    def step(self, tensors, grads, is_weight):
+    def step(self, tensors, grads, is_weight, batch_weight=1.0):
+        """batch_weight: the batch's rows or total sample weight; with decay_per_weight the
+        decay is weight_decay / batch_weight (scikit-learn's L2 term of a batch)."""
         if self.clip_norm is not None:
             total = np.sqrt(sum(np.sum(g * g) for g in grads))
             coef = self.clip_norm / (total + 1e-6)
@@ -156,7 +158,7 @@ class Optimizer:
                 grads = [g * coef for g in grads]
         self.t += 1
         for i, (p, g, w) in enumerate(zip(tensors, grads, is_weight)):
-            wd = self.wd if w else 0.0
+            wd = (self.wd / batch_weight if self.decay_per_weight else self.wd) if w else 0.0
             s = self.state.setdefault(i, {})
             if self.name == "sgd":
                 g = g + wd * p
@@ -204,6 +206,6 @@ def train(Ws, bs, X, y, acts, loss, opt, batch_size, epochs, sample_weight=None,
                                                    np.arange(n)[sl])
             value, dWs, dbs = loss_and_grad(Ws, bs, X[sl], y[sl], acts, loss, w[sl], drop)
             total += value * w[sl].sum()
-            opt.step(Ws + bs, dWs + dbs, [True] * len(Ws) + [False] * len(bs))
+            opt.step(Ws + bs, dWs + dbs, [True] * len(Ws) + [False] * len(bs), w[sl].sum())
         history.append(total / w.sum())
     return history

@@ -19,20 +19,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from fastbp import MLPClassifier, MLPRegressor
 
 
-def _expected_failures(estimator):
-    """The one check scikit-learn's own MLP also runs only with a full-batch solver."""
-    if estimator.solver == "lbfgs":
-        return {}
-    return {"check_sample_weight_equivalence_on_dense_data":
-            "minibatch SGD/Adam put repeated rows into other batches than weighted ones, so "
-            "the fits differ; the check passes with solver='lbfgs' (run below), which is how "
-            "scikit-learn runs it for its own MLPs"}
-
-
+# Every check passes, check_sample_weight_equivalence_on_dense_data included for the
+# minibatch solvers (scikit-learn expects its own MLPs to fail it there): the L2 term is
+# taken per unit of batch weight, as scikit-learn's, so weights and repeated rows agree.
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100),
                           MLPClassifier(solver="lbfgs", max_iter=100),
-                          MLPRegressor(solver="lbfgs", max_iter=100)],
-                         expected_failed_checks=_expected_failures)
+                          MLPRegressor(solver="lbfgs", max_iter=100)])
 def test_sklearn_estimator_contract(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -8,6 +8,7 @@ import reference as ref
 from fastbp import Trainer
 from fastbp.kernels import choose_strategy, training_plan
 from fastbp.kernels.cpu import PARALLEL_UPDATE_MIN
+from fastbp.kernels.optim import H_DECAY_PER_WEIGHT
 
 SIZES = [5, 6, 4, 3]
 
@@ -225,3 +226,21 @@ def test_dropout_is_off_outside_training_and_parallel_equals_cpu():
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-9, atol=1e-12)
     without.fit(X, y, epochs=2, progress=False)
     assert not np.allclose(runs[0], without.params)      # dropout did change training
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def test_decay_per_unit_of_batch_weight_matches_reference(optimizer, weighted):
+    """scikit-learn's L2 convention, which the estimators use: the decay divided by each
+    batch's rows (the partial last batch its own) or total sample weight."""
+    t = _trainer("tanh", "mse", optimizer=optimizer, lr=0.05, batch_size=8, weight_decay=0.3)
+    t._hyper[H_DECAY_PER_WEIGHT] = 1.0
+    X, y = make_data("mse", SIZES[0], SIZES[-1], n=30)
+    w = np.random.default_rng(5).random(30) * 2 if weighted else None
+    Ws, bs = ref.unflatten(t.params, SIZES)
+    opt = ref.Optimizer(optimizer, lr=0.05, weight_decay=0.3, decay_per_weight=True)
+    expected = ref.train(Ws, bs, X, y, ["tanh", "tanh"], "mse", opt, batch_size=8, epochs=2,
+                         sample_weight=w)
+    history = t.fit(X, y, sample_weight=w, epochs=2, shuffle=False, progress=False)
+    np.testing.assert_allclose(history["loss"], expected, rtol=1e-10)
+    np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)

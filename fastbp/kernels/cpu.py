@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .ops import FASTMATH, forward, forward_backward, jit, output_forward
-from .optim import H_CLIP, bias_corrections, update_segment
+from .optim import H_CLIP, bias_corrections, step_decay, update_segment
 
 # Below this many parameters the per-step reduction and update run on one thread.
 PARALLEL_UPDATE_MIN = 65536
@@ -90,6 +90,7 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
 
         step += 1
         bc1, bc2 = bias_corrections(hyper, step)
+        decay = step_decay(hyper, inv_count)
         clip = one
         for p in range(n_passes):
             reduce = p == 0
@@ -101,10 +102,11 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
             if n_par > 0:
                 for k in prange(n_par):
                     block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer,
-                               block_sq, L, opt_code, hyper, bc1, bc2, clip, reduce, update)
+                               block_sq, L, opt_code, hyper, bc1, bc2, clip, decay, reduce,
+                               update)
             for k in range(n_par, n_blocks):
                 block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, clip, reduce, update)
+                           L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update)
         if n_passes == 1:
             record_norms(norms, s, block_sq, block_layer, L)
     return loss_total, correct_total, step, -1
@@ -130,7 +132,7 @@ def fill(a, value):
 
 @jit
 def block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq, L, opt_code,
-               hyper, bc1, bc2, clip, reduce, update):
+               hyper, bc1, bc2, clip, decay, reduce, update):
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
     block's sum of squares (reduce), then apply the optimizer to it (update)."""
     lo = block_lo[k]
@@ -139,7 +141,7 @@ def block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq
         block_sq[k] = reduce_block(gslab, lo, hi)
     if update:
         update_segment(params, gslab[0], m, v, lo, hi, opt_code, hyper, bc1, bc2,
-                       block_layer[k] < L, clip)
+                       block_layer[k] < L, clip, decay)
 
 
 @jit

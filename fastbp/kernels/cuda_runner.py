@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 
 from . import cuda_backend, gpu
-from .optim import ADAMW, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, H_LR, \
-    H_MOMENTUM, H_NESTEROV
+from .optim import ADAMW, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_DECAY_PER_WEIGHT, \
+    H_EPS, H_LR, H_MOMENTUM, H_NESTEROV
 
 # A data set is moved to the GPU whole when X takes at most this share of its free memory;
 # larger ones are streamed, in chunks of at most CHUNK_BYTES (tests lower MAX_RESIDENT_BYTES
@@ -267,7 +267,7 @@ class CudaNetwork:
         self.status.copy_to_device(np.zeros(2, dtype=np.int64))
         inv_counts = self._inverse_counts(data, order, B)
         opt = self._optimizer_scalars(hyper)
-        shrink = self._shrink(hyper)
+        decays = self._decays(hyper, inv_counts)       # per step: (decay, adamw's shrink)
         clip_norm = float(hyper[H_CLIP])
         block_norms = self._launch(k.grad_block_norms, self.n_blocks, k.threads)
         step_stats = self._launch(k.step_stats, 1, k.threads)
@@ -296,8 +296,8 @@ class CudaNetwork:
             bc2 = 1.0 - hyper[H_BETA2] ** t
             update(
                 self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
-                self.opt_code, *opt, F(hyper[H_LR] / bc1), F(1.0 / math.sqrt(bc2)), shrink,
-                self.clip, self.status)
+                self.opt_code, *opt, decays[s][0], F(hyper[H_LR] / bc1),
+                F(1.0 / math.sqrt(bc2)), decays[s][1], self.clip, self.status)
         status = self.status.copy_to_host()
         bad = int(status[1]) if status[0] else -1
         done = bad if bad >= 0 else n_steps
@@ -326,16 +326,23 @@ class CudaNetwork:
             return np.where(totals > 0, self.F(1) / totals, self.F(0)).astype(self.dtype)
 
     def _optimizer_scalars(self, hyper):
-        """lr, momentum, nesterov, beta1, beta2, eps, alpha, decay in the kernel's order
-        (decay 0 for adamw, whose decay is the shrink factor)."""
+        """lr, momentum, nesterov, beta1, beta2, eps, alpha in the kernel's order."""
         F = self.F
-        decay = 0.0 if self.opt_code == ADAMW else hyper[H_DECAY]
         return (F(hyper[H_LR]), F(hyper[H_MOMENTUM]), bool(hyper[H_NESTEROV] != 0.0),
-                F(hyper[H_BETA1]), F(hyper[H_BETA2]), F(hyper[H_EPS]), F(hyper[H_ALPHA]),
-                F(decay))
+                F(hyper[H_BETA1]), F(hyper[H_BETA2]), F(hyper[H_EPS]), F(hyper[H_ALPHA]))
 
-    def _shrink(self, hyper):
-        return self.F(1.0 - hyper[H_LR] * hyper[H_DECAY] if self.opt_code == ADAMW else 1.0)
+    def _decays(self, hyper, inv_counts):
+        """Per step (decay, shrink) as optim.step_decay and update_segment make them: decay
+        0 and shrink 1 - lr*decay for adamw, else (decay, 1); the decay per unit of batch
+        weight under H_DECAY_PER_WEIGHT."""
+        F = self.F
+        if hyper[H_DECAY_PER_WEIGHT] != 0.0:
+            per_step = [hyper[H_DECAY] * float(c) for c in inv_counts]
+        else:
+            per_step = [hyper[H_DECAY]] * len(inv_counts)
+        if self.opt_code == ADAMW:
+            return [(F(0.0), F(1.0 - hyper[H_LR] * d)) for d in per_step]
+        return [(F(d), F(1.0)) for d in per_step]
 
     # ---------------------------------------------------------- evaluation
 

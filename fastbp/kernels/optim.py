@@ -18,9 +18,12 @@ from .ops import jit
 
 SGD, ADAM, ADAMW, RMSPROP = 0, 1, 2, 3
 
-# Layout of the float64 `hyper` array handed to the epoch kernel.
-H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP, H_ALPHA = range(9)
-N_HYPER = 9
+# Layout of the float64 `hyper` array handed to the epoch kernel. H_DECAY_PER_WEIGHT (0/1):
+# weight decay per unit of batch weight, decay / (the batch's rows or total sample weight),
+# which is scikit-learn's L2 term alpha/2 ||W||^2 / n_batch; 0 is PyTorch's constant decay.
+(H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP, H_ALPHA,
+ H_DECAY_PER_WEIGHT) = range(10)
+N_HYPER = 10
 
 
 @jit
@@ -101,12 +104,23 @@ def bias_corrections(hyper, step):
 
 
 @jit
-def update_segment(params, grads, m, v, lo, hi, opt_code, hyper, bc1, bc2, is_weight, clip):
+def step_decay(hyper, inv_count):
+    """This step's weight decay: hyper's, or per unit of batch weight (inv_count: 1 / the
+    batch's rows or total weight) under H_DECAY_PER_WEIGHT."""
+    if hyper[H_DECAY_PER_WEIGHT] != 0.0:
+        return hyper[H_DECAY] * np.float64(inv_count)
+    return hyper[H_DECAY]
+
+
+@jit
+def update_segment(params, grads, m, v, lo, hi, opt_code, hyper, bc1, bc2, is_weight, clip,
+                   decay):
     """Apply the optimizer `opt_code` to params[lo:hi]. bc1, bc2: this step's Adam bias
-    corrections; is_weight selects weight decay (weights only); clip scales the gradient."""
+    corrections; is_weight selects weight decay `decay` (weights only, this step's, see
+    step_decay); clip scales the gradient."""
     t = params.dtype.type
     lr = hyper[H_LR]
-    decay = hyper[H_DECAY] if is_weight else 0.0
+    decay = decay if is_weight else 0.0
     if opt_code == SGD:
         sgd_update(params, grads, m, lo, hi, t(lr), t(hyper[H_MOMENTUM]),
                    hyper[H_NESTEROV] != 0.0, t(decay), clip)
