@@ -6,7 +6,7 @@ batch size. `DeviceData` moves a data set to the device once per fit, or, when i
 fit in the share of free GPU memory set by RESIDENT_FRACTION, keeps the labels and the row
 order there and streams X in large chunks of already shuffled rows.
 
-An epoch is a sequence of asynchronous launches, about 3 per layer and 3 more per step
+An epoch is a sequence of asynchronous launches, 2 per layer and 4 more per step
 (see `train_epoch`); the epoch's permutation (drawn on the host from the same generator as
 on the CPU, so a seed gives the same run) goes to the device once, rows are gathered there,
 and the host reads nothing back until the epoch's end: the per-step losses, correct counts
@@ -238,18 +238,25 @@ class CudaNetwork:
             row_correct, out_lo, want_grad)
 
     def backward(self, ws, A0, gather, idx, lo, n_rows, seed, step, training, accumulate):
-        """The chain rule, output to input: every dW_l, db_l (added to the gradient buffer
-        when accumulate) and the deltas D[l-1]."""
+        """The chain rule, output to input, one launch per layer: dW_l, db_l (added to the
+        gradient buffer when accumulate) and the delta D[l-1] of the layer below."""
+        bt = self.k.block_tile
         for l in range(self.L - 1, -1, -1):
             n_in, n_out = self.sizes[l], self.sizes[l + 1]
-            A, g = (A0, gather) if l == 0 else (ws.A[l], False)
-            self._product(self.k.linear_backward_weight, n_out, n_in)(
-                self.dW[l], self.db[l], A, idx, lo, g, ws.D[l], n_rows, accumulate)
+            blocks = _blocks(n_out, bt) * _blocks(n_in, bt)
             if l > 0:
+                A, g = ws.A[l], False
+                blocks += _blocks(n_rows, bt) * _blocks(n_in, bt)
+                dA, Z_prev, act = ws.D[l - 1], ws.Z[l - 1], self.act[l - 1]
                 rate = self.dropout[l - 1] if training and self.dropout else 0.0
-                self._product(self.k.linear_backward_input, n_rows, n_in)(
-                    ws.D[l - 1], ws.D[l], self.W[l], ws.Z[l - 1], ws.A[l], idx, lo, n_rows,
-                    self.act[l - 1], rate, seed, step, l - 1)
+            else:                       # no input gradient: placeholders, never read
+                A, g = A0, gather
+                dA = Z_prev = ws.D[0]
+                act, rate = 0, 0.0
+            self._launch(self.k.linear_backward, blocks, (self.k.tile, self.k.tile))(
+                dA, self.dW[l], self.db[l], ws.D[l], A, self.W[l], Z_prev,
+                ws.A[l] if l > 0 else Z_prev, idx, lo, g, n_rows, accumulate, act, rate,
+                seed, step, l - 1)
 
     # --------------------------------------------------------------- training
 

@@ -1,10 +1,11 @@
 """The CUDA kernels: the CPU ops of ops.py and optim.py, rewritten for the GPU.
 
-Each kernel mirrors a CPU op of the same name and argument order where one exists
-(``linear_forward``, ``loss_forward``/``loss_backward`` fused as ``loss_delta``,
-``linear_backward`` split into its weight and input products, ``output_forward``,
-``update_segment`` as ``optimizer_update``), plus the two reductions the CPU does inline
-(gradient norms, step statistics). cuda_runner.py launches them; no kernel allocates.
+Each kernel mirrors a CPU op of the same name where one exists (``linear_forward`` with the
+activation and dropout of its output fused, ``linear_backward`` with the dropout and the
+activation derivative of its input gradient fused, ``loss_forward``/``loss_backward`` fused
+as ``loss_delta``, ``output_forward``, ``update_segment`` as ``optimizer_update``), plus the
+two reductions the CPU does inline (gradient norms, step statistics). cuda_runner.py launches
+them; no kernel allocates.
 
 Block sizes are parameters of `build` so that tests can use tiles small enough for tiny
 shapes to span several blocks:
@@ -253,23 +254,21 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                             h *= dropout_scale(rate, seed, step, idx[lo + r], layer, j)
                         A_out[r, j] = h
 
-    @kernel("F2, F1, F2, I1, I, B, F2, I, B")
-    def linear_backward_weight(dW, db, A, idx, lo, gather, dZ, n_rows, accumulate):
-        """dW (n_in, n_out) = A^T dZ and db = column sums of dZ (n_rows, n_out), or added to
-        them (accumulate) (ops.linear_backward's parameter gradients). A's rows as in
-        linear_forward. Grid (ceil(n_out/BT), ceil(n_in/BT)); the blocks of the first grid
-        row also sum db from the dZ tiles they load."""
-        sA = cuda.shared.array(TILE, F)          # [batch row][i], row stride BT
-        sD = cuda.shared.array(TILE, F)          # [batch row][j], row stride BT
+    @device
+    def weight_gradient_tile(sA, sD, bx, by, dW, db, A, idx, lo, gather, dZ, n_rows,
+                             accumulate):
+        """Tile (by, bx) of dW (n_in, n_out) = A^T dZ, and for by == 0 the matching part of
+        db = column sums of dZ (n_rows, n_out) summed from the dZ tiles it loads; written,
+        or added (accumulate). A's rows as in linear_forward."""
         acc = cuda.local.array((R, R), F)
         bacc = cuda.local.array(R, F)
         tx = U(cuda.threadIdx.x)
         ty = U(cuda.threadIdx.y)
-        i0 = cuda.blockIdx.y * BT
-        c0 = cuda.blockIdx.x * BT
+        i0 = by * BT
+        c0 = bx * BT
         n_in = dW.shape[0]
         n_out = dW.shape[1]
-        does_bias = cuda.blockIdx.y == 0 and ty == 0
+        does_bias = by == 0 and ty == 0
         for a in range(R):
             bacc[a] = zero
             for c in range(R):
@@ -281,12 +280,12 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                 val = zero
                 if r < n_rows and i < n_in:
                     val = A[idx[lo + r] if gather else r, i]
-                sA[ty * U(BT) + tx + U(a * T)] = val
+                sA[ty * U(BT) + tx + U(a * T)] = val          # [batch row][i]
                 j = c0 + tx + a * T
                 val = zero
                 if r < n_rows and j < n_out:
                     val = dZ[r, j]
-                sD[ty * U(BT) + tx + U(a * T)] = val
+                sD[ty * U(BT) + tx + U(a * T)] = val          # [batch row][j]
             cuda.syncthreads()
             for k in range(T):
                 row = U(k) * U(BT)
@@ -318,20 +317,17 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     else:
                         db[j] = bacc[c]
 
-    @kernel("F2, F2, F2, F2, F2, I1, I, I, I, D, I, I, I")
-    def linear_backward_input(dA, dZ, W, Z_prev, A_prev, idx, lo, n_rows, act, rate, seed,
-                              step, layer):
-        """dA (n_rows, n_in) = (dZ (n_rows, n_out) @ W^T), times the dropout mask of the
-        layer below (rate > 0) and its activation's derivative at Z_prev / A_prev
-        (ops.linear_backward's input gradient + dropout_backward + activation_backward).
-        Grid (ceil(n_rows/BT), ceil(n_in/BT))."""
-        sD = cuda.shared.array(TILE, F)          # [row][k], row stride T
-        sW = cuda.shared.array(PADDED_TILE, F)         # [k][i] = W[i, k], row stride BT + 1
+    @device
+    def input_gradient_tile(sD, sW, bx, by, dA, dZ, W, Z_prev, A_prev, idx, lo, n_rows, act,
+                            rate, seed, step, layer):
+        """Tile (bx: rows, by: inputs) of dA (n_rows, n_in) = (dZ (n_rows, n_out) @ W^T),
+        times the dropout mask of the layer below (rate > 0) and its activation's
+        derivative at Z_prev / A_prev."""
         acc = cuda.local.array((R, R), F)
         tx = U(cuda.threadIdx.x)
         ty = U(cuda.threadIdx.y)
-        r0 = cuda.blockIdx.x * BT
-        i0 = cuda.blockIdx.y * BT
+        r0 = bx * BT
+        i0 = by * BT
         n_in = W.shape[0]
         n_out = W.shape[1]
         for a in range(R):
@@ -344,12 +340,12 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                 val = zero
                 if r < n_rows and k < n_out:
                     val = dZ[r, k]
-                sD[(ty + U(a * T)) * U(T) + tx] = val
+                sD[(ty + U(a * T)) * U(T) + tx] = val       # [row][k], row stride T
                 i = i0 + ty + a * T        # W[i, k0 + tx]: consecutive threads, consecutive k
                 val = zero
                 if i < n_in and k < n_out:
                     val = W[i, k]
-                sW[tx * U(PAD) + ty + U(a * T)] = val
+                sW[tx * U(PAD) + ty + U(a * T)] = val        # [k][i], row stride BT + 1
             cuda.syncthreads()
             for k in range(T):
                 ku = U(k)
@@ -370,6 +366,30 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     if dropped:
                         g *= dropout_scale(rate, seed, step, idx[lo + r], layer, i)
                     dA[r, i] = activation_backward(g, Z_prev[r, i], A_prev[r, i], act, dropped)
+
+    @kernel("F2, F2, F1, F2, F2, F2, F2, F2, I1, I, B, I, B, I, D, I, I, I")
+    def linear_backward(dA, dW, db, dZ, A, W, Z_prev, A_prev, idx, lo, gather, n_rows,
+                        accumulate, act, rate, seed, step, layer):
+        """ops.linear_backward (+ dropout_backward + activation_backward of the layer below)
+        in one launch: the parameter gradients dW = A^T dZ and db (written, or added when
+        accumulate), and the input gradient dA = (dZ W^T) * mask * act'(Z_prev) when the
+        grid has blocks for it (not for the first layer: its dA, Z_prev, A_prev are
+        unused). 1-D grid: the first ceil(n_out/BT) * ceil(n_in/BT) blocks make dW's tiles,
+        the next ceil(n_rows/BT) * ceil(n_in/BT) dA's."""
+        s1 = cuda.shared.array(TILE, F)
+        s2 = cuda.shared.array(PADDED_TILE, F)
+        b = cuda.blockIdx.x
+        n_in = dW.shape[0]
+        gx = (dW.shape[1] + BT - 1) // BT
+        n_weight = gx * ((n_in + BT - 1) // BT)
+        if b < n_weight:
+            weight_gradient_tile(s1, s2, b % gx, b // gx, dW, db, A, idx, lo, gather, dZ,
+                                 n_rows, accumulate)
+        else:
+            b -= n_weight
+            gx = (n_rows + BT - 1) // BT
+            input_gradient_tile(s1, s2, b % gx, b // gx, dA, dZ, W, Z_prev, A_prev, idx, lo,
+                                n_rows, act, rate, seed, step, layer)
 
     # ------------------------------------------------------------------- the loss
 
@@ -607,8 +627,7 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     params[i] = p - lr * buf
 
     return SimpleNamespace(
-        linear_forward=linear_forward, linear_backward_weight=linear_backward_weight,
-        linear_backward_input=linear_backward_input, loss_delta=loss_delta,
+        linear_forward=linear_forward, linear_backward=linear_backward, loss_delta=loss_delta,
         output_forward=output_forward, grad_block_norms=grad_block_norms,
         step_stats=step_stats, optimizer_update=optimizer_update, tile=T, per_thread=R,
         threads=NT, block_tile=BT, dtype=dtype, ptx=ptx)
