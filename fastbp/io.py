@@ -76,6 +76,13 @@ def _json(files, key, path):
         raise _bad(path, f"field {key!r} is not valid JSON ({e})") from None
 
 
+def _history_entry(value):
+    """A number (or None), or a list of numbers (per-layer norms): what fit records."""
+    def number(x):
+        return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+    return number(value) or (isinstance(value, list) and all(map(number, value)))
+
+
 def read_model_file(path):
     """Read and check every field; returns a dict of plain values and arrays."""
     path = os.fspath(path)
@@ -140,17 +147,20 @@ def read_model_file(path):
         if step.ndim != 0 or step.dtype.kind not in "iu" or int(step) < 0:
             raise _bad(path, "field 'opt_step' must be an integer >= 0")
         history = _json(files, "history", path)
+        # lists may differ in length: a fit with validation data after one without records
+        # val_loss for its epochs only
         if not isinstance(history, dict) or not all(
-                isinstance(k, str) and isinstance(v, list) for k, v in history.items()) or \
-                len({len(v) for v in history.values()}) > 1:
-            raise _bad(path, "field 'history' must be a JSON object of equally long lists")
+                isinstance(k, str) and isinstance(v, list) and all(map(_history_entry, v))
+                for k, v in history.items()):
+            raise _bad(path, "field 'history' must be a JSON object of lists of numbers "
+                       "(or of lists of numbers)")
         out["optimizer"] = {"m": flat("opt_m", (0, n_params)), "v": flat("opt_v", (0, n_params)),
                             "step": int(step), "rng_state": _json(files, "rng_state", path),
                             "history": history, "dropout_seed": None}
         if "current_lr" in files:
             lr = files["current_lr"]
-            if lr.ndim != 0 or lr.dtype.kind != "f" or not np.isfinite(lr) or lr <= 0:
-                raise _bad(path, "field 'current_lr' must be a finite number > 0")
+            if lr.ndim != 0 or lr.dtype.kind != "f" or not np.isfinite(lr) or lr < 0:
+                raise _bad(path, "field 'current_lr' must be a finite number >= 0")
             out["optimizer"]["current_lr"] = float(lr)
         if "dropout_seed" in files:
             seed = files["dropout_seed"]
@@ -195,4 +205,6 @@ def load_trainer(cls, path, target=None):
             trainer._dropout_seed = opt["dropout_seed"]
         if "current_lr" in opt:
             trainer.lr = opt["current_lr"]
+        elif isinstance((opt["history"].get("lr") or [None])[-1], (int, float)):
+            trainer.lr = opt["history"]["lr"][-1]   # files from before current_lr was saved
     return trainer

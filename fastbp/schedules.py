@@ -29,9 +29,10 @@ class Schedule:
     def observe(self, logs):
         pass
 
-    def resume(self, history, current_lr):
+    def resume(self, history, current_lr, recorded):
         """Continue from a model's earlier epochs (a later fit, a loaded checkpoint): only
-        plateau has state, which it rebuilds from `history`."""
+        plateau has state, which it rebuilds from `history`; `recorded` names the metrics
+        this fit will record."""
 
 
 class _Callable(Schedule):
@@ -108,13 +109,24 @@ class _Plateau(Schedule):
             self.current = max(self.current * self.factor, self.min_lr)
             self.bad = 0
 
-    def resume(self, history, current_lr):
-        """Replay the recorded epochs through observe (best value and epochs without
-        improvement), and go on from the model's current lr."""
+    def resume(self, history, current_lr, recorded):
+        """Rebuild the best value and the epochs without improvement by replaying the
+        history's epochs through observe, each from the lr it was trained with (so a
+        reduction decided after the last epoch is kept), when the metric this fit will
+        watch was recorded in every one of them; otherwise start afresh. Either way, an lr
+        set by hand since the last epoch wins."""
+        metric = self.monitor if self.monitor in recorded else "loss"
+        values, lrs = history.get(metric), history.get("lr")
         epochs = len(history.get("loss", []))
-        for e in range(epochs):
-            self.observe({k: v[e] for k, v in history.items() if len(v) == epochs})
-        if epochs:
+        self.best, self.bad, self.current = math.inf, 0, current_lr
+        if not epochs or not all(isinstance(x, list) and len(x) == epochs and
+                                 all(isinstance(v, (int, float)) for v in x)
+                                 for x in (values, lrs)):
+            return
+        for value, lr in zip(values, lrs):
+            self.current = lr
+            self.observe({metric: value})
+        if current_lr != lrs[-1]:
             self.current = current_lr
 
 

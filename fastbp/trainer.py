@@ -367,12 +367,12 @@ class Trainer:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
-        schedule.resume(self.history, self.lr)
         recorded = {"loss", "grad_norm", "grad_norm_max", "lr", "time"}
         if self._accuracy(0, 1) is not None:
             recorded.add("accuracy")
         if val is not None:
             recorded |= {"val_loss"} | ({"val_accuracy"} if "accuracy" in recorded else set())
+        schedule.resume(self.history, self.lr, recorded)
         for cb in callbacks:            # a callback watching a metric this fit never records
             monitor = getattr(cb, "monitor", None) if getattr(cb, "needs_monitor", False) \
                 else None

@@ -129,19 +129,37 @@ def test_reduce_on_plateau():
     assert s.lr(8) == 0.025
 
 
-def test_plateau_resumes_across_fits():
-    """Two fits of 4 epochs (the second, say, after loading a checkpoint) follow the plateau
-    schedule of one fit of 8: its best loss and patience come back from the history."""
+@pytest.mark.parametrize("split", [3, 4, 5])
+def test_plateau_resumes_across_fits(split, tmp_path):
+    """Fits of `split` and 8 - split epochs, the second after saving and loading the model
+    as from a checkpoint, follow the plateau schedule of one fit of 8: its best loss and
+    patience come back from the history, and a reduction decided after the first fit's last
+    epoch (split 3 and 7 here) is kept."""
     X, y = make_data("cross_entropy", 6, 3, n=32)
     spec = ("plateau", {"factor": 0.5, "patience": 1, "monitor": "loss", "min_delta": 0.1})
     one = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
     h_one = one.fit(X, y, epochs=8, progress=False, lr_schedule=spec)
+    assert h_one["lr"] == [0.1] * 3 + [0.05] * 4 + [0.025]      # reduced after epochs 2, 6
     two = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
-    two.fit(X, y, epochs=4, progress=False, lr_schedule=spec)
-    h_two = two.fit(X, y, epochs=4, progress=False, lr_schedule=spec)
-    assert len(set(h_one["lr"])) > 2                     # it did reduce, more than once
+    two.fit(X, y, epochs=split, progress=False, lr_schedule=spec)
+    two.save(tmp_path / "checkpoint.npz")
+    two = Trainer.load(tmp_path / "checkpoint.npz")
+    h_two = two.fit(X, y, epochs=8 - split, progress=False, lr_schedule=spec)
     assert h_two["lr"] == h_one["lr"]
     np.testing.assert_array_equal(two.params, one.params)
+
+
+def test_plateau_on_a_metric_the_history_lacks_starts_afresh():
+    """Epochs trained without validation data say nothing about val_loss: a plateau on
+    val_loss starts from scratch (and from the current lr) instead of comparing against
+    training losses."""
+    X, y = make_data("cross_entropy", 6, 3, n=32)
+    t = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
+    t.fit(X, y, epochs=3, progress=False)
+    t.lr = 0.2
+    spec = ("plateau", {"factor": 0.5, "patience": 0, "monitor": "val_loss"})
+    h = t.fit(X, y, validation_data=(X, y), epochs=3, progress=False, lr_schedule=spec)
+    assert h["lr"][3:] == [0.2, 0.2, 0.2]           # val_loss falls: no reduction
 
 
 @pytest.mark.parametrize("spec,exc", [("linear", ValueError), (("step", 0), ValueError),

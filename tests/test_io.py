@@ -40,6 +40,27 @@ def test_loaded_model_continues_like_the_original(trained, tmp_path):
     assert np.array_equal(u.params, t.params)
 
 
+def test_history_of_fits_with_and_without_validation_and_lr_zero(trained, tmp_path):
+    """A checkpoint after a fit without, then one with, validation data has lists of
+    different lengths (val_loss only for the later epochs), and a schedule may have ended
+    at lr 0: both load."""
+    t, X, y = trained
+    t.fit(X, y, validation_data=(X, y), epochs=1, progress=False)
+    t.lr = 0.0
+    assert len(t.history["val_loss"]) < len(t.history["loss"])
+    t.save(tmp_path / "m.npz")
+    u = Trainer.load(tmp_path / "m.npz")
+    assert u.history == t.history and u.lr == 0.0
+
+
+def test_history_of_non_numbers_is_refused(trained, tmp_path):
+    t, _, _ = trained
+    t.history["loss"][0] = "NaN please"
+    t.save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="field 'history' must be"):
+        Trainer.load(tmp_path / "m.npz")
+
+
 def test_without_optimizer_state(trained, tmp_path):
     t, X, _ = trained
     t.save(tmp_path / "m.npz", include_optimizer=False)
