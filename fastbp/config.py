@@ -23,7 +23,8 @@ INITS = ("auto", "he", "glorot")
 
 DEFAULTS = dict(activation="relu", loss="cross_entropy", optimizer="adam", lr=1e-3,
                 batch_size=32, epochs=10, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
-                eps=1e-8, alpha=0.99, weight_decay=0.0, clip_norm=None, dropout=0.0, init="auto",
+                eps=1e-8, alpha=0.99, weight_decay=0.0, decay_per_weight=False, clip_norm=None,
+                dropout=0.0, init="auto",
                 shuffle=True, target="cpu", dtype="float32", seed=None, n_threads=None)
 
 
@@ -129,6 +130,7 @@ def validate(layers, **kwargs):
     cfg["alpha"] = _real("alpha", kw["alpha"], 0.0, 1.0, "a number in [0, 1)")
     cfg["weight_decay"] = _real("weight_decay", kw["weight_decay"], 0.0, np.inf,
                                 "a finite number >= 0")
+    cfg["decay_per_weight"] = _bool("decay_per_weight", kw["decay_per_weight"])
     clip = kw["clip_norm"]
     cfg["clip_norm"] = None if clip is None else _real(
         "clip_norm", clip, 0.0, np.inf, "None or a finite number > 0", low_open=True)

@@ -4,8 +4,8 @@ Every constructor parameter of scikit-learn's MLPs keeps its name, default and m
 the estimators follow its semantics where they differ from the Trainer's:
 
 - the L2 term alpha/2 * ||W||^2 / n_samples (n_samples of the batch, or its total sample
-  weight): the Trainer's `weight_decay` is alpha times the loss scale below, taken per unit
-  of batch weight (kernels.optim.H_DECAY_PER_WEIGHT);
+  weight): the Trainer's `weight_decay` is alpha times the loss scale below, with
+  `decay_per_weight=True`;
 - scikit-learn's losses: log-loss summed over the outputs of a multilabel problem and half
   the squared error, where the Trainer averages over the outputs (and drops the 1/2). The
   gradients differ by a constant factor `scale` (1 for softmax, 1/K for K sigmoid outputs,
@@ -37,7 +37,6 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from .kernels.optim import H_DECAY_PER_WEIGHT
 from .trainer import Trainer, single_threaded_blas
 
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
@@ -127,12 +126,11 @@ class _BaseMLP(BaseEstimator):
         else:   # adam (lbfgs uses no optimizer: any will do)
             kw.update(optimizer="adam", lr=self.learning_rate_init,
                       betas=(self.beta_1, self.beta_2), eps=self.epsilon)
-        kw["weight_decay"] = scale * self.alpha
-        layers = [n_features, *self._hidden(), n_outputs]
-        self._trainer = Trainer(layers, activation=self.activation, **kw)
         # scikit-learn's L2 term of a batch is alpha/2 ||W||^2 / (its rows, or its total
         # sample weight): the decay is taken per unit of batch weight
-        self._trainer._hyper[H_DECAY_PER_WEIGHT] = 1.0
+        kw.update(weight_decay=scale * self.alpha, decay_per_weight=True)
+        layers = [n_features, *self._hidden(), n_outputs]
+        self._trainer = Trainer(layers, activation=self.activation, **kw)
         self._scale = scale
         # scikit-learn's loss value / the Trainer's: as the gradients, except for squared
         # error, whose value is half the mean over outputs while its gradient is not /K

@@ -13,8 +13,8 @@ from .data import check_sample_weight, check_X, check_y
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .kernels import Plan, evaluation_plan, safe_plan, training_plan
-from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_EPS, \
-    H_LR, H_MOMENTUM, H_NESTEROV
+from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, \
+    H_DECAY_PER_WEIGHT, H_EPS, H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
 from .schedules import make_schedule
 
@@ -79,6 +79,10 @@ class Trainer:
     optimizer : {'sgd', 'adam', 'adamw', 'rmsprop'}
         PyTorch's update rules; `momentum`, `nesterov` (sgd, rmsprop momentum), `betas`,
         `eps` (adam, adamw, rmsprop), `alpha` (rmsprop), `weight_decay` (decoupled for adamw).
+    decay_per_weight : bool
+        False: `weight_decay` is the same every step (PyTorch's). True: it is divided by
+        each batch's rows, or its total sample weight (scikit-learn's L2 term of a batch,
+        alpha/2 ||W||^2 / n; the estimators use this).
     lr, batch_size, epochs, clip_norm, init, shuffle, seed
         Learning rate; minibatch rows; default epochs of `fit`; global gradient-norm clip
         (None = off); 'auto' | 'he' | 'glorot'; reshuffle rows every epoch; int or None.
@@ -96,13 +100,14 @@ class Trainer:
 
     def __init__(self, layers, activation="relu", loss="cross_entropy", optimizer="adam",
                  lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=1e-8, alpha=0.99, weight_decay=0.0, clip_norm=None,
-                 dropout=0.0, init="auto", shuffle=True, target="cpu", dtype="float32",
-                 seed=None, n_threads=None):
+                 betas=(0.9, 0.999), eps=1e-8, alpha=0.99, weight_decay=0.0,
+                 decay_per_weight=False, clip_norm=None, dropout=0.0, init="auto",
+                 shuffle=True, target="cpu", dtype="float32", seed=None, n_threads=None):
         cfg = _config.validate(
             layers, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
             batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
-            betas=betas, eps=eps, alpha=alpha, weight_decay=weight_decay, clip_norm=clip_norm,
+            betas=betas, eps=eps, alpha=alpha, weight_decay=weight_decay,
+            decay_per_weight=decay_per_weight, clip_norm=clip_norm,
             dropout=dropout, init=init, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
             n_threads=n_threads)
         if cfg["n_threads"] is not None and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
@@ -121,9 +126,10 @@ class Trainer:
         self._opt_code = _config.OPTIMIZERS[cfg["optimizer"]]
         self._hyper = np.zeros(N_HYPER)
         self._hyper[[H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP,
-                     H_ALPHA]] = [cfg["lr"], cfg["momentum"], float(cfg["nesterov"]),
-                                  cfg["betas"][0], cfg["betas"][1], cfg["eps"],
-                                  cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"]]
+                     H_ALPHA, H_DECAY_PER_WEIGHT]] = [
+            cfg["lr"], cfg["momentum"], float(cfg["nesterov"]), cfg["betas"][0], cfg["betas"][1],
+            cfg["eps"], cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"],
+            float(cfg["decay_per_weight"])]
         self._make_plans()
         P = self._layout.n_params
         self._params = np.zeros(P, dtype=self._dtype)

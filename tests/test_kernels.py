@@ -8,7 +8,6 @@ import reference as ref
 from fastbp import Trainer
 from fastbp.kernels import choose_strategy, training_plan
 from fastbp.kernels.cpu import PARALLEL_UPDATE_MIN
-from fastbp.kernels.optim import H_DECAY_PER_WEIGHT
 
 SIZES = [5, 6, 4, 3]
 
@@ -233,8 +232,8 @@ def test_dropout_is_off_outside_training_and_parallel_equals_cpu():
 def test_decay_per_unit_of_batch_weight_matches_reference(optimizer, weighted):
     """scikit-learn's L2 convention, which the estimators use: the decay divided by each
     batch's rows (the partial last batch its own) or total sample weight."""
-    t = _trainer("tanh", "mse", optimizer=optimizer, lr=0.05, batch_size=8, weight_decay=0.3)
-    t._hyper[H_DECAY_PER_WEIGHT] = 1.0
+    t = _trainer("tanh", "mse", optimizer=optimizer, lr=0.05, batch_size=8, weight_decay=0.3,
+                 decay_per_weight=True)
     X, y = make_data("mse", SIZES[0], SIZES[-1], n=30)
     w = np.random.default_rng(5).random(30) * 2 if weighted else None
     Ws, bs = ref.unflatten(t.params, SIZES)

@@ -41,6 +41,7 @@ INVALID_ARGUMENTS = [
     (dict(dropout=[0.1, 0.2]), ValueError, "dropout"),
     (dict(dropout="0.5"), TypeError, "dropout"),
     (dict(shuffle="yes"), TypeError, "shuffle"),
+    (dict(decay_per_weight=1), TypeError, "decay_per_weight"),
     (dict(target="gpu"), ValueError, "target"),
     (dict(dtype="float16"), ValueError, "dtype"),
     (dict(seed=-1), ValueError, "seed"),

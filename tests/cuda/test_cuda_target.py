@@ -13,7 +13,6 @@ import pytest
 from conftest import ACTIVATIONS, CUDA_SIMULATOR, LOSSES, make_data
 from fastbp import DivergenceError, MLPClassifier, Trainer, callbacks
 from fastbp.kernels import cuda_runner, gpu
-from fastbp.kernels.optim import H_DECAY_PER_WEIGHT
 
 SIZES = [5, 6, 4, 3]
 BATCH = 5          # 11 rows: steps of 5, 5 and 1 rows
@@ -139,9 +138,7 @@ def test_sample_weight_matches_cpu():
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_decay_per_unit_of_batch_weight_matches_cpu(optimizer):
     """The estimators' (scikit-learn's) L2 convention: decay / each batch's weight."""
-    cpu, cuda = pair(optimizer=optimizer, lr=0.05, weight_decay=0.3)
-    for t in (cpu, cuda):
-        t._hyper[H_DECAY_PER_WEIGHT] = 1.0
+    cpu, cuda = pair(optimizer=optimizer, lr=0.05, weight_decay=0.3, decay_per_weight=True)
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
     w = np.random.default_rng(3).random(N) * 2
     assert_same_fit(cpu, cuda, cpu.fit(X, y, sample_weight=w, epochs=2, progress=False),
