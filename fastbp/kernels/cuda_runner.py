@@ -7,11 +7,12 @@ fit in the share of free GPU memory set by RESIDENT_FRACTION, keeps the labels a
 order there and streams X in large chunks of already shuffled rows.
 
 An epoch is a sequence of asynchronous launches, 2 per layer and 4 more per step
-(see `train_epoch`); the epoch's permutation (drawn on the host from the same generator as
-on the CPU, so a seed gives the same run) goes to the device once, rows are gathered there,
-and the host reads nothing back until the epoch's end: the per-step losses, correct counts
-and gradient norms, and the divergence status. Launch arguments are the only per-step
-traffic.
+(see `train_epoch`). Before it, the host sends params, optimizer state and the epoch's
+permutation (drawn from the same generator as on the CPU, so a seed gives the same run);
+rows are gathered on the device, and the host reads nothing back until the epoch's end: the
+per-step losses, correct counts and gradient norms, the divergence status, and params and
+optimizer state (the Trainer's). Launch arguments are the only per-step traffic, besides
+the chunks of streamed data.
 """
 import math
 import warnings
@@ -156,21 +157,19 @@ class CudaNetwork:
 
     # ----------------------------------------------------------------- transfers
 
+    def _state(self, params, m, v):
+        """(device buffer, host array) of params and the optimizer state in use."""
+        return [(d, h) for d, h in ((self.params, params), (self.m, m), (self.v, v)) if h.size]
+
     def upload(self, params, m, v):
-        """Host -> device: the parameters and the optimizer state (empty ones skipped)."""
-        self.params.copy_to_device(params)
-        if m.size:
-            self.m.copy_to_device(m)
-        if v.size:
-            self.v.copy_to_device(v)
+        """Host -> device: the parameters and the optimizer state."""
+        for device, host in self._state(params, m, v):
+            device.copy_to_device(host)
 
     def download(self, params, m, v):
         """Device -> host, into the given arrays."""
-        self.params.copy_to_host(params)
-        if m.size:
-            self.m.copy_to_host(m)
-        if v.size:
-            self.v.copy_to_host(v)
+        for device, host in self._state(params, m, v):
+            device.copy_to_host(host)
 
     def data(self, X, labels, targets, weights, batch_size=EVAL_ROWS):
         return DeviceData(self.cuda, X, labels, targets, weights, batch_size, self.dtype)
