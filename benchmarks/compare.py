@@ -60,9 +60,11 @@ def fastbp_epoch(target):
     return factory
 
 
-def torch_training(layers, batch, loss, X, y, opt, device="cpu", **optim_kw):
-    """A function training one epoch of the same network in PyTorch (eager) on `device`,
-    the data moved there once and reshuffled there every epoch."""
+def torch_training(layers, batch, loss, X, y, opt, device="cpu", compile_mode=None,
+                   **optim_kw):
+    """A function training one epoch of the same network in PyTorch on `device`, the data
+    moved there once and reshuffled there every epoch: eager, or with the model under
+    torch.compile(mode=compile_mode) (the last partial batch, if any, compiles once more)."""
     import torch
     torch.manual_seed(0)
     mods = []
@@ -71,6 +73,9 @@ def torch_training(layers, batch, loss, X, y, opt, device="cpu", **optim_kw):
         if i < len(layers) - 2:
             mods.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*mods).to(device)
+    forward = model if compile_mode is None else torch.compile(model, mode=compile_mode)
+    mark_step = (torch.compiler.cudagraph_mark_step_begin if compile_mode == "reduce-overhead"
+                 else lambda: None)
     if opt == "sgd":
         optim = torch.optim.SGD(model.parameters(), lr=LR[opt], momentum=0.9, **optim_kw)
     else:
@@ -85,7 +90,8 @@ def torch_training(layers, batch, loss, X, y, opt, device="cpu", **optim_kw):
         for i in range(0, n, batch):
             idx = perm[i:i + batch]
             optim.zero_grad(set_to_none=True)
-            crit(model(Xt[idx]), yt[idx]).backward()
+            mark_step()
+            crit(forward(Xt[idx]), yt[idx]).backward()
             optim.step()
     return epoch
 
@@ -420,9 +426,10 @@ def estimators(rounds):
 
 # ------------------------------------------------------------------------- GPU
 
-def cuda_compare(workloads, opt, rounds, batches=(128, 1024), n=None):
-    """target='cuda' vs PyTorch eager on the same GPU, each DESIGN workload at batch sizes
-    128 and 1024: median samples/s of `rounds` epochs after a warm-up epoch. Both keep the
+def cuda_compare(workloads, opt, rounds, batches=(128, 1024), n=None, torch_compile=True):
+    """target='cuda' vs PyTorch on the same GPU (eager, and the model under
+    torch.compile(mode="reduce-overhead"), which replays CUDA graphs; `--skip "torch compile"`
+    leaves that out), each DESIGN workload at batch sizes 128 and 1024: median samples/s of `rounds` epochs after a warm-up epoch. Both keep the
     data on the GPU and reshuffle it there every epoch; PyTorch is synchronised once per
     epoch, and fastbp's epoch time is fit's own per-epoch figure (its `history["time"]`,
     which includes the per-epoch copy of params and optimizer state back to the host).
@@ -432,9 +439,9 @@ def cuda_compare(workloads, opt, rounds, batches=(128, 1024), n=None):
 
     print(f"GPU: {cuda_backend.describe()}; optimizer {opt}; median of {rounds} epochs; "
           f"{time.strftime('%Y-%m-%d')}\n")
-    print("| workload | batch | fastbp cuda samples/s | torch cuda eager samples/s | "
-          "fastbp/torch |")
-    print("|---|---:|---:|---:|---:|")
+    print("| workload | batch | fastbp cuda samples/s | torch eager samples/s | "
+          "torch compile (reduce-overhead) samples/s | fastbp/eager | fastbp/compiled |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in workloads:
         layers, _, loss = WORKLOADS[name]
         for batch in batches:
@@ -444,19 +451,30 @@ def cuda_compare(workloads, opt, rounds, batches=(128, 1024), n=None):
                         momentum=0.9 if opt == "sgd" else 0.0, target="cuda", seed=0)
             h = t.fit(X, y, epochs=rounds + 1, progress=False)
             ours = rows / float(np.median(h["time"][1:]))
-            try:
-                theirs = _torch_cuda(layers, batch, loss, X, y, opt, rounds)
-                cell, ratio = f"{theirs:,.0f}", f"{ours / theirs:.2f}x"
-            except (ImportError, RuntimeError) as e:     # no torch, or torch without CUDA
-                cell, ratio = f"({type(e).__name__})", ""
-            print(f"| {name} | {batch} | {ours:,.0f} | {cell} | {ratio} |", flush=True)
+            cells, ratios = [], []
+            for compiled in (False, True):
+                if compiled and not torch_compile:
+                    cells.append("(not run)"), ratios.append("")
+                    continue
+                try:
+                    theirs = _torch_cuda(layers, batch, loss, X, y, opt, rounds, compiled)
+                    cells.append(f"{theirs:,.0f}"), ratios.append(f"{ours / theirs:.2f}x")
+                except Exception as e:    # no torch, torch without CUDA, or a compile failure
+                    cells.append(f"({type(e).__name__}: {str(e)[:60]})"), ratios.append("")
+            print(f"| {name} | {batch} | {ours:,.0f} | {' | '.join(cells)} | "
+                  f"{' | '.join(ratios)} |", flush=True)
 
 
-def _torch_cuda(layers, batch, loss, X, y, opt, rounds):
+def _torch_cuda(layers, batch, loss, X, y, opt, rounds, compiled=False):
     import torch
     if not torch.cuda.is_available():
         raise RuntimeError("torch has no CUDA device")
-    train = torch_training(layers, batch, loss, X, y, opt, device="cuda", foreach=True)
+    if compiled:        # CUDA graphs replayed by torch.compile; fused optimizer step
+        train = torch_training(layers, batch, loss, X, y, opt, device="cuda", fused=True,
+                               compile_mode="reduce-overhead")
+        train()                                         # compiles (not timed)
+    else:
+        train = torch_training(layers, batch, loss, X, y, opt, device="cuda", foreach=True)
 
     def epoch():
         train()
@@ -480,13 +498,15 @@ def main():
     p.add_argument("--estimators", action="store_true",
                    help="fastbp.MLPClassifier vs scikit-learn's MLPClassifier instead")
     p.add_argument("--cuda", action="store_true",
-                   help="target='cuda' vs PyTorch eager on the GPU, batch 128 and 1024")
+                   help="target='cuda' vs PyTorch (eager and torch.compile) on the GPU, "
+                   "batch 128 and 1024")
     p.add_argument("--samples", type=int, help="rows per data set (--cuda; default: by "
                    "workload)")
     args = p.parse_args()
     if args.cuda:
         workloads = [w for w in args.workloads if w in WORKLOADS]
-        return cuda_compare(workloads, args.optimizer, args.rounds, n=args.samples)
+        return cuda_compare(workloads, args.optimizer, args.rounds, n=args.samples,
+                            torch_compile="torch compile" not in args.skip)
     if args.memory:
         return memory()
     if args.estimators:

@@ -121,3 +121,26 @@ def test_kernels_compile_to_ptx_and_float32_stays_float32():
     for name in ("output_forward", "optimizer_update"):
         assert f64[name] == [], (name, f64[name][:5])
     assert [op.split()[0] for op in f64["loss_delta"]] == ["cvt.f64.f32", "st.global.f64"]
+
+
+def test_small_grid_warnings_are_kept_from_users():
+    """numba-cuda warns of every grid under 128 blocks, highlighted with an ANSI escape
+    (which an anchored filter missed on a real H200): configuring a launch stays quiet."""
+    import warnings
+
+    from numba.core.errors import NumbaPerformanceWarning
+
+    from fastbp.kernels.cuda_runner import configure_quietly
+
+    class Kernel:
+        def __getitem__(self, config):
+            warnings.warn(NumbaPerformanceWarning(
+                f"Grid size {config[0]} will likely result in GPU under-utilization due to "
+                "low occupancy."))
+            return config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert configure_quietly(Kernel(), 4, 256) == (4, 256)
+    with pytest.warns(NumbaPerformanceWarning, match="Grid size 4"):   # the real message
+        Kernel()[4, 256]

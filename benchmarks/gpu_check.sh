@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One prepared pass over a lent GPU machine (see the README's GPU section): what the machine
+# is, the CUDA suite for real at the small and the default block sizes, the GPU kernels'
+# first-use compile time per dtype, and benchmarks/compare.py --cuda. Every log goes to
+# $OUT (the device tool's folder that comes back) or ./gpu-out. Uses the python3 that holds
+# numba-cuda and torch there (PYTHONPATH=., nothing installed).
+#   bash benchmarks/gpu_check.sh [pytest-args...]
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+# numba-cuda 0.30.4 (the device image's) still registers np.row_stack, which NumPy 2.5 removed:
+# give it the alias for these runs only (fastbp itself never uses it)
+SHIM=$(mktemp -d); printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' > "$SHIM/sitecustomize.py"
+export PYTHONPATH=$PWD:$SHIM PYTHONUNBUFFERED=1
+SUITE_S=${SUITE_S:-240} BENCH_S=${BENCH_S:-200}
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import sys, numpy, numba, numba_cuda, sklearn; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, 'sklearn', sklearn.__version__)"
+  python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+  lscpu | grep 'Model name'
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+echo "== first-use compile of the GPU kernels"
+python3 - > "$OUT/compile.txt" 2>&1 <<'PY'
+import time
+t0 = time.perf_counter()
+import numpy as np
+from fastbp import Trainer
+print(f"import {time.perf_counter() - t0:.2f} s")
+for dtype in ("float32", "float64"):
+    X = np.random.default_rng(0).normal(size=(256, 20)).astype(dtype)
+    y = np.arange(256) % 3
+    t0 = time.perf_counter()
+    t = Trainer([20, 16, 3], target="cuda", dtype=dtype, batch_size=64, seed=0)
+    t.fit(X, y, epochs=1, progress=False)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    t.fit(X, y, epochs=1, progress=False)
+    print(f"{dtype}: first fit {first:.2f} s (kernel compile included), second "
+          f"{time.perf_counter() - t0:.3f} s")
+PY
+cat "$OUT/compile.txt"
+
+echo "== CUDA suite"
+FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" python3 -m pytest tests/cuda -q -p no:cacheprovider \
+  -rfE "$@" > "$OUT/cuda_suite.txt" 2>&1
+echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
+
+echo "== compare --cuda (eager PyTorch; then with torch.compile, which compiles per shape)"
+timeout "$BENCH_S" python3 benchmarks/compare.py --cuda --rounds 3 --skip "torch compile" \
+  ${WORKLOADS:+--workloads $WORKLOADS} > "$OUT/compare_cuda.txt" 2> "$OUT/compare_cuda.err"
+echo "compare exit $?"; cat "$OUT/compare_cuda.txt"; tail -20 "$OUT/compare_cuda.err"
+if [ "${COMPILED_S:-0}" != 0 ]; then
+  timeout "$COMPILED_S" python3 benchmarks/compare.py --cuda --rounds 3 \
+    ${WORKLOADS:+--workloads $WORKLOADS} > "$OUT/compare_cuda_compiled.txt" \
+    2> "$OUT/compare_cuda_compiled.err"
+  echo "compare (compiled) exit $?"; cat "$OUT/compare_cuda_compiled.txt"
+  tail -20 "$OUT/compare_cuda_compiled.err"
+fi
