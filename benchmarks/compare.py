@@ -331,7 +331,7 @@ def strategies(rounds):
         for strategy in ("serial", "chunks"):
             t = Trainer(layers, batch_size=batch, optimizer="sgd", momentum=0.9, lr=0.01,
                         target="parallel", seed=0)
-            t._train_plan = training_plan("parallel", layers, batch, THREADS, strategy)
+            t.engine.train_plan = training_plan("parallel", layers, batch, THREADS, strategy)
             t.fit(X, y, epochs=1, progress=False)
             runs[strategy] = t
         times = {s: [] for s in runs}

@@ -128,15 +128,10 @@ def _local_round(config, state, X, y, offset, n_rows, shuffle, seed):
             else np.arange(size)
         idx[sel] = order[positions[sel] % size]
     t = _worker_trainer(config)
-    t._params[:] = state["params"]
-    t._m[:] = state["m"]
-    t._v[:] = state["v"]
-    t._step = state["step"]
-    t.lr = state["lr"]
+    t.set_state(**state)
     t.history = {}
     t.fit(X[idx], y[idx], epochs=1, shuffle=False, progress=False)
-    return {"params": t._params.copy(), "m": t._m.copy(), "v": t._v.copy(), "step": t._step,
-            "loss": t.history["loss"][-1], "rows": n_rows}
+    return {**t.engine.state(), "loss": t.history["loss"][-1], "rows": n_rows}
 
 
 _TRAINERS = {}
@@ -200,10 +195,10 @@ def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
     n_rows = local_steps * config["batch_size"]
     seed = int(np.random.default_rng(random_state).integers(2**31))
     offset = 0
-    state_bytes = trainer._params.nbytes + trainer._m.nbytes + trainer._v.nbytes
+    engine = trainer.engine
+    state_bytes = engine.params.nbytes + engine.m.nbytes + engine.v.nbytes
     for _ in range(rounds):
-        state = {"params": trainer._params.copy(), "m": trainer._m.copy(),
-                 "v": trainer._v.copy(), "step": trainer._step, "lr": trainer.lr}
+        state = {**engine.state(), "lr": trainer.lr}
         # the buffers travel inside each round's task (not scattered): if a worker dies,
         # Dask reruns its task elsewhere from the same starting state
         futures = [client.submit(_local_round, config, state, xs, ys, offset, n_rows,
@@ -213,10 +208,9 @@ def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
         results = client.gather(futures)
         offset += n_rows
         total = sum(r["rows"] for r in results)
-        for key, buf in (("params", trainer._params), ("m", trainer._m), ("v", trainer._v)):
-            if buf.size:                 # sample-weighted average of the workers' buffers
-                buf[:] = sum(r[key].astype(np.float64) * (r["rows"] / total) for r in results)
-        trainer._step = max(r["step"] for r in results)
+        engine.set_state(step=max(r["step"] for r in results), **{
+            key: sum(r[key].astype(np.float64) * (r["rows"] / total) for r in results)
+            for key in ("params", "m", "v") if results[0][key].size})   # weighted averages
         trainer.history.setdefault("loss", []).append(
             sum(r["loss"] * r["rows"] for r in results) / total)
     trainer.distributed_stats = {

@@ -37,7 +37,8 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from .trainer import Trainer, single_threaded_blas
+from .engine import single_threaded_blas
+from .trainer import Trainer
 
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
 
@@ -202,18 +203,17 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, X, y, sample_weight):
         t = self._trainer
-        data = t._check_data(X, y, sample_weight)
+        rows = t._check_data(X, y, sample_weight)
         n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-        lay = t._layout
         W_mask = np.zeros(t.n_params, dtype=bool)      # the weights (L2 applies), not biases
-        for o, a, b in zip(lay.w_off, lay.sizes[:-1], lay.sizes[1:]):
-            W_mask[o:o + a * b] = True
+        for W in t._layout.weights(W_mask):
+            W[...] = True
         # target='cuda': the data goes to the GPU once, not at every function evaluation
-        on_device = t._device().data(*data) if t.config["target"] == "cuda" else None
+        resident = t.engine.resident(rows)
 
         def loss_and_grad(theta):
             t.params[:] = theta
-            value, _, grad = t._loss_grad(*data, want_grad=True, device_data=on_device)
+            value, _, grad = t.engine.loss_grad(rows, want_grad=True, resident=resident)
             grad = grad.astype(np.float64) / self._scale
             grad[W_mask] += self.alpha * theta[W_mask] / n
             value = value / self._value_scale + self._loss_offset
@@ -252,12 +252,13 @@ class _BaseMLP(BaseEstimator):
             if sample_weight is not None:
                 sw_tr, sw_val = sample_weight[tr], sample_weight[va]
         n = X_tr.shape[0]
-        max_iter = 1 if incremental else self.max_iter
-        for _ in range(max_iter):
-            history = t.fit(X_tr, y_tr, sample_weight=sw_tr, epochs=1, progress=False)
+        stopped = []
+
+        def end_of_epoch(trainer, epoch, logs):
+            """scikit-learn's bookkeeping and stopping rules after each epoch; True stops."""
             self.n_iter_ += 1
             self.t_ += n
-            self.loss_ = (history["loss"][-1] / self._value_scale + self._loss_offset +
+            self.loss_ = (logs["loss"] / self._value_scale + self._loss_offset +
                           self._l2(self._batch))
             self.loss_curve_.append(self.loss_)
             if self.verbose:
@@ -265,28 +266,32 @@ class _BaseMLP(BaseEstimator):
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 t.lr = self.learning_rate_init / self._scale / (self.t_ + 1) ** self.power_t
             self._update_no_improvement(X_val, y_val, sw_val)
-            if incremental:
-                break
-            if self._no_improvement_count > self.n_iter_no_change:
-                what = ("Validation score" if self.early_stopping else "Training loss")
-                if (self.solver == "sgd" and self.learning_rate == "adaptive"
-                        and t.lr * self._scale > 1e-6):
-                    t.lr = t.lr / 5.0
-                    self._no_improvement_count = 0
-                    if self.verbose:
-                        print(f"{what} did not improve more than tol={self.tol} for "
-                              f"{self.n_iter_no_change} consecutive epochs. Setting "
-                              f"learning rate to {t.lr * self._scale:f}")
-                    continue
+            if incremental or self._no_improvement_count <= self.n_iter_no_change:
+                return False
+            what = ("Validation score" if self.early_stopping else "Training loss")
+            if (self.solver == "sgd" and self.learning_rate == "adaptive"
+                    and t.lr * self._scale > 1e-6):
+                t.lr = t.lr / 5.0
+                self._no_improvement_count = 0
                 if self.verbose:
                     print(f"{what} did not improve more than tol={self.tol} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-                break
-        else:
-            if not incremental:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
-                              "reached and the optimization hasn't converged yet.",
-                              ConvergenceWarning)
+                          f"{self.n_iter_no_change} consecutive epochs. Setting "
+                          f"learning rate to {t.lr * self._scale:f}")
+                return False
+            if self.verbose:
+                print(f"{what} did not improve more than tol={self.tol} for "
+                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            stopped.append(epoch)
+            return True
+
+        # one fit for all epochs: X checked, buffers allocated (and on the GPU, X moved)
+        # once, not once per epoch
+        t.fit(X_tr, y_tr, sample_weight=sw_tr, epochs=1 if incremental else self.max_iter,
+              progress=False, callbacks=[end_of_epoch])
+        if not incremental and not stopped:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                          "reached and the optimization hasn't converged yet.",
+                          ConvergenceWarning)
         if self.early_stopping and not incremental and self._best_params is not None:
             t.params[:] = self._best_params
 
@@ -320,7 +325,7 @@ class _BaseMLP(BaseEstimator):
     def _output(self, X):
         check_is_fitted(self, "_trainer")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return self._trainer._output(np.ascontiguousarray(X, dtype=self._trainer.dtype))
+        return self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -407,7 +412,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return accuracy_score(y, self._predict_raw(X), sample_weight=sample_weight)
 
     def _predict_raw(self, X):
-        P = self._trainer._output(np.ascontiguousarray(X, dtype=self._trainer.dtype))
+        P = self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
         return self._decode(P)
 
     def _decode(self, P):
@@ -527,7 +532,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return "mse", Y.shape[1], Y
 
     def _score_for_stopping(self, X, y, sample_weight):
-        P = self._trainer._output(np.ascontiguousarray(X, dtype=self._trainer.dtype))
+        P = self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
         return r2_score(y, P.ravel() if self._y_1d else P, sample_weight=sample_weight)
 
     def predict(self, X):

@@ -32,14 +32,15 @@ def save_trainer(trainer, path, *, include_optimizer=True, metadata=None):
         "version": np.array(VERSION, dtype=np.int64),
         "config": _json_array(trainer._cfg),
         "metadata": np.array(meta_text),
-        "params": trainer._params,
+        "params": trainer.params,
     }
     if include_optimizer:
+        state = trainer.get_state()
         arrays.update(
-            opt_m=trainer._m, opt_v=trainer._v,
-            opt_step=np.array(trainer._step, dtype=np.int64),
-            rng_state=_json_array(trainer._rng.bit_generator.state),
-            dropout_seed=np.array(trainer._dropout_seed, dtype=np.int64),
+            opt_m=state["m"], opt_v=state["v"],
+            opt_step=np.array(state["step"], dtype=np.int64),
+            rng_state=_json_array(state["rng_state"]),
+            dropout_seed=np.array(state["dropout_seed"], dtype=np.int64),
             current_lr=np.array(trainer.lr, dtype=np.float64),
             history=_json_array(trainer.history))
     directory = os.path.dirname(os.path.abspath(path))
@@ -185,24 +186,24 @@ def load_trainer(cls, path, target=None):
         raise CudaUnavailableError(f"{path!s} was saved from target='cuda': {e}. Pass "
                                    "target='cpu' or 'parallel' to Trainer.load to load it "
                                    "here") from None
-    trainer._params[:] = data["params"]
+    trainer.set_state(params=data["params"])
     trainer.metadata = data["metadata"]
     opt = data["optimizer"]
     if opt is not None:
-        for name, arr in (("m", opt["m"]), ("v", opt["v"])):
-            buf = getattr(trainer, "_" + name)
-            if arr.shape != buf.shape:
-                raise _bad(path, f"optimizer buffer {name!r} has length {arr.shape[0]}, "
-                           f"expected {buf.shape[0]} for optimizer {cfg['optimizer']!r}")
-            buf[:] = arr
+        current = trainer.get_state()
+        for name in ("m", "v"):
+            if opt[name].shape != current[name].shape:
+                raise _bad(path, f"optimizer buffer {name!r} has length {opt[name].shape[0]}, "
+                           f"expected {current[name].shape[0]} for optimizer "
+                           f"{cfg['optimizer']!r}")
         try:
-            trainer._rng.bit_generator.state = opt["rng_state"]
+            trainer.set_state(rng_state=opt["rng_state"])
         except (TypeError, ValueError, KeyError) as e:
             raise _bad(path, f"field 'rng_state' is not a generator state ({e})") from None
-        trainer._step = opt["step"]
+        trainer.set_state(m=opt["m"], v=opt["v"], step=opt["step"])
         trainer.history = opt["history"]
         if opt["dropout_seed"] is not None:
-            trainer._dropout_seed = opt["dropout_seed"]
+            trainer.set_state(dropout_seed=opt["dropout_seed"])
         if "current_lr" in opt:
             trainer.lr = opt["current_lr"]
         elif isinstance((opt["history"].get("lr") or [None])[-1], (int, float)):

@@ -1,7 +1,5 @@
-"""The Trainer: validates, allocates the flat buffers, calls one compiled kernel per epoch,
-records history. All numerical work happens in fastbp.kernels."""
-import contextlib
-import threading
+"""The Trainer: validates, schedules, handles divergence, records history and calls back;
+its Engine (fastbp.engine) holds the buffers and runs the compiled epochs."""
 import time
 import warnings
 
@@ -10,58 +8,35 @@ import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
+from .engine import Engine, Network, Rows, row_order, single_threaded_blas  # noqa: F401
+from .engine import _blas_controller  # noqa: F401  (tests reach BLAS through here)
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
-from .kernels import Plan, evaluation_plan, safe_plan, training_plan
 from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, \
     H_DECAY_PER_WEIGHT, H_EPS, H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
 from .schedules import make_schedule
 
-EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
 
-_blas = None
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter = None
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS limited to one thread while any fastbp kernel runs, in any thread. threadpoolctl's
-    limits are process-wide: the first user applies the limit and the last one restores the
-    original thread counts (overlapping per-thread limits would restore each other's)."""
-    global _blas_users, _blas_limiter
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limiter = _blas_controller().limit(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables callback(trainer, epoch, logs); "
+                            f"got {cb!r}")
+    return callbacks
 
 
-def _row_order(n):
-    """Rows 0..n-1 as the kernels' row-index array (int64: with int32 indices the parallel
-    kernel ran at half speed on the mnist workload, 70k vs 137k samples/s)."""
-    return np.arange(n, dtype=np.int64)
-
-
-def _blas_controller():
-    """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, used by the kernels)."""
-    global _blas
-    if _blas is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (make sure the kernels' BLAS is loaded)
-        from threadpoolctl import ThreadpoolController
-        _blas = ThreadpoolController()
-    return _blas
+def _check_monitors(callbacks, recorded):
+    """A callback watching a metric this fit never records is refused before training."""
+    for cb in callbacks:
+        monitor = getattr(cb, "monitor", None) if getattr(cb, "needs_monitor", False) else None
+        if monitor is not None and monitor not in recorded:
+            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit "
+                             f"does not record (it records {sorted(recorded)}); pass "
+                             "validation_data or monitor another entry")
 
 
 class Trainer:
@@ -116,46 +91,34 @@ class Trainer:
         self._cfg = cfg
         self._layout = Layout(cfg["layers"])
         self._dtype = np.dtype(cfg["dtype"])
-        self._act = np.array([_config.ACTIVATIONS[a] for a in _config.hidden_activations(cfg)],
-                             dtype=np.int64)
-        rates = _config.hidden_dropout(cfg)
-        self._dropout = np.array(rates if any(rates) else [], dtype=np.float64)
-        self._no_dropout = np.empty(0, dtype=np.float64)
-        self._no_index = np.empty(0, dtype=np.int64)
-        self._loss_code = _config.LOSSES[cfg["loss"]]
-        self._opt_code = _config.OPTIMIZERS[cfg["optimizer"]]
         self._hyper = np.zeros(N_HYPER)
         self._hyper[[H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP,
                      H_ALPHA, H_DECAY_PER_WEIGHT]] = [
             cfg["lr"], cfg["momentum"], float(cfg["nesterov"]), cfg["betas"][0], cfg["betas"][1],
             cfg["eps"], cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"],
             float(cfg["decay_per_weight"])]
-        self._make_plans()
-        P = self._layout.n_params
-        self._params = np.zeros(P, dtype=self._dtype)
-        opt, mom = cfg["optimizer"], cfg["momentum"] > 0
-        needs_m = opt in ("adam", "adamw") or mom
-        needs_v = opt in ("adam", "adamw", "rmsprop")
-        self._m = np.zeros(P if needs_m else 0, dtype=self._dtype)
-        self._v = np.zeros(P if needs_v else 0, dtype=self._dtype)
-        self._weights = self._layout.weights(self._params)
-        self._biases = self._layout.biases(self._params)
+        self.engine = self._make_engine()
+        self._weights = self._layout.weights(self.engine.params)
+        self._biases = self._layout.biases(self.engine.params)
         self.metadata = {}   # JSON-able notes saved with the model (e.g. class names)
         self.reset()
 
-    def _make_plans(self):
+    def _make_engine(self):
         cfg = self._cfg
-        if cfg["target"] == "cuda":
-            from .kernels import cuda_backend
-            cuda_backend.load()      # CudaUnavailableError now, not at the first fit
-            self._train_plan = self._eval_plan = Plan("cuda", None, 1)
-            return
+        rates = _config.hidden_dropout(cfg)
+        opt = cfg["optimizer"]
+        network = Network(
+            layout=self._layout, dtype=self._dtype,
+            act=np.array([_config.ACTIVATIONS[a] for a in _config.hidden_activations(cfg)],
+                         dtype=np.int64),
+            dropout=np.array(rates if any(rates) else [], dtype=np.float64),
+            loss_code=_config.LOSSES[cfg["loss"]], opt_code=_config.OPTIMIZERS[opt],
+            has_m=opt in ("adam", "adamw") or cfg["momentum"] > 0,
+            has_v=opt in ("adam", "adamw", "rmsprop"))
         # a model saved or pickled on a larger machine uses at most the threads here
-        threads = 1 if cfg["target"] == "cpu" else min(
+        threads = 1 if cfg["target"] != "parallel" else min(
             cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
-        self._train_plan = training_plan(cfg["target"], cfg["layers"], cfg["batch_size"],
-                                         threads)
-        self._eval_plan = evaluation_plan(cfg["target"], threads)
+        return Engine(network, cfg["target"], threads, cfg["batch_size"])
 
     # ------------------------------------------------------------------ state
 
@@ -165,12 +128,11 @@ class Trainer:
         seed_seq = np.random.SeedSequence(self._cfg["seed"])
         init_ss, shuffle_ss, dropout_ss = seed_seq.spawn(3)
         self._dropout_seed = int(dropout_ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        init_params(self._params, self._layout, _config.hidden_activations(self._cfg),
+        params = np.empty_like(self.engine.params)
+        init_params(params, self._layout, _config.hidden_activations(self._cfg),
                     self._cfg["init"], np.random.default_rng(init_ss))
+        self.engine.init(params)
         self._rng = np.random.default_rng(shuffle_ss)
-        self._m[:] = 0
-        self._v[:] = 0
-        self._step = 0
         self._hyper[H_LR] = self._cfg["lr"]
         self.history = {}
         return self
@@ -195,17 +157,18 @@ class Trainer:
     @property
     def params(self):
         """The flat parameter buffer (a writable array; W_0, b_0, W_1, b_1, ...)."""
-        return self._params
+        return self.engine.params
 
     @params.setter
     def params(self, value):
         arr = np.asarray(value)
-        if arr.shape != self._params.shape or arr.dtype.kind not in "biuf":
-            raise ValueError(f"params must be a real array of shape {self._params.shape}; "
+        shape = self.engine.params.shape
+        if arr.shape != shape or arr.dtype.kind not in "biuf":
+            raise ValueError(f"params must be a real array of shape {shape}; "
                              f"got {arr.dtype} of shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise ValueError("params must be finite; got NaN or infinity")
-        self._params[:] = arr
+        self.engine.params[:] = arr
 
     @property
     def weights(self):
@@ -229,10 +192,9 @@ class Trainer:
         self._hyper[H_LR] = _config._real("lr", value, 0.0, np.inf, "a finite number >= 0")
 
     def __getstate__(self):
-        # the compiled kernels are not pickled: the plans are rebuilt from the configuration
+        # views are rebuilt; the engine pickles its buffers, not its kernels
         state = self.__dict__.copy()
-        del state["_train_plan"], state["_eval_plan"], state["_weights"], state["_biases"]
-        state.pop("_cuda_net", None)        # device buffers: rebuilt on first use
+        del state["_weights"], state["_biases"]
         return state
 
     def __setstate__(self, state):
@@ -240,14 +202,13 @@ class Trainer:
         if self._hyper.shape[0] < N_HYPER:            # pickled by a version with fewer
             self._hyper = np.concatenate([self._hyper,
                                           np.zeros(N_HYPER - self._hyper.shape[0])])
-        self._make_plans()
-        self._weights = self._layout.weights(self._params)
-        self._biases = self._layout.biases(self._params)
+        self._weights = self._layout.weights(self.engine.params)
+        self._biases = self._layout.biases(self.engine.params)
 
     @property
     def step(self):
         """Optimizer steps taken so far."""
-        return self._step
+        return self.engine.step
 
     @property
     def epochs_done(self):
@@ -256,71 +217,41 @@ class Trainer:
     # --------------------------------------------------------------- helpers
 
     def _check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight")):
-        """-> (X, labels, targets, weights) as the kernels take them."""
+        """-> Rows (X, labels, targets, weights) as the kernels take them."""
         Xc = check_X(X, self._cfg["layers"][0], self._dtype, names[0])
         labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
                                   self._dtype, names[1])
         weights = check_sample_weight(sample_weight, Xc.shape[0], self._dtype, names[2])
-        return Xc, labels, targets, weights
+        return Rows(Xc, labels, targets, weights)
 
     @property
     def strategy(self):
         """How target='parallel' spreads a training step over threads: 'serial' (small
         steps) or 'chunks' (batch chunks, one gradient slab each); always 'serial' for
         target='cpu' and 'cuda' for target='cuda'."""
-        return self._train_plan.strategy
+        return self.engine.strategy
 
-    def _device(self):
-        """The network's buffers on the GPU (target='cuda'), built on first use."""
-        net = getattr(self, "_cuda_net", None)
-        if net is None:
-            from .kernels.cuda_runner import CudaNetwork
-            net = self._cuda_net = CudaNetwork(
-                self._layout, self._dtype, self._act, self._dropout, self._loss_code,
-                self._opt_code, self._m.size > 0, self._v.size > 0)
-        return net
+    def get_state(self):
+        """Copies of everything training changes: params, m and v (optimizer buffers; empty
+        when the optimizer has none), step, lr, rng_state (the shuffling generator's) and
+        dropout_seed. `set_state` takes them back (checkpoints, fastbp.distributed)."""
+        return {**self.engine.state(), "lr": self.lr,
+                "rng_state": self._rng.bit_generator.state,
+                "dropout_seed": self._dropout_seed}
 
-    @contextlib.contextmanager
-    def _compute(self, plan):
-        """Run kernels with single-threaded BLAS (parallelism is over batch chunks) and
-        Numba's thread count set to the plan's chunk count."""
-        previous = numba.get_num_threads()
-        with single_threaded_blas():
-            if plan.chunks > 1:
-                numba.set_num_threads(plan.chunks)
-            try:
-                yield
-            finally:
-                numba.set_num_threads(previous)
-
-    def _workspace(self, rows, n_chunks):
-        a_off, z_off, d_off, size = self._layout.workspace(rows)
-        return np.empty((n_chunks, size), dtype=self._dtype), a_off, z_off, d_off
-
-    def _loss_grad(self, X, labels, targets, weights, want_grad, device_data=None):
-        if self._cfg["target"] == "cuda":
-            net = self._device()
-            net.params.copy_to_device(self._params)
-            data = device_data or net.data(X, labels, targets, weights)
-            loss_sum, correct, grad = net.loss_grad(data, want_grad)
-            total = weights.sum(dtype=np.float64) if weights.size else X.shape[0]
-            return loss_sum / total, correct, grad
-        plan = safe_plan(self._eval_plan)
-        C = plan.chunks
-        rows = min(EVAL_ROWS, -(-X.shape[0] // C))
-        work, a_off, z_off, d_off = self._workspace(rows, C)
-        P = self._layout.n_params if want_grad else 0
-        gslab = np.empty((C, P), dtype=self._dtype)
-        acc = np.empty((C, P), dtype=self._dtype)
-        order = _row_order(X.shape[0])
-        lay = self._layout
-        with self._compute(plan):
-            loss_sum, correct = plan.kernels.loss_grad(
-                self._params, gslab, acc, work, X, labels, targets, weights, order, rows,
-                lay.sizes, lay.w_off, lay.b_off, self._act, self._no_dropout, self._loss_code,
-                a_off, z_off, d_off, want_grad)
-        total = weights.sum(dtype=np.float64) if weights.size else X.shape[0]
-        return loss_sum / total, correct, (acc[0].copy() if want_grad else None)
+    def set_state(self, **state):
+        """Set any of `get_state()`'s entries (arrays of the same shapes)."""
+        unknown = set(state) - {"params", "m", "v", "step", "lr", "rng_state", "dropout_seed"}
+        if unknown:
+            raise TypeError(f"set_state got unknown entries {sorted(unknown)}")
+        self.engine.set_state(**{k: state[k] for k in ("params", "m", "v", "step")
+                                 if k in state})
+        if "lr" in state:
+            self.lr = state["lr"]
+        if "rng_state" in state:
+            self._rng.bit_generator.state = state["rng_state"]
+        if "dropout_seed" in state:
+            self._dropout_seed = int(state["dropout_seed"])
 
     def _accuracy(self, correct, n):
         loss = self._cfg["loss"]
@@ -346,67 +277,35 @@ class Trainer:
         returns ("warn"). Vanishing or exploding gradients give one TrainingHealthWarning
         each (see `health()`).
         """
-        Xc, labels, targets, weights = self._check_data(X, y, sample_weight)
-        val = None
-        if validation_data is not None:
-            if (not isinstance(validation_data, (tuple, list))
-                    or len(validation_data) not in (2, 3)):
-                raise TypeError("validation_data must be a pair (X_val, y_val) or a triple "
-                                "(X_val, y_val, sample_weight_val); got "
-                                f"{type(validation_data).__name__}")
-            val = self._check_data(*validation_data, names=(
-                "validation_data[0]", "validation_data[1]", "validation_data[2]"))
+        rows = self._check_data(X, y, sample_weight)
+        val = self._check_validation_data(validation_data)
         if epochs is None:
             epochs = self._cfg["epochs"]
         epochs = _config._int("epochs", epochs, 0, "an integer >= 0")
         shuffle = self._cfg["shuffle"] if shuffle is None else _config._bool("shuffle", shuffle)
-        if callbacks is None:
-            callbacks = []
-        elif callable(callbacks):
-            callbacks = [callbacks]
-        callbacks = list(callbacks)
-        for cb in callbacks:
-            if not callable(cb):
-                raise TypeError(f"callbacks must be callables callback(trainer, epoch, logs);"
-                                f" got {cb!r}")
+        callbacks = _check_callbacks(callbacks)
         if progress is not None:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
-        recorded = {"loss", "grad_norm", "grad_norm_max", "lr", "time"}
-        if self._accuracy(0, 1) is not None:
-            recorded.add("accuracy")
-        if val is not None:
-            recorded |= {"val_loss"} | ({"val_accuracy"} if "accuracy" in recorded else set())
+        recorded = self._recorded(val is not None)
         schedule.resume(self.history, self.lr, recorded)
-        for cb in callbacks:            # a callback watching a metric this fit never records
-            monitor = getattr(cb, "monitor", None) if getattr(cb, "needs_monitor", False) \
-                else None
-            if monitor is not None and monitor not in recorded:
-                raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit "
-                                 f"does not record (it records {sorted(recorded)}); pass "
-                                 "validation_data or monitor another entry")
+        _check_monitors(callbacks, recorded)
 
-        n = Xc.shape[0]
-        lay = self._layout
-        L = lay.n_layers
-        B = self._cfg["batch_size"]
-        plan = safe_plan(self._train_plan)
+        # every buffer of the fit is allocated here, once; the data moved to the GPU once
+        n, L, B = rows.n, self._layout.n_layers, self._cfg["batch_size"]
         norms = np.empty((-(-n // B), L + 1))
-        order = _row_order(n)
-        weight_total = weights.sum(dtype=np.float64) if weights.size else n
-        warned = set()
+        order = row_order(n)
+        epochs_runner = self.engine.epoch_runner(rows, order, norms)
+        val_resident = None if val is None else self.engine.resident(val)
         good = None                      # the last good epoch's state (see _snapshot)
-        run_epoch = self._epoch_runner(plan, Xc, labels, targets, weights, order, norms)
-        val_device = None
-        if val is not None and self._cfg["target"] == "cuda":
-            val_device = self._device().data(*val)     # moved to the GPU once per fit
+        warned = set()
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
                    leave=True, dynamic_ncols=True)
         try:
-            with self._compute(plan):
+            with self.engine.compute(epochs_runner.plan):
                 for _ in range(epochs):
                     epoch = self.epochs_done
                     good = self._snapshot(good)  # before the schedule moves lr
@@ -416,41 +315,24 @@ class Trainer:
                         order[:] = np.arange(n, dtype=order.dtype)
                         self._rng.shuffle(order)
                     t0 = time.perf_counter()
-                    loss_sum, correct, self._step, bad_step = run_epoch()
+                    loss_sum, correct, bad_step = epochs_runner.run(self._hyper,
+                                                                    self._dropout_seed)
                     seconds = time.perf_counter() - t0
-                    if bad_step < 0 and not (np.isfinite(self._params.min())
-                                             and np.isfinite(self._params.max())):
+                    params = self.engine.params
+                    if bad_step < 0 and not (np.isfinite(params.min())
+                                             and np.isfinite(params.max())):
                         bad_step = norms.shape[0] - 1      # the epoch's last update blew up
                     if bad_step >= 0:
                         self._restore(good)
                         self._diverged(epoch, bad_step, on_divergence)
                         break
-                    logs = {"loss": loss_sum / weight_total}
-                    acc = self._accuracy(correct, n)
-                    if acc is not None:
-                        logs["accuracy"] = acc
-                    logs["grad_norm"] = float(norms[:, L].mean())
-                    logs["grad_norm_max"] = float(norms[:, L].max())
-                    logs["layer_grad_norms"] = norms[:, :L].mean(axis=0).tolist()
-                    logs["layer_grad_norms_max"] = norms[:, :L].max(axis=0).tolist()
-                    logs["lr"] = self.lr
-                    logs["time"] = seconds
+                    logs = self._epoch_logs(rows, loss_sum, correct, norms, seconds)
                     if val is not None:
-                        vloss, vcorrect, _ = self._loss_grad(*val, want_grad=False,
-                                                             device_data=val_device)
-                        logs["val_loss"] = vloss
-                        vacc = self._accuracy(vcorrect, val[0].shape[0])
-                        if vacc is not None:
-                            logs["val_accuracy"] = vacc
+                        logs.update(self._validation_logs(val, val_resident))
                     for key, value in logs.items():
                         self.history.setdefault(key, []).append(value)
                     schedule.observe(logs)
-                    for problem in diagnose(self.history):
-                        key = (problem["kind"], problem["layer"])
-                        if key not in warned:
-                            warned.add(key)
-                            warnings.warn(f"epoch {epoch}: {problem['message']}",
-                                          TrainingHealthWarning, stacklevel=2)
+                    self._warn_of_health(epoch, warned)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
                                      if k in ("loss", "val_loss", "val_accuracy")})
@@ -463,57 +345,67 @@ class Trainer:
             bar.close()
         return self.history
 
-    def _epoch_runner(self, plan, X, labels, targets, weights, order, norms):
-        """A function running one epoch over the rows in `order` (filled by fit): returns
-        (loss sum, correct, step after the epoch, -1 or the diverged step) and fills
-        `norms`. Buffers are allocated here, once per fit."""
-        lay = self._layout
-        B = self._cfg["batch_size"]
-        if plan.strategy == "cuda":
-            net = self._device()
-            data = net.data(X, labels, targets, weights, B)
-            buffers = net.epoch_buffers(norms.shape[0])
+    def _check_validation_data(self, validation_data):
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise TypeError("validation_data must be a pair (X_val, y_val) or a triple "
+                            "(X_val, y_val, sample_weight_val); got "
+                            f"{type(validation_data).__name__}")
+        return self._check_data(*validation_data, names=(
+            "validation_data[0]", "validation_data[1]", "validation_data[2]"))
 
-            def run_cuda():
-                # every epoch: a callback may have changed params (or lr) between epochs
-                net.upload(self._params, self._m, self._v)
-                out = net.train_epoch(data, order, B, self._hyper, self._step,
-                                      self._dropout_seed, norms, buffers)
-                net.download(self._params, self._m, self._v)   # once per epoch
-                return out
-            return run_cuda
+    def _recorded(self, validating):
+        """The history entries every epoch of this fit records (schedules and callbacks may
+        only watch these)."""
+        recorded = {"loss", "grad_norm", "grad_norm_max", "lr", "time"}
+        if self._accuracy(0, 1) is not None:
+            recorded.add("accuracy")
+        if validating:
+            recorded |= {"val_loss"} | ({"val_accuracy"} if "accuracy" in recorded else set())
+        return recorded
 
-        C = plan.chunks
-        work, a_off, z_off, d_off = self._workspace(-(-min(B, X.shape[0]) // C), C)
-        gslab = np.zeros((C, lay.n_params), dtype=self._dtype)
-        block_lo, block_hi, block_layer = lay.blocks()
-        block_sq = np.empty(block_lo.shape[0])
-        chunk_loss, chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
+    def _epoch_logs(self, rows, loss_sum, correct, norms, seconds):
+        L = self._layout.n_layers
+        logs = {"loss": loss_sum / rows.weight_total}
+        acc = self._accuracy(correct, rows.n)
+        if acc is not None:
+            logs["accuracy"] = acc
+        logs["grad_norm"] = float(norms[:, L].mean())
+        logs["grad_norm_max"] = float(norms[:, L].max())
+        logs["layer_grad_norms"] = norms[:, :L].mean(axis=0).tolist()
+        logs["layer_grad_norms_max"] = norms[:, :L].max(axis=0).tolist()
+        logs["lr"] = self.lr
+        logs["time"] = seconds
+        return logs
 
-        def run_cpu():
-            return plan.kernels.train_epoch(
-                self._params, gslab, self._m, self._v, work, X, labels, targets, weights,
-                order, B, lay.sizes, lay.w_off, lay.b_off, self._act, self._dropout,
-                self._dropout_seed, self._loss_code, a_off, z_off, d_off, self._opt_code,
-                self._hyper, self._step, block_lo, block_hi, block_layer, block_sq, norms,
-                chunk_loss, chunk_correct)
-        return run_cpu
+    def _validation_logs(self, val, resident):
+        vloss, vcorrect, _ = self.engine.loss_grad(val, want_grad=False, resident=resident)
+        logs = {"val_loss": vloss}
+        vacc = self._accuracy(vcorrect, val.n)
+        if vacc is not None:
+            logs["val_accuracy"] = vacc
+        return logs
+
+    def _warn_of_health(self, epoch, warned):
+        """One TrainingHealthWarning per kind of problem and layer in a fit."""
+        for problem in diagnose(self.history):
+            key = (problem["kind"], problem["layer"])
+            if key not in warned:
+                warned.add(key)
+                warnings.warn(f"epoch {epoch}: {problem['message']}", TrainingHealthWarning,
+                              stacklevel=3)
 
     def _snapshot(self, snap=None):
-        """What an epoch may change, copied into `snap` (buffers allocated once per fit,
+        """What an epoch may change (the engine's params, optimizer state and step, and the
+        shuffling generator and lr), copied into `snap` (buffers allocated once per fit,
         not per epoch): restored when the epoch diverges."""
-        if snap is None:
-            snap = {"params": np.empty_like(self._params), "m": np.empty_like(self._m),
-                    "v": np.empty_like(self._v)}
-        for key in ("params", "m", "v"):
-            np.copyto(snap[key], getattr(self, "_" + key))
-        snap.update(step=self._step, rng_state=self._rng.bit_generator.state, lr=self.lr)
+        snap = self.engine.snapshot(None if snap is None else snap)
+        snap.update(rng_state=self._rng.bit_generator.state, lr=self.lr)
         return snap
 
     def _restore(self, snap):
-        for key in ("params", "m", "v"):
-            np.copyto(getattr(self, "_" + key), snap[key])
-        self._step = snap["step"]
+        self.engine.set_state(snap["params"], snap["m"], snap["v"], snap["step"])
         self._rng.bit_generator.state = snap["rng_state"]
         self.lr = snap["lr"]
 
@@ -544,43 +436,28 @@ class Trainer:
     def loss(self, X, y, sample_weight=None):
         """Mean loss over (X, y) as one batch at the current parameters (weighted mean
         with sample_weight)."""
-        data = self._check_data(X, y, sample_weight)
-        return float(self._loss_grad(*data, want_grad=False)[0])
+        rows = self._check_data(X, y, sample_weight)
+        return float(self.engine.loss_grad(rows, want_grad=False)[0])
 
     def gradient(self, X, y, sample_weight=None):
         """Gradient of `loss(X, y)` with respect to `params` (a flat array, same layout)."""
-        data = self._check_data(X, y, sample_weight)
-        return self._loss_grad(*data, want_grad=True)[2]
+        rows = self._check_data(X, y, sample_weight)
+        return self.engine.loss_grad(rows, want_grad=True)[2]
 
     def evaluate(self, X, y, sample_weight=None):
         """{'loss': mean loss, 'accuracy': ...} (accuracy for the classification losses:
         the fraction of correct classes, or of correct 0/1 outputs for binary_cross_entropy;
         unweighted)."""
-        Xc, labels, targets, weights = self._check_data(X, y, sample_weight)
-        loss, correct, _ = self._loss_grad(Xc, labels, targets, weights, want_grad=False)
+        rows = self._check_data(X, y, sample_weight)
+        loss, correct, _ = self.engine.loss_grad(rows, want_grad=False)
         out = {"loss": float(loss)}
-        acc = self._accuracy(correct, Xc.shape[0])
+        acc = self._accuracy(correct, rows.n)
         if acc is not None:
             out["accuracy"] = float(acc)
         return out
 
     def _output(self, X):
-        Xc = check_X(X, self._cfg["layers"][0], self._dtype)
-        if self._cfg["target"] == "cuda":
-            net = self._device()
-            net.params.copy_to_device(self._params)
-            return net.predict(Xc)
-        plan = safe_plan(self._eval_plan)
-        C = plan.chunks
-        rows = min(EVAL_ROWS, Xc.shape[0])
-        work, a_off, z_off, _ = self._workspace(rows, C)
-        out = np.empty((Xc.shape[0], self._cfg["layers"][-1]), dtype=self._dtype)
-        lay = self._layout
-        with self._compute(plan):
-            plan.kernels.predict(self._params, work, Xc, out, rows, lay.sizes, lay.w_off,
-                                  lay.b_off, self._act, self._no_dropout, self._no_index,
-                                  self._loss_code, a_off, z_off)
-        return out
+        return self.engine.predict(check_X(X, self._cfg["layers"][0], self._dtype))
 
     def predict_proba(self, X):
         """Class probabilities (N, K): softmax (cross_entropy) or sigmoid per output
@@ -637,8 +514,8 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
             t0 = time.perf_counter()
             t = Trainer([3, 4, 2], target=target, dtype=dtype, batch_size=4, seed=0)
             if target == "parallel":      # the parallel variant runs the "chunks" plan
-                t._train_plan = _plan(target, [3, 4, 2], 4, max(2, t._eval_plan.chunks),
-                                      "chunks")
+                t.engine.train_plan = _plan(target, [3, 4, 2], 4,
+                                            max(2, t.engine.eval_plan.chunks), "chunks")
             t.fit(X, y, validation_data=(X, y), epochs=1, progress=False)
             t.predict(X)
             timings[(dtype, target)] = time.perf_counter() - t0

@@ -40,7 +40,7 @@ def arrays(draw):
 
 
 def _state(t):
-    return t.params.copy(), t._m.copy(), t._v.copy(), t.step, repr(t.history)
+    return t.params.copy(), t.engine.m.copy(), t.engine.v.copy(), t.step, repr(t.history)
 
 
 def _fit_checked(t, X, y):

@@ -94,7 +94,7 @@ def test_trajectory_other_losses(loss):
 def _with_strategy(t, strategy):
     """Force one of target='parallel''s strategies (normally chosen from the sizes)."""
     cfg = t.config
-    t._train_plan = training_plan("parallel", cfg["layers"], cfg["batch_size"], 2, strategy)
+    t.engine.train_plan = training_plan("parallel", cfg["layers"], cfg["batch_size"], 2, strategy)
     return t
 
 

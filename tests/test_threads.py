@@ -55,19 +55,19 @@ def test_two_threads_fitting_at_once_both_finish_on_the_default_layer():
 
 def test_safe_plan_falls_back_only_off_the_main_thread_on_workqueue(monkeypatch):
     t = Trainer([128, 128, 128, 10], batch_size=64, target="parallel")
-    assert t._train_plan.chunks > 1
+    assert t.engine.train_plan.chunks > 1
     monkeypatch.setattr(kernels, "threading_layer", lambda: "workqueue")
-    assert kernels.safe_plan(t._train_plan) is t._train_plan          # main thread
+    assert kernels.safe_plan(t.engine.train_plan) is t.engine.train_plan          # main thread
     seen = []
-    th = threading.Thread(target=lambda: seen.append(kernels.safe_plan(t._train_plan)))
+    th = threading.Thread(target=lambda: seen.append(kernels.safe_plan(t.engine.train_plan)))
     th.start()
     th.join()
     assert seen[0].strategy == "serial" and seen[0].chunks == 1
     monkeypatch.setattr(kernels, "threading_layer", lambda: "omp")
-    th = threading.Thread(target=lambda: seen.append(kernels.safe_plan(t._train_plan)))
+    th = threading.Thread(target=lambda: seen.append(kernels.safe_plan(t.engine.train_plan)))
     th.start()
     th.join()
-    assert seen[1] is t._train_plan
+    assert seen[1] is t.engine.train_plan
 
 
 def test_threaded_fit_from_the_main_process_matches():

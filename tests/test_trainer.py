@@ -20,7 +20,7 @@ def test_same_seed_bit_identical_different_seed_different(target, strategy):
     for seed in (7, 7, 8):
         t = Trainer(SIZES, seed=seed, target=target, batch_size=10)
         if strategy:
-            t._train_plan = training_plan(target, SIZES, 10, 2, strategy)
+            t.engine.train_plan = training_plan(target, SIZES, 10, 2, strategy)
         t.fit(X, y, epochs=3, progress=False)
         runs.append(t.params.copy())
     assert np.array_equal(runs[0], runs[1])

@@ -48,8 +48,8 @@ def assert_same_fit(cpu, gpu_t, h_cpu, h_gpu, rtol=1e-10):
     np.testing.assert_allclose(h_gpu["layer_grad_norms"], h_cpu["layer_grad_norms"],
                                rtol=rtol, atol=1e-12)
     np.testing.assert_allclose(gpu_t.params, cpu.params, rtol=rtol, atol=1e-12)
-    np.testing.assert_allclose(gpu_t._m, cpu._m, rtol=rtol, atol=1e-12)
-    np.testing.assert_allclose(gpu_t._v, cpu._v, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(gpu_t.engine.m, cpu.engine.m, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(gpu_t.engine.v, cpu.engine.v, rtol=rtol, atol=1e-12)
     assert gpu_t.step == cpu.step
 
 
@@ -151,7 +151,7 @@ def test_streamed_data_trains_like_resident_data(monkeypatch):
     _, streamed = pair(dropout=0.2)
     h_res = resident.fit(X, y, epochs=2, progress=False)
     monkeypatch.setattr(cuda_runner, "MAX_RESIDENT_BYTES", 2 * BATCH * X.shape[1] * 8)
-    data = streamed._device().data(X, np.zeros(N, np.int64), np.zeros((0, 3)), np.zeros(0),
+    data = streamed.engine.device().data(X, np.zeros(N, np.int64), np.zeros((0, 3)), np.zeros(0),
                                    BATCH)
     assert data.streamed and data.chunk_rows == 2 * BATCH       # chunks of 10 and 1 rows
     h_str = streamed.fit(X, y, epochs=2, progress=False)

@@ -1,0 +1,318 @@
+"""The engine: the one owner of a network's numbers and the one caller of its kernels.
+
+An `Engine` is built from a `Network` (layer layout, dtype and the codes of its activations,
+dropout, loss and optimizer) and a target. It holds the flat parameters, the optimizer state
+and step count, allocates every workspace, and decides where data lives: on the host for the
+CPU targets, on the GPU for target='cuda' (moved there once per fit, see `resident`). It
+knows nothing of schedules, callbacks, history, shuffling or input checks: the Trainer, the
+estimators and fastbp.distributed drive it, each supplying the initial parameters, the
+hyperparameters and every epoch's row order.
+
+Data reaches the kernels as `Rows` (dense X and its labels, targets and row weights): the
+one value a sparse first layer will widen.
+"""
+import contextlib
+import threading
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from .kernels import Plan, evaluation_plan, safe_plan, training_plan
+from .layout import Layout
+
+EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
+
+
+class Network(NamedTuple):
+    """What the kernels know of a network besides its numbers."""
+    layout: Layout
+    dtype: np.dtype
+    act: np.ndarray          # (L - 1,) int64 activation codes of the hidden layers
+    dropout: np.ndarray      # (L - 1,) float64 rates, or empty when no layer drops out
+    loss_code: int
+    opt_code: int
+    has_m: bool              # the optimizer keeps a first moment (or momentum) buffer
+    has_v: bool              # ... and a second moment buffer
+
+
+class Rows(NamedTuple):
+    """A checked data set as the kernels read it: X (N, n_0) C-contiguous in the model's
+    dtype, labels (N,) int64 (cross_entropy; else empty), targets (N, K) (other losses;
+    else empty) and row weights (N,) (empty: unweighted)."""
+    X: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def n(self):
+        return self.X.shape[0]
+
+    @property
+    def weight_total(self):
+        """The denominator of the mean loss: total row weight, or the row count."""
+        return self.weights.sum(dtype=np.float64) if self.weights.size else self.n
+
+
+def row_order(n):
+    """Rows 0..n-1 as the kernels' row-index array (int64: with int32 indices the parallel
+    kernel ran at half speed on the mnist workload, 70k vs 137k samples/s)."""
+    return np.arange(n, dtype=np.int64)
+
+
+# ------------------------------------------------------------------ BLAS threads
+
+_blas = None
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, used by the kernels)."""
+    global _blas
+    if _blas is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (make sure the kernels' BLAS is loaded)
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController()
+    return _blas
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread while any fastbp kernel runs, in any thread. threadpoolctl's
+    limits are process-wide: the first user applies the limit and the last one restores the
+    original thread counts (overlapping per-thread limits would restore each other's)."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas_controller().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+# ------------------------------------------------------------------------ engine
+
+class Engine:
+    """The parameters and optimizer state of one network on one target, and every kernel
+    call over them.
+
+    params (P,), m and v (P, or 0 when the optimizer has no such buffer) are the flat
+    buffers (layout: fastbp.layout); `step` counts optimizer steps. `threads` is the
+    parallel target's thread count (1 for 'cpu'; ignored for 'cuda')."""
+
+    def __init__(self, network, target, threads, batch_size):
+        self.network = network
+        self.target = target
+        self.threads = threads
+        self.batch_size = batch_size
+        P = network.layout.n_params
+        self.params = np.zeros(P, dtype=network.dtype)
+        self.m = np.zeros(P if network.has_m else 0, dtype=network.dtype)
+        self.v = np.zeros(P if network.has_v else 0, dtype=network.dtype)
+        self.step = 0
+        self._no_dropout = np.empty(0, dtype=np.float64)
+        self._no_index = np.empty(0, dtype=np.int64)
+        self._make_plans()
+
+    def _make_plans(self):
+        if self.target == "cuda":
+            from .kernels import cuda_backend
+            cuda_backend.load()      # CudaUnavailableError now, not at the first fit
+            self.train_plan = self.eval_plan = Plan("cuda", None, 1)
+        else:
+            sizes = [int(s) for s in self.network.layout.sizes]
+            self.train_plan = training_plan(self.target, sizes, self.batch_size, self.threads)
+            self.eval_plan = evaluation_plan(self.target, self.threads)
+        self._gpu = None
+
+    def __getstate__(self):
+        # compiled kernels and device buffers are not pickled: rebuilt from the configuration
+        state = self.__dict__.copy()
+        for key in ("train_plan", "eval_plan", "_gpu"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._make_plans()
+
+    @property
+    def strategy(self):
+        return self.train_plan.strategy
+
+    # ------------------------------------------------------------------ state
+
+    def init(self, params):
+        """Start from `params` (the caller's initialisation): optimizer state and step
+        count back to zero."""
+        self.params[:] = params
+        self.m[:] = 0
+        self.v[:] = 0
+        self.step = 0
+
+    def state(self):
+        """Copies of everything training changes: params, m, v and step."""
+        return {"params": self.params.copy(), "m": self.m.copy(), "v": self.v.copy(),
+                "step": self.step}
+
+    def set_state(self, params=None, m=None, v=None, step=None):
+        """Copy the given parts of a `state()` into the buffers (shapes must match)."""
+        for buf, value in ((self.params, params), (self.m, m), (self.v, v)):
+            if value is not None:
+                np.copyto(buf, value)
+        if step is not None:
+            self.step = int(step)
+
+    def snapshot(self, into=None):
+        """`state()` copied into `into` (a snapshot from an earlier call: no allocation)."""
+        if into is None:
+            return self.state()
+        for key in ("params", "m", "v"):
+            np.copyto(into[key], getattr(self, key))
+        into["step"] = self.step
+        return into
+
+    # ------------------------------------------------------------ running
+
+    @contextlib.contextmanager
+    def compute(self, plan):
+        """Run kernels with single-threaded BLAS (parallelism is over batch chunks) and
+        Numba's thread count set to the plan's chunk count."""
+        previous = numba.get_num_threads()
+        with single_threaded_blas():
+            if plan.chunks > 1:
+                numba.set_num_threads(plan.chunks)
+            try:
+                yield
+            finally:
+                numba.set_num_threads(previous)
+
+    def device(self):
+        """The network's buffers on the GPU (target='cuda'), built on first use."""
+        if self._gpu is None:
+            from .kernels.cuda_runner import CudaNetwork
+            net = self.network
+            self._gpu = CudaNetwork(net.layout, net.dtype, net.act, net.dropout,
+                                    net.loss_code, net.opt_code, net.has_m, net.has_v)
+        return self._gpu
+
+    def resident(self, rows, batch_size=None):
+        """`rows` where the kernels read them: the GPU's copy (moved once; streamed in
+        chunks when too large) for target='cuda', the rows themselves otherwise."""
+        if self.target != "cuda":
+            return rows
+        if batch_size is None:
+            return self.device().data(*rows)
+        return self.device().data(*rows, batch_size)
+
+    def _workspace(self, rows, n_chunks):
+        a_off, z_off, d_off, size = self.network.layout.workspace(rows)
+        return np.empty((n_chunks, size), dtype=self.network.dtype), a_off, z_off, d_off
+
+    def epoch_runner(self, rows, order, norms):
+        """An `EpochRunner` over `rows` in the row order `order` (N,) int64, which the caller
+        refills before each epoch; `norms` (steps, L + 1) receives each step's gradient
+        norms. Workspaces are allocated here, once, and the data moved to the GPU once."""
+        if self.target == "cuda":
+            return _CudaEpochs(self, rows, order, norms)
+        return _CpuEpochs(self, rows, order, norms)
+
+    def loss_grad(self, rows, want_grad, resident=None):
+        """(mean loss, correct predictions, gradient or None) of `rows` as one batch at the
+        current params; `resident`: the rows' GPU copy from `resident(rows)`, if kept."""
+        if self.target == "cuda":
+            net = self.device()
+            net.params.copy_to_device(self.params)
+            data = resident if resident is not None else net.data(*rows)
+            loss_sum, correct, grad = net.loss_grad(data, want_grad)
+            return loss_sum / rows.weight_total, correct, grad
+        plan = safe_plan(self.eval_plan)
+        C = plan.chunks
+        lay, net = self.network.layout, self.network
+        block_rows = min(EVAL_ROWS, -(-rows.n // C))
+        work, a_off, z_off, d_off = self._workspace(block_rows, C)
+        P = lay.n_params if want_grad else 0
+        gslab = np.empty((C, P), dtype=net.dtype)
+        acc = np.empty((C, P), dtype=net.dtype)
+        with self.compute(plan):
+            loss_sum, correct = plan.kernels.loss_grad(
+                self.params, gslab, acc, work, rows.X, rows.labels, rows.targets, rows.weights,
+                row_order(rows.n), block_rows, lay.sizes, lay.w_off, lay.b_off, net.act,
+                self._no_dropout, net.loss_code, a_off, z_off, d_off, want_grad)
+        return loss_sum / rows.weight_total, correct, (acc[0].copy() if want_grad else None)
+
+    def predict(self, X):
+        """The output activation (N, K) of the network for checked X (N, n_0)."""
+        if self.target == "cuda":
+            net = self.device()
+            net.params.copy_to_device(self.params)
+            return net.predict(X)
+        plan = safe_plan(self.eval_plan)
+        C = plan.chunks
+        lay, net = self.network.layout, self.network
+        block_rows = min(EVAL_ROWS, X.shape[0])
+        work, a_off, z_off, _ = self._workspace(block_rows, C)
+        out = np.empty((X.shape[0], int(lay.sizes[-1])), dtype=net.dtype)
+        with self.compute(plan):
+            plan.kernels.predict(self.params, work, X, out, block_rows, lay.sizes, lay.w_off,
+                                 lay.b_off, net.act, self._no_dropout, self._no_index,
+                                 net.loss_code, a_off, z_off)
+        return out
+
+
+class _CpuEpochs:
+    """Training epochs of the CPU targets over one data set, buffers allocated once."""
+
+    def __init__(self, engine, rows, order, norms):
+        self.engine, self.rows, self.order, self.norms = engine, rows, order, norms
+        self.plan = safe_plan(engine.train_plan)
+        net, lay = engine.network, engine.network.layout
+        C = self.plan.chunks
+        self.work, self.a_off, self.z_off, self.d_off = engine._workspace(
+            -(-min(engine.batch_size, rows.n) // C), C)
+        self.gslab = np.zeros((C, lay.n_params), dtype=net.dtype)
+        self.block_lo, self.block_hi, self.block_layer = lay.blocks()
+        self.block_sq = np.empty(self.block_lo.shape[0])
+        self.chunk_loss, self.chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
+
+    def run(self, hyper, dropout_seed):
+        """One epoch in the current row order with the hyperparameter vector `hyper`:
+        (sum of the rows' losses, correct predictions, -1 or the step that diverged)."""
+        e, net, lay, r = self.engine, self.engine.network, self.engine.network.layout, self.rows
+        loss_sum, correct, e.step, bad_step = self.plan.kernels.train_epoch(
+            e.params, self.gslab, e.m, e.v, self.work, r.X, r.labels, r.targets, r.weights,
+            self.order, e.batch_size, lay.sizes, lay.w_off, lay.b_off, net.act, net.dropout,
+            dropout_seed, net.loss_code, self.a_off, self.z_off, self.d_off, net.opt_code,
+            hyper, e.step, self.block_lo, self.block_hi, self.block_layer, self.block_sq,
+            self.norms, self.chunk_loss, self.chunk_correct)
+        return loss_sum, correct, bad_step
+
+
+class _CudaEpochs:
+    """Training epochs on the GPU: the data moved there once; params and optimizer state
+    sent every epoch (a callback may change them between epochs) and read back after it."""
+
+    def __init__(self, engine, rows, order, norms):
+        self.engine, self.order, self.norms = engine, order, norms
+        self.plan = engine.train_plan
+        self.net = engine.device()
+        self.data = self.net.data(*rows, engine.batch_size)
+        self.buffers = self.net.epoch_buffers(norms.shape[0])
+
+    def run(self, hyper, dropout_seed):
+        e = self.engine
+        self.net.upload(e.params, e.m, e.v)
+        loss_sum, correct, e.step, bad_step = self.net.train_epoch(
+            self.data, self.order, e.batch_size, hyper, e.step, dropout_seed, self.norms,
+            self.buffers)
+        self.net.download(e.params, e.m, e.v)
+        return loss_sum, correct, bad_step
