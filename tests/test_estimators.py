@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import reference as ref
 from fastbp import MLPClassifier, MLPRegressor
 
 
@@ -147,14 +148,25 @@ def test_warm_start_continues():
 
 
 def test_early_stopping_restores_the_best_weights():
+    """The restored weights are those of the best validation epoch: equal, bit for bit, to a
+    twin fit (same random_state, so the same split and shuffling; target='cpu', so
+    reproducible) that ran exactly to that epoch and was not allowed to stop earlier."""
     X, y = datasets.load_digits(return_X_y=True)
-    m = MLPClassifier(hidden_layer_sizes=(16,), early_stopping=True, n_iter_no_change=3,
-                      learning_rate_init=0.05, max_iter=200, random_state=0).fit(X / 16.0, y)
+    X = X / 16.0
+    kw = dict(hidden_layer_sizes=(16,), early_stopping=True, learning_rate_init=0.05,
+              random_state=0, target="cpu", dtype="float64")
+    m = MLPClassifier(n_iter_no_change=3, max_iter=200, **kw).fit(X, y)
     scores = m.validation_scores_
-    best = int(np.argmax(scores))
+    best = int(np.argmax(scores))                  # the first epoch with the best score
     assert m.best_validation_score_ == scores[best] and m.best_loss_ is None
     assert len(scores) == m.n_iter_ > best + 3           # stopped after 3 epochs without gain
-    np.testing.assert_array_equal(m._trainer.params, m._best_params)
+    assert 1 <= best and scores[-1] < scores[best]       # the last epoch is not the best
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        twin = MLPClassifier(n_iter_no_change=best + 1, max_iter=best + 1, **kw).fit(X, y)
+    assert twin.n_iter_ == best + 1 and twin.validation_scores_ == scores[:best + 1]
+    for a, b in zip(m.coefs_ + m.intercepts_, twin.coefs_ + twin.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(m.predict_proba(X), twin.predict_proba(X))
 
 
 def test_convergence_warning_and_tol_stopping():
@@ -256,6 +268,8 @@ def test_poisson_regression_on_counts():
 
 
 def test_dropout_regularises_training_and_is_off_at_predict_time():
+    """predict, predict_proba and score of a model trained with dropout are the plain
+    forward pass of coefs_ and intercepts_ (the float64 reference), with no mask."""
     X, y = datasets.load_digits(return_X_y=True)
     X = X / 16.0
     kw = dict(hidden_layer_sizes=(64,), max_iter=30, random_state=0)
@@ -264,11 +278,21 @@ def test_dropout_regularises_training_and_is_off_at_predict_time():
         plain = MLPClassifier(**kw).fit(X, y)
         dropped = MLPClassifier(dropout=0.5, **kw).fit(X, y)
     assert dropped.loss_ > plain.loss_               # noisier training loss
-    p1, p2 = dropped.predict_proba(X), dropped.predict_proba(X)
-    np.testing.assert_array_equal(p1, p2)              # deterministic: no dropout at predict
+    expected = ref.output(dropped.coefs_, dropped.intercepts_, X, ["relu"], "cross_entropy")
+    np.testing.assert_allclose(dropped.predict_proba(X), expected, rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(dropped.predict(X), dropped.classes_[expected.argmax(axis=1)])
+    assert dropped.score(X, y) == np.mean(expected.argmax(axis=1) == y)
     assert dropped.score(X, y) > 0.9                   # still learns
     with pytest.raises(ValueError):
         MLPClassifier(dropout=1.0).fit(X, y)
+
+    Xr, yr = datasets.make_regression(n_samples=120, n_features=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg = MLPRegressor(hidden_layer_sizes=(16, 8), activation="tanh", dropout=[0.5, 0.2],
+                           max_iter=5, random_state=0).fit(Xr, yr / 100)
+    expected = ref.output(reg.coefs_, reg.intercepts_, Xr, ["tanh", "tanh"], "mse")
+    np.testing.assert_allclose(reg.predict(Xr), expected[:, 0], rtol=1e-10, atol=1e-14)
 
 
 def test_warm_start_needs_the_same_classes_and_partial_fit_refuses_early_stopping():

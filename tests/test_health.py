@@ -7,21 +7,62 @@ import numpy as np
 import pytest
 
 from conftest import make_data
+import reference as ref
 from fastbp import DivergenceError, Trainer, TrainingHealthWarning
 from fastbp.schedules import make_schedule
 
 
-def test_history_records_gradient_norms_mean_and_max_per_layer():
-    X, y = make_data("cross_entropy", 6, 3, n=64)
-    t = Trainer([6, 8, 5, 3], seed=0, batch_size=16, dtype="float64")
-    h = t.fit(X, y, epochs=2, progress=False)
-    assert len(h["layer_grad_norms"][0]) == 3 and len(h["layer_grad_norms_max"][0]) == 3
-    assert all(mx >= mean for mx, mean in zip(h["layer_grad_norms_max"][-1],
-                                              h["layer_grad_norms"][-1]))
-    assert h["grad_norm_max"][-1] >= h["grad_norm"][-1] > 0
-    # the global norm is the norm over all weights and biases: at least each layer's weights
-    assert h["grad_norm"][-1] >= max(h["layer_grad_norms"][-1]) - 1e-12
+def _reference_norms(t, X, y, acts, loss, batch_size, epochs, opt):
+    """Per epoch, an array (steps, L + 1): each step's weight-gradient L2 norms and the global
+    norm of the loss gradient (all weights and biases), taken at the parameters of that step
+    by the float64 reference (rows in order), which then takes the optimizer's step; and the
+    reference's parameters after those epochs (flat)."""
+    sizes = t.layers
+    Ws, bs = ref.unflatten(t.params, sizes)
+    L = len(Ws)
+    per_epoch = []
+    for _ in range(epochs):
+        steps = []
+        for lo in range(0, X.shape[0], batch_size):
+            sl = slice(lo, lo + batch_size)
+            _, dWs, dbs = ref.loss_and_grad(Ws, bs, X[sl], y[sl], acts, loss)
+            steps.append([np.linalg.norm(dW) for dW in dWs] +
+                         [np.sqrt(sum(np.sum(g * g) for g in dWs + dbs))])
+            opt.step(Ws + bs, dWs + dbs, [True] * L + [False] * L)
+        per_epoch.append(np.array(steps))
+    return per_epoch, ref.flatten(Ws, bs)
+
+
+@pytest.mark.parametrize("batch_size,epochs,settings", [
+    (30, 1, {}),                                     # full batch: one step at the initial params
+    (30, 1, {"clip_norm": 1e-3}),                    # recorded before clipping, not clip_norm
+    (8, 2, {}),                                      # mean and max over 4 steps (last partial)
+    (8, 2, {"clip_norm": 0.05, "weight_decay": 0.1}),   # the loss gradient's norm, unclipped
+])
+def test_recorded_gradient_norms_are_the_reference_gradients_norms(batch_size, epochs, settings):
+    X, y = make_data("cross_entropy", 6, 3, n=30)
+    sizes, acts = [6, 8, 5, 3], ["tanh", "tanh"]
+    t = Trainer(sizes, activation=acts, optimizer="adam", lr=0.05, batch_size=batch_size,
+                seed=0, dtype="float64", **settings)
+    opt = ref.Optimizer("adam", lr=0.05, weight_decay=settings.get("weight_decay", 0.0),
+                        clip_norm=settings.get("clip_norm"))
+    expected, params = _reference_norms(t, X, y, acts, "cross_entropy", batch_size, epochs, opt)
+    if batch_size >= X.shape[0]:                     # and the same as Trainer.gradient's norm
+        g = t.gradient(X, y)
+        assert np.linalg.norm(g) == pytest.approx(expected[0][0, -1], rel=1e-12)
+    h = t.fit(X, y, epochs=epochs, shuffle=False, progress=False)
+    L = len(sizes) - 1
+    assert [len(v) for v in h["layer_grad_norms"]] == [L] * epochs
+    for key, reduce in (("", np.mean), ("_max", np.max)):
+        np.testing.assert_allclose(h["grad_norm" + key], [reduce(e[:, L]) for e in expected],
+                                   rtol=1e-10)
+        np.testing.assert_allclose(h["layer_grad_norms" + key],
+                                   [reduce(e[:, :L], axis=0) for e in expected], rtol=1e-10)
+    if "clip_norm" in settings:                      # clipping was active in every step
+        assert min(e[:, L].min() for e in expected) > 5 * settings["clip_norm"]
+    np.testing.assert_allclose(t.params, params, rtol=1e-9, atol=1e-12)   # same trajectory
     assert t.health()["ok"] and t.health()["layer_grad_norms"] == h["layer_grad_norms"][-1]
+    assert t.health()["grad_norm"] == h["grad_norm"][-1]
 
 
 def test_deep_sigmoid_network_with_a_bad_init_warns_of_vanishing_gradients():
@@ -217,3 +258,49 @@ def test_divergence_restores_the_learning_rate_and_reset_restores_the_constructo
     t.lr = 0.5
     t.reset()
     assert t.lr == 1e-6
+
+
+@pytest.mark.parametrize("on_divergence", ["raise", "warn"])
+def test_divergence_restores_adam_moments_and_shuffling_state_of_the_last_good_epoch(
+        on_divergence):
+    """Adam, shuffled minibatches: a callback sets a huge lr after two good epochs, the third
+    epoch diverges after at least one update (so Adam's m and v and the shuffling generator
+    have moved). The roll-back must put back all of the state of the last good epoch: the
+    model then equals a twin that trained the two good epochs only, and the next epoch, at a
+    safe lr, gives both the same parameters bit for bit."""
+    X, y = make_data("cross_entropy", 6, 3, n=48)
+    kw = dict(optimizer="adam", lr=1e-2, batch_size=8, shuffle=True, seed=0, dtype="float64")
+    t = Trainer([6, 8, 3], **kw)
+    twin = Trainer([6, 8, 3], **kw)
+    twin.fit(X, y, epochs=2, progress=False)
+
+    def blow_up_after_epoch_1(trainer, epoch, logs):
+        if epoch == 1:
+            trainer.lr = 1e300
+    fit = lambda: t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up_after_epoch_1],
+                        on_divergence=on_divergence)
+    if on_divergence == "raise":
+        with pytest.raises(DivergenceError) as err:
+            fit()
+        where = (err.value.epoch, err.value.step)
+    else:
+        with pytest.warns(TrainingHealthWarning, match=r"diverged at epoch 2, step (\d+)") as w:
+            fit()
+        where = (2, int(next(str(x.message) for x in w if "diverged" in str(x.message))
+                         .split("step ")[1].split()[0]))
+    assert where[0] == 2 and where[1] >= 1            # updates of the bad epoch were made
+
+    assert t.step == twin.step == 2 * 6 and t.epochs_done == 2
+    np.testing.assert_array_equal(t.params, twin.params)
+    np.testing.assert_array_equal(t._m, twin._m)      # Adam's first moments ...
+    np.testing.assert_array_equal(t._v, twin._v)      # ... and second moments
+    assert t._rng.bit_generator.state == twin._rng.bit_generator.state
+    assert t.history["loss"] == twin.history["loss"]
+
+    t.lr = twin.lr = 1e-3                             # one more epoch each, at a safe lr
+    t.fit(X, y, epochs=1, progress=False)
+    twin.fit(X, y, epochs=1, progress=False)
+    np.testing.assert_array_equal(t.params, twin.params)
+    np.testing.assert_array_equal(t._m, twin._m)
+    np.testing.assert_array_equal(t._v, twin._v)
+    assert t.history["loss"] == twin.history["loss"]

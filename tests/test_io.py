@@ -122,12 +122,67 @@ def test_foreign_and_tampered_files_refused(trained, tmp_path):
         Trainer.load(tmp_path / "missing.npz")
 
 
-def test_failed_write_leaves_old_file_intact(trained, tmp_path):
-    t, _, _ = trained
+def _fail_in_savez(monkeypatch):
+    """np.savez writes the start of an archive to the temporary file, then the disk fills."""
+    def savez(file, *args, **kwds):
+        file.write(b"PK\x03\x04" + b"\0" * 4096)
+        file.flush()
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", savez)
+
+
+def _fail_in_fsync(monkeypatch):
+    """The whole archive is written to the temporary file; syncing it to disk fails."""
+    def fsync(fd):
+        assert os.fstat(fd).st_size > 1000             # the bytes are there
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _fail_in_replace(monkeypatch):
+    """The temporary file is complete; the rename onto the old file fails."""
+    def replace(src, dst, **kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _interrupt_in_savez(monkeypatch):
+    """Ctrl-C part-way through writing the archive."""
+    real = np.savez
+
+    def savez(file, *args, **kwds):
+        real(file, *args, **kwds)
+        file.seek(file.tell() // 2)
+        file.truncate()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(np, "savez", savez)
+
+
+@pytest.mark.parametrize("failure,exc", [(None, TypeError), (_fail_in_savez, OSError),
+                                         (_fail_in_fsync, OSError),
+                                         (_fail_in_replace, PermissionError),
+                                         (_interrupt_in_savez, KeyboardInterrupt)])
+def test_failed_write_leaves_old_file_intact(trained, tmp_path, monkeypatch, failure, exc):
+    """Writes are atomic: whether the save fails before writing (bad metadata), part-way
+    through the archive, at the sync or at the rename, the old file is untouched and loads
+    as the old model, and no temporary file is left in the folder."""
+    t, X, y = trained
     path = tmp_path / "m.npz"
     t.save(path)
     before = path.read_bytes()
-    with pytest.raises(TypeError, match="metadata"):
-        t.save(path, metadata={"bad": object()})
+    old_params = t.params.copy()
+    t.fit(X, y, epochs=1, progress=False)             # the model changes: a new file differs
+    assert not np.array_equal(t.params, old_params)
+    metadata = {"bad": object()} if failure is None else None
+    with monkeypatch.context() as patch:
+        if failure is not None:
+            failure(patch)
+        with pytest.raises(exc):
+            t.save(path, metadata=metadata)
     assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+    u = Trainer.load(path)
+    np.testing.assert_array_equal(u.params, old_params)
+    t.save(path)                                      # and a later save goes through
+    np.testing.assert_array_equal(Trainer.load(path).params, t.params)
     assert os.listdir(tmp_path) == ["m.npz"]

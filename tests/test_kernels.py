@@ -208,6 +208,9 @@ def test_dropout_trajectory_matches_reference(act):
 
 
 def test_dropout_is_off_outside_training_and_parallel_equals_cpu():
+    """After training with dropout (cpu and parallel), loss, gradient, evaluate, predict and
+    predict_proba are the plain forward pass of the weights, with no mask: the float64
+    reference computed from the trained parameters."""
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=64)
     with_drop = _trainer("relu", "cross_entropy", dropout=0.5)
     without = _trainer("relu", "cross_entropy")
@@ -217,14 +220,26 @@ def test_dropout_is_off_outside_training_and_parallel_equals_cpu():
     np.testing.assert_array_equal(with_drop.gradient(X, y), without.gradient(X, y))
     runs = []
     for target in ("cpu", "parallel"):
-        t = _trainer("relu", "cross_entropy", target, dropout=0.5, batch_size=16)
+        t = _trainer("relu", "cross_entropy", target, dropout=[0.5, 0.3], batch_size=16)
         if target == "parallel":
             _with_strategy(t, "chunks")
         t.fit(X, y, epochs=2, progress=False)
         runs.append(t.params)
+        Ws, bs = ref.unflatten(t.params, SIZES)
+        value, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, ["relu", "relu"], "cross_entropy")
+        proba = ref.output(Ws, bs, X, ["relu", "relu"], "cross_entropy")
+        assert t.loss(X, y) == pytest.approx(value, rel=1e-12)
+        np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), rtol=1e-10,
+                                   atol=1e-13)
+        np.testing.assert_allclose(t.predict_proba(X), proba, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(t.predict(X), proba.argmax(axis=1))
+        scores = t.evaluate(X, y)
+        assert scores["loss"] == pytest.approx(value, rel=1e-12)
+        assert scores["accuracy"] == np.mean(proba.argmax(axis=1) == y)
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-9, atol=1e-12)
-    without.fit(X, y, epochs=2, progress=False)
-    assert not np.allclose(runs[0], without.params)      # dropout did change training
+    plain = _trainer("relu", "cross_entropy", batch_size=16)
+    plain.fit(X, y, epochs=2, progress=False)
+    assert not np.allclose(runs[0], plain.params)        # dropout did change training
 
 
 @pytest.mark.parametrize("weighted", [False, True])
