@@ -292,8 +292,8 @@ def test_divergence_restores_adam_moments_and_shuffling_state_of_the_last_good_e
 
     assert t.step == twin.step == 2 * 6 and t.epochs_done == 2
     np.testing.assert_array_equal(t.params, twin.params)
-    np.testing.assert_array_equal(t._m, twin._m)      # Adam's first moments ...
-    np.testing.assert_array_equal(t._v, twin._v)      # ... and second moments
+    np.testing.assert_array_equal(t.engine.m, twin.engine.m)      # Adam's first moments ...
+    np.testing.assert_array_equal(t.engine.v, twin.engine.v)      # ... and second moments
     assert t._rng.bit_generator.state == twin._rng.bit_generator.state
     assert t.history["loss"] == twin.history["loss"]
 
@@ -301,6 +301,6 @@ def test_divergence_restores_adam_moments_and_shuffling_state_of_the_last_good_e
     t.fit(X, y, epochs=1, progress=False)
     twin.fit(X, y, epochs=1, progress=False)
     np.testing.assert_array_equal(t.params, twin.params)
-    np.testing.assert_array_equal(t._m, twin._m)
-    np.testing.assert_array_equal(t._v, twin._v)
+    np.testing.assert_array_equal(t.engine.m, twin.engine.m)
+    np.testing.assert_array_equal(t.engine.v, twin.engine.v)
     assert t.history["loss"] == twin.history["loss"]
