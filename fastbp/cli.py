@@ -6,8 +6,6 @@ download). DATA is an .npz with arrays X and y (optionally X_test, y_test) or a 
 last column is the label unless --label names one.
 """
 import argparse
-import csv
-import os
 import sys
 import time
 import warnings
@@ -15,6 +13,7 @@ import warnings
 import numpy as np
 
 from . import config as _config
+from .datafiles import DataFileError, digits, floats, load_features, load_training_data
 from .health import DivergenceError
 
 DEFAULT_OUT = "fastbp-model.npz"
@@ -24,114 +23,36 @@ class CLIError(Exception):
     """A problem with the command line or the data, reported without a traceback."""
 
 
-# ----------------------------------------------------------------- data files
-
-def _read_csv(path):
-    """-> (matrix of strings (rows, cols), header or None)."""
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
-    if not rows:
-        raise CLIError(f"{path} is empty")
-    header = None
-    if not any(_is_number(v) for v in rows[0]):   # a header row holds no number at all
-        header, rows = [h.strip() for h in rows[0]], rows[1:]
-    width = len(rows[0]) if rows else 0
-    bad = [i for i, r in enumerate(rows) if len(r) != width]
-    if not rows or bad:
-        raise CLIError(f"{path}: every row must have the same number of columns "
-                       f"(row {bad[0] + 2 if bad else 1} differs)")
-    return np.array(rows, dtype=str), header
+def _scaling(X, y, mode, loss):
+    """Standardisation of the features (and of mse targets) fitted on the training rows:
+    {"scale": {"mean", "std"}, "target_scale": ...} as saved in the model's metadata."""
+    if mode == "standard":
+        mean, std = X.mean(axis=0), X.std(axis=0)
+        std[std == 0] = 1.0
+    else:
+        mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
+    meta = {"scale": {"mean": mean.tolist(), "std": std.tolist()}}
+    if loss == "mse" and mode == "standard":
+        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+        y_std = np.where(y_std == 0, 1.0, y_std)
+        meta["target_scale"] = {"mean": np.atleast_1d(y_mean).tolist(),
+                                "std": np.atleast_1d(y_std).tolist()}
+    return meta
 
 
-def _column_index(label, header, width, path):
-    if label is None:
-        return width - 1
-    if header is not None and label in header:
-        return header.index(label)
-    try:
-        i = int(label)
-    except ValueError:
-        raise CLIError(f"--label {label!r} is neither a column name of {path} "
-                       f"({', '.join(header or [])}) nor a column number") from None
-    if not -width <= i < width:
-        raise CLIError(f"--label {i} is out of range: {path} has {width} columns")
-    return i % width
+def _scale_features(X, meta, n_features):
+    scale = meta.get("scale") or {"mean": [0.0] * n_features, "std": [1.0] * n_features}
+    return (X - np.array(scale["mean"])) / np.array(scale["std"])
 
 
-def _is_number(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+def _scale_targets(y, meta):
+    ts = meta.get("target_scale")
+    return y if ts is None else (y - np.array(ts["mean"])) / np.array(ts["std"])
 
 
-def _floats(table, what):
-    """A table of strings -> floats, or an error naming the first cell that is not a number."""
-    try:
-        return table.astype(float)
-    except ValueError:
-        for (r, c), v in np.ndenumerate(table):
-            if not _is_number(v):
-                raise CLIError(f"{what} must be numbers; got {str(v)!r} at data row {r + 1}, "
-                               f"column {c + 1}") from None
-        raise
-
-
-def load_training_data(path, label):
-    """-> X (n, d), y (n,) or (n, k), test pair or None, feature names or None."""
-    ext = os.path.splitext(path)[1].lower()
-    if not os.path.isfile(path):
-        raise CLIError(f"no data file at {path}")
-    if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-            raise CLIError(f"{path} could not be read as an .npz file: {e}") from None
-        if "X" not in arrays or "y" not in arrays:
-            raise CLIError(f"{path} must hold arrays named 'X' and 'y' "
-                           f"(it holds {sorted(arrays)})")
-        test = (arrays["X_test"], arrays["y_test"]) if "X_test" in arrays else None
-        return arrays["X"], arrays["y"], test, None
-    if ext == ".csv":
-        table, header = _read_csv(path)
-        j = _column_index(label, header, table.shape[1], path)
-        features = [i for i in range(table.shape[1]) if i != j]
-        names = [header[i] for i in features] if header else None
-        return _floats(table[:, features], f"{path}: feature columns"), table[:, j], None, names
-    raise CLIError(f"{path}: unknown data format {ext!r}; use .npz (X, y) or .csv")
-
-
-def load_features(path, n_features, feature_names):
-    """Features for prediction: an .npz with X, or a .csv with the training columns (by
-    name when it has a header; a label column, if present, is ignored)."""
-    ext = os.path.splitext(path)[1].lower()
-    if not os.path.isfile(path):
-        raise CLIError(f"no data file at {path}")
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            if "X" not in f.files:
-                raise CLIError(f"{path} must hold an array named 'X'")
-            return f["X"]
-    if ext == ".csv":
-        table, header = _read_csv(path)
-        if header is not None and feature_names and set(feature_names) <= set(header):
-            table = table[:, [header.index(n) for n in feature_names]]
-        elif table.shape[1] != n_features:
-            raise CLIError(f"{path} has {table.shape[1]} columns; the model takes "
-                           f"{n_features} features")
-        return _floats(table, f"{path}: feature columns")
-    raise CLIError(f"{path}: unknown data format {ext!r}; use .npz (X) or .csv")
-
-
-def _digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0,
-                                                        stratify=y)
-    return X_train, y_train, (X_test, y_test)
+def _unscale_targets(out, meta):
+    ts = meta.get("target_scale")
+    return out if ts is None else out * np.array(ts["std"]) + np.array(ts["mean"])
 
 
 # -------------------------------------------------------------------- commands
@@ -152,13 +73,11 @@ def cmd_train(args):
     from .trainer import Trainer
 
     if args.data is None:
-        X, y, test = _digits()
+        X, y, test = digits()
         source, names = "digits (scikit-learn's copy)", None
-        mean, std = np.zeros(X.shape[1]), np.full(X.shape[1], 16.0)   # pixels are 0..16
     else:
         X, y, test, names = load_training_data(args.data, args.label)
         source = args.data
-        mean, std = None, None
     X = np.asarray(X)
     if X.ndim != 2:
         raise CLIError(f"X must be a 2-D table of features; got shape {X.shape}")
@@ -177,26 +96,16 @@ def cmd_train(args):
         meta["classes"] = classes.tolist()
         n_out = len(classes)
     else:
-        y = _floats(np.asarray(y), "labels for mse/binary_cross_entropy")
+        y = floats(np.asarray(y), "labels for mse/binary_cross_entropy")
         n_out = 1 if y.ndim == 1 else y.shape[1]
     if test is None:
         X, y, test = _split(X, y, args.test_size, args.seed, args.loss == "cross_entropy")
-    if mean is None:
-        if args.scale == "standard":
-            mean, std = X.mean(axis=0), X.std(axis=0)
-            std[std == 0] = 1.0
-        else:
-            mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
-    meta["scale"] = {"mean": mean.tolist(), "std": std.tolist()}
-    y_mean, y_std = 0.0, 1.0
-    if args.loss == "mse" and args.scale == "standard":   # regression targets too
-        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
-        y_std = np.where(y_std == 0, 1.0, y_std)
-        meta["target_scale"] = {"mean": np.atleast_1d(y_mean).tolist(),
-                                "std": np.atleast_1d(y_std).tolist()}
-        y = (y - y_mean) / y_std
-        if test is not None:
-            test = (test[0], (_floats(np.asarray(test[1]), "test targets") - y_mean) / y_std)
+    meta.update(_scaling(X, y, args.scale, args.loss))
+    if args.data is None:                              # digits' pixels are 0..16
+        meta["scale"] = {"mean": [0.0] * X.shape[1], "std": [16.0] * X.shape[1]}
+    y = _scale_targets(y, meta)
+    if test is not None and "target_scale" in meta:
+        test = (test[0], _scale_targets(floats(np.asarray(test[1]), "test targets"), meta))
 
     layers = [X.shape[1], *args.layers, n_out]
     try:
@@ -207,8 +116,9 @@ def cmd_train(args):
     except (TypeError, ValueError, RuntimeError) as e:     # RuntimeError: no GPU
         raise CLIError(str(e)) from None
     trainer.metadata = meta
-    Xs = (X - mean) / std
-    val = None if test is None else ((np.asarray(test[0]) - mean) / std, test[1])
+    Xs = _scale_features(X, meta, X.shape[1])
+    val = None if test is None else (_scale_features(np.asarray(test[0]), meta, X.shape[1]),
+                                     test[1])
     print(f"fastbp: training {'-'.join(map(str, layers))} ({args.activation}, {args.loss}, "
           f"{args.optimizer} lr={args.lr}) on {source}: {Xs.shape[0]} training samples"
           f"{'' if val is None else f', {len(val[1])} test samples'}; "
@@ -270,9 +180,8 @@ def cmd_predict(args):
     meta = trainer.metadata or {}
     n_features = trainer.layers[0]
     X = load_features(args.data, n_features, meta.get("feature_names"))
-    scale = meta.get("scale") or {"mean": [0.0] * n_features, "std": [1.0] * n_features}
     try:
-        X = (np.asarray(X, dtype=float) - np.array(scale["mean"])) / np.array(scale["std"])
+        X = _scale_features(np.asarray(X, dtype=float), meta, n_features)
     except (TypeError, ValueError) as e:
         raise CLIError(f"{args.data}: X must be a table of {n_features} numeric features "
                        f"({e})") from None
@@ -285,8 +194,7 @@ def cmd_predict(args):
         raise CLIError(str(e)) from None
     if not args.proba and "classes" in meta:
         out = np.asarray(meta["classes"], dtype=object)[out]
-    if "target_scale" in meta:
-        out = out * np.array(meta["target_scale"]["std"]) + np.array(meta["target_scale"]["mean"])
+    out = _unscale_targets(out, meta)
     lines = [",".join(str(v) for v in np.atleast_1d(row)) for row in out]
     text = "\n".join(lines) + "\n"
     if args.out in (None, "-"):
@@ -380,7 +288,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except CLIError as e:
+    except (CLIError, DataFileError) as e:
         print(f"fastbp: error: {e}", file=sys.stderr)
         return 2
 
