@@ -1,14 +1,18 @@
-"""The CUDA kernels: the CPU ops of ops.py and optim.py, rewritten for the GPU.
+"""The CUDA kernels: the CPU ops of ops.py and optim.py as GPU launches.
 
 Each kernel mirrors a CPU op of the same name where one exists (``linear_forward`` with the
 activation and dropout of its output fused, ``linear_backward`` with the dropout and the
 activation derivative of its input gradient fused, ``loss_forward``/``loss_backward`` fused
 as ``loss_delta``, ``output_forward``, ``update_segment`` as ``optimizer_update``), plus the
 two reductions the CPU does inline (gradient norms, step statistics). cuda_runner.py launches
-them; no kernel allocates.
+them; no kernel allocates. The element-wise maths is not written here: the activations and
+their derivatives, the loss terms, the softmax of a row, the optimizer rules (scalar.py) and
+the dropout hash (ops.keep_unit) are the CPU's own Python, compiled as device functions.
 
-Block sizes are parameters of `build` so that tests can use tiles small enough for tiny
-shapes to span several blocks:
+`build` compiles one set of kernels from small builders, one per kind of kernel (products,
+loss, reductions, optimizer), each given a `_Context` of the dtype and block sizes. Block
+sizes are parameters so that tests can use tiles small enough for tiny shapes to span
+several blocks:
     tile        threads per side of a 2-D block (tile x tile threads)
     per_thread  outputs per side that each thread computes (a per_thread x per_thread patch);
                 a block computes a (tile*per_thread)^2 tile of a matrix product, stepping
@@ -24,10 +28,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import cuda_backend, ops
-from .ops import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, GELU, GELU_C, GELU_K, LEAKY_RELU,
-                  LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID, TANH)
-from .optim import ADAM, ADAMW, SGD
+from . import cuda_backend, ops, scalar
+from .codes import ADAM, ADAMW, CROSS_ENTROPY, SGD
 
 cuda = None            # numba.cuda, set by build() (imported only when target='cuda' is used)
 DEFAULT_BLOCK_SIZES = {"tile": 16, "per_thread": 2, "threads": 256}
@@ -105,80 +107,53 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
     """Compile every kernel for `dtype` with these block sizes. Returns a namespace of
     kernels (not yet configured with a grid) and the block sizes; with ptx_cc=(major,
     minor), only {kernel name: PTX} for that compute capability (needs NVVM, not a GPU)."""
-    import numba
-
     # a module global, not a local: the simulator swaps the kernels' global `cuda` for its
     # fake module while a kernel runs
     global cuda
     cuda = cuda_backend._import_cuda() if ptx_cc else cuda_backend.load()
-    F = getattr(numba, dtype)
-    NPF = np.dtype(dtype).type
-    T, R, NT = tile, per_thread, threads
-    BT = T * R
-    zero, one, two, half, three = NPF(0), NPF(1), NPF(2), NPF(0.5), NPF(3)
-    slope, gelu_c, gelu_k = NPF(LEAKY_SLOPE), NPF(GELU_C), NPF(GELU_K)
+    c = _Context(dtype, tile, per_thread, threads, ptx_cc)
+    dev = _device_functions(c)
+    kernels = {**_products(c, dev), **_loss(c, dev), **_reductions(c), **_optimizer(c, dev)}
+    return SimpleNamespace(**kernels, tile=c.T, per_thread=c.R, threads=c.NT,
+                           block_tile=c.BT, dtype=dtype, ptx=c.ptx)
 
-    ptx = {}
 
-    def kernel(sig):
-        signature = _signature(sig, dtype)
+class _Context:
+    """The dtype, block sizes, typed constants and decorators every builder uses."""
+
+    def __init__(self, dtype, tile, per_thread, threads, ptx_cc):
+        import numba
+        self.F = getattr(numba, dtype)
+        self.NPF = np.dtype(dtype).type
+        self.T, self.R, self.NT = tile, per_thread, threads
+        self.BT = tile * per_thread
+        self.k = tuple(self.NPF(v) for v in scalar.constant_values())
+        self.dtype, self.ptx_cc, self.ptx = dtype, ptx_cc, {}
+        # the simulator's jit knows no forceinline
+        self.device = cuda.jit(device=True, **({} if cuda_backend.simulator_enabled()
+                                               else {"forceinline": True}))
+
+    def kernel(self, sig):
+        """A kernel compiled for an explicit signature (see _signature), or only to PTX."""
+        signature = _signature(sig, self.dtype)
 
         def decorate(fn):
-            if ptx_cc is not None:
-                ptx[fn.__name__] = cuda.compile_ptx(fn, signature, cc=ptx_cc)[0]
+            if self.ptx_cc is not None:
+                self.ptx[fn.__name__] = cuda.compile_ptx(fn, signature, cc=self.ptx_cc)[0]
                 return fn
             return cuda.jit(signature)(fn)
         return decorate
 
-    # the simulator's jit knows no forceinline
-    device = cuda.jit(device=True, **({} if cuda_backend.simulator_enabled()
-                                      else {"forceinline": True}))
 
-    # ------------------------------------------------------------ element functions
-
-    @device
-    def stable_sigmoid(z):
-        e = math.exp(-abs(z))
-        s = one / (one + e)
-        return s if z >= zero else e * s
-
-    @device
-    def activation_forward(z, code):
-        """act(z) for a hidden layer (ops.activation_forward, one element)."""
-        if code == RELU:
-            return zero if z < zero else z
-        if code == LEAKY_RELU:
-            return slope * z if z < zero else z
-        if code == TANH:
-            return math.tanh(z)
-        if code == SIGMOID:
-            return stable_sigmoid(z)
-        if code == GELU:
-            return half * z * (one + math.tanh(gelu_c * (z + gelu_k * z * z * z)))
-        return z
-
-    @device
-    def activation_backward(g, z, a, code, from_z):
-        """g * act'(z), the derivative from a = act(z) where it can be (ops.activation_backward,
-        one element); from z for all when dropout has rescaled a."""
-        if code == RELU:
-            return g if (z if from_z else a) > zero else zero
-        if code == LEAKY_RELU:
-            return g if z > zero else g * slope
-        if code == TANH:
-            t = math.tanh(z) if from_z else a
-            return g * (one - t * t)
-        if code == SIGMOID:
-            s = stable_sigmoid(z) if from_z else a
-            return g * (s * (one - s))
-        if code == GELU:
-            t = math.tanh(gelu_c * (z + gelu_k * z * z * z))
-            return g * (half * (one + t)
-                        + half * z * (one - t * t) * gelu_c * (one + three * gelu_k * z * z))
-        return g
-
-    # the CPU's own hash, compiled for the GPU: the masks are the same by construction
+def _device_functions(c):
+    """The element-wise maths of scalar.py and ops.keep_unit, as device functions."""
+    device = c.device
+    names = ("activation", "activation_grad", "output_term", "output_scale", "softmax_row",
+             "sigmoid", "sgd_rule", "adam_rule", "rmsprop_rule")
+    dev = SimpleNamespace(**{n: device(getattr(scalar, n).py_func) for n in names})
+    # the CPU's own hash: the dropout masks are the same by construction
     keep_unit = device(ops.keep_unit.py_func)
+    zero, NPF = c.k[scalar.ZERO], c.NPF
 
     @device
     def dropout_scale(rate, seed, step, row, layer, unit):
@@ -186,19 +161,28 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         keep = 1.0 - rate
         return NPF(1.0 / keep) if keep_unit(seed, step, row, layer, unit, keep) else zero
 
-    # ------------------------------------------------------------------- products
-    # Shared tiles are flat 1-D arrays indexed with uint32 offsets: with 2-D arrays and
-    # signed indices Numba emits negative-index wrap-around code for every shared-memory
-    # access, and the inner loop issued ~9 instructions per multiply-add instead of ~2
-    # (counted in the PTX). Block index x runs over rows (up to 2^31 - 1 blocks), y over
-    # columns.
+    dev.dropout_scale = dropout_scale
+    return dev
 
+
+def _products(c, dev):
+    """linear_forward and linear_backward: tiled matrix products with fused epilogues.
+
+    Shared tiles are flat 1-D arrays indexed with uint32 offsets: with 2-D arrays and
+    signed indices Numba emits negative-index wrap-around code for every shared-memory
+    access, and the inner loop issued ~9 instructions per multiply-add instead of ~2
+    (counted in the PTX). Block index x runs over rows (up to 2^31 - 1 blocks), y over
+    columns."""
+    F, T, R, BT, consts = c.F, c.T, c.R, c.BT, c.k    # (k is the kernels' summed index)
+    zero = consts[scalar.ZERO]
+    activation, activation_grad = dev.activation, dev.activation_grad
+    dropout_scale = dev.dropout_scale
     U = np.uint32
     PAD = BT + 1             # row stride of a transposed tile: no shared-memory bank conflicts
     TILE = BT * T            # elements of a shared tile (a constant: Numba needs one)
     PADDED_TILE = T * PAD
 
-    @kernel("F2, F2, F2, I1, I, B, F2, F1, I, B, I, D, I, I, I")
+    @c.kernel("F2, F2, F2, I1, I, B, F2, F1, I, B, I, D, I, I, I")
     def linear_forward(Z, A_out, A, idx, lo, gather, W, b, n_rows, hidden, act, rate, seed,
                        step, layer):
         """Z (n_rows, n_out) = A (n_rows, n_in) @ W + b, and for a hidden layer also
@@ -249,12 +233,12 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     z = acc[a, c] + b[j]
                     Z[r, j] = z
                     if hidden:
-                        h = activation_forward(z, act)
+                        h = activation(z, act, consts)
                         if rate > 0.0:
                             h *= dropout_scale(rate, seed, step, idx[lo + r], layer, j)
                         A_out[r, j] = h
 
-    @device
+    @c.device
     def weight_gradient_tile(sA, sD, bx, by, dW, db, A, idx, lo, gather, dZ, n_rows,
                              accumulate):
         """Tile (by, bx) of dW (n_in, n_out) = A^T dZ, and for by == 0 the matching part of
@@ -317,7 +301,7 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     else:
                         db[j] = bacc[c]
 
-    @device
+    @c.device
     def input_gradient_tile(sD, sW, bx, by, dA, dZ, W, Z_prev, A_prev, idx, lo, n_rows, act,
                             rate, seed, step, layer):
         """Tile (bx: rows, by: inputs) of dA (n_rows, n_in) = (dZ (n_rows, n_out) @ W^T),
@@ -365,9 +349,10 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     g = acc[a, c]
                     if dropped:
                         g *= dropout_scale(rate, seed, step, idx[lo + r], layer, i)
-                    dA[r, i] = activation_backward(g, Z_prev[r, i], A_prev[r, i], act, dropped)
+                    dA[r, i] = activation_grad(g, Z_prev[r, i], A_prev[r, i], act, dropped,
+                                               consts)
 
-    @kernel("F2, F2, F1, F2, F2, F2, F2, F2, I1, I, B, I, B, I, D, I, I, I")
+    @c.kernel("F2, F2, F1, F2, F2, F2, F2, F2, I1, I, B, I, B, I, D, I, I, I")
     def linear_backward(dA, dW, db, dZ, A, W, Z_prev, A_prev, idx, lo, gather, n_rows,
                         accumulate, act, rate, seed, step, layer):
         """ops.linear_backward (+ dropout_backward + activation_backward of the layer below)
@@ -391,9 +376,17 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
             input_gradient_tile(s1, s2, b % gx, b // gx, dA, dZ, W, Z_prev, A_prev, idx, lo,
                                 n_rows, act, rate, seed, step, layer)
 
-    # ------------------------------------------------------------------- the loss
+    return {"linear_forward": linear_forward, "linear_backward": linear_backward}
 
-    @kernel("F2, F2, I1, I, I, I1, F2, F1, B, I, F, D1, I1, I, B")
+
+def _loss(c, dev):
+    """loss_delta (training and evaluation) and output_forward (prediction): one thread per
+    row of logits."""
+    NPF, k = c.NPF, c.k
+    zero, one = k[scalar.ZERO], k[scalar.ONE]
+    softmax_row, output_term, output_scale = dev.softmax_row, dev.output_term, dev.output_scale
+
+    @c.kernel("F2, F2, I1, I, I, I1, F2, F1, B, I, F, D1, I1, I, B")
     def loss_delta(dZ, Z, idx, lo, n_rows, labels, targets, row_weight, weighted, loss_code,
                    inv_count, row_loss, row_correct, out_lo, want_grad):
         """Per row r < n_rows of the logits Z (n_rows, K), data row idx[lo + r]: its loss
@@ -401,7 +394,8 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         whether labels/targets/row_weight are real) into row_loss[out_lo + r] and its
         correct predictions into row_correct[out_lo + r] (ops.loss_forward), and when
         want_grad its delta into dZ (ops.loss_backward), scaled by inv_count: the output
-        activation fused with the loss, one exp per logit. One thread per row."""
+        activation fused with the loss, one exp per logit. dZ is also the softmax's
+        scratch."""
         r = cuda.grid(1)
         if r >= n_rows:
             return
@@ -412,18 +406,7 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         correct = 0
         if loss_code == CROSS_ENTROPY:
             y = labels[row]
-            mx = Z[r, 0]
-            arg = 0
-            for j in range(1, K):
-                if Z[r, j] > mx:
-                    mx = Z[r, j]
-                    arg = j
-            s = zero
-            for j in range(K):
-                e = math.exp(Z[r, j] - mx)
-                if want_grad:
-                    dZ[r, j] = e
-                s += e
+            mx, arg, s = softmax_row(Z, r, dZ, k)
             total = mx + math.log(s) - Z[r, y]      # log-sum-exp minus the true logit
             if arg == y:
                 correct = 1
@@ -434,66 +417,45 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
                     dZ[r, j] = dZ[r, j] * inv * scale
                 dZ[r, y] -= scale
         else:
-            per_output = inv_count / NPF(K)
-            if loss_code == MSE:
-                per_output *= two
-            scale = per_output * weight
+            scale = output_scale(loss_code, NPF(K), inv_count, k) * weight
             for j in range(K):
-                z = Z[r, j]
                 t = targets[row, j]
-                if loss_code == BINARY_CROSS_ENTROPY:
-                    e = math.exp(-abs(z))
-                    sg = one / (one + e)
-                    p = sg if z >= zero else e * sg
-                    total += max(z, zero) - z * t + math.log1p(e)
-                    if (z >= zero) == (t >= half):
-                        correct += 1
-                elif loss_code == POISSON:
-                    p = math.exp(z)
-                    total += p - t * z
-                else:
-                    p = z
-                    d = z - t
-                    total += d * d
+                p, term, right = output_term(Z[r, j], t, loss_code, k)
+                total += term
+                correct += right
                 if want_grad:
                     dZ[r, j] = (p - t) * scale
             total *= one / NPF(K)
         row_loss[out_lo + r] = np.float64(total * weight)
         row_correct[out_lo + r] = correct
 
-    @kernel("F2, F2, I, I")
+    @c.kernel("F2, F2, I, I")
     def output_forward(P, Z, n_rows, loss_code):
         """P (n_rows, K) = the output activation of the logits Z: softmax, sigmoid, exp or
-        identity (ops.output_forward). One thread per row."""
+        identity (ops.output_forward)."""
         r = cuda.grid(1)
         if r >= n_rows:
             return
         K = Z.shape[1]
         if loss_code == CROSS_ENTROPY:
-            mx = Z[r, 0]
-            for j in range(1, K):
-                mx = max(mx, Z[r, j])
-            s = zero
-            for j in range(K):
-                e = math.exp(Z[r, j] - mx)
-                P[r, j] = e
-                s += e
+            _, _, s = softmax_row(Z, r, P, k)
             inv = one / s
             for j in range(K):
                 P[r, j] *= inv
         else:
             for j in range(K):
-                z = Z[r, j]
-                if loss_code == BINARY_CROSS_ENTROPY:
-                    P[r, j] = stable_sigmoid(z)
-                elif loss_code == POISSON:
-                    P[r, j] = math.exp(z)
-                else:
-                    P[r, j] = z
+                P[r, j] = output_term(Z[r, j], zero, loss_code, k)[0]
 
-    # ------------------------------------------------------ norms, clipping, status
+    return {"loss_delta": loss_delta, "output_forward": output_forward}
 
-    @device
+
+def _reductions(c):
+    """grad_block_norms and step_stats: gradient norms, clipping factor, step loss and the
+    divergence status, without a round trip to the host."""
+    import numba
+    NPF, NT = c.NPF, c.NT
+
+    @c.device
     def block_sum(buf, tid):
         """Tree-sum buf (NT,) in shared memory; buf[0] ends with the total."""
         width = NT // 2
@@ -504,7 +466,7 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
             width //= 2
         cuda.syncthreads()
 
-    @kernel("F1, I1, I1, D1")
+    @c.kernel("F1, I1, I1, D1")
     def grad_block_norms(grads, block_lo, block_hi, block_sq):
         """block_sq[k] = sum of squares of grads[block_lo[k]:block_hi[k]], one CUDA block per
         layout block (cpu.reduce_block's norm). Blocks never straddle a W_l or b_l."""
@@ -520,7 +482,7 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
         if tid == 0:
             block_sq[k] = buf[0]
 
-    @kernel("D1, I1, I, D1, I1, D2, I, D, F1, I1, D1, I1")
+    @c.kernel("D1, I1, I, D1, I1, D2, I, D, F1, I1, D1, I1")
     def step_stats(row_loss, row_correct, n_rows, block_sq, block_layer, norms, s, clip_norm,
                    clip, status, step_loss, step_correct):
         """After a step's gradient: its loss and correct count (summed over rows in a fixed
@@ -574,60 +536,53 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
             coef = min(clip_norm / (total + 1e-6), 1.0)
         clip[0] = NPF(coef)
 
-    # ------------------------------------------------------------------- optimizer
+    return {"grad_block_norms": grad_block_norms, "step_stats": step_stats}
 
-    @kernel("F1, F1, F1, F1, I1, I1, I, F, F, B, F, F, F, F, F, F, F, F, F1, I1")
+
+def _optimizer(c, dev):
+    """optimizer_update: every element's rule (scalar.py) in one grid-stride loop."""
+    k = c.k
+    zero, one = k[scalar.ZERO], k[scalar.ONE]
+    sgd_rule, adam_rule, rmsprop_rule = dev.sgd_rule, dev.adam_rule, dev.rmsprop_rule
+
+    @c.kernel("F1, F1, F1, F1, I1, I1, I, F, F, B, F, F, F, F, F, F, F, F, F1, I1")
     def optimizer_update(params, grads, m, v, b_off, sizes, opt_code, lr, momentum, nesterov,
                          beta1, beta2, eps, alpha, decay, step_size, inv_sqrt_bc2, shrink,
                          clip, status):
         """One optimizer step over the whole flat buffers as one grid-stride loop
-        (optim.update_segment and the rule it calls, element by element), the gradient
-        scaled by clip[0]. decay (0 for adamw) and shrink (adamw's 1 - lr*decay, else 1)
-        apply to weights only: elements of a b_l get 0 and 1. step_size = lr / (1 - beta1^t)
-        and inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t) are Adam's. Skipped entirely once
-        status[0] is set (the epoch diverged at an earlier step)."""
+        (optim.update_segment, element by element), the gradient scaled by clip[0]. decay
+        (0 for adamw) and shrink (adamw's 1 - lr*decay, else 1) apply to weights only:
+        elements of a b_l get 0 and 1. step_size = lr / (1 - beta1^t) and inv_sqrt_bc2 =
+        1 / sqrt(1 - beta2^t) are Adam's. Skipped entirely once status[0] is set (the epoch
+        diverged at an earlier step)."""
         if status[0] != 0:
             return
         cl = clip[0]
         L = b_off.shape[0]
         adam = opt_code == ADAM or opt_code == ADAMW
+        has_m = momentum != zero          # m is a 1-element placeholder otherwise
         for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
             is_weight = True
             for l in range(L):
                 if b_off[l] <= i and i < b_off[l] + sizes[l + 1]:
                     is_weight = False
             d = decay if is_weight else zero
+            p = params[i]
             if adam:
-                p = params[i] * (shrink if is_weight else one)
-                g = cl * grads[i] + d * p
-                mi = beta1 * m[i] + (one - beta1) * g
-                vi = beta2 * v[i] + (one - beta2) * g * g
-                m[i] = mi
-                v[i] = vi
-                params[i] = p - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+                p *= shrink if is_weight else one
+                params[i], m[i], v[i] = adam_rule(p, cl * grads[i] + d * p, m[i], v[i],
+                                                  step_size, beta1, beta2, eps, inv_sqrt_bc2,
+                                                  one)
             elif opt_code == SGD:
-                p = params[i]
-                g = cl * grads[i] + d * p
-                if momentum == zero:
-                    params[i] = p - lr * g
-                else:
-                    buf = momentum * m[i] + g
+                buf = m[i] if has_m else zero
+                params[i], buf = sgd_rule(p, cl * grads[i] + d * p, buf, lr, momentum, nesterov)
+                if has_m:
                     m[i] = buf
-                    params[i] = p - lr * (g + momentum * buf if nesterov else buf)
             else:                                                  # rmsprop
-                p = params[i]
-                g = cl * grads[i] + d * p
-                vi = alpha * v[i] + (one - alpha) * g * g
-                v[i] = vi
-                if momentum == zero:
-                    params[i] = p - lr * g / (math.sqrt(vi) + eps)
-                else:
-                    buf = momentum * m[i] + g / (math.sqrt(vi) + eps)
+                buf = m[i] if has_m else zero
+                params[i], buf, v[i] = rmsprop_rule(p, cl * grads[i] + d * p, buf, v[i], lr,
+                                                    alpha, eps, momentum, one)
+                if has_m:
                     m[i] = buf
-                    params[i] = p - lr * buf
 
-    return SimpleNamespace(
-        linear_forward=linear_forward, linear_backward=linear_backward, loss_delta=loss_delta,
-        output_forward=output_forward, grad_block_norms=grad_block_norms,
-        step_stats=step_stats, optimizer_update=optimizer_update, tile=T, per_thread=R,
-        threads=NT, block_tile=BT, dtype=dtype, ptx=ptx)
+    return {"optimizer_update": optimizer_update}

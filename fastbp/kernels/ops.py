@@ -8,28 +8,21 @@ Size legend (every function below uses it):
     P     number of parameters (length of the flat buffers)
 
 All functions are serial and pure: they read and write only the arrays they are given.
-Scalar constants are built with ``dtype.type(...)`` so a float32 run stays float32.
+The element-wise maths (activations, their derivatives, the loss terms) is scalar.py's,
+shared with the GPU kernels; here it runs in loops over rows and units, one loop per code so
+that each compiles to a branch-free, vectorisable body. Scalar constants are built with
+``dtype.type(...)`` (scalar.constants) so a float32 run stays float32.
 Arrays are copied with explicit loops: Numba's array-to-array slice assignment
 (``A[:, :] = Z``) costs about 3 s of compile time the first time it appears.
-The fast-math flags leave out ``nnan`` and ``ninf`` so NaN/inf still propagate, and
-``error_model="numpy"`` makes x/0 give inf/NaN instead of a Python exception: the zero-divisor
-check it saves is what kept loops with a division (Adam, sigmoid) from vectorising.
+Compiled with codes.jit (fast-math without nnan/ninf, error_model="numpy": see codes.py).
 """
 import numpy as np
-from numba import njit
 
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-
-# Activation codes (hidden layers); fastbp/config.py maps the public names to these.
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
-# Loss codes; each fixes the output activation it is fused with.
-CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MSE, POISSON = 0, 1, 2, 3
-
-LEAKY_SLOPE = 0.01
-GELU_C = 0.7978845608028654  # sqrt(2 / pi)
-GELU_K = 0.044715
-
-jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+from . import scalar
+from .codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, FASTMATH, GELU, GELU_C,  # noqa: F401
+                    GELU_K, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID,
+                    TANH, jit)
+from .scalar import activation, activation_grad, output_term, softmax_row
 
 
 @jit
@@ -79,95 +72,63 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA):
 # -------------------------------------------------------------------- activations
 
 @jit
-def stable_sigmoid(z, one):
-    """1 / (1 + exp(-z)) without overflow and without a branch (so loops vectorise);
-    one is 1 in z's dtype."""
-    e = np.exp(-abs(z))
-    s = one / (one + e)
-    return s if z >= 0 else e * s
-
-
-@jit
 def activation_forward(A, Z, code):
-    """A (B, n) = act(Z (B, n)) for a hidden layer."""
+    """A (B, n) = act(Z (B, n)) for a hidden layer (scalar.activation per element)."""
     B, n = Z.shape
-    zero = Z.dtype.type(0)
-    one = Z.dtype.type(1)
-    half = Z.dtype.type(0.5)
-    slope = Z.dtype.type(LEAKY_SLOPE)
-    c = Z.dtype.type(GELU_C)
-    k = Z.dtype.type(GELU_K)
-    if code == IDENTITY:
+    k = scalar.constants(Z)
+    if code == RELU:
         for r in range(B):
             for j in range(n):
-                A[r, j] = Z[r, j]
-    elif code == RELU:
-        for r in range(B):
-            for j in range(n):
-                z = Z[r, j]
-                A[r, j] = zero if z < zero else z  # NaN passes through
+                A[r, j] = activation(Z[r, j], RELU, k)
     elif code == LEAKY_RELU:
         for r in range(B):
             for j in range(n):
-                z = Z[r, j]
-                A[r, j] = slope * z if z < zero else z
+                A[r, j] = activation(Z[r, j], LEAKY_RELU, k)
     elif code == TANH:
         for r in range(B):
             for j in range(n):
-                A[r, j] = np.tanh(Z[r, j])
+                A[r, j] = activation(Z[r, j], TANH, k)
     elif code == SIGMOID:
         for r in range(B):
             for j in range(n):
-                A[r, j] = stable_sigmoid(Z[r, j], one)
+                A[r, j] = activation(Z[r, j], SIGMOID, k)
     elif code == GELU:
         for r in range(B):
             for j in range(n):
-                z = Z[r, j]
-                A[r, j] = half * z * (one + np.tanh(c * (z + k * z * z * z)))
+                A[r, j] = activation(Z[r, j], GELU, k)
+    else:
+        for r in range(B):
+            for j in range(n):
+                A[r, j] = Z[r, j]
 
 
 @jit
 def activation_backward(dA, Z, A, code, from_z):
-    """In place: dA (B, n) <- dA * act'(Z), the derivative taken from A = act(Z) where it can
-    be (relu, leaky_relu, tanh, sigmoid) and from Z for gelu, or from Z for all (from_z:
-    dropout has rescaled A)."""
+    """In place: dA (B, n) <- dA * act'(Z) (scalar.activation_grad per element), the
+    derivative taken from A = act(Z) where it can be and from Z for all when `from_z`
+    (dropout has rescaled A)."""
     B, n = dA.shape
-    zero = Z.dtype.type(0)
-    one = Z.dtype.type(1)
-    half = Z.dtype.type(0.5)
-    three = Z.dtype.type(3)
-    slope = Z.dtype.type(LEAKY_SLOPE)
-    c = Z.dtype.type(GELU_C)
-    k = Z.dtype.type(GELU_K)
-    if code == IDENTITY:
-        return
-    elif code == RELU:
+    k = scalar.constants(Z)
+    if code == RELU:
         for r in range(B):
             for j in range(n):
-                if not ((Z[r, j] if from_z else A[r, j]) > zero):
-                    dA[r, j] = zero
+                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], RELU, from_z, k)
     elif code == LEAKY_RELU:
         for r in range(B):
             for j in range(n):
-                if not (Z[r, j] > zero):
-                    dA[r, j] *= slope
+                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], LEAKY_RELU, from_z, k)
     elif code == TANH:
         for r in range(B):
             for j in range(n):
-                a = np.tanh(Z[r, j]) if from_z else A[r, j]
-                dA[r, j] *= one - a * a
+                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], TANH, from_z, k)
     elif code == SIGMOID:
         for r in range(B):
             for j in range(n):
-                a = stable_sigmoid(Z[r, j], one) if from_z else A[r, j]
-                dA[r, j] *= a * (one - a)
+                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], SIGMOID, from_z, k)
     elif code == GELU:
         for r in range(B):
             for j in range(n):
-                z = Z[r, j]
-                t = np.tanh(c * (z + k * z * z * z))
-                d = half * (one + t) + half * z * (one - t * t) * c * (one + three * k * z * z)
-                dA[r, j] *= d
+                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], GELU, from_z, k)
 
 
 # ---------------------------------------------------------------------- dropout
@@ -212,33 +173,17 @@ def output_forward(P, Z, loss_code):
     """P (B, K) = output activation of the logits Z (B, K): softmax (cross_entropy),
     sigmoid (binary_cross_entropy), identity (mse) or exp (poisson)."""
     B, K = Z.shape
+    k = scalar.constants(Z)
     if loss_code == CROSS_ENTROPY:
         for r in range(B):
-            mx = Z[r, 0]
-            for j in range(1, K):
-                if Z[r, j] > mx:
-                    mx = Z[r, j]
-            s = Z.dtype.type(0)
-            for j in range(K):
-                e = np.exp(Z[r, j] - mx)
-                P[r, j] = e
-                s += e
-            inv = Z.dtype.type(1) / s
+            _, _, s = softmax_row(Z, r, P, k)
+            inv = k[scalar.ONE] / s
             for j in range(K):
                 P[r, j] *= inv
-    elif loss_code == BINARY_CROSS_ENTROPY:
-        one = Z.dtype.type(1)
-        for r in range(B):
-            for j in range(K):
-                P[r, j] = stable_sigmoid(Z[r, j], one)
-    elif loss_code == POISSON:
-        for r in range(B):
-            for j in range(K):
-                P[r, j] = np.exp(Z[r, j])
     else:
         for r in range(B):
             for j in range(K):
-                P[r, j] = Z[r, j]
+                P[r, j] = output_term(Z[r, j], k[scalar.ZERO], loss_code, k)[0]
 
 
 @jit
@@ -249,11 +194,10 @@ def loss_forward(P, Z, idx, labels, targets, row_weight, loss_code):
     for binary_cross_entropy, mse and poisson) times the row's weight (row_weight (n,), or
     1 when it is empty), and the correct argmax rows (cross_entropy) or correct 0/1 outputs
     (binary_cross_entropy). labels (n,) int64 are class indices (cross_entropy); targets
-    (n, K) the others. poisson's loss is exp(z) - y z (PyTorch's PoissonNLLLoss)."""
+    (n, K) the others (scalar.output_term)."""
     B, K = Z.shape
-    zero = Z.dtype.type(0)
-    one = Z.dtype.type(1)
-    half = Z.dtype.type(0.5)
+    k = scalar.constants(Z)
+    zero, one = k[scalar.ZERO], k[scalar.ONE]
     inv_K = one / Z.dtype.type(K)
     weighted = row_weight.shape[0] > 0
     total = zero
@@ -262,47 +206,19 @@ def loss_forward(P, Z, idx, labels, targets, row_weight, loss_code):
         row = zero
         if loss_code == CROSS_ENTROPY:
             y = labels[idx[r]]
-            mx = Z[r, 0]
-            arg = 0
-            for j in range(1, K):
-                if Z[r, j] > mx:
-                    mx = Z[r, j]
-                    arg = j
-            s = zero
-            for j in range(K):
-                e = np.exp(Z[r, j] - mx)
-                P[r, j] = e
-                s += e
+            mx, arg, s = softmax_row(Z, r, P, k)
             inv = one / s
             for j in range(K):
                 P[r, j] *= inv
             row = mx + np.log(s) - Z[r, y]      # log-sum-exp minus the true logit
             if arg == y:
                 correct += 1
-        elif loss_code == BINARY_CROSS_ENTROPY:
-            for j in range(K):
-                z = Z[r, j]
-                y = targets[idx[r], j]
-                e = np.exp(-abs(z))
-                sg = one / (one + e)
-                P[r, j] = sg if z >= zero else e * sg
-                row += max(z, zero) - z * y + np.log1p(e)
-                if (z >= zero) == (y >= half):
-                    correct += 1
-            row *= inv_K
-        elif loss_code == POISSON:
-            for j in range(K):
-                z = Z[r, j]
-                e = np.exp(z)
-                P[r, j] = e
-                row += e - targets[idx[r], j] * z
-            row *= inv_K
         else:
             for j in range(K):
-                z = Z[r, j]
-                P[r, j] = z
-                d = z - targets[idx[r], j]
-                row += d * d
+                p, term, right = output_term(Z[r, j], targets[idx[r], j], loss_code, k)
+                P[r, j] = p
+                row += term
+                correct += right
             row *= inv_K
         total += row * row_weight[idx[r]] if weighted else row
     return total, correct
@@ -311,8 +227,8 @@ def loss_forward(P, Z, idx, labels, targets, row_weight, loss_code):
 @jit
 def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count):
     """dZ (B, K) = d(loss_sum * inv_count)/dZ: the canonical-link delta P - Y, times the
-    row's weight, inv_count (1 / rows, or total weight, of the whole batch) and 1/K
-    (binary_cross_entropy, poisson) or 2/K (mse)."""
+    row's weight, inv_count (1 / rows, or total weight, of the whole batch) and
+    scalar.output_scale's 1/K (binary_cross_entropy, poisson) or 2/K (mse)."""
     B, K = P.shape
     weighted = row_weight.shape[0] > 0
     if loss_code == CROSS_ENTROPY:
@@ -322,9 +238,8 @@ def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
                 dZ[r, j] = P[r, j] * scale
             dZ[r, labels[idx[r]]] -= scale
     else:
-        per_output = inv_count / P.dtype.type(K)
-        if loss_code == MSE:
-            per_output *= P.dtype.type(2)
+        per_output = scalar.output_scale(loss_code, P.dtype.type(K), inv_count,
+                                         scalar.constants(P))
         for r in range(B):
             scale = per_output * row_weight[idx[r]] if weighted else per_output
             for j in range(K):

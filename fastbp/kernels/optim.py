@@ -1,6 +1,7 @@
 """Optimizer updates: one elementwise loop over a segment [lo, hi) of the flat buffers.
 
-PyTorch's update rules (torch.optim, foreach=False), with the gradient already clipped by
+PyTorch's update rules (torch.optim, foreach=False; each element's rule is scalar.py's,
+shared with the GPU's optimizer kernel), with the gradient already clipped by
 ``clip`` (1 when no clipping applies) and the weight decay ``decay`` (0 for biases).
 The per-step scalars (learning rate, bias corrections) are computed once per step by the
 caller and arrive here in the parameters' dtype.
@@ -14,9 +15,8 @@ vectorising the loop (4-8x slower for Adam).
 """
 import numpy as np
 
-from .ops import jit
-
-SGD, ADAM, ADAMW, RMSPROP = 0, 1, 2, 3
+from .codes import ADAM, ADAMW, RMSPROP, SGD, jit  # noqa: F401
+from .scalar import adam_rule, rmsprop_rule, sgd_rule
 
 # Layout of the float64 `hyper` array handed to the epoch kernel. H_DECAY_PER_WEIGHT (0/1):
 # weight decay per unit of batch weight, decay / (the batch's rows or total sample weight),
@@ -28,34 +28,24 @@ N_HYPER = 10
 
 @jit
 def sgd_update(params, grads, m, lo, hi, lr, momentum, nesterov, decay, clip):
-    """p -= lr * (nesterov ? g + mu*buf : buf), buf = mu*buf + g, g = clip*grad + decay*p."""
+    """scalar.sgd_rule with g = clip*grad + decay*p (m unused and may be empty without
+    momentum)."""
     P = params[lo:hi]
     G = grads[lo:hi]
     if momentum == params.dtype.type(0):
         for i in range(P.shape[0]):
-            P[i] -= lr * (clip * G[i] + decay * P[i])
+            P[i] = sgd_rule(P[i], clip * G[i] + decay * P[i], P[i], lr, momentum, nesterov)[0]
         return
     M = m[lo:hi]
-    if nesterov:
-        for i in range(P.shape[0]):
-            g = clip * G[i] + decay * P[i]
-            buf = momentum * M[i] + g
-            M[i] = buf
-            P[i] -= lr * (g + momentum * buf)
-    else:
-        for i in range(P.shape[0]):
-            g = clip * G[i] + decay * P[i]
-            buf = momentum * M[i] + g
-            M[i] = buf
-            P[i] -= lr * buf
+    for i in range(P.shape[0]):
+        P[i], M[i] = sgd_rule(P[i], clip * G[i] + decay * P[i], M[i], lr, momentum, nesterov)
 
 
 @jit
 def adam_update(params, grads, m, v, lo, hi, step_size, beta1, beta2, eps, inv_sqrt_bc2,
                 decay, decoupled_shrink, clip):
     """Adam (decay added to the gradient) or AdamW (decay decoupled: params are first
-    multiplied by decoupled_shrink = 1 - lr*decay, and decay is 0 here).
-    m = b1*m + (1-b1) g; v = b2*v + (1-b2) g^2; p -= step_size * m / (sqrt(v)/sqrt(bc2) + eps)."""
+    multiplied by decoupled_shrink = 1 - lr*decay, and decay is 0 here): scalar.adam_rule."""
     one = params.dtype.type(1)
     P = params[lo:hi]
     G = grads[lo:hi]
@@ -63,37 +53,27 @@ def adam_update(params, grads, m, v, lo, hi, step_size, beta1, beta2, eps, inv_s
     V = v[lo:hi]
     for i in range(P.shape[0]):
         p = P[i] * decoupled_shrink
-        g = clip * G[i] + decay * p
-        mi = beta1 * M[i] + (one - beta1) * g
-        vi = beta2 * V[i] + (one - beta2) * g * g
-        M[i] = mi
-        V[i] = vi
-        P[i] = p - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps)
+        P[i], M[i], V[i] = adam_rule(p, clip * G[i] + decay * p, M[i], V[i], step_size, beta1,
+                                     beta2, eps, inv_sqrt_bc2, one)
 
 
 @jit
 def rmsprop_update(params, grads, m, v, lo, hi, lr, alpha, eps, momentum, decay, clip):
-    """v = alpha*v + (1-alpha) g^2; p -= lr * g / (sqrt(v) + eps), through a momentum
-    buffer m when momentum > 0."""
+    """scalar.rmsprop_rule, through the momentum buffer m when momentum > 0 (else m is
+    unused and may be empty)."""
     one = params.dtype.type(1)
     P = params[lo:hi]
     G = grads[lo:hi]
     V = v[lo:hi]
     if momentum == params.dtype.type(0):
         for i in range(P.shape[0]):
-            g = clip * G[i] + decay * P[i]
-            vi = alpha * V[i] + (one - alpha) * g * g
-            V[i] = vi
-            P[i] -= lr * g / (np.sqrt(vi) + eps)
+            P[i], _, V[i] = rmsprop_rule(P[i], clip * G[i] + decay * P[i], P[i], V[i], lr,
+                                         alpha, eps, momentum, one)
         return
     M = m[lo:hi]
     for i in range(P.shape[0]):
-        g = clip * G[i] + decay * P[i]
-        vi = alpha * V[i] + (one - alpha) * g * g
-        V[i] = vi
-        buf = momentum * M[i] + g / (np.sqrt(vi) + eps)
-        M[i] = buf
-        P[i] -= lr * buf
+        P[i], M[i], V[i] = rmsprop_rule(P[i], clip * G[i] + decay * P[i], M[i], V[i], lr,
+                                        alpha, eps, momentum, one)
 
 
 @jit

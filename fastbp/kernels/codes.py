@@ -1,0 +1,22 @@
+"""What the kernels of both targets share besides maths: the codes of activations, losses
+and optimizers (fastbp/config.py maps the public names to them), the maths constants, and
+how the CPU kernels are compiled."""
+from numba import njit
+
+# Activation codes (hidden layers).
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
+# Loss codes; each fixes the output activation it is fused with.
+CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MSE, POISSON = 0, 1, 2, 3
+# Optimizer codes.
+SGD, ADAM, ADAMW, RMSPROP = 0, 1, 2, 3
+
+LEAKY_SLOPE = 0.01
+GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+GELU_K = 0.044715
+
+# The fast-math flags leave out ``nnan`` and ``ninf`` so NaN/inf still propagate, and
+# ``error_model="numpy"`` makes x/0 give inf/NaN instead of a Python exception: the
+# zero-divisor check it saves is what kept loops with a division (Adam, sigmoid) from
+# vectorising.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
