@@ -5,6 +5,7 @@ from numba import njit
 
 # Activation codes (hidden layers).
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
+ACTIVATION_CODES = (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU)
 # Loss codes; each fixes the output activation it is fused with.
 CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MSE, POISSON = 0, 1, 2, 3
 # Optimizer codes.
