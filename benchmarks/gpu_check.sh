@@ -47,7 +47,7 @@ FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" python3 -m pytest tests/cuda -q -p no:cac
 echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
 
 echo "== compare --cuda (eager PyTorch; then with torch.compile, which compiles per shape)"
-timeout "$BENCH_S" python3 benchmarks/compare.py --cuda --rounds 3 --skip "torch compile" \
+[ "$BENCH_S" != 0 ] && timeout "$BENCH_S" python3 benchmarks/compare.py --cuda --rounds 3 --skip "torch compile" \
   ${WORKLOADS:+--workloads $WORKLOADS} > "$OUT/compare_cuda.txt" 2> "$OUT/compare_cuda.err"
 echo "compare exit $?"; cat "$OUT/compare_cuda.txt"; tail -20 "$OUT/compare_cuda.err"
 if [ "${COMPILED_S:-0}" != 0 ]; then
@@ -56,4 +56,10 @@ if [ "${COMPILED_S:-0}" != 0 ]; then
     2> "$OUT/compare_cuda_compiled.err"
   echo "compare (compiled) exit $?"; cat "$OUT/compare_cuda_compiled.txt"
   tail -20 "$OUT/compare_cuda_compiled.err"
+fi
+if [ "${WHOLE_S:-0}" != 0 ]; then
+  echo "== the whole test suite, once (the simulator subprocess and Dask left out)"
+  timeout "$WHOLE_S" python3 -m pytest -q -p no:cacheprovider -x --ignore=tests/test_distributed.py \
+    --deselect tests/test_cuda.py::test_cuda_suite_passes_under_the_simulator > "$OUT/whole_suite.txt" 2>&1
+  echo "whole suite exit $?"; tail -15 "$OUT/whole_suite.txt"
 fi

@@ -1,6 +1,6 @@
 """The engine: the one owner of a network's numbers and the one caller of its kernels.
 
-An `Engine` is built from a `Network` (layer layout, dtype and the codes of its activations,
+An `Engine` is built from a `NetworkSpec` (layer layout, dtype and the codes of its activations,
 dropout, loss and optimizer) and a target. It holds the flat parameters, the optimizer state
 and step count, allocates every workspace, and decides where data lives: on the host for the
 CPU targets, on the GPU for target='cuda' (moved there once per fit, see `resident`). It
@@ -9,7 +9,8 @@ estimators and fastbp.distributed drive it, each supplying the initial parameter
 hyperparameters and every epoch's row order.
 
 Data reaches the kernels as `Rows` (dense X and its labels, targets and row weights): the
-one value a sparse first layer will widen.
+one value a sparse first layer will widen. Every kernel argument is one of the small
+NamedTuples of kernels/args.py, built here.
 """
 import contextlib
 import threading
@@ -19,12 +20,13 @@ import numba
 import numpy as np
 
 from .kernels import Plan, evaluation_plan, safe_plan, training_plan
+from .kernels.args import Hyper, Network, Rows, Slabs, State, Workspace  # noqa: F401
 from .layout import Layout
 
 EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
 
 
-class Network(NamedTuple):
+class NetworkSpec(NamedTuple):
     """What the kernels know of a network besides its numbers."""
     layout: Layout
     dtype: np.dtype
@@ -34,25 +36,6 @@ class Network(NamedTuple):
     opt_code: int
     has_m: bool              # the optimizer keeps a first moment (or momentum) buffer
     has_v: bool              # ... and a second moment buffer
-
-
-class Rows(NamedTuple):
-    """A checked data set as the kernels read it: X (N, n_0) C-contiguous in the model's
-    dtype, labels (N,) int64 (cross_entropy; else empty), targets (N, K) (other losses;
-    else empty) and row weights (N,) (empty: unweighted)."""
-    X: np.ndarray
-    labels: np.ndarray
-    targets: np.ndarray
-    weights: np.ndarray
-
-    @property
-    def n(self):
-        return self.X.shape[0]
-
-    @property
-    def weight_total(self):
-        """The denominator of the mean loss: total row weight, or the row count."""
-        return self.weights.sum(dtype=np.float64) if self.weights.size else self.n
 
 
 def row_order(n):
@@ -119,8 +102,10 @@ class Engine:
         self.m = np.zeros(P if network.has_m else 0, dtype=network.dtype)
         self.v = np.zeros(P if network.has_v else 0, dtype=network.dtype)
         self.step = 0
-        self._no_dropout = np.empty(0, dtype=np.float64)
-        self._no_index = np.empty(0, dtype=np.int64)
+        lay = network.layout
+        self._net = Network(lay.sizes, lay.w_off, lay.b_off, network.act, network.dropout,
+                            network.loss_code, network.opt_code)
+        self._net_eval = self._net._replace(dropout=np.empty(0, dtype=np.float64))
         self._make_plans()
 
     def _make_plans(self):
@@ -216,7 +201,8 @@ class Engine:
 
     def _workspace(self, rows, n_chunks):
         a_off, z_off, d_off, size = self.network.layout.workspace(rows)
-        return np.empty((n_chunks, size), dtype=self.network.dtype), a_off, z_off, d_off
+        return Workspace(np.empty((n_chunks, size), dtype=self.network.dtype), a_off, z_off,
+                         d_off)
 
     def epoch_runner(self, rows, order, norms):
         """An `EpochRunner` over `rows` in the row order `order` (N,) int64, which the caller
@@ -237,17 +223,15 @@ class Engine:
             return loss_sum / rows.weight_total, correct, grad
         plan = safe_plan(self.eval_plan)
         C = plan.chunks
-        lay, net = self.network.layout, self.network
         block_rows = min(EVAL_ROWS, -(-rows.n // C))
-        work, a_off, z_off, d_off = self._workspace(block_rows, C)
-        P = lay.n_params if want_grad else 0
-        gslab = np.empty((C, P), dtype=net.dtype)
-        acc = np.empty((C, P), dtype=net.dtype)
+        ws = self._workspace(block_rows, C)
+        P = self.network.layout.n_params if want_grad else 0
+        gslab = np.empty((C, P), dtype=self.network.dtype)
+        acc = np.empty((C, P), dtype=self.network.dtype)
         with self.compute(plan):
             loss_sum, correct = plan.kernels.loss_grad(
-                self.params, gslab, acc, work, rows.X, rows.labels, rows.targets, rows.weights,
-                row_order(rows.n), block_rows, lay.sizes, lay.w_off, lay.b_off, net.act,
-                self._no_dropout, net.loss_code, a_off, z_off, d_off, want_grad)
+                self.params, gslab, acc, ws, rows, row_order(rows.n), block_rows,
+                self._net_eval, want_grad)
         return loss_sum / rows.weight_total, correct, (acc[0].copy() if want_grad else None)
 
     def predict(self, X):
@@ -258,14 +242,12 @@ class Engine:
             return net.predict(X)
         plan = safe_plan(self.eval_plan)
         C = plan.chunks
-        lay, net = self.network.layout, self.network
         block_rows = min(EVAL_ROWS, X.shape[0])
-        work, a_off, z_off, _ = self._workspace(block_rows, C)
-        out = np.empty((X.shape[0], int(lay.sizes[-1])), dtype=net.dtype)
+        ws = self._workspace(block_rows, C)
+        out = np.empty((X.shape[0], int(self.network.layout.sizes[-1])),
+                       dtype=self.network.dtype)
         with self.compute(plan):
-            plan.kernels.predict(self.params, work, X, out, block_rows, lay.sizes, lay.w_off,
-                                 lay.b_off, net.act, self._no_dropout, self._no_index,
-                                 net.loss_code, a_off, z_off)
+            plan.kernels.predict(self.params, ws, X, out, block_rows, self._net_eval)
         return out
 
 
@@ -275,25 +257,22 @@ class _CpuEpochs:
     def __init__(self, engine, rows, order, norms):
         self.engine, self.rows, self.order, self.norms = engine, rows, order, norms
         self.plan = safe_plan(engine.train_plan)
-        net, lay = engine.network, engine.network.layout
+        lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
-        self.work, self.a_off, self.z_off, self.d_off = engine._workspace(
-            -(-min(engine.batch_size, rows.n) // C), C)
-        self.gslab = np.zeros((C, lay.n_params), dtype=net.dtype)
-        self.block_lo, self.block_hi, self.block_layer = lay.blocks()
-        self.block_sq = np.empty(self.block_lo.shape[0])
-        self.chunk_loss, self.chunk_correct = np.empty(C), np.empty(C, dtype=np.int64)
+        self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C)
+        block_lo, block_hi, block_layer = lay.blocks()
+        self.slabs = Slabs(np.zeros((C, lay.n_params), dtype=dtype), block_lo, block_hi,
+                           block_layer, np.empty(block_lo.shape[0]), np.empty(C),
+                           np.empty(C, dtype=np.int64))
 
     def run(self, hyper, dropout_seed):
-        """One epoch in the current row order with the hyperparameter vector `hyper`:
-        (sum of the rows' losses, correct predictions, -1 or the step that diverged)."""
-        e, net, lay, r = self.engine, self.engine.network, self.engine.network.layout, self.rows
+        """One epoch in the current row order with the optimizer settings `hyper`
+        (args.Hyper): (sum of the rows' losses, correct predictions, -1 or the step that
+        diverged)."""
+        e = self.engine
         loss_sum, correct, e.step, bad_step = self.plan.kernels.train_epoch(
-            e.params, self.gslab, e.m, e.v, self.work, r.X, r.labels, r.targets, r.weights,
-            self.order, e.batch_size, lay.sizes, lay.w_off, lay.b_off, net.act, net.dropout,
-            dropout_seed, net.loss_code, self.a_off, self.z_off, self.d_off, net.opt_code,
-            hyper, e.step, self.block_lo, self.block_hi, self.block_layer, self.block_sq,
-            self.norms, self.chunk_loss, self.chunk_correct)
+            State(e.params, e.m, e.v), self.slabs, self.ws, self.rows, self.order, e._net,
+            hyper, e.batch_size, e.step, dropout_seed, self.norms)
         return loss_sum, correct, bad_step
 
 

@@ -8,14 +8,21 @@ import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
-from .engine import Engine, Network, Rows, row_order, single_threaded_blas  # noqa: F401
+from .engine import Engine, Hyper, NetworkSpec, Rows, row_order, single_threaded_blas  # noqa
 from .engine import _blas_controller  # noqa: F401  (tests reach BLAS through here)
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
-from .kernels.optim import N_HYPER, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, \
-    H_DECAY_PER_WEIGHT, H_EPS, H_LR, H_MOMENTUM, H_NESTEROV
 from .layout import Layout
 from .schedules import make_schedule
+
+
+def _hyper(cfg):
+    """The optimizer settings the kernels take, from a validated configuration."""
+    return Hyper(lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+                 nesterov=float(cfg["nesterov"]), beta1=float(cfg["betas"][0]),
+                 beta2=float(cfg["betas"][1]), eps=float(cfg["eps"]),
+                 decay=float(cfg["weight_decay"]), clip=float(cfg["clip_norm"] or 0.0),
+                 alpha=float(cfg["alpha"]), decay_per_weight=float(cfg["decay_per_weight"]))
 
 
 def _check_callbacks(callbacks):
@@ -91,12 +98,7 @@ class Trainer:
         self._cfg = cfg
         self._layout = Layout(cfg["layers"])
         self._dtype = np.dtype(cfg["dtype"])
-        self._hyper = np.zeros(N_HYPER)
-        self._hyper[[H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP,
-                     H_ALPHA, H_DECAY_PER_WEIGHT]] = [
-            cfg["lr"], cfg["momentum"], float(cfg["nesterov"]), cfg["betas"][0], cfg["betas"][1],
-            cfg["eps"], cfg["weight_decay"], cfg["clip_norm"] or 0.0, cfg["alpha"],
-            float(cfg["decay_per_weight"])]
+        self._hyper = _hyper(cfg)
         self.engine = self._make_engine()
         self._weights = self._layout.weights(self.engine.params)
         self._biases = self._layout.biases(self.engine.params)
@@ -107,7 +109,7 @@ class Trainer:
         cfg = self._cfg
         rates = _config.hidden_dropout(cfg)
         opt = cfg["optimizer"]
-        network = Network(
+        network = NetworkSpec(
             layout=self._layout, dtype=self._dtype,
             act=np.array([_config.ACTIVATIONS[a] for a in _config.hidden_activations(cfg)],
                          dtype=np.int64),
@@ -133,7 +135,7 @@ class Trainer:
                     self._cfg["init"], np.random.default_rng(init_ss))
         self.engine.init(params)
         self._rng = np.random.default_rng(shuffle_ss)
-        self._hyper[H_LR] = self._cfg["lr"]
+        self._hyper = self._hyper._replace(lr=float(self._cfg["lr"]))
         self.history = {}
         return self
 
@@ -184,12 +186,13 @@ class Trainer:
     def lr(self):
         """The current learning rate; settable between epochs. (`config['lr']` keeps the
         constructor's, the base of `fit(lr_schedule=...)`.)"""
-        return float(self._hyper[H_LR])
+        return self._hyper.lr
 
     @lr.setter
     def lr(self, value):
         # 0 is allowed here (a schedule may end there), not in the constructor
-        self._hyper[H_LR] = _config._real("lr", value, 0.0, np.inf, "a finite number >= 0")
+        lr = _config._real("lr", value, 0.0, np.inf, "a finite number >= 0")
+        self._hyper = self._hyper._replace(lr=float(lr))
 
     def __getstate__(self):
         # views are rebuilt; the engine pickles its buffers, not its kernels
@@ -199,9 +202,14 @@ class Trainer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if self._hyper.shape[0] < N_HYPER:            # pickled by a version with fewer
-            self._hyper = np.concatenate([self._hyper,
-                                          np.zeros(N_HYPER - self._hyper.shape[0])])
+        if not isinstance(self._hyper, Hyper):     # pickled by a version with an array
+            self._hyper = _hyper(self._cfg)._replace(lr=float(self._hyper[0]))
+        if "engine" not in state:                  # ... and its buffers in the Trainer
+            self.engine = self._make_engine()
+            self.engine.set_state(state["_params"], state["_m"], state["_v"], state["_step"])
+            for key in ("_params", "_m", "_v", "_step", "_act", "_dropout", "_no_dropout",
+                        "_no_index", "_loss_code", "_opt_code"):
+                self.__dict__.pop(key, None)
         self._weights = self._layout.weights(self.engine.params)
         self._biases = self._layout.biases(self.engine.params)
 

@@ -7,7 +7,7 @@ chunk c computes the gradient of its rows into its own slab ``gslab[c]``; the sl
 summed in a fixed order. No thread writes where another does, so results are reproducible
 for a given thread count (chunk count), and equal to the serial ones to rounding.
 
-Extra sizes (see ops.py for the rest):
+Arguments are grouped in the NamedTuples of args.py. Extra sizes (see ops.py for the rest):
     C     number of chunks (1 for "cpu", the thread count for "parallel")
     W     workspace length per chunk (activations, pre-activations, deltas)
     N     rows of X
@@ -20,36 +20,35 @@ import numpy as np
 from numba import njit, prange
 
 from .ops import FASTMATH, forward, forward_backward, jit, output_forward
-from .optim import H_CLIP, bias_corrections, step_decay, update_segment
+from .optim import bias_corrections, step_decay, update_segment
 
 # Below this many parameters the per-step reduction and update run on one thread.
 PARALLEL_UPDATE_MIN = 65536
 
 
-def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, order, batch_size,
-                 sizes, w_off, b_off, act, dropout, seed, loss_code, a_off, z_off, d_off,
-                 opt_code, hyper, step, block_lo, block_hi, block_layer, block_sq, norms,
-                 chunk_loss, chunk_correct):
-    """One epoch of minibatch training over X (N, n_0) in the row order `order` (N,); each
-    batch's loss is the mean of its rows' losses, weighted by row_weight (N,) unless empty.
+def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, seed, norms):
+    """One epoch of minibatch training over `rows` (args.Rows) in the row order `order`
+    (N,); each batch's loss is the mean of its rows' losses, weighted by the row weights
+    unless they are empty.
 
-    params (P,) and the optimizer state m, v (P,) are updated in place; gslab (C, P) holds
-    the chunks' gradients (gslab[0] the whole batch's after each step); work (C, W); block_*
-    (G,) cut the flat buffers into blocks that never straddle a layer (block_layer: l for
-    W_l, L + l for b_l); norms (S, L + 1) receives, per step, the L2 norm of each weight
-    gradient and the global norm of the gradient (before clipping); block_sq (G,),
-    chunk_loss (C,) float64 and chunk_correct (C,) int64 are scratch. `step` counts
-    optimizer steps taken before this epoch.
+    state (args.State: params, m, v) is updated in place; slabs (args.Slabs) is the step's
+    scratch (gslab[0] holds the whole batch's gradient after each step); ws (args.Workspace)
+    the chunks' activations; net (args.Network) the sizes, offsets and codes; hyper
+    (args.Hyper) the optimizer's settings; norms (S, L + 1) receives, per step, the L2 norm
+    of each weight gradient and the global norm of the gradient (before clipping). `step`
+    counts optimizer steps taken before this epoch, `seed` seeds the dropout masks.
     Returns (sum of the rows' losses, correct predictions, step after the epoch, -1); when a
     step's loss is NaN or infinite it stops before that step's update and returns the
     step's index in the epoch last instead of -1 (divergence).
     """
+    params = state.params
+    gslab, chunk_loss, chunk_correct = slabs.gslab, slabs.chunk_loss, slabs.chunk_correct
     n = order.shape[0]
     n_chunks = gslab.shape[0]
-    L = sizes.shape[0] - 1
-    n_blocks = block_lo.shape[0]
+    L = net.sizes.shape[0] - 1
+    n_blocks = slabs.block_lo.shape[0]
     one = params.dtype.type(1)
-    clip_norm = hyper[H_CLIP]
+    clip_norm = hyper.clip
     # Small models are reduced and updated by this thread alone: a second parallel region
     # per step would cost more than the work.
     n_par = n_blocks if n_chunks > 1 and params.shape[0] >= PARALLEL_UPDATE_MIN else 0
@@ -63,8 +62,8 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
         lo = s * batch_size
         hi = min(lo + batch_size, n)
         inv_count = one / params.dtype.type(hi - lo)
-        if row_weight.shape[0] > 0:              # weighted mean: 1 / the batch's weight
-            inv_count = batch_weight_inverse(row_weight, order[lo:hi])
+        if rows.weights.shape[0] > 0:            # weighted mean: 1 / the batch's weight
+            inv_count = batch_weight_inverse(rows.weights, order[lo:hi])
         per_chunk = (hi - lo + n_chunks - 1) // n_chunks
         for c in prange(n_chunks):                  # each chunk: its rows, its own slab
             clo = min(lo + c * per_chunk, hi)
@@ -72,10 +71,8 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
             chunk_loss[c] = 0.0
             chunk_correct[c] = 0
             if chi > clo:
-                ls, nc = forward_backward(params, gslab[c], work[c], X, order[clo:chi],
-                                          labels, targets, row_weight, sizes, w_off, b_off,
-                                          act, dropout, seed, step + 1, loss_code, a_off,
-                                          z_off, d_off, inv_count, True)
+                ls, nc = forward_backward(params, gslab[c], ws.work[c], ws, rows,
+                                          order[clo:chi], net, seed, step + 1, inv_count, True)
                 chunk_loss[c] = ls
                 chunk_correct[c] = nc
             else:
@@ -96,19 +93,18 @@ def _train_epoch(params, gslab, m, v, work, X, labels, targets, row_weight, orde
             reduce = p == 0
             update = p == n_passes - 1
             if p == 1:
-                total_norm = record_norms(norms, s, block_sq, block_layer, L)
+                total_norm = record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
                 coef = clip_norm / (total_norm + 1e-6)   # torch.nn.utils.clip_grad_norm_
                 clip = params.dtype.type(coef if coef < 1.0 else 1.0)
             if n_par > 0:
                 for k in prange(n_par):
-                    block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer,
-                               block_sq, L, opt_code, hyper, bc1, bc2, clip, decay, reduce,
-                               update)
+                    block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
+                               reduce, update)
             for k in range(n_par, n_blocks):
-                block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq,
-                           L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update)
+                block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
+                           reduce, update)
         if n_passes == 1:
-            record_norms(norms, s, block_sq, block_layer, L)
+            record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
     return loss_total, correct_total, step, -1
 
 
@@ -131,17 +127,16 @@ def fill(a, value):
 
 
 @jit
-def block_pass(params, gslab, m, v, k, block_lo, block_hi, block_layer, block_sq, L, opt_code,
-               hyper, bc1, bc2, clip, decay, reduce, update):
+def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update):
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
     block's sum of squares (reduce), then apply the optimizer to it (update)."""
-    lo = block_lo[k]
-    hi = block_hi[k]
+    lo = slabs.block_lo[k]
+    hi = slabs.block_hi[k]
     if reduce:
-        block_sq[k] = reduce_block(gslab, lo, hi)
+        slabs.block_sq[k] = reduce_block(slabs.gslab, lo, hi)
     if update:
-        update_segment(params, gslab[0], m, v, lo, hi, opt_code, hyper, bc1, bc2,
-                       block_layer[k] < L, clip, decay)
+        update_segment(state.params, slabs.gslab[0], state.m, state.v, lo, hi, opt_code,
+                       hyper, bc1, bc2, slabs.block_layer[k] < L, clip, decay)
 
 
 @jit
@@ -175,23 +170,21 @@ def record_norms(norms, s, block_sq, block_layer, L):
     return norms[s, L]
 
 
-def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, block_rows,
-               sizes, w_off, b_off, act, no_dropout, loss_code, a_off, z_off, d_off,
-               want_grad):
-    """Mean loss over the rows `order` (N,) of X as one batch (weighted by row_weight (N,)
-    unless it is empty), and its gradient.
+def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
+    """Mean loss over the rows `order` (N,) of `rows` as one batch (weighted by the row
+    weights unless empty), and its gradient; net's dropout must be empty.
 
-    Rows are processed block_rows at a time so the workspace work (C, W) stays small; chunk c
-    accumulates its blocks' gradients into acc[c] (gslab (C, P) is per-block scratch), and
-    acc[1:] is then added into acc[0] in a fixed order: acc[0] is the gradient of the mean
-    loss. Returns (sum of the rows' losses, correct predictions).
+    Rows are processed block_rows at a time so the workspace ws (C chunks) stays small;
+    chunk c accumulates its blocks' gradients into acc[c] (gslab (C, P) is per-block
+    scratch), and acc[1:] is then added into acc[0] in a fixed order: acc[0] is the
+    gradient of the mean loss. Returns (sum of the rows' losses, correct predictions).
     """
     n = order.shape[0]
     n_chunks = gslab.shape[0]
     n_params = params.shape[0]
     inv_count = params.dtype.type(1) / params.dtype.type(n)
-    if row_weight.shape[0] > 0:
-        inv_count = batch_weight_inverse(row_weight, order)
+    if rows.weights.shape[0] > 0:
+        inv_count = batch_weight_inverse(rows.weights, order)
     per_chunk = (n + n_chunks - 1) // n_chunks
     chunk_loss = np.empty(n_chunks)
     chunk_correct = np.empty(n_chunks, dtype=np.int64)
@@ -204,10 +197,8 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, 
         nc = 0
         for blo in range(clo, chi, block_rows):
             bhi = min(blo + block_rows, chi)
-            bl, bc = forward_backward(params, gslab[c], work[c], X, order[blo:bhi], labels,
-                                      targets, row_weight, sizes, w_off, b_off, act, no_dropout,
-                                      0, 0, loss_code, a_off, z_off, d_off, inv_count,
-                                      want_grad)
+            bl, bc = forward_backward(params, gslab[c], ws.work[c], ws, rows, order[blo:bhi],
+                                      net, 0, 0, inv_count, want_grad)
             ls += bl
             nc += bc
             if want_grad:
@@ -227,21 +218,20 @@ def _loss_grad(params, gslab, acc, work, X, labels, targets, row_weight, order, 
     return loss_sum, n_correct
 
 
-def _predict(params, work, X, out, block_rows, sizes, w_off, b_off, act, no_dropout,
-             no_index, loss_code, a_off, z_off):
+def _predict(params, ws, X, out, block_rows, net):
     """out (N, K) = output activation of the network for X (N, n_0), block_rows rows at a
-    time; chunk c of work (C, W) handles blocks c, c + C, c + 2C, ... No dropout: no_dropout
-    and no_index are empty arrays."""
+    time; chunk c of the workspace ws handles blocks c, c + C, c + 2C, ... net's dropout
+    must be empty."""
     n = X.shape[0]
-    n_chunks = work.shape[0]
+    n_chunks = ws.work.shape[0]
     n_row_blocks = (n + block_rows - 1) // block_rows
+    no_index = np.empty(0, dtype=np.int64)
     for c in prange(n_chunks):
         for blk in range(c, n_row_blocks, n_chunks):
             lo = blk * block_rows
             hi = min(lo + block_rows, n)
-            Z = forward(params, work[c], X[lo:hi], no_index, sizes, w_off, b_off, act,
-                        no_dropout, 0, 0, a_off, z_off)
-            output_forward(out[lo:hi], Z, loss_code)
+            Z = forward(params, ws.work[c], ws, X[lo:hi], no_index, net, 0, 0)
+            output_forward(out[lo:hi], Z, net.loss_code)
 
 
 def _compile(body, name, parallel):

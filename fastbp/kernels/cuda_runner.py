@@ -20,8 +20,7 @@ import warnings
 import numpy as np
 
 from . import cuda_backend, gpu
-from .optim import ADAMW, H_ALPHA, H_BETA1, H_BETA2, H_CLIP, H_DECAY, H_DECAY_PER_WEIGHT, \
-    H_EPS, H_LR, H_MOMENTUM, H_NESTEROV
+from .codes import ADAMW
 
 # A data set is moved to the GPU whole when X takes at most this share of its free memory;
 # larger ones are streamed, in chunks of at most CHUNK_BYTES (tests lower MAX_RESIDENT_BYTES
@@ -285,7 +284,7 @@ class CudaNetwork:
         inv_counts = self._inverse_counts(data, order, B)
         opt = self._optimizer_scalars(hyper)
         decays = self._decays(hyper, inv_counts)       # per step: (decay, adamw's shrink)
-        clip_norm = float(hyper[H_CLIP])
+        clip_norm = float(hyper.clip)
         block_norms = self._launch(k.grad_block_norms, self.n_blocks, k.threads)
         step_stats = self._launch(k.step_stats, 1, k.threads)
         update = self._grid_stride(k.optimizer_update, self.layout.n_params)
@@ -309,11 +308,11 @@ class CudaNetwork:
                 ws.row_loss, ws.row_correct, n_rows, self.block_sq, self.block_layer,
                 buffers["norms"], s, clip_norm, self.clip, self.status, buffers["loss"],
                 buffers["correct"])
-            bc1 = 1.0 - hyper[H_BETA1] ** t
-            bc2 = 1.0 - hyper[H_BETA2] ** t
+            bc1 = 1.0 - hyper.beta1 ** t
+            bc2 = 1.0 - hyper.beta2 ** t
             update(
                 self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
-                self.opt_code, *opt, decays[s][0], F(hyper[H_LR] / bc1),
+                self.opt_code, *opt, decays[s][0], F(hyper.lr / bc1),
                 F(1.0 / math.sqrt(bc2)), decays[s][1], self.clip, self.status)
         status = self.status.copy_to_host()
         bad = int(status[1]) if status[0] else -1
@@ -345,20 +344,20 @@ class CudaNetwork:
     def _optimizer_scalars(self, hyper):
         """lr, momentum, nesterov, beta1, beta2, eps, alpha in the kernel's order."""
         F = self.F
-        return (F(hyper[H_LR]), F(hyper[H_MOMENTUM]), bool(hyper[H_NESTEROV] != 0.0),
-                F(hyper[H_BETA1]), F(hyper[H_BETA2]), F(hyper[H_EPS]), F(hyper[H_ALPHA]))
+        return (F(hyper.lr), F(hyper.momentum), bool(hyper.nesterov != 0.0),
+                F(hyper.beta1), F(hyper.beta2), F(hyper.eps), F(hyper.alpha))
 
     def _decays(self, hyper, inv_counts):
         """Per step (decay, shrink) as optim.step_decay and update_segment make them: decay
         0 and shrink 1 - lr*decay for adamw, else (decay, 1); the decay per unit of batch
-        weight under H_DECAY_PER_WEIGHT."""
+        weight under hyper.decay_per_weight."""
         F = self.F
-        if hyper[H_DECAY_PER_WEIGHT] != 0.0:
-            per_step = [hyper[H_DECAY] * float(c) for c in inv_counts]
+        if hyper.decay_per_weight != 0.0:
+            per_step = [hyper.decay * float(c) for c in inv_counts]
         else:
-            per_step = [hyper[H_DECAY]] * len(inv_counts)
+            per_step = [hyper.decay] * len(inv_counts)
         if self.opt_code == ADAMW:
-            return [(F(0.0), F(1.0 - hyper[H_LR] * d)) for d in per_step]
+            return [(F(0.0), F(1.0 - hyper.lr * d)) for d in per_step]
         return [(F(d), F(1.0)) for d in per_step]
 
     # ---------------------------------------------------------- evaluation

@@ -249,37 +249,40 @@ def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
 # ------------------------------------------------------------- the whole network
 
 @jit
-def forward(params, work, A0, idx, sizes, w_off, b_off, act, dropout, seed, step, a_off, z_off):
-    """A0 (B, n_0) -> work holds Z_l (B, n_{l+1}) for every layer l and A_{l+1} = act(Z_l)
-    for the hidden ones, with dropout at rate dropout[l] (training; dropout (L-1,) or empty
-    for none) on data rows idx (B,) at optimizer step `step`. Returns the logits Z_{L-1}
-    (B, K); the output activation is left to output_forward (predict) or loss_forward
-    (training), which fuses it with the loss."""
+def forward(params, work, ws, A0, idx, net, seed, step):
+    """A0 (B, n_0) -> work (one chunk's workspace, offsets in ws) holds Z_l (B, n_{l+1}) for
+    every layer l and A_{l+1} = act(Z_l) for the hidden ones, with dropout at rate
+    net.dropout[l] (training; empty for none) on data rows idx (B,) at optimizer step
+    `step`. Returns the logits Z_{L-1} (B, K); the output activation is left to
+    output_forward (predict) or loss_forward (training), which fuses it with the loss."""
     B = A0.shape[0]
+    sizes, w_off, b_off, dropout = net.sizes, net.w_off, net.b_off, net.dropout
     L = sizes.shape[0] - 1
     A = A0
-    Z = matrix(work, z_off[0], B, sizes[1])
+    Z = matrix(work, ws.z_off[0], B, sizes[1])
     for l in range(L):
-        Z = matrix(work, z_off[l], B, sizes[l + 1])
+        Z = matrix(work, ws.z_off[l], B, sizes[l + 1])
         linear_forward(Z, A, layer_weight(params, w_off, sizes, l),
                        layer_bias(params, b_off, sizes, l))
         if l < L - 1:
-            A = matrix(work, a_off[l + 1], B, sizes[l + 1])
-            activation_forward(A, Z, act[l])
+            A = matrix(work, ws.a_off[l + 1], B, sizes[l + 1])
+            activation_forward(A, Z, net.act[l])
             if dropout.shape[0] > 0 and dropout[l] > 0.0:
                 dropout_forward(A, idx, dropout[l], seed, step, l)
     return Z
 
 
 @jit
-def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, sizes, w_off,
-                     b_off, act, dropout, seed, step, loss_code, a_off, z_off, d_off,
-                     inv_count, want_grad):
-    """Forward, fused loss and backward over the rows idx (B,) of X (dropout as in
-    forward: pass an empty `dropout` to evaluate).
-    grads (P,) <- gradient of (sum of the rows' weighted losses) * inv_count (when
-    want_grad). Returns (weighted loss_sum, n_correct) of those rows."""
+def forward_backward(params, grads, work, ws, rows, idx, net, seed, step, inv_count,
+                     want_grad):
+    """Forward, fused loss and backward over the rows idx (B,) of `rows` (args.Rows), in
+    one chunk's workspace `work` (offsets in ws); dropout as in forward (evaluation passes a
+    net without dropout). grads (P,) <- gradient of (sum of the rows' weighted losses) *
+    inv_count (when want_grad). Returns (weighted loss_sum, n_correct) of those rows."""
     B = idx.shape[0]
+    sizes, w_off, b_off, dropout = net.sizes, net.w_off, net.b_off, net.dropout
+    a_off, z_off, d_off = ws.a_off, ws.z_off, ws.d_off
+    X = rows.X
     L = sizes.shape[0] - 1
     A0 = matrix(work, a_off[0], B, sizes[0])
     n_0 = sizes[0]
@@ -287,14 +290,15 @@ def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, s
         row = idx[r]
         for j in range(n_0):
             A0[r, j] = X[row, j]
-    Z = forward(params, work, A0, idx, sizes, w_off, b_off, act, dropout, seed, step, a_off,
-                z_off)
+    Z = forward(params, work, ws, A0, idx, net, seed, step)
     P = matrix(work, a_off[L], B, sizes[L])
-    loss_sum, n_correct = loss_forward(P, Z, idx, labels, targets, row_weight, loss_code)
+    loss_sum, n_correct = loss_forward(P, Z, idx, rows.labels, rows.targets, rows.weights,
+                                       net.loss_code)
     if not want_grad:
         return loss_sum, n_correct
     dZ = matrix(work, d_off[0], B, sizes[L])
-    loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
+    loss_backward(dZ, P, idx, rows.labels, rows.targets, rows.weights, net.loss_code,
+                  inv_count)
     for l in range(L - 1, -1, -1):           # the chain rule, output to input
         A = matrix(work, a_off[l], B, sizes[l])
         W = layer_weight(params, w_off, sizes, l)
@@ -306,7 +310,7 @@ def forward_backward(params, grads, work, X, idx, labels, targets, row_weight, s
             dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
             if dropped:
                 dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
-            activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, act[l - 1],
+            activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, net.act[l - 1],
                                 dropped)
             dZ = dA
         else:

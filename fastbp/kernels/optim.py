@@ -18,13 +18,6 @@ import numpy as np
 from .codes import ADAM, ADAMW, RMSPROP, SGD, jit  # noqa: F401
 from .scalar import adam_rule, rmsprop_rule, sgd_rule
 
-# Layout of the float64 `hyper` array handed to the epoch kernel. H_DECAY_PER_WEIGHT (0/1):
-# weight decay per unit of batch weight, decay / (the batch's rows or total sample weight),
-# which is scikit-learn's L2 term alpha/2 ||W||^2 / n_batch; 0 is PyTorch's constant decay.
-(H_LR, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_DECAY, H_CLIP, H_ALPHA,
- H_DECAY_PER_WEIGHT) = range(10)
-N_HYPER = 10
-
 
 @jit
 def sgd_update(params, grads, m, lo, hi, lr, momentum, nesterov, decay, clip):
@@ -80,38 +73,38 @@ def rmsprop_update(params, grads, m, v, lo, hi, lr, alpha, eps, momentum, decay,
 def bias_corrections(hyper, step):
     """Adam's 1 - beta1^t and 1 - beta2^t for step t (1-based), once per step."""
     t = np.float64(step)
-    return 1.0 - hyper[H_BETA1] ** t, 1.0 - hyper[H_BETA2] ** t
+    return 1.0 - hyper.beta1 ** t, 1.0 - hyper.beta2 ** t
 
 
 @jit
 def step_decay(hyper, inv_count):
-    """This step's weight decay: hyper's, or per unit of batch weight (inv_count: 1 / the
-    batch's rows or total weight) under H_DECAY_PER_WEIGHT."""
-    if hyper[H_DECAY_PER_WEIGHT] != 0.0:
-        return hyper[H_DECAY] * np.float64(inv_count)
-    return hyper[H_DECAY]
+    """This step's weight decay: hyper.decay, or per unit of batch weight (inv_count: 1 /
+    the batch's rows or total weight) under hyper.decay_per_weight."""
+    if hyper.decay_per_weight != 0.0:
+        return hyper.decay * np.float64(inv_count)
+    return hyper.decay
 
 
 @jit
 def update_segment(params, grads, m, v, lo, hi, opt_code, hyper, bc1, bc2, is_weight, clip,
                    decay):
-    """Apply the optimizer `opt_code` to params[lo:hi]. bc1, bc2: this step's Adam bias
+    """Apply the optimizer `opt_code` with the settings `hyper` (args.Hyper) to
+    params[lo:hi]. bc1, bc2: this step's Adam bias
     corrections; is_weight selects weight decay `decay` (weights only, this step's, see
     step_decay); clip scales the gradient."""
     t = params.dtype.type
-    lr = hyper[H_LR]
+    lr = hyper.lr
     decay = decay if is_weight else 0.0
     if opt_code == SGD:
-        sgd_update(params, grads, m, lo, hi, t(lr), t(hyper[H_MOMENTUM]),
-                   hyper[H_NESTEROV] != 0.0, t(decay), clip)
+        sgd_update(params, grads, m, lo, hi, t(lr), t(hyper.momentum), hyper.nesterov != 0.0,
+                   t(decay), clip)
     elif opt_code == ADAM or opt_code == ADAMW:
         shrink = 1.0
         if opt_code == ADAMW:
             shrink = 1.0 - lr * decay
             decay = 0.0
-        adam_update(params, grads, m, v, lo, hi, t(lr / bc1), t(hyper[H_BETA1]),
-                    t(hyper[H_BETA2]), t(hyper[H_EPS]), t(1.0 / np.sqrt(bc2)), t(decay),
-                    t(shrink), clip)
+        adam_update(params, grads, m, v, lo, hi, t(lr / bc1), t(hyper.beta1), t(hyper.beta2),
+                    t(hyper.eps), t(1.0 / np.sqrt(bc2)), t(decay), t(shrink), clip)
     else:
-        rmsprop_update(params, grads, m, v, lo, hi, t(lr), t(hyper[H_ALPHA]), t(hyper[H_EPS]),
-                       t(hyper[H_MOMENTUM]), t(decay), clip)
+        rmsprop_update(params, grads, m, v, lo, hi, t(lr), t(hyper.alpha), t(hyper.eps),
+                       t(hyper.momentum), t(decay), clip)

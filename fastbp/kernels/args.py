@@ -1,0 +1,89 @@
+"""The kernels' arguments, grouped: what a compiled call takes is a handful of these small
+typed values instead of thirty positional arrays. Numba passes a NamedTuple of arrays and
+scalars as one argument (its fields are read by name inside the kernels), and its type is
+part of the on-disk cache key like any other argument's.
+
+Sizes as in ops.py and cpu.py: P parameters, L layers, C chunks, W workspace length per
+chunk, G blocks of the flat buffers."""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Network(NamedTuple):
+    """The network as the kernels see it: layer sizes (L + 1,), offsets of W_l and b_l in
+    the flat buffers (L,), activation codes (L - 1,), dropout rates (L - 1,) float64 (empty:
+    none, and always empty to evaluate), loss and optimizer codes."""
+    sizes: np.ndarray
+    w_off: np.ndarray
+    b_off: np.ndarray
+    act: np.ndarray
+    dropout: np.ndarray
+    loss_code: int
+    opt_code: int
+
+
+class Rows(NamedTuple):
+    """A checked data set: X (N, n_0) C-contiguous in the model's dtype, labels (N,) int64
+    (cross_entropy; else empty), targets (N, K) (the other losses; else empty) and row
+    weights (N,) (empty: unweighted)."""
+    X: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def n(self):
+        return self.X.shape[0]
+
+    @property
+    def weight_total(self):
+        """The denominator of the mean loss: total row weight, or the row count."""
+        return self.weights.sum(dtype=np.float64) if self.weights.size else self.n
+
+
+class State(NamedTuple):
+    """What the optimizer updates: params (P,) and its buffers m, v (P,) or empty."""
+    params: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+
+
+class Workspace(NamedTuple):
+    """work (C, W): per chunk, every layer's activations A_l at a_off[l], pre-activations
+    Z_l at z_off[l] and two delta buffers at d_off, for a fixed number of rows."""
+    work: np.ndarray
+    a_off: np.ndarray
+    z_off: np.ndarray
+    d_off: np.ndarray
+
+
+class Slabs(NamedTuple):
+    """A training step's scratch: gslab (C, P) the chunks' gradients; block_lo, block_hi,
+    block_layer (G,) cut the flat buffers into blocks that never straddle a layer
+    (block_layer: l for W_l, L + l for b_l) and block_sq (G,) their sums of squares;
+    chunk_loss (C,) float64 and chunk_correct (C,) int64."""
+    gslab: np.ndarray
+    block_lo: np.ndarray
+    block_hi: np.ndarray
+    block_layer: np.ndarray
+    block_sq: np.ndarray
+    chunk_loss: np.ndarray
+    chunk_correct: np.ndarray
+
+
+class Hyper(NamedTuple):
+    """The optimizer's hyperparameters (float64; flags as 0/1). decay_per_weight: the weight
+    decay is taken per unit of batch weight, decay / (the batch's rows or total sample
+    weight), scikit-learn's L2 term alpha/2 ||W||^2 / n_batch; 0 is PyTorch's constant
+    decay. clip: the global gradient-norm clip (0: off)."""
+    lr: float
+    momentum: float
+    nesterov: float
+    beta1: float
+    beta2: float
+    eps: float
+    decay: float
+    clip: float
+    alpha: float
+    decay_per_weight: float
