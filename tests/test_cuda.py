@@ -21,19 +21,57 @@ def _run(code, **env):
                           env={**os.environ, **env}, timeout=600, cwd=ROOT)
 
 
+# tests of tests/cuda that may be skipped under the simulator, as {test id (JUnit's
+# "tests.cuda.test_cuda_target::test_name[params]"): regex of the skip reason}: none (the
+# block-size fixture runs only the small sizes there, so no test skips itself)
+EXPECTED_SIMULATOR_SKIPS = {}
+
+
 @pytest.mark.skipif(CUDA_TESTS, reason="tests/cuda is collected directly in this run")
-def test_cuda_suite_passes_under_the_simulator():
+def test_cuda_suite_passes_under_the_simulator(tmp_path):
     """tests/cuda in its own process: NUMBA_ENABLE_CUDASIM must be set before Numba is
-    imported, which in this process it already is."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "tests/cuda", "-q",
-                          "-p", "no:cacheprovider"], capture_output=True, text=True,
+    imported, which in this process it already is. Every collected test must pass, except
+    the skips expected under the simulator (with their reasons): nothing fails, errors or
+    is skipped unexpectedly."""
+    report = tmp_path / "cuda.xml"
+    out = subprocess.run([sys.executable, "-m", "pytest", "tests/cuda", "-p", "no:cacheprovider",
+                          "--junitxml", str(report), "-o", "junit_family=xunit2"],
+                         capture_output=True, text=True,
                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, timeout=1800,
                          cwd=ROOT)
     tail = out.stdout[-6000:] + out.stderr[-3000:]
     assert out.returncode == 0, tail          # 5 (nothing collected) fails here too
-    passed = re.search(r"(\d+) passed", out.stdout)
-    assert passed and int(passed.group(1)) >= 60, tail
-    assert "failed" not in out.stdout.splitlines()[-1], tail
+    collected = re.search(r"^collected (\d+) items?", out.stdout, re.MULTILINE)
+    assert collected, tail
+    collected = int(collected.group(1))
+    outcomes = _junit_outcomes(report)
+    assert len(outcomes) == collected >= 60, (collected, len(outcomes), tail)
+    failed = {name: o for name, o in outcomes.items() if o[0] in ("failure", "error")}
+    assert not failed, failed
+    skipped = {name: o[1] for name, o in outcomes.items() if o[0] == "skipped"}
+    unexpected = {name: why for name, why in skipped.items()
+                  if not re.search(EXPECTED_SIMULATOR_SKIPS.get(name, r"(?!)"), why)}
+    assert not unexpected, unexpected
+    passed = [name for name, o in outcomes.items() if o[0] == "passed"]
+    assert len(passed) == collected - len(skipped), tail
+    assert re.search(rf"\b{len(passed)} passed\b", out.stdout.splitlines()[-1]), tail
+
+
+def _junit_outcomes(path):
+    """{test id: (outcome, message)} from a pytest JUnit XML report; outcome 'passed',
+    'skipped', 'failure' or 'error' (the worst one a test reported)."""
+    import xml.etree.ElementTree as ET
+
+    rank = {"passed": 0, "skipped": 1, "failure": 2, "error": 3}
+    outcomes = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        result = outcomes.get(name, ("passed", ""))
+        for child in case:
+            if child.tag in rank and rank[child.tag] > rank[result[0]]:
+                result = (child.tag, child.get("message") or "")
+        outcomes[name] = result
+    return outcomes
 
 
 def test_no_gpu_is_a_clear_error():
@@ -100,8 +138,29 @@ def _nvvm_available():
         return False
 
 
-# instructions operating on float64 (register names like %fd3 do not match)
+# instructions operating on float64 / float32 (register names like %fd3 do not match)
 F64_OP = re.compile(r"^\s*[a-z]+(\.[a-z0-9]+)*\.f64\b")
+F32_OP = re.compile(r"^\s*[a-z]+(\.[a-z0-9]+)*\.f32\b")
+KERNELS = {"linear_forward", "linear_backward", "loss_delta", "output_forward",
+           "grad_block_norms", "step_stats", "optimizer_update"}
+# float64 in a float32 product kernel: the dropout hash's [0, 1) draw (u64 -> f64, scaled,
+# compared with the keep rate) and the rate's 1 / (1 - rate), converted to float32 once;
+# never a float64 load, store, multiply-add or sum
+DROPOUT_DRAW_F64 = {"ld.param.f64", "mov.f64", "sub.f64", "rcp.rn.f64", "cvt.rn.f32.f64",
+                    "cvt.rn.f64.u64", "mul.f64"}
+# float32 in a float64 kernel: only libdevice's own range checks and exponent rounding
+# inside its float64 exp/tanh/log (seen on the high word as float32); never a float32
+# load, store, multiply-add or sum
+LIBDEVICE_F32 = {"abs.f32", "cvt.rn.f32.f64", "cvt.f64.f32", "mul.f32", "cvt.rni.f32.f32"}
+
+
+def _ops(text, pattern):
+    """The opcodes (e.g. 'fma.rn.f32') of the PTX instructions matching `pattern`."""
+    return [line.split()[0] for line in text.splitlines() if pattern.match(line)]
+
+
+def _outside(ops, allowed):
+    return sorted({op for op in ops if op not in allowed and not op.startswith("setp.")})
 
 
 @pytest.mark.skipif(not _nvvm_available(),
@@ -109,18 +168,47 @@ F64_OP = re.compile(r"^\s*[a-z]+(\.[a-z0-9]+)*\.f64\b")
 def test_kernels_compile_to_ptx_and_float32_stays_float32():
     """Every kernel, both dtypes, compiled for an H100 (sm_90) by NVVM as on a GPU machine.
     float32 kernels compute in float32: float64 appears only where it is meant to (the
-    per-row loss and reductions, the dropout hash's [0, 1) draw and rate)."""
-    for dtype in ("float64", "float32"):
-        ptx = gpu.compile_ptx(dtype, (9, 0))
-        assert set(ptx) == {"linear_forward", "linear_backward", "loss_delta", "output_forward",
-                            "grad_block_norms", "step_stats", "optimizer_update"}
+    per-row loss and reductions, the dropout hash's [0, 1) draw and rate); float64 kernels
+    compute in float64 throughout."""
+    ptx = {dtype: gpu.compile_ptx(dtype, (9, 0)) for dtype in ("float64", "float32")}
+    for dtype, kernels in ptx.items():
+        assert set(kernels) == KERNELS, dtype
         for name in ("linear_forward", "linear_backward"):
-            assert ".shared" in ptx[name], name             # tiled through shared memory
-    f64 = {name: [line.strip() for line in text.splitlines() if F64_OP.match(line)]
-           for name, text in ptx.items()}
+            assert ".shared" in kernels[name], name             # tiled through shared memory
+
+    # float32 kernels: {name: (float64 opcodes, float32 opcodes)}
+    f32 = {name: (_ops(text, F64_OP), _ops(text, F32_OP))
+           for name, text in ptx["float32"].items()}
+    for name in ("linear_forward", "linear_backward"):
+        f64_ops, f32_ops = f32[name]
+        extra = _outside(f64_ops, DROPOUT_DRAW_F64)
+        assert extra == [], (name, extra)
+        # the tiles and their products are float32
+        for op in ("ld.shared.f32", "st.shared.f32", "fma.rn.f32", "ld.global.f32",
+                   "st.global.f32"):
+            assert op in f32_ops, (name, op)
     for name in ("output_forward", "optimizer_update"):
-        assert f64[name] == [], (name, f64[name][:5])
-    assert [op.split()[0] for op in f64["loss_delta"]] == ["cvt.f64.f32", "st.global.f64"]
+        assert f32[name][0] == [], (name, f32[name][0][:5])
+        assert "ld.global.f32" in f32[name][1] and "st.global.f32" in f32[name][1], name
+    assert f32["loss_delta"][0] == ["cvt.f64.f32", "st.global.f64"]   # the per-row loss
+    assert "fma.rn.f32" in f32["loss_delta"][1]
+    # the reductions are float64 by design, over float32 gradients ...
+    assert "ld.global.f32" in f32["grad_block_norms"][1]
+    assert "ld.global.f64" not in f32["grad_block_norms"][0]
+    assert "cvt.f64.f32" in f32["grad_block_norms"][0]
+    # ... and the clipping factor they make is stored for the float32 update
+    assert _outside(f32["step_stats"][1], {"mov.f32", "cvt.rn.f32.f64", "st.global.f32"}) == []
+    assert "st.global.f32" in f32["step_stats"][1]
+
+    for name, text in ptx["float64"].items():
+        f64_ops, f32_ops = _ops(text, F64_OP), _ops(text, F32_OP)
+        extra = _outside(f32_ops, LIBDEVICE_F32)
+        assert extra == [], (name, extra)
+        assert "ld.global.f64" in f64_ops or "ld.shared.f64" in f64_ops, name
+    for name in ("linear_forward", "linear_backward"):
+        f64_ops = _ops(ptx["float64"][name], F64_OP)
+        for op in ("ld.shared.f64", "st.shared.f64", "fma.rn.f64", "st.global.f64"):
+            assert op in f64_ops, (name, op)
 
 
 def test_small_grid_warnings_are_kept_from_users():

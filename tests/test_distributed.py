@@ -12,6 +12,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
@@ -107,20 +108,42 @@ def test_data_parallel_fit_reaches_single_process_accuracy(client, digits):
 
 
 def test_one_worker_one_local_step_equals_single_process_training(digits):
+    """README: with one worker and K=1 this is single-process training, bit for bit
+    (shuffle=False): parameters, optimizer state and step count identical, for Adam and
+    for SGD with Nesterov momentum, in float64 and in float32 (the driver averages in
+    float64 and stores back)."""
     X, y, _, _ = digits
+    settings = {"adam": {}, "sgd": {"momentum": 0.9, "nesterov": True}}
+    runs = {}
     with local_cluster(1) as c:
         Xd, yd = da.from_array(X, chunks=(336, 64)), da.from_array(y, chunks=336)
-        kw = dict(optimizer="adam", lr=0.01, batch_size=32, seed=0, dtype="float64")
-        a = fit(Trainer([64, 32, 10], **kw), Xd, yd, client=c, rounds=84, local_steps=1,
-                shuffle=False)
-    b = Trainer([64, 32, 10], **kw)
-    b.fit(X, y, epochs=2, shuffle=False, progress=False)
-    np.testing.assert_allclose(a.params, b.params, rtol=1e-12, atol=1e-15)
+        for optimizer, extra in settings.items():
+            for dtype, epochs in (("float64", 2), ("float32", 1)):
+                t = Trainer([64, 32, 10], optimizer=optimizer, lr=0.01, batch_size=32,
+                            seed=0, dtype=dtype, **extra)
+                runs[optimizer, dtype, epochs] = fit(t, Xd, yd, client=c,
+                                                     rounds=42 * epochs, local_steps=1,
+                                                     shuffle=False)
+    for (optimizer, dtype, epochs), dist in runs.items():
+        b = Trainer([64, 32, 10], optimizer=optimizer, lr=0.01, batch_size=32, seed=0,
+                    dtype=dtype, **settings[optimizer])
+        b.fit(X, y, epochs=epochs, shuffle=False, progress=False)
+        assert dist.params.dtype == b.params.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(dist.params, b.params, err_msg=f"{optimizer} {dtype}")
+        np.testing.assert_array_equal(dist.engine.m, b.engine.m, err_msg=f"{optimizer} {dtype}")
+        np.testing.assert_array_equal(dist.engine.v, b.engine.v, err_msg=f"{optimizer} {dtype}")
+        assert dist.step == b.step == 42 * epochs
 
 
-def test_a_worker_killed_mid_run_is_survived(digits):
+def test_a_worker_killed_mid_run_is_survived(digits, tmp_path):
+    """A worker process is SIGKILLed while it executes a round's task, after 20 of 150
+    rounds: the round is rerun elsewhere (the scheduler's story of that task shows it
+    processing twice) and training finishes all its rounds."""
     X, y, X_te, y_te = digits
-    with local_cluster(2) as c:
+    marker = tmp_path / "killed-task"
+    # keep the scheduler's whole transition log (default: the last 1000 transitions)
+    with dask.config.set({"distributed.admin.low-level-log-length": 100_000}), \
+            local_cluster(2) as c:
         Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
         t = Trainer([64, 64, 10], optimizer="sgd", momentum=0.9, lr=0.05, batch_size=32,
                     seed=0)
@@ -133,11 +156,46 @@ def test_a_worker_killed_mid_run_is_survived(digits):
             time.sleep(0.02)
         pids = c.run(os.getpid)
         victim = sorted(pids)[0]
-        os.kill(pids[victim], signal.SIGKILL)          # a worker process dies mid-run
+        rounds_before = len(t.history.get("loss", []))
+        while not marker.exists() and run.is_alive() and time.time() < deadline:
+            # the worker kills itself while its executor runs a round task (c.run runs on
+            # the worker's event loop, next to the task)
+            with contextlib.suppress(Exception):
+                c.run(_die_if_running_a_round, str(marker), workers=[victim])
+        rounds_at_kill = len(t.history.get("loss", []))
         run.join(timeout=150)
         assert not run.is_alive() and not errors, errors
-    assert len(t.history["loss"]) == 150
+        assert marker.exists(), "the worker was never killed inside a round task"
+        key = marker.read_text()
+        story = c.run_on_scheduler(_story, key)
+        pids_after = c.run(os.getpid)
+    # the kill happened mid-run: rounds were done before it and after it
+    assert 20 <= rounds_before <= rounds_at_kill < 150, (rounds_before, rounds_at_kill)
+    assert pids[victim] not in pids_after.values()               # that process is gone
+    moves = [(start, finish) for k, start, finish in story if k == key]
+    lost = [m for m in moves if m[0] == "processing" and m[1] in ("released", "waiting")]
+    assert lost, story                                           # lost with the worker ...
+    assert sum(finish == "processing" for _, finish in moves) >= 2, story   # ... run again
+    assert ("processing", "memory") in moves, story              # ... to completion
+    assert len(t.history["loss"]) == 150 and np.all(np.isfinite(t.history["loss"]))
     assert t.evaluate(X_te, y_te)["accuracy"] > 0.93
+
+
+def _die_if_running_a_round(marker, dask_worker=None):
+    """On a worker: SIGKILL this process if it is executing a `_local_round` task, after
+    writing that task's key to `marker`."""
+    running = [ts.key for ts in dask_worker.state.executing
+               if str(ts.key).startswith("_local_round")]
+    if running:
+        with open(marker, "w") as f:
+            f.write(str(running[0]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return running
+
+
+def _story(key, dask_scheduler=None):
+    """The scheduler's transitions of task `key`: (key, start, finish, ...) tuples."""
+    return [tuple(str(x) for x in entry[:3]) for entry in dask_scheduler.story(key)]
 
 
 def _catch(errors, fn, *args, **kwargs):

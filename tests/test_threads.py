@@ -4,8 +4,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fastbp import Trainer
 from fastbp import kernels
@@ -102,3 +104,66 @@ def test_overlapping_fits_in_threads_restore_the_blas_thread_counts():
     [th.join() for th in threads]
     after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     assert after == before
+
+
+def _blas_threads():
+    """{BLAS library path: its thread count} of every BLAS loaded in this process."""
+    from threadpoolctl import threadpool_info
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas"}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypatch):
+    """BLAS (SciPy's OpenBLAS, which Numba's np.dot in the kernels calls) runs on one thread
+    while fastbp's kernels run -- in fit's epoch kernel and callbacks, in predict and loss,
+    and around the estimators' L-BFGS-B -- and gets its thread count back afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    from fastbp import MLPClassifier, estimators
+    from fastbp.trainer import _blas_controller
+    _blas_controller()                     # make sure SciPy's BLAS is loaded and seen
+    with threadpool_limits(limits=2, user_api="blas"):     # a known count above one
+        before = _blas_threads()
+        import scipy
+        bundled = Path(scipy.__file__).parent.with_name("scipy.libs")   # a wheel's OpenBLAS
+        if bundled.is_dir():
+            assert any(Path(path).parent == bundled for path in before), before
+        if max(before.values()) < 2:
+            pytest.skip(f"BLAS cannot run two threads here: {before}")
+        seen = []
+
+        def spy(kind, fn):
+            def wrapped(*args):
+                seen.append((kind, _blas_threads()))
+                return fn(*args)
+            return wrapped
+
+        t = Trainer([8, 16, 3], seed=0)
+        for plan, names in ((t.engine.train_plan, ("train_epoch",)),
+                            (t.engine.eval_plan, ("predict", "loss_grad"))):
+            for name in names:
+                monkeypatch.setattr(plan.kernels, name, spy(name, getattr(plan.kernels, name)))
+        X = np.random.default_rng(0).standard_normal((64, 8))
+        y = np.arange(64) % 3
+        t.fit(X, y, epochs=2, progress=False,
+              callbacks=[lambda tr, epoch, logs: seen.append(("callback", _blas_threads()))])
+        t.predict(X)
+        t.loss(X, y)
+        assert _blas_threads() == before                     # restored after each call
+
+        real_minimize = estimators.minimize
+
+        def minimize(fun, x0, **kw):
+            seen.append(("lbfgs", _blas_threads()))
+            return real_minimize(spy("lbfgs loss", fun), x0, **kw)
+        monkeypatch.setattr(estimators, "minimize", minimize)
+        MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=5).fit(X, y)
+        assert _blas_threads() == before
+
+    kinds = {kind for kind, _ in seen}
+    assert kinds == {"train_epoch", "callback", "predict", "loss_grad", "lbfgs",
+                     "lbfgs loss"}, kinds
+    for kind, threads in seen:
+        assert set(threads) == set(before), (kind, threads)
+        assert all(n == 1 for n in threads.values()), (kind, threads)
