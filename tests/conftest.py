@@ -69,3 +69,27 @@ def make_data(loss, n_in, n_out, n=40, seed=0):
 @pytest.fixture
 def data():
     return make_data
+
+
+def cpu_activation(z, code, k):
+    """act(z) by kernels/scalar.py's CPU-compiled function for an activation code."""
+    from fastbp.kernels import codes, scalar
+    fn = {codes.RELU: scalar.relu, codes.LEAKY_RELU: scalar.leaky_relu,
+          codes.TANH: scalar.tanh, codes.SIGMOID: scalar.sigmoid, codes.GELU: scalar.gelu}
+    return fn[code](z, k) if code in fn else z
+
+
+def cpu_activation_grad(g, z, a, code, from_z, k):
+    """g * act'(z) as ops.activation_backward takes it, through scalar.py's functions."""
+    from fastbp.kernels import codes, scalar
+    if code == codes.RELU:
+        return scalar.relu_grad(g, z if from_z else a, k)
+    if code == codes.LEAKY_RELU:
+        return scalar.leaky_relu_grad(g, z, k)
+    if code == codes.TANH:
+        return scalar.tanh_grad(g, scalar.tanh(z, k) if from_z else a, k)
+    if code == codes.SIGMOID:
+        return scalar.sigmoid_grad(g, scalar.sigmoid(z, k) if from_z else a, k)
+    if code == codes.GELU:
+        return scalar.gelu_grad(g, z, k)
+    return g

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import cuda_backend, ops, scalar
-from .codes import ADAM, ADAMW, CROSS_ENTROPY, SGD
+from .codes import ADAM, ADAMW, CROSS_ENTROPY, GELU, LEAKY_RELU, RELU, SGD, SIGMOID, TANH
 
 cuda = None            # numba.cuda, set by build() (imported only when target='cuda' is used)
 DEFAULT_BLOCK_SIZES = {"tile": 16, "per_thread": 2, "threads": 256}
@@ -148,9 +148,46 @@ class _Context:
 def _device_functions(c):
     """The element-wise maths of scalar.py and ops.keep_unit, as device functions."""
     device = c.device
-    names = ("activation", "activation_grad", "output_term", "output_scale", "softmax_row",
-             "sigmoid", "sgd_rule", "adam_rule", "rmsprop_rule")
+    names = ("relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "tanh", "tanh_grad",
+             "sigmoid", "sigmoid_grad", "gelu", "gelu_grad", "output_term", "output_scale",
+             "softmax_row", "sgd_rule", "adam_rule", "rmsprop_rule")
     dev = SimpleNamespace(**{n: device(getattr(scalar, n).py_func) for n in names})
+    relu, leaky_relu, tanh, sigmoid, gelu = dev.relu, dev.leaky_relu, dev.tanh, dev.sigmoid, \
+        dev.gelu
+    relu_grad, leaky_relu_grad, tanh_grad, sigmoid_grad, gelu_grad = \
+        dev.relu_grad, dev.leaky_relu_grad, dev.tanh_grad, dev.sigmoid_grad, dev.gelu_grad
+
+    # the GPU's epilogues take the layer's code at run time: a switch to scalar.py's
+    # functions (the CPU's loops run one code each, ops.activation_forward/backward)
+    @device
+    def activation(z, code, k):
+        if code == RELU:
+            return relu(z, k)
+        if code == LEAKY_RELU:
+            return leaky_relu(z, k)
+        if code == TANH:
+            return tanh(z, k)
+        if code == SIGMOID:
+            return sigmoid(z, k)
+        if code == GELU:
+            return gelu(z, k)
+        return z
+
+    @device
+    def activation_grad(g, z, a, code, from_z, k):
+        if code == RELU:
+            return relu_grad(g, z if from_z else a, k)
+        if code == LEAKY_RELU:
+            return leaky_relu_grad(g, z, k)
+        if code == TANH:
+            return tanh_grad(g, tanh(z, k) if from_z else a, k)
+        if code == SIGMOID:
+            return sigmoid_grad(g, sigmoid(z, k) if from_z else a, k)
+        if code == GELU:
+            return gelu_grad(g, z, k)
+        return g
+
+    dev.activation, dev.activation_grad = activation, activation_grad
     # the CPU's own hash: the dropout masks are the same by construction
     keep_unit = device(ops.keep_unit.py_func)
     zero, NPF = c.k[scalar.ZERO], c.NPF

@@ -22,7 +22,7 @@ from . import scalar
 from .codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, FASTMATH, GELU, GELU_C,  # noqa: F401
                     GELU_K, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID,
                     TANH, jit)
-from .scalar import activation, activation_grad, output_term, softmax_row
+from .scalar import output_term, softmax_row
 
 
 @jit
@@ -73,29 +73,29 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA):
 
 @jit
 def activation_forward(A, Z, code):
-    """A (B, n) = act(Z (B, n)) for a hidden layer (scalar.activation per element)."""
+    """A (B, n) = act(Z (B, n)) for a hidden layer (scalar.py's function of the code)."""
     B, n = Z.shape
     k = scalar.constants(Z)
     if code == RELU:
         for r in range(B):
             for j in range(n):
-                A[r, j] = activation(Z[r, j], RELU, k)
+                A[r, j] = scalar.relu(Z[r, j], k)
     elif code == LEAKY_RELU:
         for r in range(B):
             for j in range(n):
-                A[r, j] = activation(Z[r, j], LEAKY_RELU, k)
+                A[r, j] = scalar.leaky_relu(Z[r, j], k)
     elif code == TANH:
         for r in range(B):
             for j in range(n):
-                A[r, j] = activation(Z[r, j], TANH, k)
+                A[r, j] = scalar.tanh(Z[r, j], k)
     elif code == SIGMOID:
         for r in range(B):
             for j in range(n):
-                A[r, j] = activation(Z[r, j], SIGMOID, k)
+                A[r, j] = scalar.sigmoid(Z[r, j], k)
     elif code == GELU:
         for r in range(B):
             for j in range(n):
-                A[r, j] = activation(Z[r, j], GELU, k)
+                A[r, j] = scalar.gelu(Z[r, j], k)
     else:
         for r in range(B):
             for j in range(n):
@@ -104,31 +104,32 @@ def activation_forward(A, Z, code):
 
 @jit
 def activation_backward(dA, Z, A, code, from_z):
-    """In place: dA (B, n) <- dA * act'(Z) (scalar.activation_grad per element), the
-    derivative taken from A = act(Z) where it can be and from Z for all when `from_z`
-    (dropout has rescaled A)."""
+    """In place: dA (B, n) <- dA * act'(Z) (scalar.py's derivative of the code), taken from
+    A = act(Z) where it can be and from Z for all when `from_z` (dropout has rescaled A)."""
     B, n = dA.shape
     k = scalar.constants(Z)
     if code == RELU:
         for r in range(B):
             for j in range(n):
-                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], RELU, from_z, k)
+                dA[r, j] = scalar.relu_grad(dA[r, j], Z[r, j] if from_z else A[r, j], k)
     elif code == LEAKY_RELU:
         for r in range(B):
             for j in range(n):
-                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], LEAKY_RELU, from_z, k)
+                dA[r, j] = scalar.leaky_relu_grad(dA[r, j], Z[r, j], k)
     elif code == TANH:
         for r in range(B):
             for j in range(n):
-                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], TANH, from_z, k)
+                a = scalar.tanh(Z[r, j], k) if from_z else A[r, j]
+                dA[r, j] = scalar.tanh_grad(dA[r, j], a, k)
     elif code == SIGMOID:
         for r in range(B):
             for j in range(n):
-                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], SIGMOID, from_z, k)
+                a = scalar.sigmoid(Z[r, j], k) if from_z else A[r, j]
+                dA[r, j] = scalar.sigmoid_grad(dA[r, j], a, k)
     elif code == GELU:
         for r in range(B):
             for j in range(n):
-                dA[r, j] = activation_grad(dA[r, j], Z[r, j], A[r, j], GELU, from_z, k)
+                dA[r, j] = scalar.gelu_grad(dA[r, j], Z[r, j], k)
 
 
 # ---------------------------------------------------------------------- dropout

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from numba import cuda   # a module global: the simulator swaps it while a kernel runs
 
+from conftest import cpu_activation, cpu_activation_grad
 from fastbp.kernels import gpu, scalar
 from fastbp.kernels.codes import ACTIVATION_CODES, BINARY_CROSS_ENTROPY, MSE, POISSON
 
@@ -42,8 +43,8 @@ def test_activations_and_derivatives_equal_the_cpus(dtype):
     for code in ACTIVATION_CODES:
         out, dout = np.empty_like(z), np.empty((z.size, 2), dtype)
         run[1, 16](z, code, out, dout)
-        cpu = np.array([scalar.activation(v, code, k) for v in z])
-        cpu_d = np.array([[scalar.activation_grad(v + v, v, a, code, f, k) for f in (0, 1)]
+        cpu = np.array([cpu_activation(v, code, k) for v in z])
+        cpu_d = np.array([[cpu_activation_grad(v + v, v, a, code, f, k) for f in (0, 1)]
                           for v, a in zip(z, cpu)])
         _close(out, cpu, dtype)
         _close(dout, cpu_d, dtype)
