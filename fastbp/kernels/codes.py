@@ -21,3 +21,6 @@ GELU_K = 0.044715
 # vectorising.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+# scalar.py's functions are inlined into their callers in Numba's IR instead of each going
+# through a compile pipeline of its own (per dtype and signature)
+jit_inline = njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")

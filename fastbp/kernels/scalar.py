@@ -14,7 +14,8 @@ float64. Index it with the names below.
 """
 import math
 
-from .codes import BINARY_CROSS_ENTROPY, GELU_C, GELU_K, LEAKY_SLOPE, MSE, POISSON, jit
+from .codes import BINARY_CROSS_ENTROPY, GELU_C, GELU_K, LEAKY_SLOPE, MSE, POISSON
+from .codes import jit_inline as jit
 
 # positions in the constants tuple `k`
 ZERO, ONE, HALF, TWO, THREE, SLOPE, GC, GK = range(8)
