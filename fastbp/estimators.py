@@ -203,10 +203,10 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, X, y, sample_weight):
         t = self._trainer
-        rows = t._check_data(X, y, sample_weight)
+        rows = t.check_data(X, y, sample_weight)
         n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         W_mask = np.zeros(t.n_params, dtype=bool)      # the weights (L2 applies), not biases
-        for W in t._layout.weights(W_mask):
+        for W in t.engine.network.layout.weights(W_mask):
             W[...] = True
         # target='cuda': the data goes to the GPU once, not at every function evaluation
         resident = t.engine.resident(rows)

@@ -224,8 +224,10 @@ class Trainer:
 
     # --------------------------------------------------------------- helpers
 
-    def _check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight")):
-        """-> Rows (X, labels, targets, weights) as the kernels take them."""
+    def check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight")):
+        """(X, y, sample_weight) checked as `fit` checks them (ValueError/TypeError naming
+        the argument) and converted once to the `Rows` the engine takes (X C-contiguous in
+        the model's dtype, labels or targets, row weights)."""
         Xc = check_X(X, self._cfg["layers"][0], self._dtype, names[0])
         labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
                                   self._dtype, names[1])
@@ -285,7 +287,7 @@ class Trainer:
         returns ("warn"). Vanishing or exploding gradients give one TrainingHealthWarning
         each (see `health()`).
         """
-        rows = self._check_data(X, y, sample_weight)
+        rows = self.check_data(X, y, sample_weight)
         val = self._check_validation_data(validation_data)
         if epochs is None:
             epochs = self._cfg["epochs"]
@@ -360,7 +362,7 @@ class Trainer:
             raise TypeError("validation_data must be a pair (X_val, y_val) or a triple "
                             "(X_val, y_val, sample_weight_val); got "
                             f"{type(validation_data).__name__}")
-        return self._check_data(*validation_data, names=(
+        return self.check_data(*validation_data, names=(
             "validation_data[0]", "validation_data[1]", "validation_data[2]"))
 
     def _recorded(self, validating):
@@ -444,19 +446,19 @@ class Trainer:
     def loss(self, X, y, sample_weight=None):
         """Mean loss over (X, y) as one batch at the current parameters (weighted mean
         with sample_weight)."""
-        rows = self._check_data(X, y, sample_weight)
+        rows = self.check_data(X, y, sample_weight)
         return float(self.engine.loss_grad(rows, want_grad=False)[0])
 
     def gradient(self, X, y, sample_weight=None):
         """Gradient of `loss(X, y)` with respect to `params` (a flat array, same layout)."""
-        rows = self._check_data(X, y, sample_weight)
+        rows = self.check_data(X, y, sample_weight)
         return self.engine.loss_grad(rows, want_grad=True)[2]
 
     def evaluate(self, X, y, sample_weight=None):
         """{'loss': mean loss, 'accuracy': ...} (accuracy for the classification losses:
         the fraction of correct classes, or of correct 0/1 outputs for binary_cross_entropy;
         unweighted)."""
-        rows = self._check_data(X, y, sample_weight)
+        rows = self.check_data(X, y, sample_weight)
         loss, correct, _ = self.engine.loss_grad(rows, want_grad=False)
         out = {"loss": float(loss)}
         acc = self._accuracy(correct, rows.n)

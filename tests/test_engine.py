@@ -32,7 +32,7 @@ def test_engine_trains_from_a_given_init_in_a_given_row_order(target, optimizer)
     np.testing.assert_array_equal(engine.params, init)
     assert engine.step == 0 and not engine.m.any()
     orders = [np.random.default_rng(s).permutation(21) for s in (1, 2)]
-    rows = t._check_data(X, y)
+    rows = t.check_data(X, y)
     order = row_order(rows.n)
     norms = np.empty((6, len(SIZES)))
     runner = engine.epoch_runner(rows, order, norms)
