@@ -126,23 +126,10 @@ def test_reference_optimizers_match_pytorch(name, kw):
     """Our written-out optimizers against torch.optim itself (skipped without torch, which
     is not a dependency; `pip install torch==2.13.0` enables it)."""
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    W, b = rng.normal(size=(4, 3)), rng.normal(size=3)
-    grads = [(rng.normal(size=(4, 3)), rng.normal(size=3)) for _ in range(5)]
-    ours = ref.Optimizer(name, lr=0.05, clip_norm=1.0, **kw)
-    Wr, br = W.copy(), b.copy()
-    tW = torch.tensor(W, requires_grad=True)
-    tb = torch.tensor(b, requires_grad=True)
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-           "rmsprop": torch.optim.RMSprop}[name]
-    decay = kw.get("weight_decay", 0.0)
-    extra = {k: v for k, v in kw.items() if k != "weight_decay"}
-    opt = cls([{"params": [tW], "weight_decay": decay}, {"params": [tb], "weight_decay": 0.0}],
-              lr=0.05, foreach=False, **extra)
-    for gW, gb in grads:
-        ours.step([Wr, br], [gW, gb], [True, False])
-        tW.grad, tb.grad = torch.tensor(gW), torch.tensor(gb)
-        torch.nn.utils.clip_grad_norm_([tW, tb], 1.0)
-        opt.step()
-    np.testing.assert_allclose(Wr, tW.detach().numpy(), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(br, tb.detach().numpy(), rtol=1e-12, atol=1e-14)
+    W, b, grads = golden.start_and_gradients()
+    Ws, bs = golden.torch_trajectory(torch, name, kw, W, b, grads)
+    ours = ref.Optimizer(name, lr=golden.LR, clip_norm=golden.CLIP, **kw)
+    for s, (gW, gb) in enumerate(grads, start=1):
+        ours.step([W, b], [gW.copy(), gb.copy()], [True, False])
+        np.testing.assert_allclose(W, Ws[s], rtol=1e-12, atol=1e-14, err_msg=f"step {s}")
+        np.testing.assert_allclose(b, bs[s], rtol=1e-12, atol=1e-14, err_msg=f"step {s}")
