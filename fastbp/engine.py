@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from .kernels import Plan, evaluation_plan, safe_plan, training_plan
+# Hyper and Rows are imported for the Trainer, which builds them
 from .kernels.args import Hyper, Network, Rows, Slabs, State, Workspace  # noqa: F401
 from .layout import Layout
 

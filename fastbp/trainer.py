@@ -8,8 +8,7 @@ import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
-from .engine import Engine, Hyper, NetworkSpec, Rows, row_order, single_threaded_blas  # noqa
-from .engine import _blas_controller  # noqa: F401  (tests reach BLAS through here)
+from .engine import Engine, Hyper, NetworkSpec, Rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .layout import Layout

@@ -90,7 +90,7 @@ def test_overlapping_fits_in_threads_restore_the_blas_thread_counts():
     fitting at once leave NumPy's and SciPy's BLAS as they found them."""
     from threadpoolctl import threadpool_info
 
-    from fastbp.trainer import _blas_controller
+    from fastbp.engine import _blas_controller
     _blas_controller()                     # make sure SciPy's BLAS is loaded and seen
     before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     X = np.random.default_rng(0).standard_normal((4000, 32))
@@ -121,7 +121,7 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
     from threadpoolctl import threadpool_limits
 
     from fastbp import MLPClassifier, estimators
-    from fastbp.trainer import _blas_controller
+    from fastbp.engine import _blas_controller
     _blas_controller()                     # make sure SciPy's BLAS is loaded and seen
     with threadpool_limits(limits=2, user_api="blas"):     # a known count above one
         before = _blas_threads()
