@@ -131,6 +131,12 @@ class Engine:
         self.__dict__.update(state)
         self._make_plans()
 
+    def set_batch_size(self, batch_size):
+        """Train with `batch_size` rows per step from now on (the plan follows it)."""
+        if batch_size != self.batch_size:
+            self.batch_size = batch_size
+            self._make_plans()
+
     @property
     def strategy(self):
         return self.train_plan.strategy

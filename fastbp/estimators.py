@@ -1,43 +1,33 @@
 """scikit-learn estimators over the Trainer: `MLPClassifier` and `MLPRegressor`.
 
 Every constructor parameter of scikit-learn's MLPs keeps its name, default and meaning, and
-the estimators follow its semantics where they differ from the Trainer's:
-
-- the L2 term alpha/2 * ||W||^2 / n_samples (n_samples of the batch, or its total sample
-  weight): the Trainer's `weight_decay` is alpha times the loss scale below, with
-  `decay_per_weight=True`;
-- scikit-learn's losses: log-loss summed over the outputs of a multilabel problem and half
-  the squared error, where the Trainer averages over the outputs (and drops the 1/2). The
-  gradients differ by a constant factor `scale` (1 for softmax, 1/K for K sigmoid outputs,
-  2/K for squared error), which the SGD learning rate and the decay absorb; Adam and L-BFGS
-  are invariant to it; `loss_` and `loss_curve_` are reported in scikit-learn's units;
-- the stopping rule: `tol` and `n_iter_no_change` on the training loss, or on the validation
-  score with `early_stopping` (best weights restored); `learning_rate` 'invscaling' and
-  'adaptive' for SGD; a ConvergenceWarning when `max_iter` is reached.
-
-`solver='lbfgs'` minimises the full-batch loss with scipy.optimize.minimize(method="L-BFGS-B",
-jac=True), one compiled forward/backward pass per function evaluation.
+for the same arguments and random_state the fitted model is scikit-learn's, to rounding:
+the same initialisation, early-stopping split, shuffles, batches, optimizer rules, stopping
+rules and reported losses (fastbp.sklearn_solvers runs scikit-learn's solvers on the
+compiled kernels). Beyond scikit-learn: `class_weight`, `dropout`, `target`, `dtype` and
+`n_threads`.
 """
+import os
+import threading
 import warnings
 from numbers import Integral, Real
 
+import numba
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import xlogy
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
-from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import (_check_partial_fit_first_call, type_of_target,
+                                      unique_labels)
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from .engine import single_threaded_blas
+from .sklearn_solvers import (NON_FINITE, StochasticSolver, fit_lbfgs, initial_params,
+                              loss_scales)
 from .trainer import Trainer
 
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
@@ -45,9 +35,26 @@ ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
 
 def _stochastic(est):
     if est.solver not in ("sgd", "adam"):
-        raise AttributeError(f"partial_fit is only available for stochastic optimizers; "
-                             f"{est.solver!r} is not stochastic")
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                             f"{est.solver} is not stochastic.")
     return True
+
+
+def resolve_target(target, n_threads):
+    """target='auto': 'parallel' (which itself runs small steps serially, see
+    fastbp.kernels.choose_strategy) when more than one thread is available to this fit, else
+    'cpu'. Off the main thread (joblib or Dask threads) and where OMP_NUM_THREADS limits
+    this process to one thread (joblib's process workers), 'cpu': the workers already share
+    the cores."""
+    if target != "auto":
+        return target
+    threads = n_threads or numba.get_num_threads()
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        threads = min(threads, int(limit))
+    if threads <= 1 or threading.current_thread() is not threading.main_thread():
+        return "cpu"
+    return "parallel"
 
 
 class _BaseMLP(BaseEstimator):
@@ -77,254 +84,150 @@ class _BaseMLP(BaseEstimator):
                              Options(Real, {np.inf})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
-        "target": [StrOptions({"cpu", "parallel", "cuda"})],
+        "target": [StrOptions({"auto", "cpu", "parallel", "cuda"})],
         "dtype": [None, StrOptions({"float32", "float64"})],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
     }
 
     # ------------------------------------------------------------ subclass hooks
-    # _encode(y, incremental) -> (loss, n_outputs, y for the Trainer)
-    # _score_for_stopping(X, y) -> float (higher is better)
+    # _validate_input(X, y, incremental, reset) -> (X, y, Y 2-D targets, row weights of
+    #     class_weight or None); _kernel_targets(Y); _validation_targets(Y); _score_function
 
     def _hidden(self):
         sizes = self.hidden_layer_sizes
         if not hasattr(sizes, "__iter__"):
             sizes = [sizes]
         sizes = list(sizes)
-        if any(not isinstance(s, Integral) or s < 1 for s in sizes):
+        if np.any(np.array(sizes) <= 0):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
-    def _dtype_for(self, X):
-        if self.dtype is not None:
-            return self.dtype
-        return "float32" if X.dtype == np.float32 else "float64"
-
-    def _loss_scale(self, loss, n_outputs):
-        """Trainer's gradient / scikit-learn's gradient for the same loss."""
-        if loss == "cross_entropy":
-            return 1.0
-        if loss in ("binary_cross_entropy", "poisson"):
-            return 1.0 / n_outputs
-        return 2.0 / n_outputs
-
-    def _build(self, n_features, loss, n_outputs, n_samples, dtype):
-        batch = min(200, n_samples) if self.batch_size == "auto" else self.batch_size
-        if self.batch_size != "auto" and not 1 <= self.batch_size <= n_samples:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                          "going to be clipped", UserWarning)
-            batch = int(np.clip(self.batch_size, 1, n_samples))
-        scale = self._loss_scale(loss, n_outputs)
-        solver = self.solver
-        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
-        kw = dict(loss=loss, batch_size=batch, epochs=1, shuffle=self.shuffle, dropout=dropout,
-                  target=self.target, dtype=dtype, n_threads=self.n_threads,
-                  seed=int(self._random_state.randint(np.iinfo(np.int32).max)))
-        if solver == "sgd":
-            kw.update(optimizer="sgd", lr=self.learning_rate_init / scale,
-                      momentum=min(self.momentum, 1 - 1e-12),
-                      nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
-        else:   # adam (lbfgs uses no optimizer: any will do)
-            kw.update(optimizer="adam", lr=self.learning_rate_init,
-                      betas=(self.beta_1, self.beta_2), eps=self.epsilon)
-        # scikit-learn's L2 term of a batch is alpha/2 ||W||^2 / (its rows, or its total
-        # sample weight): the decay is taken per unit of batch weight
-        kw.update(weight_decay=scale * self.alpha, decay_per_weight=True)
-        layers = [n_features, *self._hidden(), n_outputs]
-        self._trainer = Trainer(layers, activation=self.activation, **kw)
-        self._scale = scale
-        # scikit-learn's loss value / the Trainer's: as the gradients, except for squared
-        # error, whose value is half the mean over outputs while its gradient is not /K
-        self._value_scale = 2.0 if loss == "mse" else scale
-        self._batch = batch
-        self.n_layers_ = len(layers)
-        self.n_outputs_ = n_outputs
-        self.out_activation_ = {"cross_entropy": "softmax", "binary_cross_entropy": "logistic",
-                                "mse": "identity", "poisson": "exp"}[loss]
+    def _initialize(self, Y, layer_units, dtype, random_state):
+        """scikit-learn's `_initialize`: the fitted attributes reset and the weights drawn
+        from `random_state`, then the Trainer that holds them."""
         self.n_iter_ = 0
         self.t_ = 0
-        self.loss_curve_ = []
-        self._no_improvement_count = 0
-        if self.early_stopping:
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
-        else:
-            self.best_loss_ = np.inf
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
+        self.n_outputs_ = Y.shape[1]
+        self.n_layers_ = len(layer_units)
+        loss = self._loss_for(Y)
+        self._loss = loss
+        self.out_activation_ = {"cross_entropy": "softmax", "binary_cross_entropy": "logistic",
+                                "mse": "identity", "poisson": "exp"}[loss]
+        self._scale, self._value_scale = loss_scales(loss, self.n_outputs_)
+        dtype = self.dtype or dtype
+        sgd = self.solver == "sgd"
+        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
+        target = resolve_target(self.target, self.n_threads)
+        # the optimizer's numbers come from sklearn_solvers' Hyper; this configures the
+        # buffers: a momentum buffer for SGD with momentum, m and v for Adam, none for L-BFGS
+        self._trainer = Trainer(
+            layer_units, activation=self.activation, loss=loss,
+            optimizer="adam" if self.solver == "adam" else "sgd", lr=self.learning_rate_init,
+            batch_size=200, epochs=1, momentum=min(self.momentum, 1 - 1e-12) if sgd else 0.0,
+            nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
+            betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+            weight_decay=self._scale * self.alpha, decay_per_weight=True, dropout=dropout,
+            shuffle=self.shuffle, target=target, dtype=dtype, seed=0, n_threads=self.n_threads)
+        params = initial_params(random_state, layer_units, self.activation,
+                                self._trainer.engine.network.layout, self._trainer.dtype)
+        self._trainer.engine.init(params)
+        self._best_params = params.copy()
+        # dropout has no scikit-learn counterpart: its masks' seed is drawn only when used
+        self._dropout_seed = (int(random_state.randint(np.iinfo(np.int32).max))
+                              if np.any(np.asarray(dropout) > 0) else 0)
+        if self.solver in ("sgd", "adam"):
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
 
     @property
     def coefs_(self):
+        """Weight matrices (n_l, n_{l+1}): views into the flat buffer, so writing into them
+        changes the model; assigning a list of arrays of the same shapes copies it in."""
         check_is_fitted(self, "_trainer")
         return self._trainer.weights
 
+    @coefs_.setter
+    def coefs_(self, values):
+        self._assign("coefs_", self.coefs_, values)
+
     @property
     def intercepts_(self):
+        """Bias vectors (n_{l+1},): views into the flat buffer (see coefs_)."""
         check_is_fitted(self, "_trainer")
         return self._trainer.biases
 
-    def _l2(self, n):
-        return 0.5 * self.alpha * sum(float(np.dot(w.ravel(), w.ravel()))
-                                      for w in self._trainer.weights) / n
+    @intercepts_.setter
+    def intercepts_(self, values):
+        self._assign("intercepts_", self.intercepts_, values)
+
+    @staticmethod
+    def _assign(name, views, values):
+        values = list(values)
+        if len(values) != len(views):
+            raise ValueError(f"{name} needs {len(views)} arrays, got {len(values)}")
+        arrays = [np.asarray(v) for v in values]
+        for l, (view, a) in enumerate(zip(views, arrays)):
+            if a.shape != view.shape:
+                raise ValueError(f"{name}[{l}] must have shape {view.shape}, got {a.shape}")
+        for view, a in zip(views, arrays):     # all checked before any is written
+            view[...] = a
 
     # ------------------------------------------------------------------- fitting
 
     def _fit(self, X, y, sample_weight, incremental):
-        first = not hasattr(self, "_trainer") or not (self.warm_start or incremental)
-        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32),
-                             multi_output=True, y_numeric=not isinstance(self, ClassifierMixin))
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)    # DataConversionWarning, as scikit-learn
-        loss, n_outputs, y_t = self._encode(y, not first)
-        sample_weight = self._row_weights(X, y, sample_weight)
-        if first:
-            self._random_state = check_random_state(self.random_state)
-            self._build(X.shape[1], loss, n_outputs, X.shape[0], self._dtype_for(X))
-        elif self.n_outputs_ != n_outputs:
-            raise ValueError(f"y has {n_outputs} outputs but the model was fitted with "
+        """scikit-learn's `_fit`: validate, (re)initialise on a first pass from a fresh
+        check_random_state(random_state), run the solver, refuse non-finite weights."""
+        hidden = self._hidden()
+        first_pass = not hasattr(self, "_trainer") or (not self.warm_start and not incremental)
+        X, y, Y, class_weights = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        if class_weights is not None:
+            sample_weight = class_weights if sample_weight is None else \
+                sample_weight * class_weights
+        random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(Y, [X.shape[1], *hidden, Y.shape[1]], X.dtype.name, random_state)
+        elif Y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {Y.shape[1]} outputs but the model was fitted with "
                              f"{self.n_outputs_}")
-        Xc = np.ascontiguousarray(X, dtype=self._trainer.dtype)
+        X = np.ascontiguousarray(X, dtype=self._trainer.dtype)
+        if sample_weight is not None:
+            sample_weight = sample_weight.astype(self._trainer.dtype, copy=False)
         if self.solver == "lbfgs":
-            self._fit_lbfgs(Xc, y_t, sample_weight)
+            fit_lbfgs(self, X, Y, sample_weight)
         else:
-            self._fit_stochastic(Xc, y_t, y, sample_weight, incremental)
+            StochasticSolver(self).fit(X, Y, sample_weight, random_state, incremental)
+        if not np.isfinite(self._trainer.params).all():
+            raise ValueError(NON_FINITE)
         return self
 
-    def _row_weights(self, X, y, sample_weight):
-        """sample_weight (checked as scikit-learn does) times the class weights, or None."""
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        class_weight = getattr(self, "class_weight", None)
-        if class_weight is not None:
-            cw = compute_sample_weight(class_weight, y).astype(X.dtype)
-            sample_weight = cw if sample_weight is None else sample_weight * cw
-        return sample_weight
-
-    def _fit_lbfgs(self, X, y, sample_weight):
-        t = self._trainer
-        rows = t.check_data(X, y, sample_weight)
-        n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-        W_mask = np.zeros(t.n_params, dtype=bool)      # the weights (L2 applies), not biases
-        for W in t.engine.network.layout.weights(W_mask):
-            W[...] = True
-        # target='cuda': the data goes to the GPU once, not at every function evaluation
-        resident = t.engine.resident(rows)
-
-        def loss_and_grad(theta):
-            t.params[:] = theta
-            value, _, grad = t.engine.loss_grad(rows, want_grad=True, resident=resident)
-            grad = grad.astype(np.float64) / self._scale
-            grad[W_mask] += self.alpha * theta[W_mask] / n
-            value = value / self._value_scale + self._loss_offset
-            return value + 0.5 * self.alpha * theta[W_mask] @ theta[W_mask] / n, grad
-
-        # L-BFGS-B's own BLAS calls stay on one thread: idle BLAS threads spin-waiting next to
-        # the kernel's threads made target='parallel' 8x slower on digits
-        with single_threaded_blas():
-            result = minimize(loss_and_grad, t.params.astype(np.float64), method="L-BFGS-B",
-                              jac=True, options={"maxfun": self.max_fun,
-                                                 "maxiter": self.max_iter, "gtol": self.tol})
-        if result.status != 0:
-            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) "
-                          f"(status={result.status}): {result.message}. Increase the number "
-                          "of iterations (max_iter) or scale the data.", ConvergenceWarning)
-        t.params[:] = result.x
-        self.n_iter_ = int(result.nit)
-        self.t_ = self.n_iter_ * n
-        self.loss_ = float(result.fun)
-        self.best_loss_ = self.loss_
-
-    def _fit_stochastic(self, X, y_t, y_orig, sample_weight, incremental):
-        t = self._trainer
-        X_val = y_val = sw_val = None
-        X_tr, y_tr, sw_tr = X, y_t, sample_weight
-        if self.early_stopping and not incremental:
-            stratify = y_orig if (isinstance(self, ClassifierMixin) and
-                                  type_of_target(y_orig) in ("binary", "multiclass")) else None
-            idx = np.arange(X.shape[0])
-            tr, va = train_test_split(idx, random_state=self._random_state,
-                                      test_size=self.validation_fraction, stratify=stratify)
-            if va.size < 2:
-                raise ValueError(f"The validation set is too small ({va.size} samples): "
-                                 "increase validation_fraction or the number of samples.")
-            X_tr, y_tr, X_val, y_val = X[tr], y_t[tr], X[va], y_orig[va]
-            if sample_weight is not None:
-                sw_tr, sw_val = sample_weight[tr], sample_weight[va]
-        n = X_tr.shape[0]
-        stopped = []
-
-        def end_of_epoch(trainer, epoch, logs):
-            """scikit-learn's bookkeeping and stopping rules after each epoch; True stops."""
-            self.n_iter_ += 1
-            self.t_ += n
-            self.loss_ = (logs["loss"] / self._value_scale + self._loss_offset +
-                          self._l2(self._batch))
-            self.loss_curve_.append(self.loss_)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            if self.solver == "sgd" and self.learning_rate == "invscaling":
-                t.lr = self.learning_rate_init / self._scale / (self.t_ + 1) ** self.power_t
-            self._update_no_improvement(X_val, y_val, sw_val)
-            if incremental or self._no_improvement_count <= self.n_iter_no_change:
-                return False
-            what = ("Validation score" if self.early_stopping else "Training loss")
-            if (self.solver == "sgd" and self.learning_rate == "adaptive"
-                    and t.lr * self._scale > 1e-6):
-                t.lr = t.lr / 5.0
-                self._no_improvement_count = 0
-                if self.verbose:
-                    print(f"{what} did not improve more than tol={self.tol} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Setting "
-                          f"learning rate to {t.lr * self._scale:f}")
-                return False
-            if self.verbose:
-                print(f"{what} did not improve more than tol={self.tol} for "
-                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-            stopped.append(epoch)
-            return True
-
-        # one fit for all epochs: X checked, buffers allocated (and on the GPU, X moved)
-        # once, not once per epoch
-        t.fit(X_tr, y_tr, sample_weight=sw_tr, epochs=1 if incremental else self.max_iter,
-              progress=False, callbacks=[end_of_epoch])
-        if not incremental and not stopped:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
-                          "reached and the optimization hasn't converged yet.",
-                          ConvergenceWarning)
-        if self.early_stopping and not incremental and self._best_params is not None:
-            t.params[:] = self._best_params
-
-    def _update_no_improvement(self, X_val, y_val, sw_val):
-        if self.early_stopping and X_val is not None:
-            score = self._score_for_stopping(X_val, y_val, sw_val)
-            self.validation_scores_.append(score)
-            if score < self.best_validation_score_ + self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if score > self.best_validation_score_:
-                self.best_validation_score_ = score
-                self._best_params = self._trainer.params.copy()
-        else:
-            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if self.loss_curve_[-1] < self.best_loss_:
-                self.best_loss_ = self.loss_curve_[-1]
+    def _validation_score(self, X, y, sample_weight):
+        """scikit-learn's `_score_with_function`: NaN when the predictions are not finite."""
+        y_pred = self._predict(X)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return self._score_function(y, y_pred, sample_weight=sample_weight)
 
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y (rows weighted by sample_weight, and
         by class_weight for the classifier). Returns self."""
         self._validate_params()
-        self._best_params = None
-        self._in_partial_fit = False
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def _output(self, X):
+    def _forward(self, X, check_input=True):
+        """The output layer's activations (n, n_outputs)."""
         check_is_fitted(self, "_trainer")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        if check_input:
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
 
     def __sklearn_tags__(self):
@@ -350,7 +253,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, dropout=0.0, target="cpu", dtype=None, n_threads=None):
+                 class_weight=None, dropout=0.0, target="auto", dtype=None, n_threads=None):
         self.class_weight = class_weight
         self.dropout = dropout
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -380,90 +283,80 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.dtype = dtype
         self.n_threads = n_threads
 
-    def _encode(self, y, incremental):
-        self._loss_offset = 0.0
-        if not incremental:
+    _is_classifier = True
+    _score_function = staticmethod(accuracy_score)
+
+    def _validate_input(self, X, y, incremental, reset):
+        """scikit-learn's: labels binarised by the LabelBinarizer of the first pass (checked
+        against its classes on later passes), as a boolean (n, n_outputs) Y."""
+        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
+                             reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
             self._label_binarizer = LabelBinarizer()
             self._label_binarizer.fit(y)
             self.classes_ = self._label_binarizer.classes_
         else:
             classes = unique_labels(y)
-            if self.warm_start and not getattr(self, "_in_partial_fit", False) and \
-                    not np.array_equal(classes, self.classes_):
-                raise ValueError("warm_start can only be used where `y` has the same classes "
-                                 f"as in the previous call to fit. Previously got "
-                                 f"{self.classes_}, `y` has {classes}")
-            if not set(classes) <= set(self.classes_):
-                raise ValueError(f"`y` has classes not in `self.classes_`. "
-                                 f"`self.classes_` has {self.classes_}. 'y' has {classes}.")
-        kind = type_of_target(y)
-        if kind == "multilabel-indicator":
-            Y = self._label_binarizer.transform(y).astype(float)
-            return "binary_cross_entropy", Y.shape[1], Y
-        if len(self.classes_) <= 2:
-            # one sigmoid output, as scikit-learn (a single class trains towards it)
-            pos = (y == self.classes_[-1]).astype(float).reshape(-1, 1)
-            if len(self.classes_) == 1:
-                pos = np.ones_like(pos)
-            return "binary_cross_entropy", 1, pos
-        return "cross_entropy", len(self.classes_), np.searchsorted(self.classes_, y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError("warm_start can only be used where `y` has the same "
+                                     "classes as in the previous call to fit. Previously "
+                                     f"got {self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError("`y` has classes not in `self.classes_`. `self.classes_` "
+                                 f"has {self.classes_}. 'y' has {classes}.")
+        class_weights = None
+        if self.class_weight is not None:
+            class_weights = compute_sample_weight(self.class_weight, y).astype(X.dtype)
+        return X, y, self._label_binarizer.transform(y).astype(bool), class_weights
 
-    def _score_for_stopping(self, X, y, sample_weight):
-        return accuracy_score(y, self._predict_raw(X), sample_weight=sample_weight)
+    def _loss_for(self, Y):
+        return ("cross_entropy" if self._label_binarizer.y_type_ == "multiclass"
+                else "binary_cross_entropy")
 
-    def _predict_raw(self, X):
-        P = self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
-        return self._decode(P)
+    def _kernel_targets(self, Y):
+        """Class indices for the softmax, 0/1 floats for sigmoid outputs."""
+        return Y.argmax(axis=1) if self._loss == "cross_entropy" else Y.astype(np.float64)
 
-    def _decode(self, P):
-        if self.out_activation_ == "softmax":
-            return self.classes_[P.argmax(axis=1)]
+    def _validation_targets(self, Y):
+        return self._label_binarizer.inverse_transform(Y)
+
+    def _predict(self, X, check_input=False):
+        y_pred = self._forward(X, check_input)
         if self.n_outputs_ == 1:
-            return self.classes_[(P[:, 0] >= 0.5).astype(int) if len(self.classes_) > 1
-                                 else np.zeros(len(P), dtype=int)]
-        return (P >= 0.5).astype(int)
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
 
     def predict(self, X):
         """Predicted class labels (or 0/1 indicator rows for multilabel)."""
-        return self._decode(self._output(X))
+        return self._predict(X, check_input=True)
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of `classes_`."""
-        P = self._output(X)
-        if self.out_activation_ == "logistic" and self.n_outputs_ == 1 and \
-                len(self.classes_) > 1:
-            return np.hstack([1 - P, P])
-        return P
+        y_pred = self._forward(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
 
     def predict_log_proba(self, X):
+        """Logarithm of `predict_proba`."""
         return np.log(self.predict_proba(X))
 
     @available_if(_stochastic)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """One epoch over (X, y) from the current state; the first call needs `classes`."""
-        if self.early_stopping:
-            raise ValueError("partial_fit does not support early_stopping=True")
-        self._in_partial_fit = True
-        first = not hasattr(self, "_trainer")
-        if first:
-            self._validate_params()
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            self._label_binarizer = LabelBinarizer().fit(classes)
-            self.classes_ = self._label_binarizer.classes_
-            X, y = validate_data(self, X, y, reset=True, dtype=(np.float64, np.float32),
-                                 multi_output=True)
-            loss, n_outputs, y_t = self._encode(y, incremental=True)
-            self._random_state = check_random_state(self.random_state)
-            self._build(X.shape[1], loss, n_outputs, X.shape[0], self._dtype_for(X))
-            self._best_params = None
-            Xc = np.ascontiguousarray(X, dtype=self._trainer.dtype)
-            self._fit_stochastic(Xc, y_t, y, self._row_weights(X, y, sample_weight),
-                                 incremental=True)
-            return self
-        if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"`classes={list(classes)}` is not the same as on the first "
-                             f"call to partial_fit, was: {list(self.classes_)}")
+        """One epoch over (X, y) from the current state; the first call needs `classes`
+        (for a multilabel indicator y, the column indices)."""
+        self._validate_params()
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
         return self._fit(X, y, sample_weight, incremental=True)
 
     def __sklearn_tags__(self):
@@ -486,7 +379,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dropout=0.0, target="cpu", dtype=None, n_threads=None):
+                 dropout=0.0, target="auto", dtype=None, n_threads=None):
         self.dropout = dropout
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -516,36 +409,39 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.dtype = dtype
         self.n_threads = n_threads
 
-    def _encode(self, y, incremental):
-        Y = np.asarray(y, dtype=float)
-        if Y.ndim == 1:
-            Y = Y.reshape(-1, 1)
-        self._y_1d = np.ndim(y) == 1
-        self._loss_offset = 0.0
-        if self.loss == "poisson":
-            if (Y < 0).any():
-                raise ValueError("Some value(s) of y are negative which is not allowed for "
-                                 "Poisson regression.")
-            # scikit-learn's poisson loss = K x (exp(z) - y z, averaged) + this constant
-            self._loss_offset = float(np.sum(np.mean(xlogy(Y, Y) - Y, axis=0)))
-            return "poisson", Y.shape[1], Y
-        return "mse", Y.shape[1], Y
+    _is_classifier = False
+    _score_function = staticmethod(r2_score)
 
-    def _score_for_stopping(self, X, y, sample_weight):
-        P = self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
-        return r2_score(y, P.ravel() if self._y_1d else P, sample_weight=sample_weight)
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if self.loss == "poisson" and (Y < 0).any():
+            raise ValueError("Some value(s) of y are negative which is not allowed for "
+                             "Poisson regression.")
+        return X, y, Y, None
+
+    def _loss_for(self, Y):
+        return "poisson" if self.loss == "poisson" else "mse"
+
+    def _kernel_targets(self, Y):
+        return Y.astype(np.float64)
+
+    def _validation_targets(self, Y):
+        return Y
+
+    def _predict(self, X, check_input=False):
+        y_pred = self._forward(X, check_input)
+        return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
 
     def predict(self, X):
         """Predicted values: shape (n,) for one output, (n, n_outputs) otherwise."""
-        P = self._output(X)
-        return P.ravel() if self.n_outputs_ == 1 and self._y_1d else P
+        return self._predict(X, check_input=True)
 
     @available_if(_stochastic)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y) from the current state."""
-        if self.early_stopping:
-            raise ValueError("partial_fit does not support early_stopping=True")
-        if not hasattr(self, "_trainer"):
-            self._validate_params()
-            self._best_params = None
+        self._validate_params()
         return self._fit(X, y, sample_weight, incremental=True)

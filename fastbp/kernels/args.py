@@ -76,7 +76,9 @@ class Hyper(NamedTuple):
     """The optimizer's hyperparameters (float64; flags as 0/1). decay_per_weight: the weight
     decay is taken per unit of batch weight, decay / (the batch's rows or total sample
     weight), scikit-learn's L2 term alpha/2 ||W||^2 / n_batch; 0 is PyTorch's constant
-    decay. clip: the global gradient-norm clip (0: off)."""
+    decay. clip: the global gradient-norm clip (0: off). eps_hat: Adam's eps is added to
+    sqrt(v) before the bias correction and the step size carries sqrt(1 - beta2^t) (Kingma
+    and Ba's "efficient" form, scikit-learn's); 0 is PyTorch's eps on sqrt(v_hat)."""
     lr: float
     momentum: float
     nesterov: float
@@ -87,3 +89,4 @@ class Hyper(NamedTuple):
     clip: float
     alpha: float
     decay_per_weight: float
+    eps_hat: float = 0.0

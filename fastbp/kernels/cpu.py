@@ -35,7 +35,10 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     scratch (gslab[0] holds the whole batch's gradient after each step); ws (args.Workspace)
     the chunks' activations; net (args.Network) the sizes, offsets and codes; hyper
     (args.Hyper) the optimizer's settings; norms (S, L + 1) receives, per step, the L2 norm
-    of each weight gradient and the global norm of the gradient (before clipping). `step`
+    of each weight gradient and the global norm of the gradient (before clipping); given
+    (S, L + 3) it also receives the step records the estimators report scikit-learn's loss
+    from: the step's sum of row losses (L + 1) and the sum of squares of the weights before
+    its update (L + 2). `step`
     counts optimizer steps taken before this epoch, `seed` seeds the dropout masks.
     Returns (sum of the rows' losses, correct predictions, step after the epoch, -1); when a
     step's loss is NaN or infinite it stops before that step's update and returns the
@@ -55,6 +58,8 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     # With clipping, every block is reduced (pass 0) before any is updated (pass 1), as the
     # global norm must be known first; without, each block is reduced and updated at once.
     n_passes = 2 if clip_norm > 0.0 else 1
+    records = norms.shape[1] > L + 1
+    weight_sq = 0.0
     loss_total = 0.0
     correct_total = 0
     n_steps = (n + batch_size - 1) // batch_size
@@ -84,6 +89,8 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
         if not np.isfinite(step_loss):
             return loss_total, correct_total, step, s    # diverged: stop before the update
         loss_total += step_loss
+        if records:
+            weight_sq = weights_sum_of_squares(params, slabs, L)
 
         step += 1
         bc1, bc2 = bias_corrections(hyper, step)
@@ -105,6 +112,9 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                            reduce, update)
         if n_passes == 1:
             record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
+        if records:
+            norms[s, L + 1] = step_loss
+            norms[s, L + 2] = weight_sq
     return loss_total, correct_total, step, -1
 
 
@@ -155,10 +165,25 @@ def reduce_block(gslab, lo, hi):
 
 
 @jit
+def weights_sum_of_squares(params, slabs, L):
+    """Sum of squares of every W_l (biases left out), block by block in a fixed order."""
+    total = 0.0
+    for k in range(slabs.block_lo.shape[0]):
+        if slabs.block_layer[k] < L:
+            P = params[slabs.block_lo[k]:slabs.block_hi[k]]
+            acc = 0.0
+            for i in range(P.shape[0]):
+                acc += np.float64(P[i]) * np.float64(P[i])
+            total += acc
+    return total
+
+
+@jit
 def record_norms(norms, s, block_sq, block_layer, L):
     """norms[s, l] = L2 norm of W_l's gradient, norms[s, L] = global norm; summed over the
     blocks in a fixed order (reproducible). Returns the global norm."""
-    norms[s, :] = 0.0
+    for l in range(L + 1):
+        norms[s, l] = 0.0
     total = 0.0
     for k in range(block_sq.shape[0]):
         total += block_sq[k]

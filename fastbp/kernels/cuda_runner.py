@@ -21,6 +21,7 @@ import numpy as np
 
 from . import cuda_backend, gpu
 from .codes import ADAMW
+from .optim import adam_step_size
 
 # A data set is moved to the GPU whole when X takes at most this share of its free memory;
 # larger ones are streamed, in chunks of at most CHUNK_BYTES (tests lower MAX_RESIDENT_BYTES
@@ -159,6 +160,7 @@ class CudaNetwork:
         self.block_lo = cuda.to_device(block_lo)
         self.block_hi = cuda.to_device(block_hi)
         self.block_layer = cuda.to_device(block_layer)
+        self.block_layer_host = block_layer
         self.block_sq = cuda.device_array(self.n_blocks, dtype=np.float64)
         self.clip = cuda.to_device(np.ones(1, dtype=self.dtype))
         self.status = cuda.to_device(np.zeros(2, dtype=np.int64))
@@ -273,7 +275,8 @@ class CudaNetwork:
         """One epoch over `data` in the row order `order` (host int64), as
         cpu.train_epoch: returns (sum of the rows' losses, correct predictions, step after
         the epoch, -1 or the index of the step whose loss was NaN/inf). norms (S, L + 1)
-        (host) receives the per-step gradient norms. `buffers` are the per-fit device
+        (host) receives the per-step gradient norms, or (S, L + 3) also the step records of
+        cpu.train_epoch. `buffers` are the per-fit device
         arrays from `epoch_buffers`."""
         k, F = self.k, self.F
         n, B, L = data.n, batch_size, self.L
@@ -288,6 +291,9 @@ class CudaNetwork:
         block_norms = self._launch(k.grad_block_norms, self.n_blocks, k.threads)
         step_stats = self._launch(k.step_stats, 1, k.threads)
         update = self._grid_stride(k.optimizer_update, self.layout.n_params)
+        records = norms.shape[1] > L + 1           # see cpu.train_epoch
+        if records and "wsq" not in buffers:
+            buffers["wsq"] = self.cuda.device_array((n_steps, self.n_blocks), dtype=np.float64)
         for s in range(n_steps):
             lo = s * B
             n_rows = min(B, n - lo)
@@ -308,18 +314,24 @@ class CudaNetwork:
                 ws.row_loss, ws.row_correct, n_rows, self.block_sq, self.block_layer,
                 buffers["norms"], s, clip_norm, self.clip, self.status, buffers["loss"],
                 buffers["correct"])
+            if records:                   # the weights before this step's update
+                block_norms(self.params, self.block_lo, self.block_hi, buffers["wsq"][s])
             bc1 = 1.0 - hyper.beta1 ** t
             bc2 = 1.0 - hyper.beta2 ** t
             update(
                 self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
-                self.opt_code, *opt, decays[s][0], F(hyper.lr / bc1),
-                F(1.0 / math.sqrt(bc2)), decays[s][1], self.clip, self.status)
+                self.opt_code, *opt, decays[s][0], *self._adam_scalars(hyper, bc1, bc2),
+                decays[s][1], self.clip, self.status)
         status = self.status.copy_to_host()
         bad = int(status[1]) if status[0] else -1
         done = bad if bad >= 0 else n_steps
         losses = buffers["loss"].copy_to_host()[:done]
         correct = buffers["correct"].copy_to_host()[:done]
-        norms[:] = buffers["norms"].copy_to_host()[:norms.shape[0]]
+        norms[:, :L + 1] = buffers["norms"].copy_to_host()[:norms.shape[0]]
+        if records:
+            norms[:done, L + 1] = losses
+            wsq = buffers["wsq"].copy_to_host()[:done]
+            norms[:done, L + 2] = wsq[:, self.block_layer_host < L].sum(axis=1)
         return float(losses.sum()), int(correct.sum()), step + done, bad
 
     def epoch_buffers(self, n_steps):
@@ -340,6 +352,11 @@ class CudaNetwork:
         totals = np.add.reduceat(data.weights[order], starts).astype(self.dtype)
         with np.errstate(divide="ignore"):
             return np.where(totals > 0, self.F(1) / totals, self.F(0)).astype(self.dtype)
+
+    def _adam_scalars(self, hyper, bc1, bc2):
+        """Adam's step size and 1/sqrt(bc2) as optim.adam_step_size makes them."""
+        step_size, inv_sqrt_bc2 = adam_step_size.py_func(hyper, bc1, bc2)
+        return self.F(step_size), self.F(inv_sqrt_bc2)
 
     def _optimizer_scalars(self, hyper):
         """lr, momentum, nesterov, beta1, beta2, eps, alpha in the kernel's order."""

@@ -77,6 +77,16 @@ def bias_corrections(hyper, step):
 
 
 @jit
+def adam_step_size(hyper, bc1, bc2):
+    """Adam's (step_size, inv_sqrt_bc2) for scalar.adam_rule: (lr / bc1, 1 / sqrt(bc2)),
+    PyTorch's eps on sqrt(v_hat); under hyper.eps_hat (lr sqrt(bc2) / bc1, 1), eps on the
+    uncorrected sqrt(v), as scikit-learn's AdamOptimizer."""
+    if hyper.eps_hat != 0.0:
+        return hyper.lr * np.sqrt(bc2) / bc1, 1.0
+    return hyper.lr / bc1, 1.0 / np.sqrt(bc2)
+
+
+@jit
 def step_decay(hyper, inv_count):
     """This step's weight decay: hyper.decay, or per unit of batch weight (inv_count: 1 /
     the batch's rows or total weight) under hyper.decay_per_weight."""
@@ -103,8 +113,9 @@ def update_segment(params, grads, m, v, lo, hi, opt_code, hyper, bc1, bc2, is_we
         if opt_code == ADAMW:
             shrink = 1.0 - lr * decay
             decay = 0.0
-        adam_update(params, grads, m, v, lo, hi, t(lr / bc1), t(hyper.beta1), t(hyper.beta2),
-                    t(hyper.eps), t(1.0 / np.sqrt(bc2)), t(decay), t(shrink), clip)
+        step_size, inv_sqrt_bc2 = adam_step_size(hyper, bc1, bc2)
+        adam_update(params, grads, m, v, lo, hi, t(step_size), t(hyper.beta1),
+                    t(hyper.beta2), t(hyper.eps), t(inv_sqrt_bc2), t(decay), t(shrink), clip)
     else:
         rmsprop_update(params, grads, m, v, lo, hi, t(lr), t(hyper.alpha), t(hyper.eps),
                        t(hyper.momentum), t(decay), clip)
