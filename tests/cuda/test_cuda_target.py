@@ -218,13 +218,19 @@ def test_validation_callbacks_files_and_pickles(tmp_path):
     np.testing.assert_allclose(cuda.params, cpu.params, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
 def test_estimator_on_cuda_matches_cpu(solver):
+    """The estimators' scikit-learn solvers (Adam's eps_hat, SGD's rescaled momentum under
+    invscaling, the loss from the step records with its L2 term) on the GPU."""
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
     kw = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=BATCH, max_iter=3,
-              random_state=0, dtype="float64")
+              random_state=0, dtype="float64", alpha=0.01)
+    if solver == "sgd":
+        kw.update(learning_rate="invscaling", learning_rate_init=0.5)
     cpu = MLPClassifier(target="cpu", **kw).fit(X, y)
     cuda = MLPClassifier(target="cuda", **kw).fit(X, y)
     for a, b in zip(cuda.coefs_ + cuda.intercepts_, cpu.coefs_ + cpu.intercepts_):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(cuda.predict_proba(X), cpu.predict_proba(X), rtol=1e-9)
+    if solver != "lbfgs":
+        np.testing.assert_allclose(cuda.loss_curve_, cpu.loss_curve_, rtol=1e-9)
