@@ -139,13 +139,18 @@ class Table:
                                 f"-1 for the last)")
         return label % self.width
 
+    def _is_numeric(self, j):
+        types = _pandas().api.types
+        s = self.frame.iloc[:, j]
+        return types.is_bool_dtype(s) or (types.is_numeric_dtype(s)
+                                          and not types.is_complex_dtype(s))
+
     def _numbers(self, j):
         """Column j as float64 (NaN where a cell is missing), or (None, row, value) where a
         cell holds something that is not a number."""
         pd = _pandas()
         s = self.frame.iloc[:, j]
-        if pd.api.types.is_bool_dtype(s) or (pd.api.types.is_numeric_dtype(s)
-                                             and not pd.api.types.is_complex_dtype(s)):
+        if self._is_numeric(j):
             return s.to_numpy(dtype=np.float64, na_value=np.nan), None, None
         text = s.astype("string").str.strip()
         present = s.notna().to_numpy() & (text != "").fillna(False).to_numpy(dtype=bool)
@@ -159,15 +164,19 @@ class Table:
 
     def features(self, columns):
         """The float64 matrix of the given file columns; every cell must be a finite number."""
-        X = np.empty((self.frame.shape[0], len(columns)), dtype=np.float64)
-        for k, j in enumerate(columns):
-            values, row, value = self._numbers(j)
-            if values is None:
-                raise DataFileError(
-                    f"{self.path}: feature {self.describe(j)} is not numeric ({_show(value)} "
-                    f"in data row {row + 1}); fastbp takes numbers only: encode text "
-                    "columns as numbers (e.g. one-hot) or drop them")
-            X[:, k] = values
+        columns = list(columns)
+        if all(self._is_numeric(j) for j in columns):          # the usual case: one copy
+            X = self.frame.iloc[:, columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            X = np.empty((self.frame.shape[0], len(columns)), dtype=np.float64)
+            for k, j in enumerate(columns):
+                values, row, value = self._numbers(j)
+                if values is None:
+                    raise DataFileError(
+                        f"{self.path}: feature {self.describe(j)} is not numeric "
+                        f"({_show(value)} in data row {row + 1}); fastbp takes numbers only: "
+                        "encode text columns as numbers (e.g. one-hot) or drop them")
+                X[:, k] = values
         bad = np.argwhere(~np.isfinite(X))
         if len(bad):
             r, k = bad[0]

@@ -385,3 +385,12 @@ def test_a_diverged_run_keeps_its_last_good_epoch(tmp_path, capsys, monkeypatch)
     code, _, err = run(["train", tmp_path / "d.csv", "--out", out, "--no-progress"], capsys)
     assert code == 1 and "diverged" in err and "last good epoch (1)" in err
     assert Trainer.load(out).epochs_done == 1
+
+
+def test_report_is_written_whole(tmp_path, capsys):
+    classes_frame().to_csv(tmp_path / "d.csv", index=False)
+    code, out, err = run(["train", tmp_path / "d.csv", "--epochs", "2", "--no-progress",
+                          "--out", tmp_path / "m.npz", "--report", tmp_path / "r.png"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["d.csv", "m.npz", "r.png"]   # no temporary file
