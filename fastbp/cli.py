@@ -1,27 +1,46 @@
-"""The `fastbp` command line: `fastbp train [DATA]`, `fastbp predict MODEL DATA` and
-`fastbp warmup`.
+"""The `fastbp` command line: `fastbp train [DATA]`, `fastbp predict MODEL DATA`,
+`fastbp evaluate MODEL DATA` and `fastbp warmup`.
 
 With no DATA, `fastbp train` trains on scikit-learn's copy of the digits dataset (no
-download). DATA is an .npz with arrays X and y (optionally X_test, y_test) or a .csv whose
-last column is the label unless --label names one.
+download). DATA is a table (.csv, .tsv, .parquet, .feather, .npy: the label is the last
+column unless --label names one) or an .npz with arrays X and y (optionally X_test, y_test);
+fastbp.datafiles reads them.
+
+Errors never show a traceback: the command line asking for something not allowed exits
+with 2, a data file, model file, output path or missing optional package that cannot serve
+exits with 1; either way with one line on stderr that names the file or option. Everything
+that can be checked before training is (options, output paths, matplotlib for --report), and
+outputs are written atomically (a temporary file, then a rename), so a failed run leaves no
+partial file.
 """
 import argparse
+import csv
+import io
+import os
 import sys
+import tempfile
 import time
 import warnings
 
 import numpy as np
 
 from . import config as _config
-from .datafiles import DataFileError, digits, floats, load_features, load_training_data
-from .health import DivergenceError
+from .datafiles import (DataFileError, LabelColumnError, class_codes, digits,
+                        numeric_targets, one_line, read_features, read_labelled)
 
 DEFAULT_OUT = "fastbp-model.npz"
+TARGETS = ["cpu", "parallel", "cuda"]
+
+
+class UsageError(Exception):
+    """The command line asks for something that is not allowed (exit status 2)."""
 
 
 class CLIError(Exception):
-    """A problem with the command line or the data, reported without a traceback."""
+    """A file, the data or the environment cannot serve the command (exit status 1)."""
 
+
+# -------------------------------------------------------------------- scaling
 
 def _scaling(X, y, mode, loss):
     """Standardisation of the features (and of mse targets) fitted on the training rows:
@@ -47,7 +66,9 @@ def _scale_features(X, meta, n_features):
 
 def _scale_targets(y, meta):
     ts = meta.get("target_scale")
-    return y if ts is None else (y - np.array(ts["mean"])) / np.array(ts["std"])
+    if ts is None:
+        return y
+    return (y - np.array(ts["mean"])) / np.array(ts["std"])
 
 
 def _unscale_targets(out, meta):
@@ -55,12 +76,90 @@ def _unscale_targets(out, meta):
     return out if ts is None else out * np.array(ts["std"]) + np.array(ts["mean"])
 
 
-# -------------------------------------------------------------------- commands
+# -------------------------------------------------------------------- outputs
+
+def _check_writable(path, option):
+    """Fail now, before any work, where `path` cannot be written atomically."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path}: is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CLIError(f"{option} {path}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise CLIError(f"{option} {path}: cannot write in {directory} "
+                       f"({e.strerror or one_line(e)})") from None
+
+
+def _atomic_write(path, write, suffix=".tmp"):
+    """write(temporary path), then rename it to `path`: `path` is whole or untouched."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix,
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)              # mkstemp makes 0600 files: give the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+    _atomic_write(path, write)
+
+
+REPORT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
+
+
+def _check_report(path):
+    """--report needs a figure format, matplotlib, and a place to write."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in REPORT_FORMATS:
+        raise UsageError(f"--report {path}: unknown figure format {ext or '(no extension)'!r}; "
+                         f"use one of {', '.join(REPORT_FORMATS)} (e.g. report.png)")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError(f'--report {path}: drawing the report needs matplotlib: '
+                       'pip install "fastbp[plot]"') from None
+    _check_writable(path, "--report")
+
+
+def _save_model(trainer, path):
+    """Save to `path`; where that fails after all, to a fresh file in the temporary
+    directory, so the trained model is never lost. Returns the path written."""
+    try:
+        trainer.save(path)
+        return path
+    except OSError as e:
+        fd, rescue = tempfile.mkstemp(prefix="fastbp-model-", suffix=".npz")
+        os.close(fd)
+        trainer.save(rescue)
+        raise CLIError(f"--out {path}: could not be written ({e.strerror or one_line(e)}); "
+                       f"the trained model was saved to {rescue} instead") from None
+
+
+# -------------------------------------------------------------------- train
 
 def _split(X, y, test_size, seed, stratify):
     if test_size == 0:
         return X, y, None
     from sklearn.model_selection import train_test_split
+    n_test = int(np.ceil(test_size * len(X)))
+    if n_test < 1 or len(X) - n_test < 1:
+        raise CLIError(f"--test-size {test_size}: {len(X)} rows are too few to hold "
+                       "out a test set (use --test-size 0)")
     try:
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed,
                                                   stratify=y if stratify else None)
@@ -69,43 +168,62 @@ def _split(X, y, test_size, seed, stratify):
     return X_tr, y_tr, (X_te, y_te)
 
 
+def _check_options(args):
+    """The hyperparameters, checked by the Trainer's own table before any data is read."""
+    try:
+        _config.validate([1, *args.layers, 2], activation=args.activation, loss=args.loss,
+                         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+                         epochs=args.epochs, target=args.target, dtype=args.dtype,
+                         seed=args.seed, clip_norm=args.clip_norm)
+    except (TypeError, ValueError) as e:
+        raise UsageError(one_line(e)) from None
+
+
+def _labels_for_loss(y, test, loss, where):
+    """-> y, test, n_out, classes (or None): labels as the loss takes them."""
+    if loss == "cross_entropy":
+        classes, y = class_codes(y, where)
+        if test is not None:
+            test = (test[0], class_codes(test[1], f"{where} (y_test)", classes)[1])
+        return y, test, len(classes), classes
+    y = numeric_targets(y, where, loss)
+    if test is not None:
+        test = (test[0], numeric_targets(test[1], f"{where} (y_test)", loss))
+    return y, test, 1 if y.ndim == 1 else y.shape[1], None
+
+
 def cmd_train(args):
     from .trainer import Trainer
 
+    _check_options(args)                               # usage errors first (status 2),
+    if args.report:                                    # then the environment (status 1)
+        _check_report(args.report)
+    _check_writable(args.out, "--out")
+
     if args.data is None:
         X, y, test = digits()
-        source, names = "digits (scikit-learn's copy)", None
+        source, meta = "digits (scikit-learn's copy)", {"feature_names": None}
+        where = "digits"
     else:
-        X, y, test, names = load_training_data(args.data, args.label)
-        source = args.data
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise CLIError(f"X must be a 2-D table of features; got shape {X.shape}")
-    meta = {"feature_names": names}
-    if args.loss == "cross_entropy":
-        classes, y_codes = np.unique(np.asarray(y), return_inverse=True)
-        if len(classes) < 2:
-            raise CLIError(f"{source}: cross_entropy needs at least 2 classes in the labels")
-        y = y_codes.reshape(-1)
-        if test is not None:
-            index = {c: i for i, c in enumerate(classes.tolist())}
-            missing = set(np.asarray(test[1]).tolist()) - set(index)
-            if missing:
-                raise CLIError(f"test labels {sorted(missing)[:5]} do not occur in training")
-            test = (test[0], np.array([index[c] for c in np.asarray(test[1]).tolist()]))
-        meta["classes"] = classes.tolist()
-        n_out = len(classes)
-    else:
-        y = floats(np.asarray(y), "labels for mse/binary_cross_entropy")
-        n_out = 1 if y.ndim == 1 else y.shape[1]
+        data = read_labelled(args.data, args.label)
+        X, y, test, source = data.X, data.y, data.test, args.data
+        meta = {"feature_names": data.feature_names, "label": data.label,
+                "label_position": data.label_position}
+        where = (f"{args.data}: the label column" +
+                 (f" {data.label!r}" if data.label is not None else
+                  f" (column {data.label_position + 1})" if data.label_position is not None
+                  else " y"))
+    y, test, n_out, classes = _labels_for_loss(y, test, args.loss, where)
+    if classes is not None:
+        meta["classes"] = classes
     if test is None:
         X, y, test = _split(X, y, args.test_size, args.seed, args.loss == "cross_entropy")
     meta.update(_scaling(X, y, args.scale, args.loss))
     if args.data is None:                              # digits' pixels are 0..16
         meta["scale"] = {"mean": [0.0] * X.shape[1], "std": [16.0] * X.shape[1]}
     y = _scale_targets(y, meta)
-    if test is not None and "target_scale" in meta:
-        test = (test[0], _scale_targets(floats(np.asarray(test[1]), "test targets"), meta))
+    if test is not None:
+        test = (test[0], _scale_targets(test[1], meta))
 
     layers = [X.shape[1], *args.layers, n_out]
     try:
@@ -113,25 +231,37 @@ def cmd_train(args):
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                           epochs=args.epochs, target=args.target, dtype=args.dtype,
                           seed=args.seed, clip_norm=args.clip_norm)
-    except (TypeError, ValueError, RuntimeError) as e:     # RuntimeError: no GPU
-        raise CLIError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(one_line(e)) from None
+    except RuntimeError as e:                          # CudaUnavailableError: no GPU here
+        raise CLIError(f"--target {args.target}: {one_line(e)}") from None
+    except MemoryError:
+        raise CLIError(f"--layers: a {'-'.join(map(str, layers))} network does not fit in "
+                       "memory") from None
     trainer.metadata = meta
     Xs = _scale_features(X, meta, X.shape[1])
-    val = None if test is None else (_scale_features(np.asarray(test[0]), meta, X.shape[1]),
-                                     test[1])
+    val = None if test is None else (_scale_features(test[0], meta, X.shape[1]), test[1])
     print(f"fastbp: training {'-'.join(map(str, layers))} ({args.activation}, {args.loss}, "
           f"{args.optimizer} lr={args.lr}) on {source}: {Xs.shape[0]} training samples"
           f"{'' if val is None else f', {len(val[1])} test samples'}; "
           f"target={args.target}, {args.dtype}", flush=True)
     t0 = time.perf_counter()
+    from .health import DivergenceError
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            history = trainer.fit(Xs, y, validation_data=val, progress=args.progress,
-                                  lr_schedule=_schedule(args.lr_schedule, args.epochs))
-    except (TypeError, ValueError, DivergenceError) as e:
-        raise CLIError(str(e)) from None
+        history = trainer.fit(Xs, y, validation_data=val, progress=args.progress,
+                              lr_schedule=_schedule(args.lr_schedule, args.epochs))
+    except DivergenceError as e:
+        if not trainer.history.get("loss"):
+            raise CLIError(f"training diverged in its first epoch ({one_line(e)}); try a "
+                           "smaller --lr or --clip-norm 1") from None
+        saved = _save_model(trainer, args.out)
+        raise CLIError(f"training diverged ({one_line(e)}); saved the model of the last good "
+                       f"epoch ({len(trainer.history['loss'])}) to {saved}; try a smaller "
+                       "--lr or --clip-norm 1") from None
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"{source}: {one_line(e)}") from None
     wall = time.perf_counter() - t0
+    saved = _save_model(trainer, args.out)             # first, so nothing below can lose it
     times = history["time"]
     if val is not None:
         result = trainer.evaluate(*val)
@@ -142,24 +272,22 @@ def cmd_train(args):
             line += " (on standardised targets)"
         print(line)
     steady = times[1:] if len(times) > 1 else times
-    print(f"training throughput: {Xs.shape[0] * len(steady) / sum(steady):,.0f} samples/s "
-          f"(epochs after the first; the first, {times[0]:.2f} s, includes loading or "
-          f"compiling the kernel). fit took {wall:.2f} s in all for {len(times)} epochs, "
+    print(f"training throughput: {Xs.shape[0] * len(steady) / max(sum(steady), 1e-9):,.0f} "
+          f"samples/s (epochs after the first; the first, {times[0]:.2f} s, includes loading "
+          f"or compiling the kernel). fit took {wall:.2f} s in all for {len(times)} epochs, "
           f"with the test evaluations and any one-time compilation")
-    trainer.save(args.out)
-    print(f"saved model to {args.out}")
+    print(f"saved model to {saved}")
     if args.report:
         from .plot import training_report
-        try:
-            training_report(history, args.report, title=f"fastbp train: {source}")
-        except ImportError as e:
-            raise CLIError(str(e)) from None
+        ext = os.path.splitext(args.report)[1]
+        _atomic_write(args.report, lambda tmp: training_report(
+            history, tmp, title=f"fastbp train: {source}"), suffix=ext)
         print(f"wrote training report to {args.report}")
     return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"fastbp: warning: {message}", file=sys.stderr)
+    print(f"fastbp: warning: {one_line(message)}", file=sys.stderr)
 
 
 def _schedule(name, epochs):
@@ -170,39 +298,110 @@ def _schedule(name, epochs):
     return None
 
 
-def cmd_predict(args):
-    from .trainer import Trainer
+# -------------------------------------------------------------------- predict, evaluate
 
+def _load_model(args):
+    from .trainer import Trainer
     try:
         trainer = Trainer.load(args.model, target=args.target)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:     # RuntimeError: no GPU
-        raise CLIError(str(e)) from None
-    meta = trainer.metadata or {}
+    except (ValueError, OSError) as e:
+        raise CLIError(one_line(e)) from None
+    except RuntimeError as e:                          # CudaUnavailableError: no GPU here
+        raise CLIError(f"--target {args.target}: {one_line(e)}") from None
+    return trainer, trainer.metadata or {}
+
+
+def _class_names(trainer, meta):
+    """Header names of predict_proba's columns."""
+    n_out = trainer.layers[-1]
+    if trainer.config["loss"] == "cross_entropy":
+        return [str(c) for c in meta.get("classes", range(n_out))]
+    if n_out == 1 and meta.get("label") is not None:
+        return [str(meta["label"])]
+    return [f"output_{k}" for k in range(n_out)]
+
+
+def cmd_predict(args):
+    trainer, meta = _load_model(args)
+    if args.proba and trainer.config["loss"] in ("mse", "poisson"):
+        raise UsageError(f"--proba: {args.model} is a regression model (loss "
+                         f"{trainer.config['loss']}); it has no class probabilities")
+    if args.out not in (None, "-"):
+        _check_writable(args.out, "--out")
     n_features = trainer.layers[0]
-    X = load_features(args.data, n_features, meta.get("feature_names"))
-    try:
-        X = _scale_features(np.asarray(X, dtype=float), meta, n_features)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"{args.data}: X must be a table of {n_features} numeric features "
-                       f"({e})") from None
-    try:
-        if args.proba:
-            out = trainer.predict_proba(X)
-        else:
-            out = trainer.predict(X)
-    except (TypeError, ValueError, AttributeError) as e:
-        raise CLIError(str(e)) from None
-    if not args.proba and "classes" in meta:
-        out = np.asarray(meta["classes"], dtype=object)[out]
-    out = _unscale_targets(out, meta)
-    lines = [",".join(str(v) for v in np.atleast_1d(row)) for row in out]
-    text = "\n".join(lines) + "\n"
-    if args.out in (None, "-"):
-        sys.stdout.write(text)
+    X = read_features(args.data, n_features, meta.get("feature_names"),
+                      meta.get("label_position"))
+    X = _scale_features(X, meta, n_features)
+    if args.proba:
+        out, header = trainer.predict_proba(X), _class_names(trainer, meta)
     else:
-        with open(args.out, "w") as f:
-            f.write(text)
-        print(f"wrote {len(lines)} predictions to {args.out}", file=sys.stderr)
+        out, header = trainer.predict(X), None
+        if "classes" in meta:
+            out = np.asarray(meta["classes"], dtype=object)[out]
+        out = _unscale_targets(out, meta)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header is not None:
+        writer.writerow(header)
+    for row in out:
+        writer.writerow(np.atleast_1d(row).tolist())
+    if args.out in (None, "-"):
+        sys.stdout.write(buf.getvalue())
+    else:
+        _write_text(args.out, buf.getvalue())
+        print(f"wrote {len(out)} predictions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args):
+    trainer, meta = _load_model(args)
+    n_features = trainer.layers[0]
+    names, position = meta.get("feature_names"), meta.get("label_position")
+    if args.label is not None:
+        data = read_labelled(args.data, args.label, names)
+    elif meta.get("label") is None and position is None:   # an .npz, or a model without notes
+        data = read_labelled(args.data, None, names)
+    else:
+        label = meta["label"] if meta.get("label") is not None else position
+        try:                                           # the training label: by name, else
+            data = read_labelled(args.data, label, names)
+        except LabelColumnError:                       # by position
+            try:
+                data = read_labelled(args.data, position, names)
+            except LabelColumnError:
+                raise CLIError(f"{args.data} has no column {label!r} (the model's label "
+                               "column); name it with --label") from None
+    if data.X.shape[1] != n_features:
+        raise CLIError(f"{args.data} has {data.X.shape[1]} feature columns (besides the "
+                       f"label); the model takes {n_features}")
+    X = _scale_features(data.X, meta, n_features)
+    where = f"{args.data}: the labels"
+    loss = trainer.config["loss"]
+    n = len(X)
+    if loss == "cross_entropy":
+        classes = meta.get("classes", list(range(trainer.layers[-1])))
+        _, codes = class_codes(data.y, where, classes)
+        result = trainer.evaluate(X, codes)
+        print(f"accuracy: {result['accuracy']:.4f}   loss: {result['loss']:.4f}   "
+              f"({n} samples of {args.data})")
+        return 0
+    y = numeric_targets(data.y, where, loss)
+    if y.ndim == 1 and trainer.layers[-1] > 1 or y.ndim == 2 and y.shape[1] != trainer.layers[-1]:
+        raise CLIError(f"{args.data}: the model has {trainer.layers[-1]} outputs; the data "
+                       f"{1 if y.ndim == 1 else y.shape[1]} target column(s)")
+    if loss == "binary_cross_entropy":
+        result = trainer.evaluate(X, y)
+        print(f"accuracy: {result['accuracy']:.4f}   loss: {result['loss']:.4f}   "
+              f"({n} samples of {args.data})")
+        return 0
+    pred = _unscale_targets(trainer.predict(X), meta).reshape(y.shape)
+    rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sklearn.metrics import r2_score
+        r2 = float(r2_score(y, pred)) if n >= 2 else float("nan")
+    print(f"R2: {r2:.4f}   RMSE: {rmse:.6g} (in the target's units)   "
+          f"({n} samples of {args.data})")
     return 0
 
 
@@ -212,9 +411,14 @@ def cmd_warmup(args):
     return 0
 
 
+# -------------------------------------------------------------------- parser
+
 def _layers(text):
+    parts = text.replace(",", " ").split()
+    if not parts or text.strip().endswith(",") or ",," in text.replace(" ", ""):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more hidden sizes, like 64,64")
     try:
-        sizes = [int(s) for s in text.replace(" ", ",").split(",") if s]
+        sizes = [int(s) for s in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give hidden sizes like 64,64") from None
     if any(s < 1 for s in sizes):
@@ -222,75 +426,175 @@ def _layers(text):
     return sizes
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="fastbp", description="Train and use multi-layer "
-                                "perceptrons with fastbp's compiled backpropagation.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
 
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1)")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (and exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} "
+                     f"(see `{self.prog} --help`)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default once, from the parser: options whose default is None or False
+    (nothing to show, or a flag) say what happens in their help text instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        if isinstance(action.default, list):
+            return f"{action.help} (default: {' '.join(map(str, action.default))})"
+        return super()._get_help_string(action)
+
+
+def _add_train(sub):
     t = sub.add_parser("train", help="train a model (no DATA: the digits dataset)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("data", nargs="?", help=".npz with X, y (optionally X_test, y_test) or .csv")
-    t.add_argument("--label", help="label column of a .csv: name or number (default: last)")
-    t.add_argument("--layers", type=_layers, default=[64], help="hidden sizes, e.g. 128,64")
-    t.add_argument("--activation", default="relu", choices=list(_config.ACTIVATIONS))
-    t.add_argument("--loss", default="cross_entropy", choices=list(_config.LOSSES))
-    t.add_argument("--optimizer", default="adam", choices=list(_config.OPTIMIZERS))
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--target", default="cpu", choices=["cpu", "parallel", "cuda"],
+                       formatter_class=_Help,
+                       description="Train a model on DATA and save it (with the scaling and "
+                                   "class names) to --out.")
+    t.add_argument("data", nargs="?", help="a table (.csv, .tsv, .parquet, .feather, .npy) "
+                   "or an .npz with X, y (optionally X_test, y_test); none: the digits dataset")
+    t.add_argument("--label", help="the label column of a table: its name, or its position "
+                   "(0 the first, -1 the last); none given: the last column")
+    t.add_argument("--layers", type=_layers, default="64", help="hidden sizes, e.g. 128,64")
+    t.add_argument("--activation", default="relu", choices=list(_config.ACTIVATIONS),
+                   help="hidden activation")
+    t.add_argument("--loss", default="cross_entropy", choices=list(_config.LOSSES),
+                   help="loss (cross_entropy: class labels; mse: regression)")
+    t.add_argument("--optimizer", default="adam", choices=list(_config.OPTIMIZERS),
+                   help="optimizer")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="minibatch rows")
+    t.add_argument("--epochs", type=_positive_int, default=40, help="passes over the data")
+    t.add_argument("--target", default="cpu", choices=TARGETS,
                    help="compute target: one core, all cores, or an NVIDIA GPU "
                         "(needs the cuda extra)")
-    t.add_argument("--dtype", default="float32", choices=list(_config.DTYPES))
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dtype", default="float32", choices=list(_config.DTYPES),
+                   help="floating-point type of the model")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--scale", default="standard", choices=["standard", "none"],
-                   help="standardise features (and mse targets); mean/std are saved with the model "
-                   "and applied by `fastbp predict`")
-    t.add_argument("--test-size", type=float, default=0.2,
-                   help="fraction held out for the test accuracy (0: none)")
-    t.add_argument("--out", default=DEFAULT_OUT, help=f"model file (default {DEFAULT_OUT})")
-    t.add_argument("--report", help="write a training report figure (PNG) to this path")
+                   help="standardise features (and mse targets); mean/std are saved with the "
+                   "model and applied by `fastbp predict`")
+    t.add_argument("--test-size", type=_fraction, default=0.2,
+                   help="fraction held out for the test accuracy (0: none; an .npz's "
+                   "X_test, y_test take its place)")
+    t.add_argument("--out", default=DEFAULT_OUT, help="model file to write")
+    t.add_argument("--report", help="also draw a training report figure (e.g. report.png; "
+                   "needs matplotlib)")
     t.add_argument("--lr-schedule", choices=["constant", "cosine", "plateau"],
                    default="constant", help="per-epoch learning-rate schedule")
-    t.add_argument("--clip-norm", type=float, default=None,
-                   help="clip the global gradient norm to this value")
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+    t.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this "
+                   "value (none given: no clipping)")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                   help="progress bar (none given: when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("predict", help="write predictions of a saved model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _add_model_input(q, data_help):
     q.add_argument("model", help="a model file written by `fastbp train` or Trainer.save")
-    q.add_argument("data", help=".npz with X, or .csv with the feature columns")
-    q.add_argument("--out", help="output .csv (default: standard output)")
-    q.add_argument("--proba", action="store_true", help="write class probabilities")
-    q.add_argument("--target", choices=["cpu", "parallel", "cuda"],
-                   help="compute target (default: the one the model was saved from)")
+    q.add_argument("data", help=data_help)
+    q.add_argument("--target", choices=TARGETS,
+                   help="compute target (none given: the one the model was saved from)")
+
+
+def _add_predict(sub):
+    q = sub.add_parser("predict", help="write predictions of a saved model",
+                       formatter_class=_Help)
+    _add_model_input(q, "a table with the feature columns (by name where the model has "
+                     "names; a label column is ignored) or an .npz with X")
+    q.add_argument("--out", help="output .csv (none given: standard output)")
+    q.add_argument("--proba", action="store_true", help="write class probabilities, under "
+                   "a header row naming the classes")
     q.set_defaults(func=cmd_predict)
 
+
+def _add_evaluate(sub):
+    e = sub.add_parser("evaluate", help="score a saved model on labelled data",
+                       formatter_class=_Help,
+                       description="Print the accuracy (classification losses), or R2 and "
+                                   "the RMSE in the target's units (regression), of MODEL "
+                                   "on DATA.")
+    _add_model_input(e, "a table with the feature and label columns, or an .npz with X, y")
+    e.add_argument("--label", help="the label column: name or position (none given: the "
+                   "column the model was trained on, else the last)")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _add_warmup(sub):
     w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     w.add_argument("--dtypes", nargs="+", default=list(_config.DTYPES),
-                   choices=list(_config.DTYPES))
+                   choices=list(_config.DTYPES), help="floating-point types")
     w.add_argument("--targets", nargs="+", default=["cpu", "parallel"],
-                   choices=["cpu", "parallel"])
+                   choices=["cpu", "parallel"], help="CPU targets")
     w.set_defaults(func=cmd_warmup)
+
+
+def _version():
+    try:
+        from importlib.metadata import version
+        return version("fastbp")
+    except Exception:  # noqa: BLE001 - not installed (a source checkout on PYTHONPATH)
+        from . import __version__
+        return __version__
+
+
+def build_parser():
+    p = _Parser(prog="fastbp", description="Train and use multi-layer perceptrons with "
+                "fastbp's compiled backpropagation.")
+    p.add_argument("--version", action="version", version=f"fastbp {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_predict, _add_evaluate, _add_warmup):
+        add(sub)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.command == "train" and not 0 <= args.test_size < 1:
-        print("fastbp: error: --test-size must be in [0, 1)", file=sys.stderr)
-        return 2
-    if args.command == "train" and args.epochs < 1:
-        print("fastbp: error: --epochs must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except (CLIError, DataFileError) as e:
-        print(f"fastbp: error: {e}", file=sys.stderr)
-        return 2
+    """Run one command; returns the exit status (0 ok, 1 a file, data or environment
+    problem, 2 a usage error), printing one line on stderr for any error."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:                        # --help, --version, usage errors
+            return e.code if isinstance(e.code, int) else 2
+        try:
+            return args.func(args)
+        except UsageError as e:
+            print(f"fastbp {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except (CLIError, DataFileError) as e:
+            print(f"fastbp {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"fastbp {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on request
+            if os.environ.get("FASTBP_TRACEBACK"):
+                raise
+            print(f"fastbp {args.command}: internal error: {type(e).__name__}: {one_line(e)} "
+                  "(a bug in fastbp: please report it; FASTBP_TRACEBACK=1 shows where)",
+                  file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

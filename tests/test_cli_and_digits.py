@@ -81,22 +81,23 @@ def test_regression_from_npz(tmp_path, capsys):
     assert np.sqrt(np.mean((pred - y[:50]) ** 2)) < 0.3 * np.std(y)   # back in y's units
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "missing.csv"], "no data file"),
-    (["train", "--layers", "0"], "hidden size"),
-    (["train", "--lr", "-1"], "lr=-1.0 is not allowed"),
-    (["predict", "nothing.npz", "x.npz"], "no model file"),
-    (["train", "mixed.csv"], "got 'abc' at data row 1, column 2"),
-    (["train", "--epochs", "0"], "--epochs must be at least 1"),
+@pytest.mark.parametrize("argv,code,message", [
+    (["train", "missing.csv"], 1, "no data file"),
+    (["train", "--layers", "0"], 2, "hidden size"),
+    (["train", "--lr", "-1"], 2, "lr=-1.0 is not allowed"),
+    (["predict", "nothing.npz", "x.npz"], 1, "no model file"),
+    (["train", "mixed.csv"], 1, "'abc' in data row 1"),
+    (["train", "--epochs", "0"], 2, "--epochs"),
 ])
-def test_cli_errors_are_clear(argv, message, capsys, tmp_path, monkeypatch):
+def test_cli_errors_are_clear(argv, code, message, capsys, tmp_path, monkeypatch):
+    """Usage errors exit with 2, file and data errors with 1 (tests/test_cli.py has more)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mixed.csv").write_text("1.0,abc,0\n2.0,3.0,1\n4.0,5.0,0\n")  # no header
     try:
-        code = main(argv)
+        got = main(argv)
     except SystemExit as e:      # argparse's own errors
-        code = e.code
-    assert code == 2
+        got = e.code
+    assert got == code
     assert message in capsys.readouterr().err
 
 
