@@ -1,18 +1,27 @@
-"""Input checks: array-likes -> C-contiguous arrays of the Trainer's dtype, or a clear error.
+"""Input checks: array-likes -> C-contiguous arrays of the Trainer's dtype (scipy sparse
+matrices and arrays -> CSR with int64 indices and values of that dtype), or a clear error.
 
 Nothing here changes the model; the Trainer calls these before any work.
 """
+from typing import NamedTuple
+
 import numpy as np
+from scipy import sparse
+
+
+class CSR(NamedTuple):
+    """Checked CSR data: indptr (N + 1,) and indices (nnz,) int64, data (nnz,) values of the
+    model's dtype, shape (N, n_features). (scipy would downcast the indices to int32.)"""
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple
 
 
 def _as_numeric(a, name):
-    try:
-        from scipy import sparse
-        if sparse.issparse(a):
-            raise TypeError(f"{name} is a sparse matrix; the Trainer takes dense arrays "
-                            f"(use {name}.toarray())")
-    except ImportError:  # pragma: no cover - scipy is a core dependency
-        pass
+    if sparse.issparse(a):
+        raise TypeError(f"{name} is a sparse matrix; it must be a dense array "
+                        f"(use {name}.toarray())")
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as e:
@@ -27,8 +36,57 @@ def _first_bad(mask):
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
+def check_sparse_X(X, n_features, dtype, name="X"):
+    """A scipy sparse matrix or array -> `CSR` with int64 indptr and indices and values of
+    `dtype`, finite, N >= 1. CSR input is used as it is where its arrays
+    already have those types (no copy); CSC, COO and the other formats are converted to CSR
+    once (a copy of the stored entries). Duplicate entries, unsorted indices, explicit
+    zeros and empty rows are left as they are: the kernels add every stored entry, which is
+    what summing the duplicates (scipy's sum_duplicates) gives."""
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D of shape (n_samples, {n_features}); "
+                         f"got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples); at least 1 sample is needed")
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features per sample but the network "
+                         f"takes {n_features} (layers[0]); got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, int or float); "
+                        f"got dtype {X.dtype}")
+    if X.format != "csr":
+        X = X.tocsr()
+    n = X.shape[0]
+    indptr = np.ascontiguousarray(X.indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(X.indices, dtype=np.int64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.ascontiguousarray(X.data, dtype=dtype)
+    nnz = indptr[-1] if indptr.shape[0] == n + 1 else -1
+    if (indptr.shape[0] != n + 1 or indptr[0] != 0 or nnz > indices.shape[0]
+            or nnz > values.shape[0] or (n > 1 and np.any(indptr[1:] < indptr[:-1]))):
+        raise ValueError(f"{name} is not a valid CSR matrix (its indptr is damaged)")
+    indices, values = indices[:nnz], values[:nnz]
+    if nnz and (indices.min() < 0 or indices.max() >= n_features):
+        raise ValueError(f"{name} is not a valid sparse matrix: a column index lies outside "
+                         f"[0, {n_features})")
+    if nnz and not (np.isfinite(values.min()) and np.isfinite(values.max())):
+        k = int(np.argmax(~np.isfinite(values)))
+        row = int(np.searchsorted(indptr, k, side="right") - 1)
+        what = "NaN" if np.isnan(values[k]) else "infinity"
+        extra = ""
+        if X.dtype.kind != "f" or np.isfinite(X.data[k]):
+            extra = (f" after conversion to {np.dtype(dtype).name} "
+                     f"({X.data[k].item()!r} is out of its range)")
+        raise ValueError(f"{name} contains {what}{extra} at row {row}, column "
+                         f"{int(indices[k])}; every value must be finite")
+    return CSR(indptr, indices, values, X.shape)
+
+
 def check_X(X, n_features, dtype, name="X"):
-    """X -> (N, n_features) C-contiguous array of `dtype`, finite, N >= 1."""
+    """X -> (N, n_features) C-contiguous array of `dtype`, finite, N >= 1; a scipy sparse
+    matrix or array -> CSR (check_sparse_X)."""
+    if sparse.issparse(X):
+        return check_sparse_X(X, n_features, dtype, name)
     arr = _as_numeric(X, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n_samples, {n_features}); "

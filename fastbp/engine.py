@@ -8,9 +8,11 @@ knows nothing of schedules, callbacks, history, shuffling or input checks: the T
 estimators and fastbp.distributed drive it, each supplying the initial parameters, the
 hyperparameters and every epoch's row order.
 
-Data reaches the kernels as `Rows` (dense X and its labels, targets and row weights): the
-one value a sparse first layer will widen. Every kernel argument is one of the small
-NamedTuples of kernels/args.py, built here.
+Data reaches the kernels as `Rows` (X, dense or CSR, and its labels, targets and row
+weights; `make_rows` builds them). With CSR rows the first layer reads each row's stored
+entries directly and its weight gradient is gathered from the rows of W_0 the batch
+touches: nothing of dense size (rows x features) is ever built. Every kernel argument is
+one of the small NamedTuples of kernels/args.py, built here.
 """
 import contextlib
 import threading
@@ -37,6 +39,38 @@ class NetworkSpec(NamedTuple):
     opt_code: int
     has_m: bool              # the optimizer keeps a first moment (or momentum) buffer
     has_v: bool              # ... and a second moment buffer
+
+
+SPARSE_CPU_ONLY = ("sparse input is supported on the CPU targets only for now "
+                   "(target='cpu' or 'parallel'); for target='cuda' densify it "
+                   "(X.toarray()) or load the model with target='cpu'")
+
+
+def make_rows(X, labels, targets, weights, dtype):
+    """The `Rows` of checked data: X a C-contiguous (N, n_0) array of `dtype`, or a scipy
+    CSR matrix/array with int64 indices and values of `dtype` (fastbp.data.check_X);
+    labels (N,) int64 or empty, targets (N, K) of `dtype` or empty, weights (N,) of `dtype`
+    or empty. Empty parts get the dtypes the kernels are compiled for."""
+    no_index = np.empty(0, dtype=np.int64)
+    if isinstance(X, np.ndarray):
+        return Rows(X, labels, targets, weights, no_index, no_index, np.empty(0, dtype=dtype))
+    return Rows(np.empty((X.shape[0], 0), dtype=dtype), labels, targets, weights, X.indptr,
+                X.indices, X.data)
+
+
+def input_rows(X, n_outputs, dtype):
+    """Rows of checked X alone (predict: no labels, targets or weights)."""
+    return make_rows(X, np.empty(0, dtype=np.int64), np.empty((0, n_outputs), dtype=dtype),
+                     np.empty(0, dtype=dtype), dtype)
+
+
+def touched_capacity(indptr, rows, n_features):
+    """The most distinct columns `rows` rows of a CSR matrix can touch: the stored entries
+    of its `rows` fullest rows, at most n_features."""
+    nnz = np.diff(indptr)
+    if nnz.shape[0] > rows:
+        nnz = np.partition(nnz, nnz.shape[0] - rows)[nnz.shape[0] - rows:]
+    return int(min(nnz.sum(), n_features))
 
 
 def row_order(n):
@@ -202,14 +236,25 @@ class Engine:
         chunks when too large) for target='cuda', the rows themselves otherwise."""
         if self.target != "cuda":
             return rows
+        _dense_only(rows)
         if batch_size is None:
-            return self.device().data(*rows)
-        return self.device().data(*rows, batch_size)
+            return self.device().data(*rows[:4])
+        return self.device().data(*rows[:4], batch_size)
 
-    def _workspace(self, rows, n_chunks):
-        a_off, z_off, d_off, size = self.network.layout.workspace(rows)
-        return Workspace(np.empty((n_chunks, size), dtype=self.network.dtype), a_off, z_off,
-                         d_off)
+    def _workspace(self, block_rows, n_chunks, rows):
+        """Per chunk: the activations of block_rows rows, and for CSR `rows` the touched
+        rows of W_0 (args.Workspace)."""
+        lay, dtype = self.network.layout, self.network.dtype
+        a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse)
+        R, n_0, n_1 = 0, 0, int(lay.sizes[1])
+        if rows.sparse:
+            n_0 = int(lay.sizes[0])
+            R = touched_capacity(rows.indptr, block_rows, n_0)
+        return Workspace(np.empty((n_chunks, size), dtype=dtype), a_off, z_off, d_off,
+                         np.empty((n_chunks, R), dtype=np.int64),
+                         np.zeros(n_chunks, dtype=np.int64),
+                         np.empty((n_chunks, R * n_1), dtype=dtype),
+                         np.full((n_chunks, n_0), -1, dtype=np.int32))
 
     def epoch_runner(self, rows, order, norms):
         """An `EpochRunner` over `rows` in the row order `order` (N,) int64, which the caller
@@ -223,15 +268,16 @@ class Engine:
         """(mean loss, correct predictions, gradient or None) of `rows` as one batch at the
         current params; `resident`: the rows' GPU copy from `resident(rows)`, if kept."""
         if self.target == "cuda":
+            _dense_only(rows)
             net = self.device()
             net.params.copy_to_device(self.params)
-            data = resident if resident is not None else net.data(*rows)
+            data = resident if resident is not None else net.data(*rows[:4])
             loss_sum, correct, grad = net.loss_grad(data, want_grad)
             return loss_sum / rows.weight_total, correct, grad
         plan = safe_plan(self.eval_plan)
         C = plan.chunks
         block_rows = min(EVAL_ROWS, -(-rows.n // C))
-        ws = self._workspace(block_rows, C)
+        ws = self._workspace(block_rows, C, rows)
         P = self.network.layout.n_params if want_grad else 0
         gslab = np.empty((C, P), dtype=self.network.dtype)
         acc = np.empty((C, P), dtype=self.network.dtype)
@@ -242,20 +288,28 @@ class Engine:
         return loss_sum / rows.weight_total, correct, (acc[0].copy() if want_grad else None)
 
     def predict(self, X):
-        """The output activation (N, K) of the network for checked X (N, n_0)."""
+        """The output activation (N, K) of the network for checked X (N, n_0): an array or
+        CSR matrix from fastbp.data.check_X, or `Rows`."""
+        K = int(self.network.layout.sizes[-1])
+        rows = X if isinstance(X, Rows) else input_rows(X, K, self.network.dtype)
         if self.target == "cuda":
+            _dense_only(rows)
             net = self.device()
             net.params.copy_to_device(self.params)
-            return net.predict(X)
+            return net.predict(rows.X)
         plan = safe_plan(self.eval_plan)
         C = plan.chunks
-        block_rows = min(EVAL_ROWS, X.shape[0])
-        ws = self._workspace(block_rows, C)
-        out = np.empty((X.shape[0], int(self.network.layout.sizes[-1])),
-                       dtype=self.network.dtype)
+        block_rows = min(EVAL_ROWS, rows.n)
+        ws = self._workspace(block_rows, C, rows)
+        out = np.empty((rows.n, K), dtype=self.network.dtype)
         with self.compute(plan):
-            plan.kernels.predict(self.params, ws, X, out, block_rows, self._net_eval)
+            plan.kernels.predict(self.params, ws, rows, out, block_rows, self._net_eval)
         return out
+
+
+def _dense_only(rows):
+    if rows.sparse:
+        raise ValueError(SPARSE_CPU_ONLY)
 
 
 class _CpuEpochs:
@@ -266,7 +320,7 @@ class _CpuEpochs:
         self.plan = safe_plan(engine.train_plan)
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
-        self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C)
+        self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
         block_lo, block_hi, block_layer = lay.blocks()
         self.slabs = Slabs(np.zeros((C, lay.n_params), dtype=dtype), block_lo, block_hi,
                            block_layer, np.empty(block_lo.shape[0]), np.empty(C),
@@ -290,8 +344,9 @@ class _CudaEpochs:
     def __init__(self, engine, rows, order, norms):
         self.engine, self.order, self.norms = engine, order, norms
         self.plan = engine.train_plan
+        _dense_only(rows)
         self.net = engine.device()
-        self.data = self.net.data(*rows, engine.batch_size)
+        self.data = self.net.data(*rows[:4], engine.batch_size)
         self.buffers = self.net.epoch_buffers(norms.shape[0])
 
     def run(self, hyper, dropout_seed):

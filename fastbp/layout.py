@@ -47,10 +47,13 @@ class Layout:
         return (np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64),
                 np.array(layer, dtype=np.int64))
 
-    def workspace(self, rows):
+    def workspace(self, rows, sparse=False):
         """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off) and two delta buffers (d_off)
-        for `rows` rows in one chunk's workspace, and its total length."""
+        for `rows` rows in one chunk's workspace, and its total length. `sparse`: A_0 gets
+        no room (the first layer reads CSR rows)."""
         sizes = [int(s) for s in self.sizes]
+        if sparse:
+            sizes[0] = 0
         widest = max(sizes[1:])
         pos = 0
         a_off, z_off = [], []

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
-from .engine import Engine, Hyper, NetworkSpec, Rows, row_order
+from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .layout import Layout
@@ -226,12 +226,18 @@ class Trainer:
     def check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight")):
         """(X, y, sample_weight) checked as `fit` checks them (ValueError/TypeError naming
         the argument) and converted once to the `Rows` the engine takes (X C-contiguous in
-        the model's dtype, labels or targets, row weights)."""
-        Xc = check_X(X, self._cfg["layers"][0], self._dtype, names[0])
+        the model's dtype, or CSR for scipy sparse X; labels or targets, row weights)."""
+        Xc = self._check_X(X, names[0])
         labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
                                   self._dtype, names[1])
         weights = check_sample_weight(sample_weight, Xc.shape[0], self._dtype, names[2])
-        return Rows(Xc, labels, targets, weights)
+        return make_rows(Xc, labels, targets, weights, self._dtype)
+
+    def _check_X(self, X, name="X"):
+        Xc = check_X(X, self._cfg["layers"][0], self._dtype, name)
+        if not isinstance(Xc, np.ndarray) and self._cfg["target"] == "cuda":
+            raise ValueError(f"{name} is sparse: {SPARSE_CPU_ONLY}")
+        return Xc
 
     @property
     def strategy(self):
@@ -466,7 +472,7 @@ class Trainer:
         return out
 
     def _output(self, X):
-        return self.engine.predict(check_X(X, self._cfg["layers"][0], self._dtype))
+        return self.engine.predict(self._check_X(X))
 
     def predict_proba(self, X):
         """Class probabilities (N, K): softmax (cross_entropy) or sigmoid per output

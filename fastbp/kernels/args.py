@@ -23,18 +23,34 @@ class Network(NamedTuple):
     opt_code: int
 
 
+_NO_INDEX = np.empty(0, dtype=np.int64)
+_NO_VALUES = np.empty(0, dtype=np.float64)
+
+
 class Rows(NamedTuple):
     """A checked data set: X (N, n_0) C-contiguous in the model's dtype, labels (N,) int64
     (cross_entropy; else empty), targets (N, K) (the other losses; else empty) and row
-    weights (N,) (empty: unweighted)."""
+    weights (N,) (empty: unweighted).
+
+    Sparse X (CSR): indptr (N + 1,) int64, indices (nnz,) int64 column indices (any order,
+    repeats add up) and values (nnz,) in the model's dtype; X is then an (N, 0) array (no
+    memory) that only carries N. Dense X leaves the three empty (`sparse` is False), so one
+    compiled kernel serves both layouts."""
     X: np.ndarray
     labels: np.ndarray
     targets: np.ndarray
     weights: np.ndarray
+    indptr: np.ndarray = _NO_INDEX
+    indices: np.ndarray = _NO_INDEX
+    values: np.ndarray = _NO_VALUES
 
     @property
     def n(self):
         return self.X.shape[0]
+
+    @property
+    def sparse(self):
+        return self.indptr.shape[0] > 0
 
     @property
     def weight_total(self):
@@ -51,11 +67,21 @@ class State(NamedTuple):
 
 class Workspace(NamedTuple):
     """work (C, W): per chunk, every layer's activations A_l at a_off[l], pre-activations
-    Z_l at z_off[l] and two delta buffers at d_off, for a fixed number of rows."""
+    Z_l at z_off[l] and two delta buffers at d_off, for a fixed number of rows (A_0 has no
+    room when the data is sparse: the first layer reads the CSR rows).
+
+    The first layer's weight gradient of sparse data, per chunk (empty for dense data):
+    touched (C, R) the rows of W_0 the chunk's rows touch (n_touched (C,) of them, each
+    once), touched_grad (C, R * n_1) their gradient rows, in the same order, and
+    touched_slot (C, n_0) each row of W_0's position in touched (-1: not touched)."""
     work: np.ndarray
     a_off: np.ndarray
     z_off: np.ndarray
     d_off: np.ndarray
+    touched: np.ndarray
+    n_touched: np.ndarray
+    touched_grad: np.ndarray
+    touched_slot: np.ndarray
 
 
 class Slabs(NamedTuple):

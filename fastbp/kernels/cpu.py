@@ -19,7 +19,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .ops import FASTMATH, forward, forward_backward, jit, output_forward
+from .ops import (FASTMATH, forward, forward_backward, is_sparse, jit, layer_weight,
+                  output_forward, touched_release, touched_scatter)
 from .optim import bias_corrections, step_decay, update_segment
 
 # Below this many parameters the per-step reduction and update run on one thread.
@@ -59,6 +60,11 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     # global norm must be known first; without, each block is reduced and updated at once.
     n_passes = 2 if clip_norm > 0.0 else 1
     records = norms.shape[1] > L + 1
+    # CSR rows: W_0's gradient is gathered from the chunks' touched rows into gslab[0]
+    # (zero elsewhere), so W_0's blocks are not summed over the chunks
+    sparse = is_sparse(rows)
+    dense_from = net.b_off[0] if sparse else 0
+    n_slices = n_chunks if sparse and n_chunks > 1 else 1
     weight_sq = 0.0
     loss_total = 0.0
     correct_total = 0
@@ -76,19 +82,24 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             chunk_loss[c] = 0.0
             chunk_correct[c] = 0
             if chi > clo:
-                ls, nc = forward_backward(params, gslab[c], ws.work[c], ws, rows,
-                                          order[clo:chi], net, seed, step + 1, inv_count, True)
+                ls, nc = forward_backward(params, gslab[c], ws, c, rows, order[clo:chi], net,
+                                          seed, step + 1, inv_count, True)
                 chunk_loss[c] = ls
                 chunk_correct[c] = nc
             else:
-                fill(gslab[c], 0.0)
+                fill(gslab[c, dense_from:], 0.0)
         step_loss = 0.0
         for c in range(n_chunks):
             step_loss += chunk_loss[c]
             correct_total += chunk_correct[c]
         if not np.isfinite(step_loss):
+            if sparse:
+                release_all(gslab[0], ws, net)
             return loss_total, correct_total, step, s    # diverged: stop before the update
         loss_total += step_loss
+        if sparse:                  # threads own column ranges of W_0's gradient
+            for t in prange(n_slices):
+                gather_touched(gslab[0], ws, net, t, n_slices)
         if records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
 
@@ -106,10 +117,12 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             if n_par > 0:
                 for k in prange(n_par):
                     block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                               reduce, update)
+                               reduce, update, sparse)
             for k in range(n_par, n_blocks):
                 block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                           reduce, update)
+                           reduce, update, sparse)
+        if sparse:                  # gslab[0]'s W_0 back to zero, cheaply
+            release_all(gslab[0], ws, net)
         if n_passes == 1:
             record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
         if records:
@@ -137,24 +150,54 @@ def fill(a, value):
 
 
 @jit
-def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update):
+def gather_touched(g0, ws, net, t, n_slices):
+    """W_0's gradient in g0 (P,) (zero before) += every chunk's touched rows, in chunk
+    order, columns of slice t of n_slices (threads own disjoint column ranges)."""
+    n_out = net.sizes[1]
+    dW = layer_weight(g0, net.w_off, net.sizes, 0)
+    lo = t * n_out // n_slices
+    hi = (t + 1) * n_out // n_slices
+    for c in range(ws.n_touched.shape[0]):
+        touched_scatter(dW, ws, c, lo, hi)
+
+
+@jit
+def release_all(g0, ws, net):
+    """Zero the touched rows of W_0's gradient in g0 (P,) and release every chunk's touched
+    rows: W_0's gradient is zero again without a pass over all of it."""
+    n_out = net.sizes[1]
+    dW = layer_weight(g0, net.w_off, net.sizes, 0)
+    zero = g0.dtype.type(0)
+    for c in range(ws.n_touched.shape[0]):
+        for k in range(ws.n_touched[c]):
+            d = dW[ws.touched[c, k]]
+            for j in range(n_out):
+                d[j] = zero
+        touched_release(ws, c)
+
+
+@jit
+def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update,
+               sparse):
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
-    block's sum of squares (reduce), then apply the optimizer to it (update)."""
+    block's sum of squares (reduce), then apply the optimizer to it (update). `sparse`:
+    W_0's blocks are already summed (gather_touched)."""
     lo = slabs.block_lo[k]
     hi = slabs.block_hi[k]
     if reduce:
-        slabs.block_sq[k] = reduce_block(slabs.gslab, lo, hi)
+        n_sum = 1 if sparse and slabs.block_layer[k] == 0 else slabs.gslab.shape[0]
+        slabs.block_sq[k] = reduce_block(slabs.gslab, lo, hi, n_sum)
     if update:
         update_segment(state.params, slabs.gslab[0], state.m, state.v, lo, hi, opt_code,
                        hyper, bc1, bc2, slabs.block_layer[k] < L, clip, decay)
 
 
 @jit
-def reduce_block(gslab, lo, hi):
-    """gslab[0, lo:hi] += gslab[c, lo:hi] for c = 1, 2, ... in order; returns the block's
-    sum of squares (float64)."""
+def reduce_block(gslab, lo, hi, n_sum):
+    """gslab[0, lo:hi] += gslab[c, lo:hi] for c = 1, 2, ..., n_sum - 1 in order; returns
+    the block's sum of squares (float64)."""
     g0 = gslab[0, lo:hi]
-    for c in range(1, gslab.shape[0]):
+    for c in range(1, n_sum):
         gc = gslab[c, lo:hi]
         for i in range(g0.shape[0]):
             g0[i] += gc[i]
@@ -207,6 +250,8 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
     n = order.shape[0]
     n_chunks = gslab.shape[0]
     n_params = params.shape[0]
+    sparse = is_sparse(rows)
+    dense_from = net.b_off[0] if sparse else 0     # CSR rows: W_0 from the touched rows
     inv_count = params.dtype.type(1) / params.dtype.type(n)
     if rows.weights.shape[0] > 0:
         inv_count = batch_weight_inverse(rows.weights, order)
@@ -222,13 +267,17 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
         nc = 0
         for blo in range(clo, chi, block_rows):
             bhi = min(blo + block_rows, chi)
-            bl, bc = forward_backward(params, gslab[c], ws.work[c], ws, rows, order[blo:bhi],
-                                      net, 0, 0, inv_count, want_grad)
+            bl, bc = forward_backward(params, gslab[c], ws, c, rows, order[blo:bhi], net, 0,
+                                      0, inv_count, want_grad)
             ls += bl
             nc += bc
             if want_grad:
-                for i in range(n_params):
+                for i in range(dense_from, n_params):
                     acc[c, i] += gslab[c, i]
+                if sparse:
+                    touched_scatter(layer_weight(acc[c], net.w_off, net.sizes, 0), ws, c, 0,
+                                    net.sizes[1])
+                    touched_release(ws, c)
         chunk_loss[c] = ls
         chunk_correct[c] = nc
     if want_grad:
@@ -243,19 +292,20 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
     return loss_sum, n_correct
 
 
-def _predict(params, ws, X, out, block_rows, net):
-    """out (N, K) = output activation of the network for X (N, n_0), block_rows rows at a
-    time; chunk c of the workspace ws handles blocks c, c + C, c + 2C, ... net's dropout
-    must be empty."""
+def _predict(params, ws, rows, out, block_rows, net):
+    """out (N, K) = output activation of the network for the rows of `rows` (args.Rows:
+    dense X (N, n_0) or CSR; labels and targets unused), block_rows rows at a time; chunk c
+    of the workspace ws handles blocks c, c + C, c + 2C, ... net's dropout must be empty."""
+    X = rows.X
     n = X.shape[0]
     n_chunks = ws.work.shape[0]
     n_row_blocks = (n + block_rows - 1) // block_rows
-    no_index = np.empty(0, dtype=np.int64)
+    index = np.arange(n)
     for c in prange(n_chunks):
         for blk in range(c, n_row_blocks, n_chunks):
             lo = blk * block_rows
             hi = min(lo + block_rows, n)
-            Z = forward(params, ws.work[c], ws, X[lo:hi], no_index, net, 0, 0)
+            Z = forward(params, ws, c, rows, X[lo:hi], index[lo:hi], net, 0, 0)
             output_forward(out[lo:hi], Z, net.loss_code)
 
 

@@ -69,6 +69,84 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA):
         np.dot(dZ, W.T, dA)
 
 
+@jit
+def sparse_linear_forward(Z, rows, idx, W, b):
+    """Z (B, n_out) = X[idx] @ W (n_in, n_out) + b (n_out,) for CSR rows (args.Rows): per
+    row, b plus the rows of W of its stored entries times their values (X is never
+    densified)."""
+    B, n_out = Z.shape
+    indptr, indices, values = rows.indptr, rows.indices, rows.values
+    for r in range(B):
+        row = idx[r]
+        z = Z[r]
+        for j in range(n_out):
+            z[j] = b[j]
+        for k in range(indptr[row], indptr[row + 1]):
+            w = W[indices[k]]
+            v = values[k]
+            for j in range(n_out):
+                z[j] += v * w[j]
+
+
+@jit
+def sparse_linear_backward(ws, c, db, dZ, rows, idx):
+    """The first layer's gradient for CSR rows: db (n_out,) = column sums of dZ (B, n_out);
+    dW = X[idx]^T dZ as sparse outer products, added into the rows of W_0 the rows touch,
+    kept compact in chunk c's touched buffers of ws (args.Workspace: each touched row once,
+    in first-touch order; added to the previous contents until the caller releases them).
+    No input gradient."""
+    B, n_out = dZ.shape
+    indptr, indices, values = rows.indptr, rows.indices, rows.values
+    slot, touched, grad = ws.touched_slot[c], ws.touched[c], ws.touched_grad[c]
+    n = ws.n_touched[c]
+    zero = dZ.dtype.type(0)
+    for j in range(n_out):
+        db[j] = zero
+    for r in range(B):
+        row = idx[r]
+        d = dZ[r]
+        for j in range(n_out):
+            db[j] += d[j]
+        for k in range(indptr[row], indptr[row + 1]):
+            col = indices[k]
+            s = slot[col]
+            if s < 0:                         # first touch: a fresh zero gradient row
+                s = n
+                slot[col] = n
+                touched[n] = col
+                n += 1
+                g = grad[s * n_out:(s + 1) * n_out]
+                for j in range(n_out):
+                    g[j] = zero
+            g = grad[s * n_out:(s + 1) * n_out]
+            v = values[k]
+            for j in range(n_out):
+                g[j] += v * d[j]
+    ws.n_touched[c] = n
+
+
+@jit
+def touched_scatter(dW, ws, c, lo, hi):
+    """dW (n_in, n_out) += chunk c's touched gradient rows (sparse_linear_backward),
+    columns lo:hi only (threads own disjoint column ranges)."""
+    n_out = dW.shape[1]
+    grad = ws.touched_grad[c]
+    for k in range(ws.n_touched[c]):
+        g = grad[k * n_out + lo:k * n_out + hi]
+        d = dW[ws.touched[c, k], lo:hi]
+        for j in range(g.shape[0]):
+            d[j] += g[j]
+
+
+@jit
+def touched_release(ws, c):
+    """Forget chunk c's touched rows (before its next sparse_linear_backward)."""
+    slot, touched = ws.touched_slot[c], ws.touched[c]
+    for k in range(ws.n_touched[c]):
+        slot[touched[k]] = -1
+    ws.n_touched[c] = 0
+
+
 # -------------------------------------------------------------------- activations
 
 @jit
@@ -250,21 +328,34 @@ def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
 # ------------------------------------------------------------- the whole network
 
 @jit
-def forward(params, work, ws, A0, idx, net, seed, step):
-    """A0 (B, n_0) -> work (one chunk's workspace, offsets in ws) holds Z_l (B, n_{l+1}) for
-    every layer l and A_{l+1} = act(Z_l) for the hidden ones, with dropout at rate
-    net.dropout[l] (training; empty for none) on data rows idx (B,) at optimizer step
-    `step`. Returns the logits Z_{L-1} (B, K); the output activation is left to
-    output_forward (predict) or loss_forward (training), which fuses it with the loss."""
-    B = A0.shape[0]
+def is_sparse(rows):
+    """Whether rows (args.Rows) hold CSR data (then X has no columns)."""
+    return rows.indptr.shape[0] > 0
+
+
+@jit
+def forward(params, ws, c, rows, A0, idx, net, seed, step):
+    """The rows idx (B,) of `rows` (args.Rows) -> chunk c's workspace (ws.work[c], offsets in
+    ws) holds Z_l (B, n_{l+1}) for every layer l and A_{l+1} = act(Z_l) for the hidden
+    ones, with dropout at rate net.dropout[l] (training; empty for none) at optimizer step
+    `step`. The first layer reads A0 (B, n_0), those rows of dense X, or the CSR rows
+    themselves (A0 is then (B, 0)). Returns the logits Z_{L-1} (B, K); the output
+    activation is left to output_forward (predict) or loss_forward (training), which fuses
+    it with the loss."""
+    B = idx.shape[0]
+    work = ws.work[c]
     sizes, w_off, b_off, dropout = net.sizes, net.w_off, net.b_off, net.dropout
     L = sizes.shape[0] - 1
     A = A0
     Z = matrix(work, ws.z_off[0], B, sizes[1])
     for l in range(L):
         Z = matrix(work, ws.z_off[l], B, sizes[l + 1])
-        linear_forward(Z, A, layer_weight(params, w_off, sizes, l),
-                       layer_bias(params, b_off, sizes, l))
+        W = layer_weight(params, w_off, sizes, l)
+        b = layer_bias(params, b_off, sizes, l)
+        if l == 0 and is_sparse(rows):
+            sparse_linear_forward(Z, rows, idx, W, b)
+        else:
+            linear_forward(Z, A, W, b)
         if l < L - 1:
             A = matrix(work, ws.a_off[l + 1], B, sizes[l + 1])
             activation_forward(A, Z, net.act[l])
@@ -274,24 +365,27 @@ def forward(params, work, ws, A0, idx, net, seed, step):
 
 
 @jit
-def forward_backward(params, grads, work, ws, rows, idx, net, seed, step, inv_count,
-                     want_grad):
+def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count, want_grad):
     """Forward, fused loss and backward over the rows idx (B,) of `rows` (args.Rows), in
-    one chunk's workspace `work` (offsets in ws); dropout as in forward (evaluation passes a
-    net without dropout). grads (P,) <- gradient of (sum of the rows' weighted losses) *
-    inv_count (when want_grad). Returns (weighted loss_sum, n_correct) of those rows."""
+    chunk c's workspace (ws.work[c], offsets in ws); dropout as in forward (evaluation
+    passes a net without dropout). grads (P,) <- gradient of (sum of the rows' weighted
+    losses) * inv_count (when want_grad); for CSR rows, W_0's gradient goes to chunk c's
+    touched rows instead (sparse_linear_backward) and grads' W_0 is left as it was.
+    Returns (weighted loss_sum, n_correct) of those rows."""
     B = idx.shape[0]
+    work = ws.work[c]
     sizes, w_off, b_off, dropout = net.sizes, net.w_off, net.b_off, net.dropout
     a_off, z_off, d_off = ws.a_off, ws.z_off, ws.d_off
-    X = rows.X
+    sparse = is_sparse(rows)
     L = sizes.shape[0] - 1
-    A0 = matrix(work, a_off[0], B, sizes[0])
-    n_0 = sizes[0]
-    for r in range(B):                       # gather the (shuffled) rows once
+    n_0 = 0 if sparse else sizes[0]
+    A0 = matrix(work, a_off[0], B, n_0)
+    X = rows.X
+    for r in range(B):                       # gather the (shuffled) dense rows once
         row = idx[r]
         for j in range(n_0):
             A0[r, j] = X[row, j]
-    Z = forward(params, work, ws, A0, idx, net, seed, step)
+    Z = forward(params, ws, c, rows, A0, idx, net, seed, step)
     P = matrix(work, a_off[L], B, sizes[L])
     loss_sum, n_correct = loss_forward(P, Z, idx, rows.labels, rows.targets, rows.weights,
                                        net.loss_code)
@@ -300,20 +394,22 @@ def forward_backward(params, grads, work, ws, rows, idx, net, seed, step, inv_co
     dZ = matrix(work, d_off[0], B, sizes[L])
     loss_backward(dZ, P, idx, rows.labels, rows.targets, rows.weights, net.loss_code,
                   inv_count)
-    for l in range(L - 1, -1, -1):           # the chain rule, output to input
+    for l in range(L - 1, 0, -1):            # the chain rule, output to input
         A = matrix(work, a_off[l], B, sizes[l])
-        W = layer_weight(params, w_off, sizes, l)
-        dW = layer_weight(grads, w_off, sizes, l)
-        db = layer_bias(grads, b_off, sizes, l)
-        if l > 0:
-            dA = matrix(work, d_off[(L - l) % 2], B, sizes[l])   # ping-pong delta buffers
-            linear_backward(dA, dW, db, dZ, A, W, True)
-            dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
-            if dropped:
-                dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
-            activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, net.act[l - 1],
-                                dropped)
-            dZ = dA
-        else:
-            linear_backward(dZ, dW, db, dZ, A, W, False)      # no input gradient
+        dA = matrix(work, d_off[(L - l) % 2], B, sizes[l])   # ping-pong delta buffers
+        linear_backward(dA, layer_weight(grads, w_off, sizes, l),
+                        layer_bias(grads, b_off, sizes, l), dZ, A,
+                        layer_weight(params, w_off, sizes, l), True)
+        dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
+        if dropped:
+            dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
+        activation_backward(dA, matrix(work, z_off[l - 1], B, sizes[l]), A, net.act[l - 1],
+                            dropped)
+        dZ = dA
+    db = layer_bias(grads, b_off, sizes, 0)  # the first layer: no input gradient
+    if sparse:
+        sparse_linear_backward(ws, c, db, dZ, rows, idx)
+    else:
+        W = layer_weight(params, w_off, sizes, 0)
+        linear_backward(dZ, layer_weight(grads, w_off, sizes, 0), db, dZ, A0, W, False)
     return loss_sum, n_correct
