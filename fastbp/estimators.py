@@ -14,6 +14,7 @@ from numbers import Integral, Real
 
 import numba
 import numpy as np
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.preprocessing import LabelBinarizer
@@ -26,10 +27,15 @@ from sklearn.utils.multiclass import (_check_partial_fit_first_call, type_of_tar
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from .data import check_X
+from .engine import SPARSE_CPU_ONLY
 from .sklearn_solvers import (NON_FINITE, StochasticSolver, fit_lbfgs, initial_params,
                               loss_scales)
 from .trainer import Trainer
 
+# scikit-learn's MLP takes these (others are converted to the first); fastbp converts CSC
+# to CSR once per fit
+SPARSE_FORMATS = ["csr", "csc"]
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
 
 
@@ -188,6 +194,8 @@ class _BaseMLP(BaseEstimator):
         hidden = self._hidden()
         first_pass = not hasattr(self, "_trainer") or (not self.warm_start and not incremental)
         X, y, Y, class_weights = self._validate_input(X, y, incremental, reset=first_pass)
+        if sparse.issparse(X) and resolve_target(self.target, self.n_threads) == "cuda":
+            raise ValueError(f"X is sparse: {SPARSE_CPU_ONLY}")
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X)
         if class_weights is not None:
@@ -199,7 +207,10 @@ class _BaseMLP(BaseEstimator):
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} outputs but the model was fitted with "
                              f"{self.n_outputs_}")
-        X = np.ascontiguousarray(X, dtype=self._trainer.dtype)
+        if sparse.issparse(X):       # CSR (row slices: the early-stopping split), once
+            X = X.tocsr().astype(self._trainer.dtype, copy=False)
+        else:
+            X = np.ascontiguousarray(X, dtype=self._trainer.dtype)
         if sample_weight is not None:
             sample_weight = sample_weight.astype(self._trainer.dtype, copy=False)
         if self.solver == "lbfgs":
@@ -227,12 +238,16 @@ class _BaseMLP(BaseEstimator):
         """The output layer's activations (n, n_outputs)."""
         check_is_fitted(self, "_trainer")
         if check_input:
-            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32),
+                              accept_sparse=SPARSE_FORMATS)
+        t = self._trainer
+        if sparse.issparse(X):
+            return t.engine.predict(check_X(X, X.shape[1], t.dtype))
+        return t.engine.predict(np.ascontiguousarray(X, dtype=t.dtype))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         return tags
 
 
@@ -290,7 +305,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """scikit-learn's: labels binarised by the LabelBinarizer of the first pass (checked
         against its classes on later passes), as a boolean (n, n_outputs) Y."""
         X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
-                             reset=reset)
+                             reset=reset, accept_sparse=SPARSE_FORMATS)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
@@ -414,7 +429,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
-                             dtype=(np.float64, np.float32), reset=reset)
+                             dtype=(np.float64, np.float32), reset=reset,
+                             accept_sparse=SPARSE_FORMATS)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
