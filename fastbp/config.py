@@ -20,11 +20,12 @@ OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW, "rmsprop": RMSPROP}
 TARGETS = ("cpu", "parallel", "cuda")
 DTYPES = ("float32", "float64")
 INITS = ("auto", "he", "glorot")
+SPARSE_UPDATES = ("dense", "lazy")
 
 DEFAULTS = dict(activation="relu", loss="cross_entropy", optimizer="adam", lr=1e-3,
                 batch_size=32, epochs=10, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
                 eps=1e-8, alpha=0.99, weight_decay=0.0, decay_per_weight=False, clip_norm=None,
-                dropout=0.0, init="auto",
+                dropout=0.0, init="auto", sparse_update="dense",
                 shuffle=True, target="cpu", dtype="float32", seed=None, n_threads=None)
 
 
@@ -145,6 +146,7 @@ def validate(layers, **kwargs):
     else:
         _fail("dropout", drop, allowed, TypeError)
     cfg["init"] = _choice("init", kw["init"], INITS)
+    cfg["sparse_update"] = _choice("sparse_update", kw["sparse_update"], SPARSE_UPDATES)
     cfg["shuffle"] = _bool("shuffle", kw["shuffle"])
     cfg["target"] = _choice("target", kw["target"], TARGETS)
     dtype = kw["dtype"]

@@ -152,12 +152,26 @@ class Engine:
             sizes = [int(s) for s in self.network.layout.sizes]
             self.train_plan = training_plan(self.target, sizes, self.batch_size, self.threads)
             self.eval_plan = evaluation_plan(self.target, self.threads)
+        self._auto_plan = self.train_plan
         self._gpu = None
+
+    def plan_for(self, rows, hyper):
+        """The training plan for `rows`: the automatic plan chooses from the layer sizes;
+        with sparse rows and the lazy update a step's work grows with the stored entries
+        per row, not the columns, so the choice takes the mean stored entries per row as
+        the first layer's width. A plan set by hand (tests, benchmarks) is kept."""
+        plan = self.train_plan
+        if (plan is not self._auto_plan or self.target != "parallel" or not rows.sparse
+                or hyper.lazy == 0.0):
+            return plan
+        sizes = [int(s) for s in self.network.layout.sizes]
+        sizes[0] = max(1, -(-int(rows.indptr[-1]) // rows.n))
+        return training_plan(self.target, sizes, self.batch_size, self.threads)
 
     def __getstate__(self):
         # compiled kernels and device buffers are not pickled: rebuilt from the configuration
         state = self.__dict__.copy()
-        for key in ("train_plan", "eval_plan", "_gpu"):
+        for key in ("train_plan", "eval_plan", "_auto_plan", "_gpu"):
             state.pop(key, None)
         return state
 
@@ -256,13 +270,15 @@ class Engine:
                          np.empty((n_chunks, R * n_1), dtype=dtype),
                          np.full((n_chunks, n_0), -1, dtype=np.int32))
 
-    def epoch_runner(self, rows, order, norms):
+    def epoch_runner(self, rows, order, norms, hyper=None):
         """An `EpochRunner` over `rows` in the row order `order` (N,) int64, which the caller
         refills before each epoch; `norms` (steps, L + 1) receives each step's gradient
-        norms. Workspaces are allocated here, once, and the data moved to the GPU once."""
+        norms; `hyper` (args.Hyper), when given, lets sparse rows under the lazy update
+        choose their plan (plan_for). Workspaces are allocated here, once, and the data
+        moved to the GPU once."""
         if self.target == "cuda":
             return _CudaEpochs(self, rows, order, norms)
-        return _CpuEpochs(self, rows, order, norms)
+        return _CpuEpochs(self, rows, order, norms, hyper)
 
     def loss_grad(self, rows, want_grad, resident=None):
         """(mean loss, correct predictions, gradient or None) of `rows` as one batch at the
@@ -315,16 +331,22 @@ def _dense_only(rows):
 class _CpuEpochs:
     """Training epochs of the CPU targets over one data set, buffers allocated once."""
 
-    def __init__(self, engine, rows, order, norms):
+    def __init__(self, engine, rows, order, norms, hyper=None):
         self.engine, self.rows, self.order, self.norms = engine, rows, order, norms
-        self.plan = safe_plan(engine.train_plan)
+        self.plan = safe_plan(engine.train_plan if hyper is None
+                              else engine.plan_for(rows, hyper))
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
         block_lo, block_hi, block_layer = lay.blocks()
+        R, n_0 = 0, 0
+        if rows.sparse:          # the lazy update's list of the step's touched rows
+            n_0 = int(lay.sizes[0])
+            R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], n_0)
         self.slabs = Slabs(np.zeros((C, lay.n_params), dtype=dtype), block_lo, block_hi,
                            block_layer, np.empty(block_lo.shape[0]), np.empty(C),
-                           np.empty(C, dtype=np.int64))
+                           np.empty(C, dtype=np.int64), np.empty(R, dtype=np.int64),
+                           np.zeros(n_0, dtype=np.uint8))
 
     def run(self, hyper, dropout_seed):
         """One epoch in the current row order with the optimizer settings `hyper`

@@ -90,6 +90,7 @@ class _BaseMLP(BaseEstimator):
                              Options(Real, {np.inf})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
+        "sparse_update": [StrOptions({"dense", "lazy"})],
         "target": [StrOptions({"auto", "cpu", "parallel", "cuda"})],
         "dtype": [None, StrOptions({"float32", "float64"})],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
@@ -133,6 +134,7 @@ class _BaseMLP(BaseEstimator):
             nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
             betas=(self.beta_1, self.beta_2), eps=self.epsilon,
             weight_decay=self._scale * self.alpha, decay_per_weight=True, dropout=dropout,
+            sparse_update=self.sparse_update,
             shuffle=self.shuffle, target=target, dtype=dtype, seed=0, n_threads=self.n_threads)
         params = initial_params(random_state, layer_units, self.activation,
                                 self._trainer.engine.network.layout, self._trainer.dtype)
@@ -255,7 +257,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by fastbp's
     compiled kernels. Same parameters, attributes and behaviour; plus `class_weight` (None,
     'balanced' or {label: weight}), `dropout` (inverted dropout of the hidden layers while
-    training: one rate or one per hidden layer), `target` ('cpu', 'parallel' or 'cuda'), `dtype`
+    training: one rate or one per hidden layer), `sparse_update` ('dense', or 'lazy': with
+    sparse X update only the first-layer rows of the features a batch has, as
+    torch.optim.SparseAdam), `target` ('cpu', 'parallel' or 'cuda'), `dtype`
     (None: float32 for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
     outputs, multiclass a softmax."""
 
@@ -268,9 +272,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, dropout=0.0, target="auto", dtype=None, n_threads=None):
+                 class_weight=None, dropout=0.0, sparse_update="dense", target="auto",
+                 dtype=None, n_threads=None):
         self.class_weight = class_weight
         self.dropout = dropout
+        self.sparse_update = sparse_update
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -383,7 +389,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor: scikit-learn's MLPRegressor (loss 'squared_error',
     or 'poisson' with an exp output for counts), trained by fastbp's compiled kernels; plus
-    `dropout`, `target`, `dtype` and `n_threads` (as MLPClassifier)."""
+    `dropout`, `sparse_update`, `target`, `dtype` and `n_threads` (as MLPClassifier)."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
                               "loss": [StrOptions({"squared_error", "poisson"})]}
@@ -394,8 +400,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dropout=0.0, target="auto", dtype=None, n_threads=None):
+                 dropout=0.0, sparse_update="dense", target="auto", dtype=None,
+                 n_threads=None):
         self.dropout = dropout
+        self.sparse_update = sparse_update
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation

@@ -86,7 +86,8 @@ class StochasticSolver:
                      nesterov=float(sgd and est.nesterovs_momentum and est.momentum > 0),
                      beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon * est._scale,
                      decay=est._scale * est.alpha, clip=0.0, alpha=0.99,
-                     decay_per_weight=1.0, eps_hat=1.0)
+                     decay_per_weight=1.0, eps_hat=1.0,
+                     lazy=float(getattr(est, "sparse_update", "dense") == "lazy"))
 
     def split(self, X, Y, sample_weight, rs):
         """The early-stopping split: train_test_split's call, stratified for single-output
@@ -129,7 +130,7 @@ class StochasticSolver:
         L = engine.network.layout.n_layers
         records = np.empty((starts.shape[0], L + 3))     # see cpu.train_epoch
         order = row_order(n)
-        runner = engine.epoch_runner(rows, order, records)
+        runner = engine.epoch_runner(rows, order, records, self.hyper(est._lr))
         offsets = poisson_offsets(Y) if est._loss == "poisson" else None
         sample_idx = np.arange(n)
         diverged = False

@@ -21,7 +21,8 @@ def _hyper(cfg):
                  nesterov=float(cfg["nesterov"]), beta1=float(cfg["betas"][0]),
                  beta2=float(cfg["betas"][1]), eps=float(cfg["eps"]),
                  decay=float(cfg["weight_decay"]), clip=float(cfg["clip_norm"] or 0.0),
-                 alpha=float(cfg["alpha"]), decay_per_weight=float(cfg["decay_per_weight"]))
+                 alpha=float(cfg["alpha"]), decay_per_weight=float(cfg["decay_per_weight"]),
+                 lazy=float(cfg.get("sparse_update") == "lazy"))
 
 
 def _check_callbacks(callbacks):
@@ -74,6 +75,11 @@ class Trainer:
         One core (bit-for-bit reproducible), all cores (reproducible per thread count), or
         an NVIDIA GPU through numba-cuda (the `cuda` extra): params, optimizer state and
         the training data stay on the GPU for the whole fit (see the README's CUDA section).
+    sparse_update : {'dense', 'lazy'}
+        With sparse X: 'dense' updates every parameter every step (the same model as on the
+        dense copy of X); 'lazy' updates only the rows of W_0 (the input features) that the
+        step's batch has stored entries in, as torch.optim.SparseAdam: much faster for wide
+        inputs, a different optimizer (see the README's sparse section).
     dtype : {'float32', 'float64'}
     n_threads : int or None
         Threads for target='parallel' (None: Numba's default, all cores).
@@ -83,13 +89,14 @@ class Trainer:
                  lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=1e-8, alpha=0.99, weight_decay=0.0,
                  decay_per_weight=False, clip_norm=None, dropout=0.0, init="auto",
-                 shuffle=True, target="cpu", dtype="float32", seed=None, n_threads=None):
+                 sparse_update="dense", shuffle=True, target="cpu", dtype="float32", seed=None,
+                 n_threads=None):
         cfg = _config.validate(
             layers, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
             batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
             betas=betas, eps=eps, alpha=alpha, weight_decay=weight_decay,
             decay_per_weight=decay_per_weight, clip_norm=clip_norm,
-            dropout=dropout, init=init, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
+            dropout=dropout, init=init, sparse_update=sparse_update, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
             n_threads=n_threads)
         if cfg["n_threads"] is not None and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"n_threads={cfg['n_threads']} is not allowed: at most "
@@ -311,7 +318,7 @@ class Trainer:
         n, L, B = rows.n, self._layout.n_layers, self._cfg["batch_size"]
         norms = np.empty((-(-n // B), L + 1))
         order = row_order(n)
-        epochs_runner = self.engine.epoch_runner(rows, order, norms)
+        epochs_runner = self.engine.epoch_runner(rows, order, norms, self._hyper)
         val_resident = None if val is None else self.engine.resident(val)
         good = None                      # the last good epoch's state (see _snapshot)
         warned = set()

@@ -88,7 +88,9 @@ class Slabs(NamedTuple):
     """A training step's scratch: gslab (C, P) the chunks' gradients; block_lo, block_hi,
     block_layer (G,) cut the flat buffers into blocks that never straddle a layer
     (block_layer: l for W_l, L + l for b_l) and block_sq (G,) their sums of squares;
-    chunk_loss (C,) float64 and chunk_correct (C,) int64."""
+    chunk_loss (C,) float64 and chunk_correct (C,) int64. For the lazy update of sparse
+    data (Hyper.lazy; else empty): touched (R,) the step's distinct touched rows of W_0
+    (every chunk's) and seen (n_0,) uint8 marks them while the list is built."""
     gslab: np.ndarray
     block_lo: np.ndarray
     block_hi: np.ndarray
@@ -96,6 +98,8 @@ class Slabs(NamedTuple):
     block_sq: np.ndarray
     chunk_loss: np.ndarray
     chunk_correct: np.ndarray
+    touched: np.ndarray
+    seen: np.ndarray
 
 
 class Hyper(NamedTuple):
@@ -104,7 +108,9 @@ class Hyper(NamedTuple):
     weight), scikit-learn's L2 term alpha/2 ||W||^2 / n_batch; 0 is PyTorch's constant
     decay. clip: the global gradient-norm clip (0: off). eps_hat: Adam's eps is added to
     sqrt(v) before the bias correction and the step size carries sqrt(1 - beta2^t) (Kingma
-    and Ba's "efficient" form, scikit-learn's); 0 is PyTorch's eps on sqrt(v_hat)."""
+    and Ba's "efficient" form, scikit-learn's); 0 is PyTorch's eps on sqrt(v_hat). lazy:
+    with sparse data, each step updates only the rows of W_0 its batch touches (as
+    torch.optim.SparseAdam; see the README); 0 updates every parameter every step."""
     lr: float
     momentum: float
     nesterov: float
@@ -116,3 +122,4 @@ class Hyper(NamedTuple):
     alpha: float
     decay_per_weight: float
     eps_hat: float = 0.0
+    lazy: float = 0.0

@@ -65,6 +65,9 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     sparse = is_sparse(rows)
     dense_from = net.b_off[0] if sparse else 0
     n_slices = n_chunks if sparse and n_chunks > 1 else 1
+    # ... and with the lazy update only the touched rows of W_0 are updated
+    lazy = sparse and hyper.lazy != 0.0
+    H = net.sizes[1]
     weight_sq = 0.0
     loss_total = 0.0
     correct_total = 0
@@ -100,6 +103,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
         if sparse:                  # threads own column ranges of W_0's gradient
             for t in prange(n_slices):
                 gather_touched(gslab[0], ws, net, t, n_slices)
+        n_lazy = touched_union(slabs, ws) if lazy else 0
         if records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
 
@@ -117,10 +121,19 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             if n_par > 0:
                 for k in prange(n_par):
                     block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                               reduce, update, sparse)
+                               reduce, update, sparse, lazy)
             for k in range(n_par, n_blocks):
                 block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                           reduce, update, sparse)
+                           reduce, update, sparse, lazy)
+            if lazy:                # W_0's touched rows only (block 0 carries their norm)
+                if reduce:
+                    slabs.block_sq[0] = rows_sum_of_squares(gslab[0], slabs.touched, n_lazy, H)
+                if update:
+                    n_lazy_chunks = n_chunks if n_lazy * H >= PARALLEL_UPDATE_MIN else 1
+                    for i in prange(n_lazy_chunks):
+                        update_rows(state, gslab[0], slabs.touched, n_lazy * i // n_lazy_chunks,
+                                    n_lazy * (i + 1) // n_lazy_chunks, H, net.opt_code,
+                                    hyper, bc1, bc2, clip, decay)
         if sparse:                  # gslab[0]'s W_0 back to zero, cheaply
             release_all(gslab[0], ws, net)
         if n_passes == 1:
@@ -177,13 +190,56 @@ def release_all(g0, ws, net):
 
 
 @jit
+def touched_union(slabs, ws):
+    """slabs.touched[:n] <- the distinct rows of W_0 that any chunk touched (chunk order,
+    then first-touch order); returns n."""
+    n = 0
+    for c in range(ws.n_touched.shape[0]):
+        for k in range(ws.n_touched[c]):
+            j = ws.touched[c, k]
+            if slabs.seen[j] == 0:
+                slabs.seen[j] = 1
+                slabs.touched[n] = j
+                n += 1
+    for i in range(n):
+        slabs.seen[slabs.touched[i]] = 0
+    return n
+
+
+@jit
+def rows_sum_of_squares(g0, touched, n, H):
+    """Sum of squares (float64) of rows touched[:n] of W_0's gradient in g0 (P,)."""
+    acc = g0.dtype.type(0)
+    for i in range(n):
+        g = g0[touched[i] * H:(touched[i] + 1) * H]
+        for j in range(H):
+            acc += g[j] * g[j]
+    return np.float64(acc)
+
+
+@jit
+def update_rows(state, g0, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, decay):
+    """The optimizer on rows touched[lo:hi] of W_0 (offset 0 in the flat buffers) alone:
+    the lazy update of sparse data."""
+    for i in range(lo, hi):
+        start = touched[i] * H
+        update_segment(state.params, g0, state.m, state.v, start, start + H, opt_code, hyper,
+                       bc1, bc2, True, clip, decay)
+
+
+@jit
 def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update,
-               sparse):
+               sparse, lazy):
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
     block's sum of squares (reduce), then apply the optimizer to it (update). `sparse`:
-    W_0's blocks are already summed (gather_touched)."""
+    W_0's blocks are already summed (gather_touched); `lazy`: they are left to update_rows
+    (their sums of squares 0 here)."""
     lo = slabs.block_lo[k]
     hi = slabs.block_hi[k]
+    if lazy and slabs.block_layer[k] == 0:
+        if reduce:
+            slabs.block_sq[k] = 0.0
+        return
     if reduce:
         n_sum = 1 if sparse and slabs.block_layer[k] == 0 else slabs.gslab.shape[0]
         slabs.block_sq[k] = reduce_block(slabs.gslab, lo, hi, n_sum)
