@@ -209,7 +209,7 @@ def test_pipeline_grid_search_cross_val_clone_pickle():
     np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
 
 
-def test_dataframe_feature_names_and_sparse_refused():
+def test_dataframe_feature_names_and_sparse_accepted():
     pd = pytest.importorskip("pandas")
     X, y = datasets.load_iris(return_X_y=True, as_frame=True)
     with warnings.catch_warnings():
@@ -217,8 +217,10 @@ def test_dataframe_feature_names_and_sparse_refused():
         m = MLPClassifier(max_iter=20, random_state=0).fit(X, y)
     assert list(m.feature_names_in_) == list(X.columns)
     assert isinstance(X, pd.DataFrame)
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        MLPClassifier().fit(sparse.csr_matrix(X.values), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        s = MLPClassifier(max_iter=20, random_state=0).fit(sparse.csr_matrix(X.values), y)
+    np.testing.assert_allclose(s.coefs_[0], m.coefs_[0], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs", [dict(activation="softplus"), dict(solver="rmsprop"),

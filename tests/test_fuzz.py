@@ -144,7 +144,7 @@ def broken_X(draw, X, n, dtype, how):
         return [[0.0] * N_IN] * (n - 1) + [[0.0] * (N_IN - 1)], False
     if how == "none":
         return None, False
-    return sparse.csr_matrix(X), False
+    return sparse.csr_matrix(X), True          # sparse X is trained on as CSR
 
 
 @st.composite

@@ -88,7 +88,9 @@ BAD_DATA = [
     (X_GOOD.astype(str), Y_GOOD, TypeError, "X must hold real numbers"),
     (X_GOOD.astype(complex), Y_GOOD, TypeError, "complex"),
     (X_GOOD, np.ones((10, 3)), ValueError, "1-D array of integer class labels"),
-    (sparse.csr_matrix(X_GOOD), Y_GOOD, TypeError, "sparse"),
+    (sparse.csr_matrix(np.where(X_GOOD > 0, np.nan, X_GOOD)), Y_GOOD, ValueError,
+     "contains NaN at row 0"),
+    (sparse.csr_matrix(X_GOOD[:, :3]), Y_GOOD, ValueError, "3 features per sample"),
     ([[1, 2], [3]], Y_GOOD, ValueError, "could not be read"),
 ]
 
