@@ -13,6 +13,7 @@ from sklearn import datasets
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor
+from scipy import sparse
 from sklearn.utils.class_weight import compute_sample_weight
 
 from fastbp import MLPClassifier, MLPRegressor
@@ -42,13 +43,30 @@ def _data(kind):
     raise ValueError(kind)
 
 
-def _fit_both(kind, fit=None, **kw):
-    """(scikit-learn's estimator, fastbp's) fitted on the same data and arguments."""
+def _sparse(X, fmt="csr"):
+    """X with its small entries dropped, as a sparse matrix of format `fmt` with unsorted
+    indices and a duplicated entry in its first row (summed, as scipy sums them)."""
+    X = np.where(np.abs(X) < 0.6, 0.0, X)
+    X[5] = 0.0                                            # an empty row
+    S = sparse.csr_matrix(X)
+    first = S.indptr[1]
+    data = np.concatenate([S.data[:first][::-1] * 0.5, S.data[:first] * 0.5, S.data[first:]])
+    indices = np.concatenate([S.indices[:first][::-1], S.indices[:first], S.indices[first:]])
+    indptr = np.concatenate([[0], S.indptr[1:] + first])
+    S = sparse.csr_matrix((data, indices, indptr), shape=X.shape)
+    np.testing.assert_allclose(S.toarray(), X)
+    return S.asformat(fmt)
+
+
+def _fit_both(kind, fit=None, sparse_format=None, target="cpu", **kw):
+    """(scikit-learn's estimator, fastbp's) fitted on the same data and arguments; with
+    sparse_format, on the same sparse X; fastbp's on `target`."""
     X, y = _data(kind)
+    if sparse_format:
+        X = _sparse(X, sparse_format)
     sk_cls, fb_cls = ((SkMLPRegressor, MLPRegressor) if kind.startswith(("regression", "counts"))
                       else (SkMLPClassifier, MLPClassifier))
-    fb_kw = dict(kw)
-    fb_kw.setdefault("target", "cpu")
+    fb_kw = dict(kw, target=target)
     pair = sk_cls(**kw), fb_cls(**fb_kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -353,3 +371,50 @@ def test_regressor_passes_check_regressors_train_as_scikit_learns_does():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check_regressors_train("MLPRegressor", MLPRegressor(max_iter=50))
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "sgd-invscaling", "lbfgs"])
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel", "regression",
+                                  "counts"])
+@pytest.mark.parametrize("sparse_format", ["csr", "csc"])
+def test_sparse_X_gives_scikit_learns_model_on_the_same_sparse_X(sparse_format, kind,
+                                                                   solver):
+    """scikit-learn's MLP takes CSR and CSC: fastbp's fit on the same sparse X (an empty
+    row, unsorted indices, a duplicate entry) is its model to rounding."""
+    kw = dict(hidden_layer_sizes=(7,), max_iter=15, random_state=0, **SOLVERS[solver])
+    if kind == "counts":
+        kw.update(loss="poisson")
+    (sk, fb), X = _fit_both(kind, sparse_format=sparse_format, **kw)
+    assert sparse.issparse(X)
+    assert_same_model(sk, fb, X)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_sparse_X_early_stopping_weights_and_partial_fit(target):
+    X, y = _data("multiclass")
+    S = _sparse(X)
+    w = np.random.default_rng(0).random(X.shape[0]) + 0.5
+    kw = dict(hidden_layer_sizes=(6,), max_iter=30, early_stopping=True, n_iter_no_change=3,
+              validation_fraction=0.2, random_state=3, learning_rate_init=0.05)
+    (sk, fb), _ = _fit_both("multiclass", fit=lambda e: e.fit(S, y, sample_weight=w),
+                            target=target, **kw)
+    assert_same_model(sk, fb, S)
+
+    def chunks(e):
+        for lo in range(0, 150, 50):
+            e.partial_fit(S[lo:lo + 50], y[lo:lo + 50], classes=[0, 1, 2])
+
+    (sk, fb), _ = _fit_both("multiclass", fit=chunks, hidden_layer_sizes=(5,),
+                            random_state=0, target=target)
+    assert_same_model(sk, fb, S)
+
+
+def test_sparse_float32_X_trains_in_float32_as_scikit_learn():
+    X, y = _data("multiclass")
+    S = _sparse(X).astype(np.float32)
+    (sk, fb), _ = _fit_both("multiclass", fit=lambda e: e.fit(S, y), hidden_layer_sizes=(6,),
+                            max_iter=20, random_state=0)
+    assert fb.coefs_[0].dtype == sk.coefs_[0].dtype == np.float32
+    for a, b in zip(fb.coefs_ + fb.intercepts_, sk.coefs_ + sk.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    np.testing.assert_allclose(fb.loss_curve_, sk.loss_curve_, rtol=1e-5)
