@@ -19,6 +19,7 @@ oversubscribe the cores. fastbp falls back to serial code off the main thread wh
 """
 
 import numpy as np
+from scipy import sparse
 
 from .trainer import Trainer
 
@@ -90,7 +91,9 @@ def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=
         for xb, yb in chunks:
             if hasattr(xb, "compute"):
                 xb, yb = _dask()[0].compute(xb, yb)    # this block only
-            _train_block(model, np.asarray(xb), np.asarray(yb), classes if first else None)
+            if not sparse.issparse(xb):          # scipy sparse chunks are trained as CSR
+                xb = np.asarray(xb)
+            _train_block(model, xb, np.asarray(yb), classes if first else None)
             first = False
     return model
 

@@ -311,3 +311,20 @@ def test_tfidf_text_pipeline_trains_and_scores():
     assert pipe.score(docs[240:], labels[240:]) > 0.95
     assert set(pipe.predict(["the coach of the team", "a bank trade"])) <= {"sport", "money",
                                                                            "science"}
+
+
+def test_fit_incremental_takes_sparse_chunks():
+    """fastbp.distributed.fit_incremental over an iterable of sparse (X, y) chunks equals
+    partial_fit over their dense copies (no Dask needed for an iterable)."""
+    from fastbp.distributed import fit_incremental
+    X, Xs, y = sparse_data("cross_entropy", n=60)
+    chunks = [(Xs[lo:lo + 20], y[lo:lo + 20]) for lo in (0, 20, 40)]
+    a = fit_incremental(MLPClassifier(hidden_layer_sizes=(6,), random_state=0, target="cpu"),
+                        lambda: iter(chunks), epochs=2, classes=np.arange(N_OUT))
+    b = MLPClassifier(hidden_layer_sizes=(6,), random_state=0, target="cpu")
+    for _ in range(2):
+        for lo in (0, 20, 40):
+            b.partial_fit(X[lo:lo + 20], y[lo:lo + 20], classes=np.arange(N_OUT))
+    _same(a.coefs_[0], b.coefs_[0], 1e-9)
+    t = fit_incremental(trainer("cpu"), chunks, epochs=1)
+    assert t.step == 9
