@@ -15,6 +15,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
     python benchmarks/compare.py --estimators         # MLPClassifier vs scikit-learn's
     python benchmarks/compare.py --cuda               # target='cuda' vs PyTorch eager on the GPU
+    python benchmarks/compare.py --sparse             # bag-of-words CSR input vs scikit-learn/PyTorch
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
@@ -30,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS, flops_per_sample, make_arrays  # noqa: E402
+from workloads import WORKLOADS, bag_of_words, flops_per_sample, make_arrays  # noqa: E402
 
 N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "wide": 4096,
              "tiny-b1": 2048}
@@ -503,6 +504,145 @@ def _torch_cuda(layers, batch, loss, X, y, opt, rounds, compiled=False):
     return X.shape[0] / float(np.median([_timed(epoch) for _ in range(rounds)]))
 
 
+# ------------------------------------------------------------------ sparse input
+
+SPARSE_SHAPES = [(50_000, 20), (50_000, 50), (50_000, 100), (20_000, 50), (100_000, 50)]
+SPARSE_HIDDEN, SPARSE_BATCH, SPARSE_CLASSES = 128, 128, 10
+DENSE_COPY_LIMIT = 2 << 30      # fastbp on the dense copy where it needs at most 2 GiB
+
+
+def _sparse_fastbp(target, update, dense=False):
+    def factory(X, y):
+        from fastbp import Trainer
+        t = Trainer([X.shape[1], SPARSE_HIDDEN, SPARSE_CLASSES], optimizer="adam", lr=1e-3,
+                    batch_size=SPARSE_BATCH, target=target, sparse_update=update, seed=0)
+        data = X.toarray() if dense else X
+        return (lambda: t.fit(data, y, epochs=1, progress=False)), \
+            (lambda Xt: t.predict(Xt.toarray() if dense else Xt))
+    return factory
+
+
+def _sparse_sklearn(X, y):
+    from sklearn.neural_network import MLPClassifier
+    est = MLPClassifier(hidden_layer_sizes=(SPARSE_HIDDEN,), batch_size=SPARSE_BATCH,
+                        learning_rate_init=1e-3, alpha=0.0, random_state=0)
+    classes = np.arange(SPARSE_CLASSES)
+    return (lambda: est.partial_fit(X, y, classes=classes)), est.predict
+
+
+def _sparse_torch(lazy):
+    """PyTorch with a sparse first layer: torch.sparse.mm of each batch's CSR rows with a
+    dense W_0 and torch.optim.Adam (every parameter every step: fastbp's 'dense'), or
+    nn.EmbeddingBag(mode='sum', per_sample_weights, sparse=True) for W_0 with
+    torch.optim.SparseAdam and Adam for the rest (fastbp's 'lazy'). One thread per core;
+    the batch's rows are sliced with scipy, as fastbp's kernel reads them."""
+    def factory(X, y):
+        import torch
+        torch.manual_seed(0)
+        n, d = X.shape
+        yt = torch.as_tensor(y)
+        rng = np.random.default_rng(0)
+        if lazy:
+            emb = torch.nn.EmbeddingBag(d, SPARSE_HIDDEN, mode="sum", sparse=True)
+            b0 = torch.nn.Parameter(torch.zeros(SPARSE_HIDDEN))
+            first = [emb.weight]
+        else:
+            W0 = torch.nn.Parameter(torch.empty(d, SPARSE_HIDDEN).uniform_(-0.01, 0.01))
+            b0 = torch.nn.Parameter(torch.zeros(SPARSE_HIDDEN))
+            first = [W0]
+        head = torch.nn.Sequential(torch.nn.ReLU(),
+                                   torch.nn.Linear(SPARSE_HIDDEN, SPARSE_CLASSES))
+        rest = [b0, *head.parameters()]
+        opts = ([torch.optim.SparseAdam(first, lr=1e-3), torch.optim.Adam(rest, lr=1e-3)]
+                if lazy else [torch.optim.Adam(first + rest, lr=1e-3)])
+        crit = torch.nn.CrossEntropyLoss()
+
+        def first_layer(Xb):
+            if lazy:
+                return emb(torch.as_tensor(Xb.indices.astype(np.int64)),
+                           torch.as_tensor(Xb.indptr[:-1].astype(np.int64)),
+                           per_sample_weights=torch.as_tensor(Xb.data)) + b0
+            coo = Xb.tocoo()
+            St = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, Xb.shape)
+            return torch.sparse.mm(St, W0) + b0
+
+        def epoch():
+            perm = rng.permutation(n)
+            for lo in range(0, n, SPARSE_BATCH):
+                idx = perm[lo:lo + SPARSE_BATCH]
+                for o in opts:
+                    o.zero_grad()
+                crit(head(first_layer(X[idx])), yt[idx]).backward()
+                for o in opts:
+                    o.step()
+
+        def predict(Xt):
+            with torch.no_grad():
+                return head(first_layer(Xt)).argmax(dim=1).numpy()
+        return epoch, predict
+    return factory
+
+
+SPARSE_CONTESTANTS = {
+    "fastbp cpu": _sparse_fastbp("cpu", "dense"),
+    "fastbp parallel": _sparse_fastbp("parallel", "dense"),
+    "fastbp cpu lazy": _sparse_fastbp("cpu", "lazy"),
+    "fastbp parallel lazy": _sparse_fastbp("parallel", "lazy"),
+    "fastbp cpu, dense copy": _sparse_fastbp("cpu", "dense", dense=True),
+    "torch sparse.mm + Adam": _sparse_torch(False),
+    "torch EmbeddingBag + SparseAdam": _sparse_torch(True),
+    "scikit-learn": _sparse_sklearn,
+}
+
+
+def sparse_compare(rounds, n, shapes, skip):
+    """Seconds per epoch (median of `rounds`, epochs interleaved across contestants after a
+    warm-up epoch) on bag-of-words CSR data of n rows, hidden 128, batch 128, Adam, float32,
+    and each contestant's test accuracy after its epochs (2,000 held-out rows)."""
+    import platform
+    print(f"bag-of-words classification, {n} rows, hidden {SPARSE_HIDDEN}, batch "
+          f"{SPARSE_BATCH}, {SPARSE_CLASSES} classes, Adam lr 1e-3, float32; median of "
+          f"{rounds} interleaved epochs; {THREADS} cores ({platform.processor() or 'cpu'})\n")
+    print("| columns | tokens/row | stored/row | contestant | s/epoch | test acc | "
+          "vs scikit-learn | vs best torch |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|")
+    for n_features, per_row in shapes:
+        X, y = bag_of_words(n + 2000, n_features, per_row, SPARSE_CLASSES)
+        Xt, yt = X[n:], y[n:]
+        X, y = X[:n], y[:n]
+        stored = X.nnz / n
+        fns = {}
+        for cname, factory in SPARSE_CONTESTANTS.items():
+            if cname in skip:
+                continue
+            if "dense copy" in cname and n * n_features * 4 > DENSE_COPY_LIMIT:
+                continue
+            try:
+                epoch, predict = factory(X, y)
+                epoch()                                       # warm-up
+            except ImportError:
+                continue
+            except Exception as e:  # noqa: BLE001 - a peer's failure is reported, not fatal
+                print(f"  [{cname} failed: {type(e).__name__}: {e}]", file=sys.stderr)
+                continue
+            fns[cname] = (epoch, predict)
+        times = {c: [] for c in fns}
+        for _ in range(rounds):
+            for cname, (epoch, _) in fns.items():
+                time.sleep(COOL_DOWN)
+                times[cname].append(_timed(epoch))
+        med = {c: float(np.median(t)) for c, t in times.items()}
+        torch_best = min((v for c, v in med.items() if c.startswith("torch")), default=None)
+        sk = med.get("scikit-learn")
+        for cname, (_, predict) in fns.items():
+            acc = float(np.mean(np.asarray(predict(Xt)) == yt))
+            vs_sk = f"{sk / med[cname]:.1f}x" if sk and not cname.startswith("scikit") else ""
+            vs_t = (f"{torch_best / med[cname]:.1f}x" if torch_best and cname.startswith("fastbp")
+                    else "")
+            print(f"| {n_features:,} | {per_row} | {stored:.1f} | {cname} | {med[cname]:.3f} | "
+                  f"{acc:.3f} | {vs_sk} | {vs_t} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -521,8 +661,15 @@ def main():
                    help="target='cuda' vs PyTorch (eager and torch.compile) on the GPU, "
                    "batch 128 and 1024")
     p.add_argument("--samples", type=int, help="rows per data set (--cuda; default: by "
-                   "workload)")
+                   "workload; --sparse: 20,000)")
+    p.add_argument("--sparse", action="store_true",
+                   help="bag-of-words CSR input: fastbp (dense and lazy updates, and on the "
+                   "dense copy where it fits) vs scikit-learn and PyTorch, 3 densities and 3 "
+                   "widths")
     args = p.parse_args()
+    if args.sparse:
+        return sparse_compare(args.rounds, args.samples or 20_000, SPARSE_SHAPES,
+                              set(args.skip))
     if args.cuda:
         workloads = [w for w in args.workloads if w in WORKLOADS]
         return cuda_compare(workloads, args.optimizer, args.rounds, n=args.samples,

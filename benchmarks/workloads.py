@@ -32,3 +32,23 @@ def make_arrays(layers, loss, n, dtype="float32"):
 def flops_per_sample(layers):
     """~6 x weights: forward 2, backward 4 FLOPs per weight and sample."""
     return 6 * sum(a * b for a, b in zip(layers[:-1], layers[1:]))
+
+
+def bag_of_words(n, n_features, per_row, n_classes=10, seed=0, dtype="float32"):
+    """A seeded bag-of-words classification as CSR: each row draws `per_row` tokens from a
+    Zipf-like distribution (p ~ 1 / rank^1.07) over `n_features` columns in a random order
+    (repeats summed, so rows hold somewhat fewer stored entries), log(1 + count) values,
+    rows L2-normalised (TfidfVectorizer-like); labels are the argmax of a random linear
+    teacher, so the problem is learnable."""
+    from scipy import sparse
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_features + 1) ** 1.07
+    cols = rng.permutation(n_features)[rng.choice(n_features, size=n * per_row, p=p / p.sum())]
+    X = sparse.csr_matrix((np.ones(n * per_row), (np.repeat(np.arange(n), per_row), cols)),
+                          shape=(n, n_features))
+    X.sum_duplicates()
+    X.data = np.log1p(X.data)
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = (sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ X).tocsr().astype(dtype)
+    y = np.asarray(X @ rng.standard_normal((n_features, n_classes))).argmax(axis=1)
+    return X, y
