@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .workloads import WORKLOADS, flops_per_sample, make_data
+from .workloads import WORKLOADS, bag_of_words, flops_per_sample, make_data
 
 # Samples per workload: small enough for a quick run, whole epochs of many steps.
 N_SAMPLES = {"tiny": 4096, "regression": 4096, "deep": 2048, "mnist": 2048, "wide": 1024}
@@ -55,6 +55,40 @@ class Training:
         sps = self.track_samples_per_second()
         return sps * flops_per_sample(WORKLOADS[workload][0]) / 1e9
     track_gflops.unit = "GFLOP/s"
+
+
+class SparseTraining:
+    """One epoch on bag-of-words CSR data (hidden 128, batch 128, Adam, float32): 3 widths
+    at 50 tokens per row and 3 densities at 50k columns, dense and lazy updates; the time
+    per epoch should follow the stored entries (and, for 'dense', the first layer's size),
+    peak memory never the dense size (rows x columns)."""
+    params = ([(20_000, 50), (50_000, 50), (100_000, 50), (50_000, 20), (50_000, 100)],
+              ["cpu", "parallel"], ["dense", "lazy"])
+    param_names = ["columns_tokens", "target", "sparse_update"]
+    timeout = 600
+    n = 4096
+
+    def setup(self, shape, target, update):
+        n_features, per_row = shape
+        X, y = bag_of_words(self.n + 1000, n_features, per_row)
+        self.X, self.y, self.Xt, self.yt = X[:self.n], y[:self.n], X[self.n:], y[self.n:]
+        self.trainer = self._trainer(target, update)
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)      # warm the JIT
+
+    def _trainer(self, target, update):
+        from fastbp import Trainer
+        return Trainer([self.X.shape[1], 128, 10], optimizer="adam", lr=1e-3, batch_size=128,
+                       target=target, sparse_update=update, seed=0)
+
+    def time_epoch(self, *args):
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)
+
+    def peakmem_fit(self, shape, target, update):
+        self._trainer(target, update).fit(self.X, self.y, epochs=1, progress=False)
+
+    def track_test_accuracy(self, *args):
+        self.trainer.fit(self.X, self.y, epochs=3, progress=False)
+        return float(np.mean(self.trainer.predict(self.Xt) == self.yt))
 
 
 class CudaTraining:

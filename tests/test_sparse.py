@@ -328,3 +328,25 @@ def test_fit_incremental_takes_sparse_chunks():
     _same(a.coefs_[0], b.coefs_[0], 1e-9)
     t = fit_incremental(trainer("cpu"), chunks, epochs=1)
     assert t.step == 9
+
+
+def test_sparse_files_are_read_without_densifying(tmp_path):
+    from sklearn.datasets import dump_svmlight_file
+
+    from fastbp.sparsefiles import is_sparse_file, read_sparse
+    X, Xs, y = sparse_data("cross_entropy")
+    Xs = sparse.csr_matrix(Xs.toarray())
+    dump_svmlight_file(Xs, y, str(tmp_path / "d.svm"))
+    sparse.save_npz(tmp_path / "d.npz", Xs)
+    np.savez(tmp_path / "arrays.npz", X=X, y=y)
+    assert is_sparse_file(tmp_path / "d.svm") and is_sparse_file(tmp_path / "d.npz")
+    assert not is_sparse_file(tmp_path / "arrays.npz")
+    Xa, ya = read_sparse(tmp_path / "d.svm", n_features=N_IN)
+    Xb, yb = read_sparse(tmp_path / "d.npz")
+    assert sparse.isspmatrix_csr(Xa) and Xa.shape == X.shape and yb is None
+    np.testing.assert_allclose(Xa.toarray(), X, rtol=1e-15)      # as text, 16 digits
+    np.testing.assert_array_equal(ya, y)
+    np.testing.assert_array_equal(Xb.toarray(), X)
+    (tmp_path / "bad.svm").write_text("1 x:y\n")
+    with pytest.raises(ValueError, match="bad.svm"):
+        read_sparse(tmp_path / "bad.svm")
