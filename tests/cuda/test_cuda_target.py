@@ -234,3 +234,23 @@ def test_estimator_on_cuda_matches_cpu(solver):
     np.testing.assert_allclose(cuda.predict_proba(X), cpu.predict_proba(X), rtol=1e-9)
     if solver != "lbfgs":
         np.testing.assert_allclose(cuda.loss_curve_, cpu.loss_curve_, rtol=1e-9)
+
+
+def test_sparse_input_is_refused_as_cpu_only_for_now():
+    """Sparse X trains on the CPU targets only: target='cuda' says so (a ValueError) before
+    any work, in the Trainer and the estimators, with the model unchanged."""
+    from scipy import sparse
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    S = sparse.csr_matrix(np.where(np.abs(X) < 0.5, 0.0, X))
+    t = Trainer(SIZES, target="cuda", seed=0)
+    before = t.params.copy()
+    for call in (lambda: t.fit(S, y, progress=False), lambda: t.predict(S),
+                 lambda: t.loss(S, y), lambda: t.fit(X, y, validation_data=(S, y))):
+        with pytest.raises(ValueError, match="CPU targets only"):
+            call()
+    np.testing.assert_array_equal(t.params, before)
+    with pytest.raises(ValueError, match="CPU targets only"):
+        MLPClassifier(hidden_layer_sizes=(4,), target="cuda").fit(S, y)
+    m = MLPClassifier(hidden_layer_sizes=(4,), target="cuda", max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="CPU targets only"):
+        m.predict(S)
