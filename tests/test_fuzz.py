@@ -308,7 +308,7 @@ def _accepted(t, loss, p, outcome, moderate):
     """After a fit that accepted problem p: predict, loss, evaluate and gradient accept it
     too and keep their promises; none of them changes the model."""
     X, y, w = p["X"], p["y"], p["w"]
-    n = np.asarray(X).shape[0]
+    n = X.shape[0] if sparse.issparse(X) else np.asarray(X).shape[0]
     before = _state(t)
     if outcome == "trained":
         assert t.step == 2 * -(-n // BATCH)          # two epochs of minibatches
