@@ -206,6 +206,27 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_export(args):
+    """Write a saved model as an ONNX graph (fastbp.export); exit 2 for a bad OUT path, 1
+    when the model cannot be read or exported."""
+    from .export import check_onnx_path, output_name, to_onnx
+    from .trainer import Trainer
+
+    try:
+        check_onnx_path(args.out, who="fastbp export", name="OUT")
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e).removeprefix("fastbp export: ")) from None
+    try:
+        trainer = Trainer.load(args.model, target="cpu")
+        to_onnx(trainer, args.out)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"fastbp: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: input 'X' (n, {trainer.layers[0]}), output "
+          f"'{output_name(trainer.config['loss'])}' (n, {trainer.layers[-1]})", file=sys.stderr)
+    return 0
+
+
 def cmd_warmup(args):
     from .trainer import warmup
     warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
@@ -267,6 +288,12 @@ def build_parser():
     q.add_argument("--target", choices=["cpu", "parallel", "cuda"],
                    help="compute target (default: the one the model was saved from)")
     q.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("export", help="write a saved model as an ONNX graph (the onnx extra)")
+    e.add_argument("model", help="a model file written by `fastbp train` or Trainer.save")
+    e.add_argument("out", help="the .onnx file to write (takes raw features: the model's "
+                   "stored standardisation is part of the graph)")
+    e.set_defaults(func=cmd_export)
 
     w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
