@@ -84,8 +84,10 @@ def make_forward(params, sizes, w_off, b_off, act, loss_code, x_shift, x_scale, 
         _check_X(X, params)
         if X.shape[1] != n_features:
             raise ValueError(wrong_width)
-        return network_forward(X, params, sizes, w_off, b_off, act, loss_code, x_shift,
-                               x_scale, y_scale, y_shift)
+        # np.int64: a closed-over int would be typed as a literal, one more cached
+        # specialisation of network_forward per loss
+        return network_forward(X, params, sizes, w_off, b_off, act, np.int64(loss_code),
+                               x_shift, x_scale, y_scale, y_shift)
 
     forward.compile((types.Array(numpy_support.from_dtype(dtype), 2, "C"),))
     return forward
