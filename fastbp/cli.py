@@ -290,9 +290,10 @@ def build_parser():
     q.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("export", help="write a saved model as an ONNX graph (the onnx extra)")
-    e.add_argument("model", help="a model file written by `fastbp train` or Trainer.save")
-    e.add_argument("out", help="the .onnx file to write (takes raw features: the model's "
-                   "stored standardisation is part of the graph)")
+    e.add_argument("model", metavar="MODEL",
+                   help="a model file written by `fastbp train` or Trainer.save")
+    e.add_argument("out", metavar="OUT", help="the .onnx file to write (it takes raw "
+                   "features: the model's stored standardisation is part of the graph)")
     e.set_defaults(func=cmd_export)
 
     w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",
