@@ -177,17 +177,17 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 def test_to_onnx_refuses_bad_input_before_work(tmp_path, monkeypatch):
     t = _trainer("relu", "cross_entropy", "float32")
-    monkeypatch.setitem(sys.modules, "onnx", None)       # the path is checked first
-    with pytest.raises(ValueError, match=r"path='.*m\.txt' must end in \.onnx"):
-        t.to_onnx(str(tmp_path / "m.txt"))
-    with pytest.raises(ValueError, match="does not exist"):
-        t.to_onnx(tmp_path / "nowhere" / "m.onnx")
-    with pytest.raises(ValueError, match="is a directory"):
-        (tmp_path / "d.onnx").mkdir()
-        t.to_onnx(tmp_path / "d.onnx")
-    with pytest.raises(TypeError, match="path must be a file path"):
-        t.to_onnx(3)
-    monkeypatch.delitem(sys.modules, "onnx")
+    (tmp_path / "d.onnx").mkdir()
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnx", None)             # the path is checked first
+        with pytest.raises(ValueError, match=r"path='.*m\.txt' must end in \.onnx"):
+            t.to_onnx(str(tmp_path / "m.txt"))
+        with pytest.raises(ValueError, match="does not exist"):
+            t.to_onnx(tmp_path / "nowhere" / "m.onnx")
+        with pytest.raises(ValueError, match="is a directory"):
+            t.to_onnx(tmp_path / "d.onnx")
+        with pytest.raises(TypeError, match="path must be a file path"):
+            t.to_onnx(3)
     t.weights[0][0, 0] = np.nan
     with pytest.raises(ValueError, match="params contain NaN"):
         t.to_onnx(tmp_path / "m.onnx")
