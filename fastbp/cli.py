@@ -405,6 +405,26 @@ def cmd_evaluate(args):
     return 0
 
 
+def cmd_export(args):
+    """Write a saved model as an ONNX graph (fastbp.export); exit 2 for a bad OUT path, 1
+    when the model cannot be read or exported."""
+    from .export import check_onnx_path, output_name, to_onnx
+    from .trainer import Trainer
+
+    try:
+        check_onnx_path(args.out, who="fastbp export", name="OUT")
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e).removeprefix("fastbp export: ")) from None
+    try:
+        trainer = Trainer.load(args.model, target="cpu")
+        to_onnx(trainer, args.out)
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {args.out}: input 'X' (n, {trainer.layers[0]}), output "
+          f"'{output_name(trainer.config['loss'])}' (n, {trainer.layers[-1]})", file=sys.stderr)
+    return 0
+
+
 def cmd_warmup(args):
     from .trainer import warmup
     warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
@@ -539,6 +559,16 @@ def _add_evaluate(sub):
     e.set_defaults(func=cmd_evaluate)
 
 
+def _add_export(sub):
+    e = sub.add_parser("export", help="write a saved model as an ONNX graph (the onnx extra)",
+                       formatter_class=_Help)
+    e.add_argument("model", metavar="MODEL",
+                   help="a model file written by `fastbp train` or Trainer.save")
+    e.add_argument("out", metavar="OUT", help="the .onnx file to write (it takes raw "
+                   "features: the model's stored standardisation is part of the graph)")
+    e.set_defaults(func=cmd_export)
+
+
 def _add_warmup(sub):
     w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",
                        formatter_class=_Help)
@@ -563,7 +593,7 @@ def build_parser():
                 "fastbp's compiled backpropagation.")
     p.add_argument("--version", action="version", version=f"fastbp {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_predict, _add_evaluate, _add_warmup):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_export, _add_warmup):
         add(sub)
     return p
 

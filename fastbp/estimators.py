@@ -230,6 +230,15 @@ class _BaseMLP(BaseEstimator):
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return self._trainer.engine.predict(np.ascontiguousarray(X, dtype=self._trainer.dtype))
 
+    def to_onnx(self, path):
+        """Write the fitted model as an ONNX graph (the onnx extra; see fastbp.export) whose
+        output equals `predict_proba` (classifier) or `predict` (regressor). Returns path."""
+        check_is_fitted(self, "_trainer")
+        from .export import to_onnx
+        single = self.n_outputs_ == 1
+        return to_onnx(self._trainer, path, two_class=self._is_classifier and single,
+                       squeeze=not self._is_classifier and single)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False

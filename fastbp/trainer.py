@@ -494,6 +494,23 @@ class Trainer:
         from .io import save_trainer
         save_trainer(self, path, include_optimizer=include_optimizer, metadata=metadata)
 
+    def to_onnx(self, path, *, scaling=True):
+        """Write the model as an ONNX graph (the `onnx` extra: pip install "fastbp[onnx]"):
+        input 'X' (N, n_0), output 'probabilities' (as predict_proba; classification losses)
+        or 'predictions' (as predict; mse, poisson), N dynamic, in the model's dtype. The
+        feature/target standardisation `fastbp train` saves in `metadata` is part of the
+        graph unless scaling=False (see fastbp.export). Returns the path (must end in .onnx)."""
+        from .export import to_onnx
+        return to_onnx(self, path, scaling=scaling)
+
+    def compiled_forward(self, *, scaling=True):
+        """A Numba-compiled `forward(X) -> out` of the current parameters (a snapshot):
+        X 2-D in the model's dtype, out as predict_proba (classification losses) or predict
+        (mse, poisson). Call it from your own `@njit` functions with no Python per call
+        (see fastbp.export)."""
+        from .export import compiled_forward
+        return compiled_forward(self, scaling=scaling)
+
     @classmethod
     def load(cls, path, target=None):
         """Read a file written by `save`; a damaged or foreign file raises ValueError.
