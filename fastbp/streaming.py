@@ -224,7 +224,9 @@ def _batches(units, columns, batch_rows, dtype, order):
                     if col.null_count:
                         raise ValueError(f"label column {labels[0]!r} has {col.null_count} "
                                          f"missing value(s) in {where}")
-                    y = col.to_numpy(zero_copy_only=False)
+                    # a copy: Arrow's zero-copy view is read-only, and Numba would compile
+                    # the epoch kernel once more for read-only labels
+                    y = np.array(col.to_numpy(zero_copy_only=False))
                 else:
                     y = _to_numpy(batch, labels, dtype, "label", where)
                 del batch                 # Arrow's buffers go before the model trains
