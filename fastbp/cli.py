@@ -192,13 +192,32 @@ def _labels_for_loss(y, test, loss, where):
     return y, test, 1 if y.ndim == 1 else y.shape[1], None
 
 
-def cmd_train(args):
+def _make_trainer(args, layers):
     from .trainer import Trainer
+    try:
+        return Trainer(layers, activation=args.activation, loss=args.loss,
+                       optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+                       epochs=args.epochs, target=args.target, dtype=args.dtype,
+                       seed=args.seed, clip_norm=args.clip_norm)
+    except (TypeError, ValueError) as e:
+        raise UsageError(one_line(e)) from None
+    except RuntimeError as e:                          # CudaUnavailableError: no GPU here
+        raise CLIError(f"--target {args.target}: {one_line(e)}") from None
+    except MemoryError:
+        raise CLIError(f"--layers: a {'-'.join(map(str, layers))} network does not fit in "
+                       "memory") from None
 
+
+def cmd_train(args):
     _check_options(args)                               # usage errors first (status 2),
+    if args.stream and args.report:
+        raise UsageError("--report is not available with --stream")
     if args.report:                                    # then the environment (status 1)
         _check_report(args.report)
     _check_writable(args.out, "--out")
+    if args.stream:
+        from .cli_stream import train_streamed
+        return train_streamed(args)
 
     if args.data is None:
         X, y, test = digits()
@@ -226,18 +245,7 @@ def cmd_train(args):
         test = (test[0], _scale_targets(test[1], meta))
 
     layers = [X.shape[1], *args.layers, n_out]
-    try:
-        trainer = Trainer(layers, activation=args.activation, loss=args.loss,
-                          optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
-                          epochs=args.epochs, target=args.target, dtype=args.dtype,
-                          seed=args.seed, clip_norm=args.clip_norm)
-    except (TypeError, ValueError) as e:
-        raise UsageError(one_line(e)) from None
-    except RuntimeError as e:                          # CudaUnavailableError: no GPU here
-        raise CLIError(f"--target {args.target}: {one_line(e)}") from None
-    except MemoryError:
-        raise CLIError(f"--layers: a {'-'.join(map(str, layers))} network does not fit in "
-                       "memory") from None
+    trainer = _make_trainer(args, layers)
     trainer.metadata = meta
     Xs = _scale_features(X, meta, X.shape[1])
     val = None if test is None else (_scale_features(test[0], meta, X.shape[1]), test[1])
@@ -524,6 +532,10 @@ def _add_train(sub):
                    default="constant", help="per-epoch learning-rate schedule")
     t.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this "
                    "value (none given: no clipping)")
+    t.add_argument("--stream", action="store_true",
+                   help="train from a Parquet file or directory without loading it: record "
+                   "batches are read from disk every epoch (memory: about one batch); no "
+                   "held-out test split, no --report")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction,
                    help="progress bar (none given: when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
@@ -628,4 +640,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy: the commands in other modules
+    # (cli_stream) raise fastbp.cli's UsageError and CLIError, which main must recognise
+    from fastbp.cli import main as package_main
+    sys.exit(package_main())
