@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from . import config as _config
+from .io import atomic_write
 from .datafiles import (DataFileError, LabelColumnError, class_codes, digits,
                         numeric_targets, one_line, read_features, read_labelled)
 
@@ -95,28 +96,11 @@ def _check_writable(path, option):
                        f"({e.strerror or one_line(e)})") from None
 
 
-def _atomic_write(path, write, suffix=".tmp"):
-    """write(temporary path), then rename it to `path`: `path` is whole or untouched."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix,
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)              # mkstemp makes 0600 files: give the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_text(path, text):
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             f.write(text)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 REPORT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
@@ -288,7 +272,7 @@ def cmd_train(args):
     if args.report:
         from .plot import training_report
         ext = os.path.splitext(args.report)[1]
-        _atomic_write(args.report, lambda tmp: training_report(
+        atomic_write(args.report, lambda tmp: training_report(
             history, tmp, title=f"fastbp train: {source}"), suffix=ext)
         print(f"wrote training report to {args.report}")
     return 0

@@ -9,7 +9,6 @@ compiled kernels). Beyond scikit-learn: `class_weight`, `dropout`, `target`, `dt
 """
 import os
 import threading
-import warnings
 from numbers import Integral, Real
 
 import numba
@@ -174,9 +173,9 @@ class _BaseMLP(BaseEstimator):
         if len(values) != len(views):
             raise ValueError(f"{name} needs {len(views)} arrays, got {len(values)}")
         arrays = [np.asarray(v) for v in values]
-        for l, (view, a) in enumerate(zip(views, arrays)):
+        for i, (view, a) in enumerate(zip(views, arrays)):
             if a.shape != view.shape:
-                raise ValueError(f"{name}[{l}] must have shape {view.shape}, got {a.shape}")
+                raise ValueError(f"{name}[{i}] must have shape {view.shape}, got {a.shape}")
         for view, a in zip(views, arrays):     # all checked before any is written
             view[...] = a
 
@@ -249,9 +248,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by fastbp's
     compiled kernels. Same parameters, attributes and behaviour; plus `class_weight` (None,
     'balanced' or {label: weight}), `dropout` (inverted dropout of the hidden layers while
-    training: one rate or one per hidden layer), `target` ('cpu', 'parallel' or 'cuda'), `dtype`
-    (None: float32 for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
-    outputs, multiclass a softmax."""
+    training: one rate or one per hidden layer), `target` ('auto', 'cpu', 'parallel' or
+    'cuda'), `dtype` (None: float32 for float32 X, else float64) and `n_threads`. Binary and
+    multilabel problems use sigmoid outputs, multiclass a softmax. For the same arguments and
+    random_state the fitted model is scikit-learn's, to rounding."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
                               "class_weight": [None, StrOptions({"balanced"}), dict]}

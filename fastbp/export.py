@@ -14,11 +14,11 @@ tanh approximation and leaky_relu as max(z, 0.01 z).
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from . import config as _config
+from .io import atomic_write
 from .kernels.codes import GELU_C, GELU_K, LEAKY_SLOPE
 
 ONNX_OPSET = 17
@@ -247,18 +247,11 @@ def to_onnx(trainer, path, *, scaling=True, two_class=False, squeeze=False):
     _import_onnx()
     data = onnx_model(trainer, scaling=scaling, two_class=two_class,
                       squeeze=squeeze).SerializeToString()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(data)
-        umask = os.umask(0)              # mkstemp makes 0600 files: give the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, write)
     return path
 
 

@@ -344,7 +344,7 @@ def test_predict_out_is_atomic(tmp_path, capsys, monkeypatch):
     import fastbp.cli as cli
 
     def broken(path, text):
-        cli._atomic_write(path, lambda tmp: (open(tmp, "w").write(text[:10]), 1 / 0))
+        cli.atomic_write(path, lambda tmp: (open(tmp, "w").write(text[:10]), 1 / 0))
     monkeypatch.setattr(cli, "_write_text", broken)
     with pytest.raises(ZeroDivisionError):
         monkeypatch.setenv("FASTBP_TRACEBACK", "1")
