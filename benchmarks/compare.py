@@ -15,7 +15,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
     python benchmarks/compare.py --estimators         # MLPClassifier vs scikit-learn's
     python benchmarks/compare.py --cuda               # target='cuda' vs PyTorch eager on the GPU
-    python benchmarks/compare.py --sparse             # bag-of-words CSR input vs scikit-learn/PyTorch
+    python benchmarks/compare.py --sparse             # bag-of-words CSR vs scikit-learn, PyTorch
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's

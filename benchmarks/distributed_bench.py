@@ -56,15 +56,16 @@ def main():
             Xd = da.from_array(X_tr, chunks=(args.samples // 8, layers[0]))
             yd = da.from_array(y_tr, chunks=args.samples // 8)
             warm = Trainer(layers, **kw)
-            fit(warm, Xd, yd, client=client, rounds=1, local_steps=1)       # JIT + persist
+            n = batch * workers                         # JIT on every worker: one round
+            fit(warm, da.from_array(X_tr[:n], chunks=(batch, layers[0])),
+                da.from_array(y_tr[:n], chunks=batch), client=client, epochs=1,
+                progress=False)
             t = Trainer(layers, **kw)
-            per_round = args.local_steps * batch * workers
-            rounds = max(1, args.samples * args.epochs // per_round)
             t0 = time.perf_counter()
-            fit(t, Xd, yd, client=client, rounds=rounds, local_steps=args.local_steps,
-                random_state=0)
+            fit(t, Xd, yd, client=client, epochs=args.epochs, local_steps=args.local_steps,
+                random_state=0, progress=False)
             seconds = time.perf_counter() - t0
-            sps = rounds * per_round / seconds
+            sps = args.samples * args.epochs / seconds
             base = base or sps
             rows.append((f"{workers} worker(s), K={args.local_steps}", workers, sps,
                          f"{t.distributed_stats['bytes_per_round'] / 1e6:.1f} MB",

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from . import config as _config
+from .io import atomic_write
 from .datafiles import (DataFileError, LabelColumnError, class_codes, digits,
                         numeric_targets, one_line, read_features, read_labelled)
 
@@ -95,28 +96,11 @@ def _check_writable(path, option):
                        f"({e.strerror or one_line(e)})") from None
 
 
-def _atomic_write(path, write, suffix=".tmp"):
-    """write(temporary path), then rename it to `path`: `path` is whole or untouched."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix,
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)              # mkstemp makes 0600 files: give the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_text(path, text):
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             f.write(text)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 REPORT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
@@ -192,13 +176,32 @@ def _labels_for_loss(y, test, loss, where):
     return y, test, 1 if y.ndim == 1 else y.shape[1], None
 
 
-def cmd_train(args):
+def _make_trainer(args, layers):
     from .trainer import Trainer
+    try:
+        return Trainer(layers, activation=args.activation, loss=args.loss,
+                       optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+                       epochs=args.epochs, target=args.target, dtype=args.dtype,
+                       seed=args.seed, clip_norm=args.clip_norm)
+    except (TypeError, ValueError) as e:
+        raise UsageError(one_line(e)) from None
+    except RuntimeError as e:                          # CudaUnavailableError: no GPU here
+        raise CLIError(f"--target {args.target}: {one_line(e)}") from None
+    except MemoryError:
+        raise CLIError(f"--layers: a {'-'.join(map(str, layers))} network does not fit in "
+                       "memory") from None
 
+
+def cmd_train(args):
     _check_options(args)                               # usage errors first (status 2),
+    if args.stream and args.report:
+        raise UsageError("--report is not available with --stream")
     if args.report:                                    # then the environment (status 1)
         _check_report(args.report)
     _check_writable(args.out, "--out")
+    if args.stream:
+        from .cli_stream import train_streamed
+        return train_streamed(args)
 
     if args.data is None:
         X, y, test = digits()
@@ -226,18 +229,7 @@ def cmd_train(args):
         test = (test[0], _scale_targets(test[1], meta))
 
     layers = [X.shape[1], *args.layers, n_out]
-    try:
-        trainer = Trainer(layers, activation=args.activation, loss=args.loss,
-                          optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
-                          epochs=args.epochs, target=args.target, dtype=args.dtype,
-                          seed=args.seed, clip_norm=args.clip_norm)
-    except (TypeError, ValueError) as e:
-        raise UsageError(one_line(e)) from None
-    except RuntimeError as e:                          # CudaUnavailableError: no GPU here
-        raise CLIError(f"--target {args.target}: {one_line(e)}") from None
-    except MemoryError:
-        raise CLIError(f"--layers: a {'-'.join(map(str, layers))} network does not fit in "
-                       "memory") from None
+    trainer = _make_trainer(args, layers)
     trainer.metadata = meta
     Xs = _scale_features(X, meta, X.shape[1])
     val = None if test is None else (_scale_features(test[0], meta, X.shape[1]), test[1])
@@ -280,7 +272,7 @@ def cmd_train(args):
     if args.report:
         from .plot import training_report
         ext = os.path.splitext(args.report)[1]
-        _atomic_write(args.report, lambda tmp: training_report(
+        atomic_write(args.report, lambda tmp: training_report(
             history, tmp, title=f"fastbp train: {source}"), suffix=ext)
         print(f"wrote training report to {args.report}")
     return 0
@@ -405,6 +397,26 @@ def cmd_evaluate(args):
     return 0
 
 
+def cmd_export(args):
+    """Write a saved model as an ONNX graph (fastbp.export); exit 2 for a bad OUT path, 1
+    when the model cannot be read or exported."""
+    from .export import check_onnx_path, output_name, to_onnx
+    from .trainer import Trainer
+
+    try:
+        check_onnx_path(args.out, who="fastbp export", name="OUT")
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e).removeprefix("fastbp export: ")) from None
+    try:
+        trainer = Trainer.load(args.model, target="cpu")
+        to_onnx(trainer, args.out)
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {args.out}: input 'X' (n, {trainer.layers[0]}), output "
+          f"'{output_name(trainer.config['loss'])}' (n, {trainer.layers[-1]})", file=sys.stderr)
+    return 0
+
+
 def cmd_warmup(args):
     from .trainer import warmup
     warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
@@ -504,6 +516,10 @@ def _add_train(sub):
                    default="constant", help="per-epoch learning-rate schedule")
     t.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this "
                    "value (none given: no clipping)")
+    t.add_argument("--stream", action="store_true",
+                   help="train from a Parquet file or directory without loading it: record "
+                   "batches are read from disk every epoch (memory: about one batch); no "
+                   "held-out test split, no --report")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction,
                    help="progress bar (none given: when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
@@ -539,6 +555,16 @@ def _add_evaluate(sub):
     e.set_defaults(func=cmd_evaluate)
 
 
+def _add_export(sub):
+    e = sub.add_parser("export", help="write a saved model as an ONNX graph (the onnx extra)",
+                       formatter_class=_Help)
+    e.add_argument("model", metavar="MODEL",
+                   help="a model file written by `fastbp train` or Trainer.save")
+    e.add_argument("out", metavar="OUT", help="the .onnx file to write (it takes raw "
+                   "features: the model's stored standardisation is part of the graph)")
+    e.set_defaults(func=cmd_export)
+
+
 def _add_warmup(sub):
     w = sub.add_parser("warmup", help="compile the kernels ahead of time (cached on disk)",
                        formatter_class=_Help)
@@ -563,7 +589,7 @@ def build_parser():
                 "fastbp's compiled backpropagation.")
     p.add_argument("--version", action="version", version=f"fastbp {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_predict, _add_evaluate, _add_warmup):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_export, _add_warmup):
         add(sub)
     return p
 
@@ -598,4 +624,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy: the commands in other modules
+    # (cli_stream) raise fastbp.cli's UsageError and CLIError, which main must recognise
+    from fastbp.cli import main as package_main
+    sys.exit(package_main())

@@ -2,13 +2,14 @@
 the workers of a cluster. `pip install "fastbp[dask]"`.
 
 - `fit_incremental(model, X, y)`: one pass per epoch over the row blocks of a Dask array or
-  DataFrame (or over an iterable of chunks), in a shuffled block order, each block computed,
-  trained on with the compiled kernel (`partial_fit` semantics) and dropped: memory stays at
-  about one block.
-- `fit(trainer, X, y, client=...)`: synchronous local SGD with parameter averaging. Each round
-  every worker starts from the same flat parameter buffer (and optimizer state), runs
+  DataFrame (or over an iterable of chunks, or a Parquet file: fastbp.streaming), in a
+  shuffled block order, each block computed, trained on with the compiled kernel
+  (`partial_fit` semantics) and dropped: memory stays at about one block.
+- `fit(trainer, X, y, client=...)`: synchronous local SGD with parameter averaging, `epochs`
+  passes over the data as `Trainer.fit` (each worker's rows once per epoch). Each round every
+  worker starts from the same flat parameter buffer (and optimizer state), runs up to
   `local_steps` minibatch steps on its own persisted partitions, and sends its buffers back;
-  the driver averages them weighted by samples. Only flat buffers travel. A worker that dies
+  the driver averages them weighted by rows. Only flat buffers travel. A worker that dies
   mid-round is survived: Dask reruns its task from the same round's starting buffers.
 
 Threads: each Dask worker runs one fastbp task at a time; give every worker
@@ -17,11 +18,19 @@ target='cpu' with as many single-threaded workers as cores. Never both, or threa
 oversubscribe the cores. fastbp falls back to serial code off the main thread when Numba's
 `workqueue` layer is the only one available (see README, "Threads").
 """
+import math
+import os
+import time
+import warnings
 
 import numpy as np
 from scipy import sparse
 
+from .health import DivergenceError, TrainingHealthWarning, diagnose
+from .streaming import check_epochs, model_rng, train_epochs
 from .trainer import Trainer
+
+LOCAL_STEPS = 50   # default minibatch steps per worker between two averages
 
 
 def _dask():
@@ -58,56 +67,56 @@ def _blocks(X, y):
 
 
 def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=True,
-                    random_state=None):
+                    random_state=None, progress=None):
     """Train `model` out of core: `epochs` passes over the row blocks of X, y, each block
     computed, trained on and released, in a shuffled block order per epoch.
 
     model: a fastbp MLPClassifier/MLPRegressor (trained with `partial_fit`) or a Trainer
-    (trained with `fit(epochs=1)` per block). X, y: Dask arrays (row blocks), a Dask DataFrame
-    with y a column name or a Dask Series, or X an iterable of (X_chunk, y_chunk) pairs, or a
-    callable returning a fresh such iterable for each epoch. classes: all class labels, for a
-    classifier's first partial_fit. Returns model."""
+    (trained with `fit(epochs=1)` per block; its `history` gets one entry per epoch). X, y:
+    Dask arrays (row blocks), a Dask DataFrame with y a column name or a Dask Series, X an
+    iterable of (X_chunk, y_chunk) pairs, or a callable returning a fresh such iterable for
+    each epoch; or X a Parquet file or directory and y its label column (streamed with
+    pyarrow: `fastbp.streaming.fit_parquet`). classes: all class labels, for a classifier's
+    first partial_fit. random_state: the block order (default the model's seed or
+    random_state, so a seeded model trains the same way every run). progress: a tqdm bar
+    over rows (None: when stderr is a terminal). Returns model."""
+    if isinstance(X, (str, os.PathLike)):
+        from .streaming import fit_parquet
+        return fit_parquet(model, X, label=y, epochs=epochs, classes=classes,
+                           shuffle=shuffle_blocks, random_state=random_state,
+                           progress=progress)
     if _is_dask(X):
         blocks = _blocks(X, y)
+        total = sum(int(c) for c in X.chunks[0]) if hasattr(X, "chunks") else None
     elif callable(X) or hasattr(X, "__iter__"):
-        blocks = None
+        blocks, total = None, None
     else:
         raise TypeError("X must be a Dask array, a Dask DataFrame, an iterable of "
-                        "(X_chunk, y_chunk) pairs or a callable returning one")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} is not allowed: an integer >= 1")
-    rng = np.random.default_rng(random_state)
-    first = True
-    for _ in range(epochs):
+                        "(X_chunk, y_chunk) pairs, a callable returning one, or a Parquet "
+                        "path")
+    epochs = check_epochs(epochs, model)
+    rng = model_rng(model, random_state)
+
+    def chunks(epoch):
         if blocks is not None:
             order = rng.permutation(len(blocks)) if shuffle_blocks else range(len(blocks))
-            chunks = ((blocks[i][0], blocks[i][1]) for i in order)
-        else:
-            source = X() if callable(X) else X
-            if not callable(X) and not first and iter(source) is source:
-                raise TypeError("X is a one-shot iterator: pass a callable that returns a "
-                                "fresh iterable of chunks for every epoch")
-            chunks = iter(source)
-        for xb, yb in chunks:
+            for i in order:
+                xb, yb = _dask()[0].compute(*blocks[i])    # this block only
+                yield np.asarray(xb), np.asarray(yb)
+                del xb, yb                # released before the next block is computed
+            return
+        source = X() if callable(X) else X
+        if not callable(X) and epoch and iter(source) is source:
+            raise TypeError("X is a one-shot iterator: pass a callable that returns a "
+                            "fresh iterable of chunks for every epoch")
+        for xb, yb in source:
             if hasattr(xb, "compute"):
-                xb, yb = _dask()[0].compute(xb, yb)    # this block only
-            if not sparse.issparse(xb):          # scipy sparse chunks are trained as CSR
-                xb = np.asarray(xb)
-            _train_block(model, xb, np.asarray(yb), classes if first else None)
-            first = False
-    return model
+                xb, yb = _dask()[0].compute(xb, yb)
+            # scipy sparse chunks are trained as CSR
+            yield (xb if sparse.issparse(xb) else np.asarray(xb)), np.asarray(yb)
 
-
-def _train_block(model, X, y, classes):
-    if isinstance(model, Trainer):
-        model.fit(X, y, epochs=1, progress=False)
-    elif hasattr(model, "partial_fit"):
-        if classes is not None:
-            model.partial_fit(X, y, classes=classes)
-        else:
-            model.partial_fit(X, y)
-    else:
-        raise TypeError("model must be a fastbp Trainer or an estimator with partial_fit")
+    return train_epochs(model, chunks, epochs, classes=classes, progress=progress,
+                        total_rows=total)
 
 
 # ----------------------------------------------------------------- data parallel
@@ -116,11 +125,16 @@ def _join(parts):
     return np.concatenate([np.asarray(p) for p in parts])
 
 
+_ROUND_LOGS = ("loss", "accuracy", "grad_norm", "grad_norm_max", "layer_grad_norms",
+               "layer_grad_norms_max")
+
+
 def _local_round(config, state, X, y, offset, n_rows, shuffle, seed):
     """On a worker: `n_rows` rows of its data X, y (its partitions, joined) from position
     `offset` of an endless sequence of passes over them (each pass in a fresh seeded order
-    when shuffle), trained from `state` as consecutive minibatches. Returns the new state
-    and n_rows."""
+    when shuffle), trained from `state` as consecutive minibatches. Returns the new state,
+    n_rows, the round's logs (as one Trainer.fit epoch's) and, for a fresh model, its
+    initial loss; or {"diverged": message, "step": ...} when the loss became NaN/inf."""
     size = X.shape[0]
     positions = offset + np.arange(n_rows)
     passes = positions // size
@@ -133,8 +147,15 @@ def _local_round(config, state, X, y, offset, n_rows, shuffle, seed):
     t = _worker_trainer(config)
     t.set_state(**state)
     t.history = {}
-    t.fit(X[idx], y[idx], epochs=1, shuffle=False, progress=False)
-    return {**t.engine.state(), "loss": t.history["loss"][-1], "rows": n_rows}
+    with warnings.catch_warnings():          # the driver judges health, per epoch
+        warnings.simplefilter("ignore", TrainingHealthWarning)
+        try:
+            t.fit(X[idx], y[idx], epochs=1, shuffle=False, progress=False)
+        except DivergenceError as e:
+            return {"diverged": str(e), "step": e.step}
+    return {**t.engine.state(), "rows": n_rows,
+            "logs": {k: t.history[k][-1] for k in _ROUND_LOGS if k in t.history},
+            "initial_loss": (t.history.get("initial_loss") or [None])[0]}
 
 
 _TRAINERS = {}
@@ -151,32 +172,13 @@ def _worker_trainer(config):
     return _TRAINERS[key]
 
 
-def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
-        random_state=None):
-    """Data-parallel local SGD on a Dask cluster: `rounds` rounds of `local_steps` minibatch
-    steps per worker from the same starting buffers, then a sample-weighted average of the
-    parameters (and of the optimizer state: momentum, Adam moments). With one worker and
-    local_steps=1 this is single-process minibatch training (shuffle=False: bit for bit).
-
-    trainer: a fastbp Trainer (its configuration, parameters and optimizer state are the
-    starting point; it holds the result). X, y: Dask arrays partitioned by rows; partitions
-    are persisted on the workers and never gathered. Returns trainer, with
-    `trainer.history['loss']` one entry per round and `trainer.distributed_stats`."""
-    _dask()                               # a clear message when Dask is missing
-    from distributed import get_client, wait
-    if not isinstance(trainer, Trainer):
-        raise TypeError("fastbp.distributed.fit takes a fastbp Trainer")
-    for name, value, low in (("rounds", rounds, 1), ("local_steps", local_steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r} is not allowed: an integer >= {low}")
-    client = client or get_client()
+def _persist(client, blocks):
+    """The partitions computed and kept on the workers, spread round-robin (each partition
+    lives on one worker) and joined once per worker: {worker: (X future, y future)}."""
+    from distributed import wait
     workers = sorted(client.scheduler_info()["workers"])
     if not workers:
         raise ValueError("the Dask client has no workers")
-    blocks = _blocks(X, y)
-    if blocks is None:
-        raise TypeError("X, y must be Dask arrays or a Dask DataFrame")
-    # persist the partitions, spread over the workers (each partition lives on one worker)
     assignment = {w: [] for w in workers}
     for i, (xb, yb) in enumerate(blocks):
         assignment[workers[i % len(workers)]].append((xb, yb))
@@ -188,36 +190,178 @@ def fit(trainer, X, y, *, client=None, rounds=10, local_steps=1, shuffle=True,
         # (loose placement: if w dies, Dask recomputes them on another worker)
         xs = client.compute([p[0] for p in parts], workers=[w], allow_other_workers=True)
         ys = client.compute([p[1] for p in parts], workers=[w], allow_other_workers=True)
-        # one array per worker, joined once (not every round)
         persisted[w] = (client.submit(_join, xs, workers=[w], allow_other_workers=True),
                         client.submit(_join, ys, workers=[w], allow_other_workers=True))
     wait([f for pair in persisted.values() for f in pair])
+    return persisted
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r} is not allowed: an integer >= {low}")
+    return int(value)
+
+
+def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation_data=None,
+        callbacks=None, shuffle=True, random_state=None, progress=None,
+        on_divergence="raise", rounds=None):
+    """Data-parallel training on a Dask cluster, as `Trainer.fit` on one machine: `epochs`
+    passes over the data (default the Trainer's `epochs`), every worker's rows once per
+    epoch. Synchronous local SGD: each round every worker starts from the same buffers, runs
+    up to `local_steps` minibatch steps on its own rows (default 50, and never past the end of
+    its rows' epoch), and the driver averages the parameters and the optimizer state
+    (momentum, Adam moments) weighted by rows. With one worker and local_steps=1 this is
+    `Trainer.fit` (shuffle=False: bit for bit).
+
+    trainer: a fastbp Trainer (its configuration, parameters and optimizer state are the
+    starting point; it holds the result). X, y: Dask arrays partitioned by rows or a Dask
+    DataFrame (y a column name); partitions are persisted on the workers and never gathered.
+    validation_data, callbacks, progress (a tqdm bar over epochs; None: when stderr is a
+    terminal) and on_divergence as in `Trainer.fit`. Returns trainer, whose `history` gets
+    one entry per epoch as from `Trainer.fit` (loss, accuracy, gradient norms, lr, time,
+    val_loss, val_accuracy) and `trainer.distributed_stats`.
+
+    rounds (deprecated): run exactly `rounds` rounds of `local_steps` (default 1) steps per
+    worker instead of epochs, with one history entry per round: fastbp 0.1's behaviour."""
+    _dask()                               # a clear message when Dask is missing
+    from distributed import get_client
+    from tqdm.auto import tqdm
+    from .trainer import _check_callbacks
+    if not isinstance(trainer, Trainer):
+        raise TypeError("fastbp.distributed.fit takes a fastbp Trainer")
+    if rounds is not None:
+        if epochs is not None:
+            raise ValueError("give epochs= (passes over the data) or the deprecated rounds=, "
+                             "not both")
+        warnings.warn("fastbp.distributed.fit(rounds=...) is deprecated: give epochs= "
+                      "(passes over the data, default the Trainer's epochs) and local_steps= "
+                      "(steps between averages, default 50)", FutureWarning, stacklevel=2)
+        rounds = _check_int("rounds", rounds, 1)
+        local_steps = _check_int("local_steps", 1 if local_steps is None else local_steps, 1)
+    else:
+        epochs = _check_int("epochs", trainer.config["epochs"] if epochs is None else epochs,
+                            0)
+        local_steps = _check_int("local_steps",
+                                 LOCAL_STEPS if local_steps is None else local_steps, 1)
+    if on_divergence not in ("raise", "warn"):
+        raise ValueError(f"on_divergence={on_divergence!r} is not allowed: 'raise' or 'warn'")
+    callbacks = _check_callbacks(callbacks)
+    val = None if validation_data is None else tuple(validation_data)
+    if val is not None:
+        trainer.check_data(*val, names=("validation_data[0]", "validation_data[1]",
+                                        "validation_data[2]"))
+    client = client or get_client()
+    blocks = _blocks(X, y)
+    persisted = _persist(client, blocks)
     sizes = {w: client.submit(len, xs, workers=[w]).result()
              for w, (xs, ys) in persisted.items()}
+    if not sum(sizes.values()):
+        raise ValueError("X has no rows")
     config = dict(trainer.config)
-    n_rows = local_steps * config["batch_size"]
-    seed = int(np.random.default_rng(random_state).integers(2**31))
-    offset = 0
+    B = config["batch_size"]
+    seed = int(model_rng(trainer, random_state).integers(2**31))
+    seeds = {w: [seed, k] for k, w in enumerate(persisted)}
     engine = trainer.engine
     state_bytes = engine.params.nbytes + engine.m.nbytes + engine.v.nbytes
-    for _ in range(rounds):
-        state = {**engine.state(), "lr": trainer.lr}
-        # the buffers travel inside each round's task (not scattered): if a worker dies,
-        # Dask reruns its task elsewhere from the same starting state
-        futures = [client.submit(_local_round, config, state, xs, ys, offset, n_rows,
-                                 shuffle, [seed, k], workers=[w], allow_other_workers=True,
-                                 pure=False, retries=3)
-                   for k, (w, (xs, ys)) in enumerate(persisted.items())]
-        results = client.gather(futures)
-        offset += n_rows
-        total = sum(r["rows"] for r in results)
-        engine.set_state(step=max(r["step"] for r in results), **{
-            key: sum(r[key].astype(np.float64) * (r["rows"] / total) for r in results)
-            for key in ("params", "m", "v") if results[0][key].size})   # weighted averages
-        trainer.history.setdefault("loss", []).append(
-            sum(r["loss"] * r["rows"] for r in results) / total)
-    trainer.distributed_stats = {
-        "workers": len(persisted), "rounds": rounds, "local_steps": local_steps,
-        "bytes_per_round": 2 * state_bytes * len(persisted),
-        "rows_per_round": n_rows * len(persisted), "rows_per_worker": sizes}
+    fresh = trainer.step == 0 and not trainer.history.get("loss")
+
+    def plan_of_epoch(e):
+        """[{worker: (offset, rows)}] for the rounds of pass `e` over every worker's rows."""
+        per_round = local_steps * B
+        n_rounds = max(math.ceil(n / per_round) for n in sizes.values())
+        return [{w: (e * n + r * per_round, min(per_round, n - r * per_round))
+                 for w, n in sizes.items() if n > r * per_round} for r in range(n_rounds)]
+
+    def plan_of_round(r):                 # deprecated: the same rows for every worker
+        return [{w: (r * local_steps * B, local_steps * B) for w in sizes}]
+
+    units = range(rounds) if rounds is not None else range(epochs)
+    plans = plan_of_round if rounds is not None else \
+        (lambda i: plan_of_epoch(trainer.epochs_done))
+    bar = tqdm(total=len(units), unit="round" if rounds is not None else "epoch",
+               disable=None if progress is None else not progress, leave=True,
+               dynamic_ncols=True)
+    warned, n_rounds = set(), 0
+    try:
+        for i in units:
+            epoch = trainer.epochs_done
+            good = {**engine.state(), "lr": trainer.lr}
+            t0 = time.perf_counter()
+            results = []
+            for plan in plans(i):
+                state = {**engine.state(), "lr": trainer.lr}
+                # the buffers travel inside each round's task (not scattered): if a worker
+                # dies, Dask reruns its task elsewhere from the same starting state
+                futures = [client.submit(_local_round, config, state, *persisted[w], offset,
+                                         n_rows, shuffle, seeds[w], workers=[w],
+                                         allow_other_workers=True, pure=False, retries=3)
+                           for w, (offset, n_rows) in plan.items()]
+                done = client.gather(futures)
+                n_rounds += 1
+                bad = [r for r in done if "diverged" in r]
+                if bad:
+                    trainer.set_state(**good)
+                    message = (f"training diverged in epoch {epoch} (round {n_rounds} of this "
+                               f"fit, a worker's step {bad[0]['step']} of it): the loss became "
+                               "NaN or "
+                               f"infinite. The parameters and optimizer state from before that "
+                               f"epoch are restored. Try a smaller lr (now {trainer.lr:g}), "
+                               "clip_norm=1.0, or standardised inputs (and targets, for mse).")
+                    if on_divergence == "raise":
+                        raise DivergenceError(message, epoch, bad[0]["step"])
+                    warnings.warn(message, TrainingHealthWarning, stacklevel=2)
+                    return trainer
+                total = sum(r["rows"] for r in done)
+                engine.set_state(step=max(r["step"] for r in done), **{
+                    key: sum(r[key].astype(np.float64) * (r["rows"] / total) for r in done)
+                    for key in ("params", "m", "v") if done[0][key].size})   # weighted means
+                results += done
+            logs = _epoch_logs(results, B, trainer.lr, time.perf_counter() - t0)
+            if val is not None:
+                logs.update({"val_" + k: v for k, v in trainer.evaluate(*val).items()})
+            for key, value in logs.items():
+                trainer.history.setdefault(key, []).append(value)
+            starts = [r["initial_loss"] for r in results if r["initial_loss"] is not None]
+            if fresh and starts:
+                trainer.history.setdefault("initial_loss", [float(np.mean(starts))])
+            for problem in diagnose(trainer.history):
+                if (problem["kind"], problem["layer"]) not in warned:
+                    warned.add((problem["kind"], problem["layer"]))
+                    warnings.warn(f"epoch {epoch}: {problem['message']}",
+                                  TrainingHealthWarning, stacklevel=2)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
+                             if k in ("loss", "val_loss", "val_accuracy")})
+            stop = False
+            for cb in callbacks:
+                stop = bool(cb(trainer, epoch, dict(logs))) or stop
+            if stop:
+                break
+    finally:
+        bar.close()
+        trainer.distributed_stats = {
+            "workers": len(persisted), "epochs": None if rounds is not None else epochs,
+            "rounds": n_rounds, "local_steps": local_steps,
+            "bytes_per_round": 2 * state_bytes * len(persisted),
+            "rows_per_round": local_steps * B * len(persisted), "rows_per_worker": sizes}
     return trainer
+
+
+def _epoch_logs(results, batch_size, lr, seconds):
+    """One epoch's history entries from its rounds' worker logs: loss and accuracy weighted
+    by rows, mean gradient norms by steps, maxima of the maxima."""
+    rows = np.array([r["rows"] for r in results], dtype=float)
+    steps = np.ceil(rows / batch_size)
+    logs = {}
+    for key in _ROUND_LOGS:
+        if key not in results[0]["logs"]:
+            continue
+        values = np.array([r["logs"][key] for r in results], dtype=float)
+        if key.endswith("_max"):
+            value = values.max(axis=0)
+        else:
+            value = np.average(values, axis=0, weights=steps if "grad" in key else rows)
+        logs[key] = value.tolist() if value.ndim else float(value)
+    logs["lr"] = lr
+    logs["time"] = seconds
+    return logs

@@ -9,7 +9,6 @@ compiled kernels). Beyond scikit-learn: `class_weight`, `dropout`, `target`, `dt
 """
 import os
 import threading
-import warnings
 from numbers import Integral, Real
 
 import numba
@@ -182,9 +181,9 @@ class _BaseMLP(BaseEstimator):
         if len(values) != len(views):
             raise ValueError(f"{name} needs {len(views)} arrays, got {len(values)}")
         arrays = [np.asarray(v) for v in values]
-        for l, (view, a) in enumerate(zip(views, arrays)):
+        for i, (view, a) in enumerate(zip(views, arrays)):
             if a.shape != view.shape:
-                raise ValueError(f"{name}[{l}] must have shape {view.shape}, got {a.shape}")
+                raise ValueError(f"{name}[{i}] must have shape {view.shape}, got {a.shape}")
         for view, a in zip(views, arrays):     # all checked before any is written
             view[...] = a
 
@@ -247,6 +246,15 @@ class _BaseMLP(BaseEstimator):
             return t.engine.predict(check_X(X, X.shape[1], t.dtype))
         return t.engine.predict(np.ascontiguousarray(X, dtype=t.dtype))
 
+    def to_onnx(self, path):
+        """Write the fitted model as an ONNX graph (the onnx extra; see fastbp.export) whose
+        output equals `predict_proba` (classifier) or `predict` (regressor). Returns path."""
+        check_is_fitted(self, "_trainer")
+        from .export import to_onnx
+        single = self.n_outputs_ == 1
+        return to_onnx(self._trainer, path, two_class=self._is_classifier and single,
+                       squeeze=not self._is_classifier and single)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -259,9 +267,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     'balanced' or {label: weight}), `dropout` (inverted dropout of the hidden layers while
     training: one rate or one per hidden layer), `sparse_update` ('dense', or 'lazy': with
     sparse X update only the first-layer rows of the features a batch has, as
-    torch.optim.SparseAdam), `target` ('cpu', 'parallel' or 'cuda'), `dtype`
-    (None: float32 for float32 X, else float64) and `n_threads`. Binary and multilabel problems use sigmoid
-    outputs, multiclass a softmax."""
+    torch.optim.SparseAdam), `target` ('auto', 'cpu', 'parallel' or 'cuda'), `dtype` (None:
+    float32 for float32 X, else float64) and `n_threads`. Binary and multilabel problems use
+    sigmoid outputs, multiclass a softmax. For the same arguments and random_state the fitted
+    model is scikit-learn's, to rounding."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
                               "class_weight": [None, StrOptions({"balanced"}), dict]}

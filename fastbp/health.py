@@ -1,8 +1,11 @@
-"""Training health: vanishing and exploding gradients, and divergence.
+"""Training health: vanishing, exploding and dead gradients, a loss that blew up, and
+divergence.
 
 The epoch kernel records, per optimizer step, the L2 norm of every weight gradient and the
 global norm of the whole gradient before clipping; `fit` keeps their per-epoch mean and max
-in `history`. `diagnose` reads those lists.
+in `history`, and the loss at the model's initial parameters (before its first epoch, on up
+to `Trainer.START_ROWS` rows) as `history['initial_loss']` (one entry). `diagnose` reads
+those lists.
 """
 import numpy as np
 
@@ -12,10 +15,13 @@ VANISHING_OF_MAX = 1e-4   # or below this x the largest layer's (a steady decay 
 EXPLODING = 1e3       # ... or above this x the median layer's
 GROWTH = 10.0         # the global norm growing this much ...
 GROWTH_EPOCHS = 3     # ... over this many epochs
+LOSS_BLOWUP = 1e3     # an epoch's loss above this x the starting loss: it blew up (without
+                      # becoming NaN/inf, which is divergence)
 
 
 class TrainingHealthWarning(UserWarning):
-    """Gradients are vanishing or exploding (see `Trainer.health()`)."""
+    """Training is in trouble: gradients vanishing, exploding or dead, a loss that blew up,
+    a divergence survived with on_divergence='warn' (see `Trainer.health()`)."""
 
 
 class DivergenceError(FloatingPointError):
@@ -27,23 +33,49 @@ class DivergenceError(FloatingPointError):
         self.step = step
 
 
+def _advice(history):
+    lr = (history.get("lr") or [None])[-1]
+    now = f" (now {lr:g})" if isinstance(lr, (int, float)) else ""
+    return (f"Try a smaller lr{now}, clip_norm=1.0, and standardised inputs (and targets, "
+            "for mse)")
+
+
 def diagnose(history):
     """Problems seen in the last epoch of `history`: a list of dicts with 'kind'
-    ('vanishing', 'exploding', 'growing'), 'layer' (None for the global norm) and 'message'
-    (what is wrong and what to try)."""
+    ('vanishing', 'exploding', 'growing', 'dead', 'loss_blowup'), 'layer' (None when not one
+    layer's) and 'message' (what is wrong and what to try)."""
     layers = history.get("layer_grad_norms") or []
     if not layers:
         return []
     norms = np.asarray(layers[-1], dtype=float)
     problems = []
-    median = float(np.median(norms))
-    if len(norms) > 1 and median > 0 and np.isfinite(median):
+    # dead: a layer that learned in an earlier epoch and whose weight gradient was exactly 0
+    # in every step of this one, while the loss still has a gradient somewhere (a model that
+    # fits exactly has none anywhere; a layer at 0 from the start has degenerate data, such
+    # as all-zero inputs, rather than a blow-up behind it)
+    maxes = history.get("layer_grad_norms_max") or []
+    total_max = (history.get("grad_norm_max") or [0.0])[-1]
+    dead = np.zeros(len(norms), dtype=bool)
+    if len(maxes) > 1 and total_max > 0 and all(len(m) == len(norms) for m in maxes):
+        maxes = np.asarray(maxes, dtype=float)
+        dead = (maxes[-1] == 0) & (maxes[:-1].max(axis=0) > 0)
+    for l in np.flatnonzero(dead):
+        problems.append(dict(kind="dead", layer=int(l), message=(
+            f"dead layer {l}: its weight gradient was exactly 0 in every step of the epoch, "
+            "so it no longer learns (the ReLU units before or after it are inactive for "
+            f"every row, as after a blow-up). {_advice(history)}, or leaky_relu/gelu; dead "
+            "units do not come back, so start again from reset().")))
+    live = norms[~dead]
+    median = float(np.median(live)) if live.size else 0.0
+    if len(live) > 1 and median > 0 and np.isfinite(median):
         # When some layers vanish the median is small itself and healthy layers would look
         # exploding next to it, so "exploding" is only reported when nothing vanishes.
-        largest = float(norms.max())
+        largest = float(live.max())
         low = np.maximum(VANISHING * median, VANISHING_OF_MAX * largest)
-        any_vanishing = bool(np.any(norms < low))
+        any_vanishing = bool(np.any(live < low))
         for l, g in enumerate(norms):
+            if dead[l]:
+                continue
             if g < low:
                 problems.append(dict(kind="vanishing", layer=l, message=(
                     f"vanishing gradient in layer {l}: its weight-gradient norm {g:.3g} is "
@@ -66,4 +98,11 @@ def diagnose(history):
                 f"exploding gradients: the global gradient norm reached {total[-1]:.3g}, "
                 f"over {GROWTH:g} x its largest value {GROWTH_EPOCHS} or more epochs before "
                 f"({before:.3g}). Try clip_norm=1.0 or a smaller lr.")))
+    losses = history.get("loss") or []
+    start = (history.get("initial_loss") or losses[:1] or [None])[0]
+    if losses and isinstance(start, (int, float)) and start > 0 and \
+            np.isfinite(losses[-1]) and losses[-1] > LOSS_BLOWUP * start:
+        problems.append(dict(kind="loss_blowup", layer=None, message=(
+            f"the loss blew up: {losses[-1]:.3g}, over {LOSS_BLOWUP:g} x its starting value "
+            f"({start:.3g}), without becoming NaN. {_advice(history)}.")))
     return problems

@@ -43,13 +43,28 @@ def save_trainer(trainer, path, *, include_optimizer=True, metadata=None):
             dropout_seed=np.array(state["dropout_seed"], dtype=np.int64),
             current_lr=np.array(trainer.lr, dtype=np.float64),
             history=_json_array(trainer.history))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+    atomic_write(path, write)
+
+
+def atomic_write(path, write, suffix=".tmp"):
+    """write(tmp), a temporary path beside `path`; then the file is flushed to disk and
+    renamed over `path`: `path` is whole or untouched, and a failure (a full disk, an
+    interrupt) leaves no temporary file. Model files, ONNX exports and the CLI's outputs."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix,
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         umask = os.umask(0)              # mkstemp makes 0600 files: give the usual mode
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

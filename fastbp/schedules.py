@@ -2,7 +2,8 @@
 
 A schedule is given as a name, a (name, {parameters}) pair, or any callable epoch -> lr
 (epochs count from 0 over the Trainer's whole history, so a resumed run continues the same
-schedule). The formulas are PyTorch's lr_scheduler ones, per epoch:
+schedule; a cosine schedule whose t_max a fit starts past warns that it would run at
+eta_min). The formulas are PyTorch's lr_scheduler ones, per epoch:
 
 - "constant":              lr
 - ("step", step_size, gamma=0.1):            lr * gamma ** (epoch // step_size)
@@ -13,6 +14,7 @@ schedule). The formulas are PyTorch's lr_scheduler ones, per epoch:
       multiply by `factor` when `monitor` (val_loss, else loss) has not improved by
       `min_delta` for `patience` epochs.
 """
+import inspect
 import math
 import numbers
 
@@ -28,6 +30,11 @@ class Schedule:
 
     def observe(self, logs):
         pass
+
+    def check(self, first_epoch, epochs):
+        """A warning to give before a fit of `epochs` epochs from epoch `first_epoch` of the
+        model's history, or None."""
+        return None
 
     def resume(self, history, current_lr, recorded):
         """Continue from a model's earlier epochs (a later fit, a loaded checkpoint): only
@@ -75,6 +82,19 @@ class _Cosine(Schedule):
         self.warmup = int(warmup)
         if not 0 <= self.warmup < self.t_max:
             raise ValueError(f"lr_schedule cosine: warmup={warmup} must be in [0, t_max)")
+
+    def check(self, first_epoch, epochs):
+        if epochs and first_epoch + epochs > self.t_max:
+            last = first_epoch + epochs - 1
+            what = ("every epoch of this fit runs" if first_epoch >= self.t_max else
+                    f"the model's epochs {self.t_max} to {last} (the last "
+                    f"{last - self.t_max + 1} of this fit) run")
+            return (f"lr_schedule cosine: {what} at eta_min={self.eta_min:g}: t_max="
+                    f"{self.t_max} and this model has trained {first_epoch} epoch(s) before "
+                    "(schedule epochs count over the model's whole history, so that a resumed "
+                    f"run continues its schedule). For a new cycle give t_max="
+                    f"{first_epoch + epochs}, or reset() the model first.")
+        return None
 
     def lr(self, epoch):
         if epoch < self.warmup:
@@ -156,7 +176,35 @@ def make_schedule(spec, base_lr):
         raise ValueError(f"lr_schedule={spec!r} is not allowed: give a callable epoch -> lr or "
                          f"one of {', '.join(repr(n) for n in NAMES)}, optionally as "
                          "(name, {parameters})")
+    cls = NAMES[name]
     try:
-        return NAMES[name](base_lr, *args, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"lr_schedule {name!r}: {e}") from None
+        inspect.signature(cls).bind(base_lr, *args, **kwargs)
+    except TypeError:
+        raise TypeError(_usage(name, cls, args, kwargs)) from None
+    return cls(base_lr, *args, **kwargs)
+
+
+def _usage(name, cls, args, kwargs):
+    """One line: what was wrong with a schedule's parameters, and what it takes."""
+    params = list(inspect.signature(cls).parameters.values())[1:]     # after base_lr
+    required = [p.name for p in params if p.default is p.empty]
+    names = [p.name for p in params]
+    given = set(names[:len(args)]) | set(kwargs)
+    unknown = sorted(set(kwargs) - set(names))
+    example = ", ".join(f"{n!r}: ..." for n in required) or \
+        f"{names[0]!r}: {_default(params, names[0])!r}"
+    if unknown:
+        problem = f"unknown parameter(s) {', '.join(map(repr, unknown))}"
+    elif len(args) > len(names):
+        problem = f"{len(args)} positional parameters, at most {len(names)}"
+    elif set(names[:len(args)]) & set(kwargs):
+        problem = "a parameter given twice"
+    else:
+        problem = f"no {' and no '.join(n for n in required if n not in given)}"
+    takes = ", ".join(n if n in required else f"{n}={_default(params, n)!r}" for n in names)
+    return (f"lr_schedule {name!r} got {problem}: it takes ({takes}), e.g. "
+            f"lr_schedule=({name!r}, {{{example}}})")
+
+
+def _default(params, name):
+    return next(p.default for p in params if p.name == name)

@@ -26,7 +26,6 @@ from scipy.optimize import minimize
 from scipy.special import xlogy
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils.optimize import _check_optimize_result
 
 from .engine import Hyper, row_order, single_threaded_blas
@@ -62,6 +61,14 @@ def poisson_offsets(Y):
     """Per row, scikit-learn's half Poisson deviance minus K times fastbp's exp(z) - y z:
     sum over outputs of y log y - y."""
     return np.sum(xlogy(Y, Y) - Y, axis=1)
+
+
+def shuffled(sample_idx, random_state):
+    """sklearn.utils.shuffle(sample_idx, random_state=random_state) without its argument
+    checks (3 ms a call, a third of a digits epoch): the same draw, the same result."""
+    indices = np.arange(sample_idx.shape[0])
+    random_state.shuffle(indices)
+    return sample_idx[indices]
 
 
 def batch_slices(n, batch_size):
@@ -138,7 +145,7 @@ class StochasticSolver:
         with engine.compute(runner.plan):
             for _ in range(est.max_iter):
                 if est.shuffle:
-                    sample_idx = sk_shuffle(sample_idx, random_state=rs)
+                    sample_idx = shuffled(sample_idx, rs)
                 order[:] = sample_idx
                 if not diverged:
                     _, _, bad = runner.run(self.hyper(est._lr), est._dropout_seed)

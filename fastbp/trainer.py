@@ -8,7 +8,8 @@ import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
-from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
+from .engine import (SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order,
+                     take_rows)
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .layout import Layout
@@ -84,6 +85,9 @@ class Trainer:
     n_threads : int or None
         Threads for target='parallel' (None: Numba's default, all cores).
     """
+
+    START_ROWS = 1024   # rows (spread over the data) whose loss at the initial parameters
+    # is kept as history['initial_loss'], the reference of health()'s "loss blew up"
 
     def __init__(self, layers, activation="relu", loss="cross_entropy", optimizer="adam",
                  lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
@@ -296,8 +300,8 @@ class Trainer:
         fastbp.schedules), applied per epoch. on_divergence: when a loss becomes NaN or
         infinite, the parameters and optimizer state of the last good epoch are restored and
         fastbp.DivergenceError is raised ("raise") or a TrainingHealthWarning is given and fit
-        returns ("warn"). Vanishing or exploding gradients give one TrainingHealthWarning
-        each (see `health()`).
+        returns ("warn"). Vanishing, exploding or dead gradients and a loss that blew up
+        give one TrainingHealthWarning each (see `health()`).
         """
         rows = self.check_data(X, y, sample_weight)
         val = self._check_validation_data(validation_data)
@@ -310,6 +314,9 @@ class Trainer:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
+        note = schedule.check(self.epochs_done, epochs)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
         recorded = self._recorded(val is not None)
         schedule.resume(self.history, self.lr, recorded)
         _check_monitors(callbacks, recorded)
@@ -322,6 +329,8 @@ class Trainer:
         val_resident = None if val is None else self.engine.resident(val)
         good = None                      # the last good epoch's state (see _snapshot)
         warned = set()
+        start_loss = self._start_loss(rows) if epochs and not self.history.get("loss") \
+            and self.step == 0 else None
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -353,6 +362,8 @@ class Trainer:
                         logs.update(self._validation_logs(val, val_resident))
                     for key, value in logs.items():
                         self.history.setdefault(key, []).append(value)
+                    if start_loss is not None:
+                        self.history.setdefault("initial_loss", [start_loss])
                     schedule.observe(logs)
                     self._warn_of_health(epoch, warned)
                     bar.update(1)
@@ -366,6 +377,14 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def _start_loss(self, rows):
+        """The mean loss at the current parameters of at most START_ROWS rows spread evenly
+        over `rows` (one forward pass: the reference of health()'s "loss blew up")."""
+        pick = np.unique(np.linspace(0, rows.n - 1, min(rows.n, self.START_ROWS)).astype(np.int64))
+        sample = take_rows(rows, pick)
+        loss = float(self.engine.loss_grad(sample, want_grad=False)[0])
+        return loss if np.isfinite(loss) else None
 
     def _check_validation_data(self, validation_data):
         if validation_data is None:
@@ -446,9 +465,10 @@ class Trainer:
         warnings.warn(message, TrainingHealthWarning, stacklevel=3)
 
     def health(self):
-        """The gradient diagnostics of the last epoch: {'ok': bool, 'problems': [...]} with
-        each problem's kind ('vanishing', 'exploding', 'growing'), layer and advice, and the
-        per-layer gradient norms (mean and max over the epoch's steps)."""
+        """The diagnostics of the last epoch: {'ok': bool, 'problems': [...]} with each
+        problem's kind ('vanishing', 'exploding', 'growing', 'dead', 'loss_blowup'), layer
+        (None when not one layer's) and advice, and the per-layer gradient norms (mean and
+        max over the epoch's steps)."""
         problems = diagnose(self.history)
         return {"ok": not problems, "problems": problems,
                 "layer_grad_norms": (self.history.get("layer_grad_norms") or [None])[-1],
@@ -507,6 +527,23 @@ class Trainer:
         from .io import save_trainer
         save_trainer(self, path, include_optimizer=include_optimizer, metadata=metadata)
 
+    def to_onnx(self, path, *, scaling=True):
+        """Write the model as an ONNX graph (the `onnx` extra: pip install "fastbp[onnx]"):
+        input 'X' (N, n_0), output 'probabilities' (as predict_proba; classification losses)
+        or 'predictions' (as predict; mse, poisson), N dynamic, in the model's dtype. The
+        feature/target standardisation `fastbp train` saves in `metadata` is part of the
+        graph unless scaling=False (see fastbp.export). Returns the path (must end in .onnx)."""
+        from .export import to_onnx
+        return to_onnx(self, path, scaling=scaling)
+
+    def compiled_forward(self, *, scaling=True):
+        """A Numba-compiled `forward(X) -> out` of the current parameters (a snapshot):
+        X 2-D in the model's dtype, out as predict_proba (classification losses) or predict
+        (mse, poisson). Call it from your own `@njit` functions with no Python per call
+        (see fastbp.export)."""
+        from .export import compiled_forward
+        return compiled_forward(self, scaling=scaling)
+
     @classmethod
     def load(cls, path, target=None):
         """Read a file written by `save`; a damaged or foreign file raises ValueError.
@@ -519,7 +556,8 @@ class Trainer:
         c = self._cfg
         return (f"Trainer(layers={c['layers']}, activation={c['activation']!r}, "
                 f"loss={c['loss']!r}, optimizer={c['optimizer']!r}, lr={c['lr']}, "
-                f"target={c['target']!r}, dtype={c['dtype']!r})")
+                f"batch_size={c['batch_size']}, epochs={c['epochs']}, "
+                f"target={c['target']!r}, dtype={c['dtype']!r}, seed={c['seed']!r})")
 
 
 def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False):

@@ -344,7 +344,7 @@ def test_predict_out_is_atomic(tmp_path, capsys, monkeypatch):
     import fastbp.cli as cli
 
     def broken(path, text):
-        cli._atomic_write(path, lambda tmp: (open(tmp, "w").write(text[:10]), 1 / 0))
+        cli.atomic_write(path, lambda tmp: (open(tmp, "w").write(text[:10]), 1 / 0))
     monkeypatch.setattr(cli, "_write_text", broken)
     with pytest.raises(ZeroDivisionError):
         monkeypatch.setenv("FASTBP_TRACEBACK", "1")
@@ -394,3 +394,56 @@ def test_report_is_written_whole(tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["d.csv", "m.npz", "r.png"]   # no temporary file
+
+
+# -------------------------------------------------------------- --stream (Parquet)
+
+def _parquet_digits(tmp_path, parts=2):
+    """digits as a directory of Parquet files, string labels in column 'kind'."""
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    frame = pd.DataFrame(X, columns=[f"p{i}" for i in range(64)])
+    frame.insert(10, "kind", np.array(["zero", "one", "two", "three", "four", "five", "six",
+                                       "seven", "eight", "nine"])[y])
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(frame)), parts)):
+        frame.iloc[part].to_parquet(folder / f"part-{i}.parquet", row_group_size=200)
+    return folder, frame
+
+
+def test_train_streams_a_parquet_dataset_and_the_model_predicts_like_any(tmp_path, capsys):
+    folder, frame = _parquet_digits(tmp_path)
+    model = tmp_path / "m.npz"
+    code, out, err = run(["train", str(folder), "--stream", "--label", "kind", "--epochs", "8",
+                          "--out", str(model), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "streamed from" in out and "trained 8 epochs" in out
+    t = Trainer.load(model)
+    assert len(t.history["loss"]) == 8
+    assert t.metadata["label"] == "kind" and len(t.metadata["classes"]) == 10
+    assert np.allclose(t.metadata["scale"]["mean"],
+                       frame.drop(columns="kind").mean().to_numpy())
+    table = tmp_path / "all.parquet"
+    frame.to_parquet(table)
+    code, out, err = run(["evaluate", str(model), str(table)], capsys)
+    assert code == 0, err
+    accuracy = float(out.split("accuracy:")[1].split()[0])
+    assert accuracy > 0.9
+
+
+def test_stream_errors_are_one_line(tmp_path, capsys):
+    folder, _ = _parquet_digits(tmp_path, parts=1)
+    continuous = tmp_path / "continuous.parquet"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.normal(size=300), "y": rng.normal(size=300)}).to_parquet(continuous)
+    cases = [(["train", "--stream"], 2, "--stream needs DATA"),
+             (["train", str(folder), "--stream", "--label", "nope"], 2, "--label 'nope'"),
+             (["train", str(folder), "--stream", "--label", "p3"], 1, "kind"),   # text feature
+             (["train", str(tmp_path / "missing"), "--stream"], 1, "missing"),
+             (["train", str(folder), "--stream", "--report", "r.png"], 2, "--report"),
+             (["train", str(continuous), "--stream"], 1, "--loss mse")]
+    for argv, want, text in cases:
+        code, out, err = run([*argv, "--out", str(tmp_path / "m.npz")], capsys)
+        assert code == want and text in err and err.count("\n") == 1, (argv, err)
+        assert not (tmp_path / "m.npz").exists()

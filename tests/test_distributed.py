@@ -1,5 +1,5 @@
 """fastbp.distributed: out-of-core training over Dask arrays and data-parallel local SGD on a
-LocalCluster, including a worker killed mid-run."""
+LocalCluster, including a worker killed mid-run. (Parquet streaming: test_streaming.py.)"""
 import contextlib
 import os
 import signal
@@ -52,7 +52,7 @@ def test_fit_incremental_over_dask_blocks_trains_with_memory_of_about_one_block(
     t = Trainer([d, 16, 2], seed=0, dtype="float64", batch_size=256)
     t.fit(np.zeros((4, d)), np.zeros(4, dtype=int), epochs=1, progress=False)  # JIT outside
     tracemalloc.start()
-    fit_incremental(t, X, y, epochs=1, random_state=0)
+    fit_incremental(t, X, y, epochs=1, random_state=0, progress=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 3 * block_bytes < 10 * block_bytes       # about one block, not the data
@@ -79,6 +79,22 @@ def test_fit_incremental_with_estimators_chunks_and_dataframes(digits):
     t2 = Trainer([64, 32, 10], seed=0)
     fit_incremental(t2, ddf, "label", epochs=10)
     assert t2.evaluate(X_te, y_te)["accuracy"] > 0.9
+    assert len(t2.history["loss"]) == 10 == len(t2.history["layer_grad_norms"])  # per epoch
+
+
+def test_fit_incremental_uses_the_estimators_random_state(digits):
+    """Issue 14: two runs of one seeded estimator in one process differed (the block order
+    came from a fresh generator); now from the model's random_state (a Trainer's seed)."""
+    X, y, X_te, y_te = digits
+    Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+    runs = [fit_incremental(MLPClassifier(hidden_layer_sizes=(16,), batch_size=32,
+                                          random_state=0), Xd, yd, epochs=3,
+                            classes=np.arange(10)) for _ in range(2)]
+    for a, b in zip(runs[0].coefs_, runs[1].coefs_):
+        np.testing.assert_array_equal(a, b)
+    trainers = [fit_incremental(Trainer([64, 16, 10], seed=3), Xd, yd, epochs=2)
+                for _ in range(2)]
+    np.testing.assert_array_equal(trainers[0].params, trainers[1].params)
 
 
 def test_dask_ml_incremental_wrapper(digits):
@@ -96,15 +112,67 @@ def test_data_parallel_fit_reaches_single_process_accuracy(client, digits):
     X, y, X_te, y_te = digits
     Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
     kw = dict(optimizer="sgd", momentum=0.9, lr=0.05, batch_size=32, seed=0)
-    t = fit(Trainer([64, 64, 10], **kw), Xd, yd, client=client, rounds=200, local_steps=5,
-            random_state=0)
+    t = fit(Trainer([64, 64, 10], **kw), Xd, yd, client=client, epochs=48, local_steps=5,
+            random_state=0, progress=False)
     single = Trainer([64, 64, 10], **kw)
     single.fit(X, y, epochs=48, progress=False)       # the same number of samples seen
     acc, acc_single = t.evaluate(X_te, y_te)["accuracy"], single.evaluate(X_te, y_te)["accuracy"]
     assert acc >= acc_single - 0.01, (acc, acc_single)
     stats = t.distributed_stats
     assert stats["workers"] == 2 and stats["bytes_per_round"] == 2 * 2 * t.params.nbytes * 2
-    assert len(t.history["loss"]) == 200
+    # 672 rows = 21 steps per worker and epoch: rounds of 5, 5, 5, 5 and 1 steps
+    assert len(t.history["loss"]) == 48 and stats["rounds"] == 48 * 5
+
+
+def test_default_fit_does_what_trainer_fit_does(client, digits, capsys):
+    """Issue 14: with default arguments, fit ran 10 rounds of one step (0.11 test accuracy
+    here, 0.73 in the issue's run). Now: the Trainer's 30 epochs, a history entry per epoch
+    with Trainer.fit's entries, a progress bar, and single-process accuracy."""
+    X, y, X_te, y_te = digits
+    Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+    t = fit(Trainer([64, 64, 10], epochs=30, seed=0), Xd, yd, client=client, progress=True)
+    single = Trainer([64, 64, 10], epochs=30, seed=0)
+    single.fit(X, y, progress=False)
+    acc, acc_single = t.evaluate(X_te, y_te)["accuracy"], single.evaluate(X_te, y_te)["accuracy"]
+    assert acc >= acc_single - 0.02 and acc > 0.94, (acc, acc_single)
+    assert set(t.history) == set(single.history)
+    assert all(len(v) == 30 for k, v in t.history.items() if k != "initial_loss")
+    assert t.history["loss"][-1] < t.history["loss"][0] < t.history["initial_loss"][0] * 1.01
+    assert t.distributed_stats["rounds"] == 30                 # 21 steps per worker: one round
+    assert "30/30" in capsys.readouterr().err                  # the tqdm bar, over epochs
+    # validation data and callbacks as in Trainer.fit
+    stops = fit(Trainer([64, 64, 10], epochs=30, seed=0), Xd, yd, client=client,
+                validation_data=(X_te, y_te), progress=False,
+                callbacks=[lambda tr, epoch, logs: epoch == 2])
+    assert len(stops.history["val_accuracy"]) == 3
+
+
+def test_fit_refuses_bad_arguments_and_deprecates_rounds(client, digits):
+    X, y, _, _ = digits
+    Xd, yd = da.from_array(X, chunks=(336, 64)), da.from_array(y, chunks=336)
+    t = Trainer([64, 8, 10], seed=0)
+    for kw in ({"epochs": -1}, {"local_steps": 0}, {"epochs": 2, "rounds": 3},
+               {"on_divergence": "ignore"}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            fit(t, Xd, yd, client=client, **kw)
+    with pytest.warns(FutureWarning, match="rounds=.*deprecated.*epochs="):
+        fit(t, Xd, yd, client=client, rounds=3, progress=False)
+    assert len(t.history["loss"]) == 3 and t.step == 3         # one step per worker ...
+    assert t.distributed_stats["rows_per_round"] == 2 * 32     # ... per round, as before
+
+
+def test_divergence_on_a_worker_restores_the_last_good_epoch(client, digits):
+    from fastbp import DivergenceError
+    X, y, _, _ = digits
+    Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+    t = Trainer([64, 32, 10], optimizer="sgd", lr=0.01, seed=0)
+    fit(t, Xd, yd, client=client, epochs=1, progress=False)
+    good = (t.params.copy(), t.step)
+    t.lr = 1e30
+    with pytest.raises(DivergenceError, match="diverged in epoch 1"):
+        fit(t, Xd, yd, client=client, epochs=2, progress=False)
+    assert np.array_equal(t.params, good[0]) and t.step == good[1] and t.lr == 1e30
+    assert len(t.history["loss"]) == 1
 
 
 def test_one_worker_one_local_step_equals_single_process_training(digits):
@@ -121,9 +189,9 @@ def test_one_worker_one_local_step_equals_single_process_training(digits):
             for dtype, epochs in (("float64", 2), ("float32", 1)):
                 t = Trainer([64, 32, 10], optimizer=optimizer, lr=0.01, batch_size=32,
                             seed=0, dtype=dtype, **extra)
-                runs[optimizer, dtype, epochs] = fit(t, Xd, yd, client=c,
-                                                     rounds=42 * epochs, local_steps=1,
-                                                     shuffle=False)
+                runs[optimizer, dtype, epochs] = fit(t, Xd, yd, client=c, epochs=epochs,
+                                                     local_steps=1, shuffle=False,
+                                                     progress=False)
     for (optimizer, dtype, epochs), dist in runs.items():
         b = Trainer([64, 32, 10], optimizer=optimizer, lr=0.01, batch_size=32, seed=0,
                     dtype=dtype, **settings[optimizer])
@@ -133,12 +201,14 @@ def test_one_worker_one_local_step_equals_single_process_training(digits):
         np.testing.assert_array_equal(dist.engine.m, b.engine.m, err_msg=f"{optimizer} {dtype}")
         np.testing.assert_array_equal(dist.engine.v, b.engine.v, err_msg=f"{optimizer} {dtype}")
         assert dist.step == b.step == 42 * epochs
+        assert len(dist.history["loss"]) == epochs
+        np.testing.assert_allclose(dist.history["loss"], b.history["loss"], rtol=1e-6)
 
 
 def test_a_worker_killed_mid_run_is_survived(digits, tmp_path):
-    """A worker process is SIGKILLed while it executes a round's task, after 20 of 150
-    rounds: the round is rerun elsewhere (the scheduler's story of that task shows it
-    processing twice) and training finishes all its rounds."""
+    """A worker process is SIGKILLed while it executes a round's task, after 4 of 30 epochs
+    (5 rounds each): the round is rerun elsewhere (the scheduler's story of that task shows
+    it processing twice) and training finishes all its epochs."""
     X, y, X_te, y_te = digits
     marker = tmp_path / "killed-task"
     # keep the scheduler's whole transition log (default: the last 1000 transitions)
@@ -149,10 +219,11 @@ def test_a_worker_killed_mid_run_is_survived(digits, tmp_path):
                     seed=0)
         errors = []
         run = threading.Thread(target=lambda: _catch(errors, fit, t, Xd, yd, client=c,
-                                                     rounds=150, local_steps=5))
+                                                     epochs=30, local_steps=5,
+                                                     progress=False))
         run.start()
         deadline = time.time() + 120
-        while len(t.history.get("loss", [])) < 20 and time.time() < deadline:
+        while len(t.history.get("loss", [])) < 4 and time.time() < deadline:
             time.sleep(0.02)
         pids = c.run(os.getpid)
         victim = sorted(pids)[0]
@@ -170,14 +241,14 @@ def test_a_worker_killed_mid_run_is_survived(digits, tmp_path):
         story = c.run_on_scheduler(_story, key)
         pids_after = c.run(os.getpid)
     # the kill happened mid-run: rounds were done before it and after it
-    assert 20 <= rounds_before <= rounds_at_kill < 150, (rounds_before, rounds_at_kill)
+    assert 4 <= rounds_before <= rounds_at_kill < 30, (rounds_before, rounds_at_kill)
     assert pids[victim] not in pids_after.values()               # that process is gone
     moves = [(start, finish) for k, start, finish in story if k == key]
     lost = [m for m in moves if m[0] == "processing" and m[1] in ("released", "waiting")]
     assert lost, story                                           # lost with the worker ...
     assert sum(finish == "processing" for _, finish in moves) >= 2, story   # ... run again
     assert ("processing", "memory") in moves, story              # ... to completion
-    assert len(t.history["loss"]) == 150 and np.all(np.isfinite(t.history["loss"]))
+    assert len(t.history["loss"]) == 30 and np.all(np.isfinite(t.history["loss"]))
     assert t.evaluate(X_te, y_te)["accuracy"] > 0.93
 
 

@@ -324,3 +324,37 @@ def test_multi_output_squared_error_loss_in_scikit_learns_units():
         theirs = SkMLPRegressor(**kw).fit(X, y)
     assert 0.3 < theirs.loss_ < 0.7
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=0.2)
+
+
+def test_target_auto_uses_the_threads_this_fit_may_have(monkeypatch):
+    """target='auto' (the default): 'parallel' in the main thread with more than one Numba
+    thread; 'cpu' in joblib's process workers (OMP_NUM_THREADS=1 there), off the main thread
+    and with n_threads=1."""
+    import os
+    import threading
+
+    import numba
+
+    from fastbp.estimators import resolve_target
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 4)
+    assert resolve_target("auto", None) == "parallel"
+    assert resolve_target("auto", 1) == "cpu"
+    assert resolve_target("cpu", None) == "cpu"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_target("auto", None) == "cpu"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    got = []
+    thread = threading.Thread(target=lambda: got.append(resolve_target("auto", None)))
+    thread.start()
+    thread.join()
+    assert got == ["cpu"] and resolve_target("auto", None) == "parallel"
+    monkeypatch.undo()
+    expected = "parallel" if resolve_target("auto", None) == "parallel" else "cpu"
+    assert expected == ("parallel" if numba.get_num_threads() > 1 and
+                        os.environ.get("OMP_NUM_THREADS", "2") != "1" else "cpu")
+    X, y = datasets.load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y)
+    assert m.get_params()["target"] == "auto" and m._trainer.config["target"] == expected

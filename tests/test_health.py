@@ -304,3 +304,103 @@ def test_divergence_restores_adam_moments_and_shuffling_state_of_the_last_good_e
     np.testing.assert_array_equal(t.engine.m, twin.engine.m)
     np.testing.assert_array_equal(t.engine.v, twin.engine.v)
     assert t.history["loss"] == twin.history["loss"]
+
+
+# ------------------------------------------------------------ issue 14: small traps, blow-ups
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+def test_a_blow_up_without_nan_is_flagged_dead_layers_and_loss(digits):
+    """Issue 14: this run ends with loss ~9e17, every ReLU dead and every layer's gradient
+    norm exactly 0, and health() said ok with no warning."""
+    X, y = digits
+    t = Trainer([64, 32, 1], loss="mse", optimizer="sgd", lr=1.0, batch_size=32, epochs=5,
+                seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = t.fit(X, 1e3 * y[:, None], progress=False)
+    assert h["loss"][-1] > 1e17 and h["layer_grad_norms_max"][-1] == [0.0, 0.0]  # the run
+    messages = [str(w.message) for w in caught if w.category is TrainingHealthWarning]
+    assert messages[0].startswith("epoch 0: the loss blew up: 8.66e+17, over 1000 x its "
+                                  "starting value")
+    assert [m.split(":")[1] for m in messages[1:]] == [" dead layer 0", " dead layer 1"]
+    assert all("epoch 1:" in m for m in messages[1:])       # each once, when it happened
+    health = t.health()
+    assert not health["ok"]
+    assert {(p["kind"], p["layer"]) for p in health["problems"]} == {
+        ("dead", 0), ("dead", 1), ("loss_blowup", None)}
+    for p in health["problems"]:
+        assert "smaller lr (now 1)" in p["message"] and "clip_norm" in p["message"]
+        assert "standardised" in p["message"] and "targets" in p["message"]
+    assert h["initial_loss"] == [pytest.approx(2.73e7, rel=0.01)]
+
+
+def test_healthy_runs_stay_quiet(digits):
+    """No false positives: the usual fits warn of nothing, with every loss and optimizer, a
+    loss that rises a little, ReLU units that die one by one, and all-zero inputs."""
+    X, y = digits
+    Xs = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-9)
+    ys = (y - y.mean()) / y.std()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingHealthWarning)
+        for kw in ({}, {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9},
+                   {"optimizer": "rmsprop", "lr": 0.01}, {"dropout": 0.3},
+                   {"activation": "tanh", "lr": 0.01}):
+            t = Trainer([64, 32, 32, 10], seed=0, **kw)
+            t.fit(X, y, epochs=8, progress=False)
+            assert t.health()["ok"], (kw, t.health()["problems"])
+        t = Trainer([64, 32, 1], loss="mse", optimizer="sgd", lr=0.01, seed=0)
+        t.fit(Xs, ys, epochs=8, progress=False)
+        assert t.health()["ok"]
+        t = Trainer([64, 16, 10], seed=0)                       # all-zero inputs: degenerate
+        t.fit(np.zeros((64, 64)), np.zeros(64, dtype=int), epochs=3, progress=False)
+        assert t.health()["ok"]
+    # a loss that rises tenfold is not a blow-up; 1000-fold is
+    hist = {"loss": [1.0, 10.0], "initial_loss": [1.0], "layer_grad_norms": [[1.0], [1.0]]}
+    from fastbp.health import diagnose
+    assert diagnose(hist) == []
+    hist["loss"].append(1001.0)
+    hist["layer_grad_norms"].append([1.0])
+    assert [p["kind"] for p in diagnose(hist)] == ["loss_blowup"]
+
+
+def test_cosine_without_t_max_is_a_one_line_error_naming_it():
+    """Issue 14: the TypeError showed an internal class name (_Cosine.__init__())."""
+    X, y = make_data("cross_entropy", 6, 3, n=32)
+    t = Trainer([6, 5, 3], seed=0)
+    with pytest.raises(TypeError) as err:
+        t.fit(X, y, epochs=2, progress=False, lr_schedule="cosine")
+    message = str(err.value)
+    assert "\n" not in message and "_Cosine" not in message and "__init__" not in message
+    assert message.startswith("lr_schedule 'cosine' got no t_max: it takes (t_max, ")
+    assert "('cosine', {'t_max': ...})" in message
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) 'tmax'"):
+        make_schedule(("cosine", {"tmax": 5}), 0.1)
+    assert t.step == 0 and t.history == {}
+
+
+def test_a_cosine_schedule_past_its_t_max_warns_instead_of_training_at_lr_0():
+    """Issue 14: on a Trainer with earlier epochs, cosine with t_max <= those epochs ran
+    every epoch at lr 0, silently. Epochs still count over the whole history (a resumed
+    run continues its schedule), so fit warns and says which t_max starts a new cycle."""
+    X, y = make_data("cross_entropy", 6, 3, n=32)
+    t = Trainer([6, 5, 3], seed=0)
+    spec = ("cosine", {"t_max": 10})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.fit(X, y, epochs=10, progress=False, lr_schedule=spec)   # within t_max: quiet
+    with pytest.warns(UserWarning, match=r"every epoch of this fit runs at eta_min=0: "
+                                         r"t_max=10 .* trained 10 epoch.*give t_max=15"):
+        h = t.fit(X, y, epochs=5, progress=False, lr_schedule=spec)
+    assert h["lr"][10:] == [0.0] * 5                              # what it warned of
+    with pytest.warns(UserWarning, match=r"epochs 10 to 11 \(the last 2 of this fit\)"):
+        Trainer([6, 5, 3], seed=0).fit(X, y, epochs=12, progress=False, lr_schedule=spec)
+    with warnings.catch_warnings():                               # a new cycle: quiet
+        warnings.simplefilter("error")
+        h = t.fit(X, y, epochs=5, progress=False, lr_schedule=("cosine", {"t_max": 20}))
+    assert h["lr"][-5] > 0.0

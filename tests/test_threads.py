@@ -120,7 +120,7 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
     and around the estimators' L-BFGS-B -- and gets its thread count back afterwards."""
     from threadpoolctl import threadpool_limits
 
-    from fastbp import MLPClassifier, estimators
+    from fastbp import MLPClassifier, sklearn_solvers
     from fastbp.engine import _blas_controller
     _blas_controller()                     # make sure SciPy's BLAS is loaded and seen
     with threadpool_limits(limits=2, user_api="blas"):     # a known count above one
@@ -152,12 +152,12 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
         t.loss(X, y)
         assert _blas_threads() == before                     # restored after each call
 
-        real_minimize = estimators.minimize
+        real_minimize = sklearn_solvers.minimize
 
         def minimize(fun, x0, **kw):
             seen.append(("lbfgs", _blas_threads()))
             return real_minimize(spy("lbfgs loss", fun), x0, **kw)
-        monkeypatch.setattr(estimators, "minimize", minimize)
+        monkeypatch.setattr(sklearn_solvers, "minimize", minimize)
         MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=5).fit(X, y)
         assert _blas_threads() == before
 
