@@ -23,6 +23,7 @@ import time
 import warnings
 
 import numpy as np
+from scipy import sparse
 
 from . import config as _config
 from .io import atomic_write
@@ -46,7 +47,13 @@ class CLIError(Exception):
 def _scaling(X, y, mode, loss):
     """Standardisation of the features (and of mse targets) fitted on the training rows:
     {"scale": {"mean", "std"}, "target_scale": ...} as saved in the model's metadata."""
-    if mode == "standard":
+    if mode == "standard" and sparse.issparse(X):
+        # sparse features are scaled, not centred (centring would fill in every zero)
+        mean = np.zeros(X.shape[1])
+        std = np.sqrt(np.asarray(X.multiply(X).mean(axis=0)).ravel()
+                      - np.asarray(X.mean(axis=0)).ravel() ** 2)
+        std[std == 0] = 1.0
+    elif mode == "standard":
         mean, std = X.mean(axis=0), X.std(axis=0)
         std[std == 0] = 1.0
     else:
@@ -62,7 +69,13 @@ def _scaling(X, y, mode, loss):
 
 def _scale_features(X, meta, n_features):
     scale = meta.get("scale") or {"mean": [0.0] * n_features, "std": [1.0] * n_features}
-    return (X - np.array(scale["mean"])) / np.array(scale["std"])
+    mean, std = np.array(scale["mean"]), np.array(scale["std"])
+    if sparse.issparse(X):
+        if np.any(mean != 0):                    # a model trained on dense, centred data
+            X = X.toarray()
+        else:
+            return (X @ sparse.diags(1.0 / std)).tocsr()
+    return (X - mean) / std
 
 
 def _scale_targets(y, meta):
@@ -140,9 +153,9 @@ def _split(X, y, test_size, seed, stratify):
     if test_size == 0:
         return X, y, None
     from sklearn.model_selection import train_test_split
-    n_test = int(np.ceil(test_size * len(X)))
-    if n_test < 1 or len(X) - n_test < 1:
-        raise CLIError(f"--test-size {test_size}: {len(X)} rows are too few to hold "
+    n_test = int(np.ceil(test_size * X.shape[0]))
+    if n_test < 1 or X.shape[0] - n_test < 1:
+        raise CLIError(f"--test-size {test_size}: {X.shape[0]} rows are too few to hold "
                        "out a test set (use --test-size 0)")
     try:
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed,
@@ -369,7 +382,7 @@ def cmd_evaluate(args):
     X = _scale_features(data.X, meta, n_features)
     where = f"{args.data}: the labels"
     loss = trainer.config["loss"]
-    n = len(X)
+    n = X.shape[0]
     if loss == "cross_entropy":
         classes = meta.get("classes", list(range(trainer.layers[-1])))
         _, codes = class_codes(data.y, where, classes)

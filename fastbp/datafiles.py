@@ -34,7 +34,8 @@ class MissingReaderError(DataFileError):
     """An optional reader (pyarrow) is not installed; the message gives the pip command."""
 
 
-FORMATS = ".csv, .tsv, .parquet, .feather, .npz or .npy"
+FORMATS = (".csv, .tsv, .parquet, .feather, .npz or .npy, or sparse: .svm/.svmlight/.libsvm "
+           "or a scipy.sparse.save_npz .npz")
 _TEXT = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zip")
 _ARROW = {".parquet": "parquet", ".pq": "parquet", ".feather": "feather", ".arrow": "feather"}
@@ -363,12 +364,58 @@ def _npz_labels(y, path, n, what="y"):
     return cols[0] if np.asarray(y).ndim == 1 else np.column_stack(cols)
 
 
+def _sparse_file(path):
+    """Whether `path` is a sparse data file (fastbp.sparsefiles): read as scipy CSR."""
+    from .sparsefiles import is_sparse_file
+    return is_sparse_file(path)
+
+
+def _read_sparse(path, n_features=None):
+    from .sparsefiles import read_sparse
+    if not os.path.isfile(path):
+        raise DataFileError(f"no data file at {path}")
+    try:
+        return read_sparse(path, n_features)
+    except ValueError as e:
+        raise DataFileError(one_line(e)) from None
+
+
+def _sparse_label_column(X, path, label):
+    """A save_npz matrix holds no separate labels: its --label column (a position; None:
+    the last) is the label, the other columns the features (X stays sparse)."""
+    width = X.shape[1]
+    if label is None:
+        j = width - 1
+    else:
+        try:
+            j = int(label)
+        except (TypeError, ValueError):
+            raise LabelColumnError(f"{path}: --label {label!r}: a sparse matrix's columns "
+                                   "have no names; give a position") from None
+        if not -width <= j < width:
+            raise LabelColumnError(f"{path}: --label {label}: the matrix has {width} columns")
+        j %= width
+    if width < 2:
+        raise DataFileError(f"{path} has {width} column; it needs feature columns and a "
+                            "label column")
+    keep = np.array([i for i in range(width) if i != j])
+    return X[:, keep].tocsr(), X[:, j].toarray().ravel(), j
+
+
 def read_labelled(path, label=None, feature_names=None):
     """Features and labels of a file: X, y (and X_test, y_test) of an .npz, or the columns
     of a table, the label being the --label column (name or position; None: the last).
     feature_names: take these columns as the features, by name, where the file's header has
-    them all (a model's saved names); else every column but the label."""
+    them all (a model's saved names); else every column but the label. A sparse file gives
+    a scipy CSR X: svmlight/libsvm with its labels, a save_npz matrix with its --label
+    column as the label."""
     path = os.fspath(path)
+    if _sparse_file(path):
+        X, y = _read_sparse(path)
+        if y is not None:
+            return Dataset(X, y)
+        X, y, j = _sparse_label_column(X, path, label)
+        return Dataset(X, y, None, None, None, j, X.shape[1] + 1)
     if file_format(path)[0] == "npz":
         if not os.path.isfile(path):
             raise DataFileError(f"no data file at {path}")
@@ -409,7 +456,19 @@ def read_features(path, n_features, feature_names=None, label_position=None):
     """The feature columns of a file, for prediction: X of an .npz, or the columns of a
     table — by the model's `feature_names` where the header has them all (other columns, the
     label's among them, are ignored); else all columns when there are `n_features`, or all
-    but the label's (`label_position`, else the last) when there is one more."""
+    but the label's (`label_position`, else the last) when there is one more. A sparse
+    file gives a scipy CSR X."""
+    if _sparse_file(path):
+        # svmlight files do not store their width (give the model's); a save_npz matrix
+        # does, and may hold the label column too
+        npz = os.fspath(path).lower().endswith(".npz")
+        X, _ = _read_sparse(path, None if npz else n_features)
+        if npz and X.shape[1] == n_features + 1:         # a save_npz matrix with its label column
+            X, _, _ = _sparse_label_column(X, path, label_position)
+        if X.shape[1] != n_features:
+            raise DataFileError(f"{path} has {X.shape[1]} columns; the model takes "
+                                f"{n_features} features")
+        return X
     table = read_table(path)
     if feature_names and table.header and set(feature_names) <= set(table.names):
         columns = [table.names.index(n) for n in feature_names]

@@ -447,3 +447,41 @@ def test_stream_errors_are_one_line(tmp_path, capsys):
         code, out, err = run([*argv, "--out", str(tmp_path / "m.npz")], capsys)
         assert code == want and text in err and err.count("\n") == 1, (argv, err)
         assert not (tmp_path / "m.npz").exists()
+
+
+# ------------------------------------------------------- sparse files (svmlight, save_npz)
+
+def test_train_evaluate_and_predict_on_sparse_files(tmp_path, capsys, monkeypatch):
+    """svmlight/libsvm (labels in the file) and scipy save_npz (the label a column, by
+    default the last) train as CSR, never densified: the features are scaled, not centred."""
+    from scipy import sparse
+    from sklearn.datasets import dump_svmlight_file
+
+    import fastbp.cli as cli
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 30)) * (rng.random((200, 30)) < 0.2)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    dump_svmlight_file(X, y, str(tmp_path / "d.svm"))
+    sparse.save_npz(tmp_path / "d.npz", sparse.csr_matrix(np.hstack([y[:, None], X])))
+    seen = []
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, X, *a, **k: (
+        seen.append(sparse.issparse(X)), real_fit(self, X, *a, **k))[1])
+    for name, extra in (("d.svm", []), ("d.npz", ["--label", "0"])):
+        model = tmp_path / f"{name}.model.npz"
+        code, out, err = run(["train", tmp_path / name, *extra, "--epochs", "30", "--lr", "0.01",
+                              "--out", model, "--no-progress"], capsys)
+        assert code == 0, err
+        meta = Trainer.load(model).metadata
+        assert meta["scale"]["mean"] == [0.0] * 30
+        code, out, err = run(["evaluate", model, tmp_path / name], capsys)
+        assert code == 0, err
+        assert float(out.split("accuracy:")[1].split()[0]) > 0.8
+        code, out, err = run(["predict", model, tmp_path / name], capsys)
+        assert code == 0, err
+        assert len(out.split()) == 200
+    assert seen == [True, True]
+    assert cli.sparse.issparse(cli._scale_features(sparse.csr_matrix(X), meta, 30))
+    (tmp_path / "bad.svm").write_text("1 3:x\n")
+    code, out, err = run(["train", tmp_path / "bad.svm", "--out", tmp_path / "b.npz"], capsys)
+    assert code == 1 and "bad.svm" in err
