@@ -58,18 +58,6 @@ def make_rows(X, labels, targets, weights, dtype):
                 X.indices, X.data)
 
 
-def take_rows(rows, pick):
-    """The rows `pick` (int64 indices) of `rows`, as new Rows (CSR rows stay CSR)."""
-    X, labels, targets, weights = (np.ascontiguousarray(a[pick]) if a.shape[0] else a
-                                   for a in rows[:4])
-    if not rows.sparse:
-        return rows._replace(X=X, labels=labels, targets=targets, weights=weights)
-    starts, lens = rows.indptr[pick], rows.indptr[pick + 1] - rows.indptr[pick]
-    indptr = np.concatenate(([0], np.cumsum(lens))).astype(np.int64)
-    take = np.repeat(starts - indptr[:-1], lens) + np.arange(indptr[-1])
-    return Rows(X, labels, targets, weights, indptr, rows.indices[take], rows.values[take])
-
-
 def input_rows(X, n_outputs, dtype):
     """Rows of checked X alone (predict: no labels, targets or weights)."""
     return make_rows(X, np.empty(0, dtype=np.int64), np.empty((0, n_outputs), dtype=dtype),

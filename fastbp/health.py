@@ -3,8 +3,8 @@ divergence.
 
 The epoch kernel records, per optimizer step, the L2 norm of every weight gradient and the
 global norm of the whole gradient before clipping; `fit` keeps their per-epoch mean and max
-in `history`, and the loss at the model's initial parameters (before its first epoch, on up
-to `Trainer.START_ROWS` rows) as `history['initial_loss']` (one entry). `diagnose` reads
+in `history`, and the loss at the model's initial parameters (its first batch's, recorded
+by the kernel before the first update) as `history['initial_loss']` (one entry). `diagnose` reads
 those lists.
 """
 import numpy as np

@@ -8,8 +8,7 @@ import numpy as np
 
 from . import config as _config
 from .data import check_sample_weight, check_X, check_y
-from .engine import (SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order,
-                     take_rows)
+from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .layout import Layout
@@ -86,8 +85,6 @@ class Trainer:
         Threads for target='parallel' (None: Numba's default, all cores).
     """
 
-    START_ROWS = 1024   # rows (spread over the data) whose loss at the initial parameters
-    # is kept as history['initial_loss'], the reference of health()'s "loss blew up"
 
     def __init__(self, layers, activation="relu", loss="cross_entropy", optimizer="adam",
                  lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
@@ -323,14 +320,13 @@ class Trainer:
 
         # every buffer of the fit is allocated here, once; the data moved to the GPU once
         n, L, B = rows.n, self._layout.n_layers, self._cfg["batch_size"]
-        norms = np.empty((-(-n // B), L + 1))
+        norms = np.empty((-(-n // B), L + 2))    # + each step's loss sum (cpu.train_epoch)
         order = row_order(n)
         epochs_runner = self.engine.epoch_runner(rows, order, norms, self._hyper)
         val_resident = None if val is None else self.engine.resident(val)
         good = None                      # the last good epoch's state (see _snapshot)
         warned = set()
-        start_loss = self._start_loss(rows) if epochs and not self.history.get("loss") \
-            and self.step == 0 else None
+        fresh = epochs and not self.history.get("loss") and self.step == 0
 
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, unit="epoch", disable=None if progress is None else not progress,
@@ -362,8 +358,11 @@ class Trainer:
                         logs.update(self._validation_logs(val, val_resident))
                     for key, value in logs.items():
                         self.history.setdefault(key, []).append(value)
-                    if start_loss is not None:
-                        self.history.setdefault("initial_loss", [start_loss])
+                    if fresh:
+                        fresh = False
+                        start = self._start_loss(rows, order, norms)
+                        if start is not None:
+                            self.history.setdefault("initial_loss", [start])
                     schedule.observe(logs)
                     self._warn_of_health(epoch, warned)
                     bar.update(1)
@@ -378,12 +377,16 @@ class Trainer:
             bar.close()
         return self.history
 
-    def _start_loss(self, rows):
-        """The mean loss at the current parameters of at most START_ROWS rows spread evenly
-        over `rows` (one forward pass: the reference of health()'s "loss blew up")."""
-        pick = np.unique(np.linspace(0, rows.n - 1, min(rows.n, self.START_ROWS)).astype(np.int64))
-        sample = take_rows(rows, pick)
-        loss = float(self.engine.loss_grad(sample, want_grad=False)[0])
+    def _start_loss(self, rows, order, norms):
+        """The mean loss of the first epoch's first batch at the initial parameters (its
+        step record, taken before its update): the reference of health()'s "loss blew
+        up". None when it is not finite."""
+        B = min(self._cfg["batch_size"], rows.n)
+        if rows.weights.size:
+            total = float(rows.weights[order[:B]].sum(dtype=np.float64))
+        else:
+            total = float(B)
+        loss = float(norms[0, self._layout.n_layers + 1]) / total if total > 0 else np.nan
         return loss if np.isfinite(loss) else None
 
     def _check_validation_data(self, validation_data):

@@ -350,19 +350,3 @@ def test_sparse_files_are_read_without_densifying(tmp_path):
     (tmp_path / "bad.svm").write_text("1 x:y\n")
     with pytest.raises(ValueError, match="bad.svm"):
         read_sparse(tmp_path / "bad.svm")
-
-
-def test_take_rows_keeps_csr_rows():
-    """engine.take_rows (the Trainer's sample for its start loss) on CSR rows gives the
-    Rows of those rows, and their loss equals the dense copy's."""
-    from fastbp.engine import take_rows
-    X, Xs, y = sparse_data("cross_entropy")
-    t = trainer("cpu")
-    pick = np.array([0, 3, 4, 17, 29])
-    part = take_rows(t.check_data(Xs, y), pick)
-    assert part.sparse and part.n == 5
-    np.testing.assert_array_equal(
-        sparse.csr_matrix((part.values, part.indices, part.indptr), shape=(5, N_IN)).toarray(),
-        X[pick])
-    assert t.engine.loss_grad(part, False)[0] == pytest.approx(t.loss(X[pick], y[pick]),
-                                                                rel=RTOL)

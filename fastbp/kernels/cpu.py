@@ -37,10 +37,10 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     the chunks' activations; net (args.Network) the sizes, offsets and codes; hyper
     (args.Hyper) the optimizer's settings; norms (S, L + 1) receives, per step, the L2 norm
     of each weight gradient and the global norm of the gradient (before clipping); given
-    (S, L + 3) it also receives the step records the estimators report scikit-learn's loss
-    from: the step's sum of row losses (L + 1) and the sum of squares of the weights before
-    its update (L + 2). `step`
-    counts optimizer steps taken before this epoch, `seed` seeds the dropout masks.
+    more columns it also receives step records: the step's sum of row losses (L + 1; the
+    Trainer's loss before training is the first step's) and, given (S, L + 3), the sum of
+    squares of the weights before the step's update (L + 2; the estimators report
+    scikit-learn's loss from both). `step` counts optimizer steps taken before this epoch, `seed` seeds the dropout masks.
     Returns (sum of the rows' losses, correct predictions, step after the epoch, -1); when a
     step's loss is NaN or infinite it stops before that step's update and returns the
     step's index in the epoch last instead of -1 (divergence).
@@ -60,6 +60,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     # global norm must be known first; without, each block is reduced and updated at once.
     n_passes = 2 if clip_norm > 0.0 else 1
     records = norms.shape[1] > L + 1
+    weight_records = norms.shape[1] > L + 2
     # CSR rows: W_0's gradient is gathered from the chunks' touched rows into gslab[0]
     # (zero elsewhere), so W_0's blocks are not summed over the chunks
     sparse = is_sparse(rows)
@@ -104,7 +105,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             for t in prange(n_slices):
                 gather_touched(gslab[0], ws, net, t, n_slices)
         n_lazy = touched_union(slabs, ws) if lazy else 0
-        if records:
+        if weight_records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
 
         step += 1
@@ -140,6 +141,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
         if records:
             norms[s, L + 1] = step_loss
+        if weight_records:
             norms[s, L + 2] = weight_sq
     return loss_total, correct_total, step, -1
 

@@ -292,7 +292,8 @@ class CudaNetwork:
         step_stats = self._launch(k.step_stats, 1, k.threads)
         update = self._grid_stride(k.optimizer_update, self.layout.n_params)
         records = norms.shape[1] > L + 1           # see cpu.train_epoch
-        if records and "wsq" not in buffers:
+        weight_records = norms.shape[1] > L + 2
+        if weight_records and "wsq" not in buffers:
             buffers["wsq"] = self.cuda.device_array((n_steps, self.n_blocks), dtype=np.float64)
         for s in range(n_steps):
             lo = s * B
@@ -314,7 +315,7 @@ class CudaNetwork:
                 ws.row_loss, ws.row_correct, n_rows, self.block_sq, self.block_layer,
                 buffers["norms"], s, clip_norm, self.clip, self.status, buffers["loss"],
                 buffers["correct"])
-            if records:                   # the weights before this step's update
+            if weight_records:            # the weights before this step's update
                 block_norms(self.params, self.block_lo, self.block_hi, buffers["wsq"][s])
             bc1 = 1.0 - hyper.beta1 ** t
             bc2 = 1.0 - hyper.beta2 ** t
@@ -330,6 +331,7 @@ class CudaNetwork:
         norms[:, :L + 1] = buffers["norms"].copy_to_host()[:norms.shape[0]]
         if records:
             norms[:done, L + 1] = losses
+        if weight_records:
             wsq = buffers["wsq"].copy_to_host()[:done]
             norms[:done, L + 2] = wsq[:, self.block_layer_host < L].sum(axis=1)
         return float(losses.sum()), int(correct.sum()), step + done, bad
