@@ -205,6 +205,18 @@ def _make_trainer(args, layers):
                        "memory") from None
 
 
+def _diverged(trainer, error, out):
+    """The CLIError of a fit that diverged, after saving the model of its last good epoch
+    (the fit restored it) when there was one."""
+    if not trainer.history.get("loss"):
+        return CLIError(f"training diverged in its first epoch ({one_line(error)}); try a "
+                        "smaller --lr or --clip-norm 1")
+    saved = _save_model(trainer, out)
+    return CLIError(f"training diverged ({one_line(error)}); saved the model of the last good "
+                    f"epoch ({len(trainer.history['loss'])}) to {saved}; try a smaller --lr "
+                    "or --clip-norm 1")
+
+
 def cmd_train(args):
     _check_options(args)                               # usage errors first (status 2),
     if args.stream and args.report:
@@ -256,13 +268,7 @@ def cmd_train(args):
         history = trainer.fit(Xs, y, validation_data=val, progress=args.progress,
                               lr_schedule=_schedule(args.lr_schedule, args.epochs))
     except DivergenceError as e:
-        if not trainer.history.get("loss"):
-            raise CLIError(f"training diverged in its first epoch ({one_line(e)}); try a "
-                           "smaller --lr or --clip-norm 1") from None
-        saved = _save_model(trainer, args.out)
-        raise CLIError(f"training diverged ({one_line(e)}); saved the model of the last good "
-                       f"epoch ({len(trainer.history['loss'])}) to {saved}; try a smaller "
-                       "--lr or --clip-norm 1") from None
+        raise _diverged(trainer, e, args.out) from None
     except (TypeError, ValueError) as e:
         raise CLIError(f"{source}: {one_line(e)}") from None
     wall = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .cli import CLIError, UsageError, _make_trainer, _save_model, one_line
+from .cli import CLIError, UsageError, _diverged, _make_trainer, _save_model, one_line
 from .datafiles import MAX_CLASSES_BEFORE_CONTINUOUS
 
 
@@ -111,12 +111,7 @@ def train_streamed(args):
                     classes=classes, random_state=args.seed, progress=args.progress,
                     transform=transform)
     except DivergenceError as e:
-        if not trainer.history.get("loss"):
-            raise CLIError(f"training diverged in its first epoch ({one_line(e)}); try a "
-                           "smaller --lr or --clip-norm 1") from None
-        saved = _save_model(trainer, args.out)
-        raise CLIError(f"training diverged ({one_line(e)}); saved the model of the last good "
-                       f"epoch to {saved}; try a smaller --lr or --clip-norm 1") from None
+        raise _diverged(trainer, e, args.out) from None
     except (TypeError, ValueError, OSError) as e:
         raise CLIError(f"{args.data}: {one_line(e)}") from None
     saved = _save_model(trainer, args.out)
