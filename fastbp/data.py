@@ -36,6 +36,18 @@ def _first_bad(mask):
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
+def _check_shape(shape, n_features, name):
+    """X (dense or sparse) must be (n_samples >= 1, n_features)."""
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, {n_features}); "
+                         f"got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples); at least 1 sample is needed")
+    if shape[1] != n_features:
+        raise ValueError(f"{name} has {shape[1]} features per sample but the network "
+                         f"takes {n_features} (layers[0]); got shape {shape}")
+
+
 def check_sparse_X(X, n_features, dtype, name="X"):
     """A scipy sparse matrix or array -> `CSR` with int64 indptr and indices and values of
     `dtype`, finite, N >= 1. CSR input is used as it is where its arrays
@@ -43,14 +55,7 @@ def check_sparse_X(X, n_features, dtype, name="X"):
     once (a copy of the stored entries). Duplicate entries, unsorted indices, explicit
     zeros and empty rows are left as they are: the kernels add every stored entry, which is
     what summing the duplicates (scipy's sum_duplicates) gives."""
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D of shape (n_samples, {n_features}); "
-                         f"got shape {X.shape}")
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 samples); at least 1 sample is needed")
-    if X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} features per sample but the network "
-                         f"takes {n_features} (layers[0]); got shape {X.shape}")
+    _check_shape(X.shape, n_features, name)
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, int or float); "
                         f"got dtype {X.dtype}")
@@ -88,14 +93,7 @@ def check_X(X, n_features, dtype, name="X"):
     if sparse.issparse(X):
         return check_sparse_X(X, n_features, dtype, name)
     arr = _as_numeric(X, name)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, {n_features}); "
-                         f"got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 samples); at least 1 sample is needed")
-    if arr.shape[1] != n_features:
-        raise ValueError(f"{name} has {arr.shape[1]} features per sample but the network "
-                         f"takes {n_features} (layers[0]); got shape {arr.shape}")
+    _check_shape(arr.shape, n_features, name)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
         out = np.ascontiguousarray(arr, dtype=dtype)
     # min/max propagate NaN and show inf without allocating a mask the size of X

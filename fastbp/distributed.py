@@ -26,9 +26,9 @@ import warnings
 import numpy as np
 from scipy import sparse
 
-from .health import DivergenceError, TrainingHealthWarning, diagnose
+from .health import DivergenceError, TrainingHealthWarning
 from .streaming import check_epochs, model_rng, train_epochs
-from .trainer import Trainer
+from .trainer import Trainer, finish_epoch
 
 LOCAL_STEPS = 50   # default minibatch steps per worker between two averages
 
@@ -324,18 +324,7 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
             starts = [r["initial_loss"] for r in results if r["initial_loss"] is not None]
             if fresh and starts:
                 trainer.history.setdefault("initial_loss", [float(np.mean(starts))])
-            for problem in diagnose(trainer.history):
-                if (problem["kind"], problem["layer"]) not in warned:
-                    warned.add((problem["kind"], problem["layer"]))
-                    warnings.warn(f"epoch {epoch}: {problem['message']}",
-                                  TrainingHealthWarning, stacklevel=2)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
-                             if k in ("loss", "val_loss", "val_accuracy")})
-            stop = False
-            for cb in callbacks:
-                stop = bool(cb(trainer, epoch, dict(logs))) or stop
-            if stop:
+            if finish_epoch(trainer, epoch, logs, warned, bar, callbacks):
                 break
     finally:
         bar.close()

@@ -135,7 +135,9 @@ class StochasticSolver:
         rows = t.check_data(X, est._kernel_targets(Y), sample_weight)
         starts, lens = batch_slices(n, batch)
         L = engine.network.layout.n_layers
-        records = np.empty((starts.shape[0], L + 3))     # see cpu.train_epoch
+        # step records (cpu.train_epoch): each step's loss sum, and the weights' sum of
+        # squares (a pass over the weights every step) only where the L2 term needs it
+        records = np.empty((starts.shape[0], L + (3 if est.alpha > 0 else 2)))
         order = row_order(n)
         runner = engine.epoch_runner(rows, order, records, self.hyper(est._lr))
         offsets = poisson_offsets(Y) if est._loss == "poisson" else None
@@ -149,7 +151,9 @@ class StochasticSolver:
                 order[:] = sample_idx
                 if not diverged:
                     _, _, bad = runner.run(self.hyper(est._lr), est._dropout_seed)
-                    diverged = bad >= 0 or not np.isfinite(engine.params).all()
+                    params = engine.params
+                    diverged = bad >= 0 or not (np.isfinite(params.min())
+                                                and np.isfinite(params.max()))
                     if diverged:        # scikit-learn carries NaN weights to the end
                         engine.params[:] = np.nan
                 loss = np.nan if diverged else self.epoch_loss(
@@ -183,7 +187,7 @@ class StochasticSolver:
         update) weighted by its rows."""
         est = self.est
         L = est._trainer.engine.network.layout.n_layers
-        row_loss_sum, weight_sq = records[:, L + 1], records[:, L + 2]
+        row_loss_sum = records[:, L + 1]
         if sample_weight is None:
             totals = lens.astype(np.float64)
         else:
@@ -192,7 +196,8 @@ class StochasticSolver:
         if offsets is not None:
             w = 1.0 if sample_weight is None else sample_weight[order]
             batch_loss = batch_loss + np.add.reduceat(w * offsets[order], starts) / totals
-        batch_loss = batch_loss + 0.5 * est.alpha * weight_sq / totals
+        if est.alpha > 0:
+            batch_loss = batch_loss + 0.5 * est.alpha * records[:, L + 2] / totals
         return float(np.sum(batch_loss * lens) / order.shape[0])
 
     def update_no_improvement(self, val):

@@ -46,6 +46,25 @@ def _check_monitors(callbacks, recorded):
                              "validation_data or monitor another entry")
 
 
+def finish_epoch(trainer, epoch, logs, warned, bar, callbacks):
+    """After an epoch's logs are in trainer.history (Trainer.fit, fastbp.distributed.fit):
+    one TrainingHealthWarning per kind of problem and layer in the fit (`warned` holds those
+    given), the progress bar moved, the callbacks called. True when one asks to stop."""
+    for problem in diagnose(trainer.history):
+        key = (problem["kind"], problem["layer"])
+        if key not in warned:
+            warned.add(key)
+            warnings.warn(f"epoch {epoch}: {problem['message']}", TrainingHealthWarning,
+                          stacklevel=3)                       # the user's fit call
+    bar.update(1)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
+                     if k in ("loss", "val_loss", "val_accuracy")})
+    stop = False
+    for cb in callbacks:
+        stop = bool(cb(trainer, epoch, dict(logs))) or stop
+    return stop
+
+
 class Trainer:
     """A multi-layer perceptron and its optimizer over flat buffers.
 
@@ -364,14 +383,7 @@ class Trainer:
                         if start is not None:
                             self.history.setdefault("initial_loss", [start])
                     schedule.observe(logs)
-                    self._warn_of_health(epoch, warned)
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
-                                     if k in ("loss", "val_loss", "val_accuracy")})
-                    stop = False
-                    for cb in callbacks:
-                        stop = bool(cb(self, epoch, dict(logs))) or stop
-                    if stop:
+                    if finish_epoch(self, epoch, logs, warned, bar, callbacks):
                         break
         finally:
             bar.close()
@@ -430,15 +442,6 @@ class Trainer:
         if vacc is not None:
             logs["val_accuracy"] = vacc
         return logs
-
-    def _warn_of_health(self, epoch, warned):
-        """One TrainingHealthWarning per kind of problem and layer in a fit."""
-        for problem in diagnose(self.history):
-            key = (problem["kind"], problem["layer"])
-            if key not in warned:
-                warned.add(key)
-                warnings.warn(f"epoch {epoch}: {problem['message']}", TrainingHealthWarning,
-                              stacklevel=3)
 
     def _snapshot(self, snap=None):
         """What an epoch may change (the engine's params, optimizer state and step, and the

@@ -412,3 +412,11 @@ def test_sparse_float32_X_trains_in_float32_as_scikit_learn():
     for a, b in zip(fb.coefs_ + fb.intercepts_, sk.coefs_ + sk.intercepts_):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
     np.testing.assert_allclose(fb.loss_curve_, sk.loss_curve_, rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_no_l2_term(solver):
+    """alpha=0: the kernel records no weight norms (nothing to add to the loss)."""
+    (sk, fb), X = _fit_both("multiclass", hidden_layer_sizes=(6,), solver=solver, alpha=0.0,
+                            max_iter=6, random_state=0)
+    assert_same_model(sk, fb, X)
