@@ -258,3 +258,34 @@ def test_decay_per_unit_of_batch_weight_matches_reference(optimizer, weighted):
     history = t.fit(X, y, sample_weight=w, epochs=2, shuffle=False, progress=False)
     np.testing.assert_allclose(history["loss"], expected, rtol=1e-10)
     np.testing.assert_allclose(t.params, ref.flatten(Ws, bs), rtol=1e-9, atol=1e-12)
+
+
+def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
+    """Dense rows and CSR rows run separate compile-time variants (kernels/variants.py): a
+    dense fit types and compiles none of the CSR first layer, which keeps a first fit's
+    compile short. Run with an empty Numba cache (a cached kernel loads whole, with no
+    record of its callees)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """if True:
+        import numpy as np
+        from fastbp import Trainer
+        from fastbp.kernels.variants import variant
+        X = np.random.default_rng(0).normal(size=(20, 5))
+        Trainer([5, 4, 2], batch_size=8, seed=0).fit(X, np.arange(20) % 2, epochs=1,
+                                                     progress=False)
+        dense = variant("dense")
+        assert dense.forward_backward.signatures, "callees compiled"
+        assert dense.train_epoch_serial.signatures
+        for name in ("sparse_linear_forward", "sparse_linear_backward", "gather_touched",
+                     "touched_union", "update_rows"):
+            assert getattr(dense, name).signatures == [], name
+        assert variant("csr").train_epoch_serial.signatures == []
+        print("ok")
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -34,20 +34,39 @@ class Plan(NamedTuple):
 SERIAL_BELOW_FLOPS = 10e6
 
 
+class Kernels:
+    """The (train_epoch, loss_grad, predict) kernels of a variant, "cpu" (serial) or
+    "parallel", each call routed to the compile-time variant its rows need (variants.py:
+    dense or CSR rows, the lazy update), so a configuration compiles only its own code."""
+
+    def __init__(self, target):
+        if target not in ("cpu", "parallel"):
+            raise ValueError(f"no kernels for target {target!r}")
+        self.suffix = "serial" if target == "cpu" else "parallel"
+
+    def _kernel(self, kind, rows, lazy=0.0):
+        from .variants import mode, variant
+        return getattr(variant(mode(rows, lazy)), f"{kind}_{self.suffix}")
+
+    def train_epoch(self, state, slabs, ws, rows, order, net, hyper, *rest):
+        return self._kernel("train_epoch", rows, hyper.lazy)(state, slabs, ws, rows, order,
+                                                             net, hyper, *rest)
+
+    def loss_grad(self, params, gslab, acc, ws, rows, *rest):
+        return self._kernel("loss_grad", rows)(params, gslab, acc, ws, rows, *rest)
+
+    def predict(self, params, ws, rows, *rest):
+        return self._kernel("predict", rows)(params, ws, rows, *rest)
+
+
+_kernels = {}
+
+
 def get_kernels(target):
-    """The (train_epoch, loss_grad, predict) kernels of a variant: "cpu" (serial) or
-    "parallel"."""
-    from types import SimpleNamespace
-
-    from . import cpu
-
-    if target == "cpu":
-        return SimpleNamespace(train_epoch=cpu.train_epoch_serial,
-                               loss_grad=cpu.loss_grad_serial, predict=cpu.predict_serial)
-    if target == "parallel":
-        return SimpleNamespace(train_epoch=cpu.train_epoch_parallel,
-                               loss_grad=cpu.loss_grad_parallel, predict=cpu.predict_parallel)
-    raise ValueError(f"no kernels for target {target!r}")
+    """The kernels of a variant: "cpu" (serial) or "parallel" (Kernels)."""
+    if target not in _kernels:
+        _kernels[target] = Kernels(target)
+    return _kernels[target]
 
 
 def choose_strategy(sizes, batch_size, threads):

@@ -34,8 +34,8 @@ class Rows(NamedTuple):
 
     Sparse X (CSR): indptr (N + 1,) int64, indices (nnz,) int64 column indices (any order,
     repeats add up) and values (nnz,) in the model's dtype; X is then an (N, 0) array (no
-    memory) that only carries N. Dense X leaves the three empty (`sparse` is False), so one
-    compiled kernel serves both layouts."""
+    memory) that only carries N. Dense X leaves the three empty (`sparse` is False); both
+    layouts have the same types, and variants.py picks the kernels compiled for each."""
     X: np.ndarray
     labels: np.ndarray
     targets: np.ndarray

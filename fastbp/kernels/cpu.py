@@ -1,8 +1,8 @@
 """The CPU epoch, loss-and-gradient and predict kernels, serial and multi-threaded.
 
-Each body below is plain Python over arrays and scalars, compiled twice at import (as umap
-does): once serial (``prange`` runs as ``range``) for target "cpu" and once with
-``parallel=True`` for target "parallel". Parallelism is over chunks of the minibatch:
+Each body below is plain Python over arrays and scalars, made into two templates at import
+(as umap does): serial (``prange`` runs as ``range``) for target "cpu" and ``parallel=True``
+for target "parallel"; variants.py compiles copies of them per row layout (dense, CSR). Parallelism is over chunks of the minibatch:
 chunk c computes the gradient of its rows into its own slab ``gslab[c]``; the slabs are then
 summed in a fixed order. No thread writes where another does, so results are reproducible
 for a given thread count (chunk count), and equal to the serial ones to rounding.
@@ -19,12 +19,18 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .ops import (FASTMATH, forward, forward_backward, is_sparse, jit, layer_weight,
-                  output_forward, touched_release, touched_scatter)
+from .ops import (FASTMATH, forward, forward_backward, jit, layer_weight, output_forward,
+                  touched_release, touched_scatter)
 from .optim import bias_corrections, step_decay, update_segment
 
 # Below this many parameters the per-step reduction and update run on one thread.
 PARALLEL_UPDATE_MIN = 65536
+
+# Compile-time constants, set per variant by variants.py (the functions here are templates):
+# CSR rows (args.Rows), and with them the lazy update (hyper.lazy) that touches only the
+# batch's rows of W_0.
+SPARSE = False
+LAZY = False
 
 
 def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, seed, norms):
@@ -63,11 +69,8 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     weight_records = norms.shape[1] > L + 2
     # CSR rows: W_0's gradient is gathered from the chunks' touched rows into gslab[0]
     # (zero elsewhere), so W_0's blocks are not summed over the chunks
-    sparse = is_sparse(rows)
-    dense_from = net.b_off[0] if sparse else 0
-    n_slices = n_chunks if sparse and n_chunks > 1 else 1
-    # ... and with the lazy update only the touched rows of W_0 are updated
-    lazy = sparse and hyper.lazy != 0.0
+    dense_from = net.b_off[0] if SPARSE else 0
+    n_slices = n_chunks if SPARSE and n_chunks > 1 else 1
     H = net.sizes[1]
     weight_sq = 0.0
     loss_total = 0.0
@@ -97,14 +100,14 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             step_loss += chunk_loss[c]
             correct_total += chunk_correct[c]
         if not np.isfinite(step_loss):
-            if sparse:
+            if SPARSE:
                 release_all(gslab[0], ws, net)
             return loss_total, correct_total, step, s    # diverged: stop before the update
         loss_total += step_loss
-        if sparse:                  # threads own column ranges of W_0's gradient
+        if SPARSE:                  # threads own column ranges of W_0's gradient
             for t in prange(n_slices):
                 gather_touched(gslab[0], ws, net, t, n_slices)
-        n_lazy = touched_union(slabs, ws) if lazy else 0
+        n_lazy = touched_union(slabs, ws) if LAZY else 0
         if weight_records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
 
@@ -122,11 +125,11 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             if n_par > 0:
                 for k in prange(n_par):
                     block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                               reduce, update, sparse, lazy)
+                               reduce, update)
             for k in range(n_par, n_blocks):
                 block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                           reduce, update, sparse, lazy)
-            if lazy:                # W_0's touched rows only (block 0 carries their norm)
+                           reduce, update)
+            if LAZY:                # W_0's touched rows only (block 0 carries their norm)
                 if reduce:
                     slabs.block_sq[0] = rows_sum_of_squares(gslab[0], slabs.touched, n_lazy, H)
                 if update:
@@ -135,7 +138,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                         update_rows(state, gslab[0], slabs.touched, n_lazy * i // n_lazy_chunks,
                                     n_lazy * (i + 1) // n_lazy_chunks, H, net.opt_code,
                                     hyper, bc1, bc2, clip, decay)
-        if sparse:                  # gslab[0]'s W_0 back to zero, cheaply
+        if SPARSE:                  # gslab[0]'s W_0 back to zero, cheaply
             release_all(gslab[0], ws, net)
         if n_passes == 1:
             record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
@@ -230,20 +233,19 @@ def update_rows(state, g0, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, 
 
 
 @jit
-def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update,
-               sparse, lazy):
+def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update):
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
-    block's sum of squares (reduce), then apply the optimizer to it (update). `sparse`:
-    W_0's blocks are already summed (gather_touched); `lazy`: they are left to update_rows
+    block's sum of squares (reduce), then apply the optimizer to it (update). CSR rows:
+    W_0's blocks are already summed (gather_touched); lazy: they are left to update_rows
     (their sums of squares 0 here)."""
     lo = slabs.block_lo[k]
     hi = slabs.block_hi[k]
-    if lazy and slabs.block_layer[k] == 0:
+    if LAZY and slabs.block_layer[k] == 0:
         if reduce:
             slabs.block_sq[k] = 0.0
         return
     if reduce:
-        n_sum = 1 if sparse and slabs.block_layer[k] == 0 else slabs.gslab.shape[0]
+        n_sum = 1 if SPARSE and slabs.block_layer[k] == 0 else slabs.gslab.shape[0]
         slabs.block_sq[k] = reduce_block(slabs.gslab, lo, hi, n_sum)
     if update:
         update_segment(state.params, slabs.gslab[0], state.m, state.v, lo, hi, opt_code,
@@ -308,8 +310,7 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
     n = order.shape[0]
     n_chunks = gslab.shape[0]
     n_params = params.shape[0]
-    sparse = is_sparse(rows)
-    dense_from = net.b_off[0] if sparse else 0     # CSR rows: W_0 from the touched rows
+    dense_from = net.b_off[0] if SPARSE else 0     # CSR rows: W_0 from the touched rows
     inv_count = params.dtype.type(1) / params.dtype.type(n)
     if rows.weights.shape[0] > 0:
         inv_count = batch_weight_inverse(rows.weights, order)
@@ -332,7 +333,7 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
             if want_grad:
                 for i in range(dense_from, n_params):
                     acc[c, i] += gslab[c, i]
-                if sparse:
+                if SPARSE:
                     touched_scatter(layer_weight(acc[c], net.w_off, net.sizes, 0), ws, c, 0,
                                     net.sizes[1])
                     touched_release(ws, c)

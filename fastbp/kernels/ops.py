@@ -24,6 +24,11 @@ from .codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, FASTMATH, GELU, GELU_C,
                     TANH, jit)
 from .scalar import output_term, softmax_row
 
+# Whether the rows are CSR (args.Rows): a compile-time constant, set per variant by
+# variants.py, which compiles a dense and a CSR copy of these functions (the module's own
+# are templates).
+SPARSE = False
+
 
 @jit
 def matrix(buf, off, rows, cols):
@@ -328,12 +333,6 @@ def loss_backward(dZ, P, idx, labels, targets, row_weight, loss_code, inv_count)
 # ------------------------------------------------------------- the whole network
 
 @jit
-def is_sparse(rows):
-    """Whether rows (args.Rows) hold CSR data (then X has no columns)."""
-    return rows.indptr.shape[0] > 0
-
-
-@jit
 def forward(params, ws, c, rows, A0, idx, net, seed, step):
     """The rows idx (B,) of `rows` (args.Rows) -> chunk c's workspace (ws.work[c], offsets in
     ws) holds Z_l (B, n_{l+1}) for every layer l and A_{l+1} = act(Z_l) for the hidden
@@ -352,7 +351,7 @@ def forward(params, ws, c, rows, A0, idx, net, seed, step):
         Z = matrix(work, ws.z_off[l], B, sizes[l + 1])
         W = layer_weight(params, w_off, sizes, l)
         b = layer_bias(params, b_off, sizes, l)
-        if l == 0 and is_sparse(rows):
+        if SPARSE and l == 0:
             sparse_linear_forward(Z, rows, idx, W, b)
         else:
             linear_forward(Z, A, W, b)
@@ -376,9 +375,8 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
     work = ws.work[c]
     sizes, w_off, b_off, dropout = net.sizes, net.w_off, net.b_off, net.dropout
     a_off, z_off, d_off = ws.a_off, ws.z_off, ws.d_off
-    sparse = is_sparse(rows)
     L = sizes.shape[0] - 1
-    n_0 = 0 if sparse else sizes[0]
+    n_0 = 0 if SPARSE else sizes[0]
     A0 = matrix(work, a_off[0], B, n_0)
     X = rows.X
     for r in range(B):                       # gather the (shuffled) dense rows once
@@ -407,7 +405,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
                             dropped)
         dZ = dA
     db = layer_bias(grads, b_off, sizes, 0)  # the first layer: no input gradient
-    if sparse:
+    if SPARSE:
         sparse_linear_backward(ws, c, db, dZ, rows, idx)
     else:
         W = layer_weight(params, w_off, sizes, 0)
