@@ -31,3 +31,22 @@ def test_fastbp_plot_is_a_lazy_attribute():
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "module 'fastbp' has no attribute 'nothing'"
+
+
+def test_import_fastbp_leaves_scikit_learn_for_the_estimators():
+    """`import fastbp` imported scikit-learn (about 2 s, most of the import) for scripts that
+    only use the Trainer; the estimators and patch_sklearn now import it on first use."""
+    code = ("import sys, fastbp\n"
+            "assert 'sklearn' not in sys.modules, 'sklearn imported'\n"
+            "t = fastbp.Trainer([3, 4, 2])\n"
+            "assert 'sklearn' not in sys.modules, 'sklearn imported by the Trainer'\n"
+            "from fastbp import MLPClassifier, patch_sklearn\n"
+            "import sklearn.base\n"
+            "assert issubclass(MLPClassifier, sklearn.base.ClassifierMixin)\n"
+            "assert fastbp.MLPRegressor.__module__ == 'fastbp.estimators'\n"
+            "assert callable(patch_sklearn) and callable(fastbp.unpatch_sklearn)\n"
+            "assert {'MLPClassifier', 'patch_sklearn'} <= set(dir(fastbp))\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
