@@ -1,0 +1,235 @@
+"""Where a training step's time goes (issue 15 §1), on the mnist and wide workloads.
+
+For a workload, float32, target="parallel" with its automatic plan, this times
+  - the whole step, from `Trainer.fit` epochs (Python included) divided by the steps;
+  - each part of the "chunks" plan as the kernel runs it, T threads each on its chunk of
+    B / T rows in a prange: every layer's forward product (A W), weight-gradient product
+    (A^T dZ) and input-gradient product (dZ W^T) through SciPy's BLAS as the kernels call
+    it; the element-wise epilogues (bias, activation and its derivative, the fused softmax
+    loss); the sum of the T gradient slabs; the optimizer's update;
+  - the same products as one whole-batch product each, multi-threaded by NumPy's BLAS on T
+    threads: the "one multi-threaded product per layer" alternative.
+Each part is reported in ms per step, its share of the step, and GFLOP/s for the products.
+The parts run one after another here, so their sum can differ from the step (caches are
+colder, threads are woken per part).
+
+Usage: python benchmarks/breakdown.py [--workloads mnist wide] [--optimizer sgd|adam]
+       [--rounds 20]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numba
+import numpy as np
+from numba import njit, prange
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from workloads import WORKLOADS, make_data  # noqa: E402
+
+import fastbp  # noqa: E402
+from fastbp.kernels import codes, cpu, ops, optim  # noqa: E402
+
+
+@njit(parallel=True, cache=False)
+def _forward_products(As, Ws, Zs, reps):
+    for _ in range(reps):
+        for c in prange(As.shape[0]):
+            np.dot(As[c], Ws, Zs[c])
+
+
+@njit(parallel=True, cache=False)
+def _weight_grad_products(As, dZs, dWs, reps):
+    for _ in range(reps):
+        for c in prange(As.shape[0]):
+            np.dot(As[c].T, dZs[c], dWs[c])
+
+
+@njit(parallel=True, cache=False)
+def _input_grad_products(dZs, Ws, dAs, reps):
+    for _ in range(reps):
+        for c in prange(dZs.shape[0]):
+            np.dot(dZs[c], Ws.T, dAs[c])
+
+
+@njit(parallel=True, cache=False)
+def _epilogues(Zs, As, dAs, b, reps):
+    """bias + ReLU forward and ReLU backward over one hidden layer's chunks."""
+    for _ in range(reps):
+        for c in prange(Zs.shape[0]):
+            Z, A = Zs[c], As[c]
+            for r in range(Z.shape[0]):
+                for j in range(Z.shape[1]):
+                    Z[r, j] += b[j]
+            ops.activation_forward(A, Z, codes.RELU)
+            ops.activation_backward(dAs[c], Z, A, codes.RELU, False)
+
+
+@njit(parallel=True, cache=False)
+def _loss(Ps, Zs, dZs, idx, labels, targets, weights, inv_count, reps):
+    for _ in range(reps):
+        for c in prange(Zs.shape[0]):
+            ops.loss_forward(Ps[c], Zs[c], idx, labels, targets, weights, codes.CROSS_ENTROPY)
+            ops.loss_backward(dZs[c], Ps[c], idx, labels, targets, weights,
+                              codes.CROSS_ENTROPY, inv_count)
+
+
+@njit(parallel=True, cache=False)
+def _reduce(gslab, block_lo, block_hi, reps):
+    for _ in range(reps):
+        for k in prange(block_lo.shape[0]):
+            cpu.reduce_block(gslab, block_lo[k], block_hi[k], gslab.shape[0])
+
+
+@njit(parallel=True, cache=False)
+def _sgd(params, grads, m, block_lo, block_hi, reps):
+    one = params.dtype.type(1)
+    for _ in range(reps):
+        for k in prange(block_lo.shape[0]):
+            optim.sgd_update(params, grads, m, block_lo[k], block_hi[k], params.dtype.type(0.01),
+                             params.dtype.type(0.9), False, params.dtype.type(0), one)
+
+
+@njit(parallel=True, cache=False)
+def _adam(params, grads, m, v, block_lo, block_hi, reps):
+    t = params.dtype.type
+    for _ in range(reps):
+        for k in prange(block_lo.shape[0]):
+            optim.adam_update(params, grads, m, v, block_lo[k], block_hi[k], t(0.001), t(0.9),
+                              t(0.999), t(1e-8), t(1.0), t(0), t(1), t(1))
+
+
+def timed(fn, *args, reps, blas_threads=1):
+    """Seconds per repetition of fn(*args, reps); BLAS on one thread inside the kernels'
+    threads, as the kernels run it (Engine.compute)."""
+    with threadpool_limits(blas_threads):
+        fn(*args, 1)
+        start = time.perf_counter()
+        fn(*args, reps)
+        return (time.perf_counter() - start) / reps
+
+
+def cpu_model():
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                 if line.startswith("Model name")), "unknown")
+
+
+def whole_step(name, optimizer, epochs=3):
+    layers, batch, loss = WORKLOADS[name]
+    n = batch * 64
+    X, y = make_data(name, n)
+    t = fastbp.Trainer(layers, loss=loss, optimizer=optimizer, batch_size=batch,
+                       target="parallel", dtype="float32", seed=0)
+    t.fit(X, y, epochs=1, progress=False)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        t.fit(X, y, epochs=1, progress=False)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) / (n // batch), t.engine.train_plan
+
+
+def breakdown(name, optimizer, reps):
+    layers, batch, _ = WORKLOADS[name]
+    T = numba.get_num_threads()
+    step, plan = whole_step(name, optimizer)
+    chunks = plan.chunks
+    rows = -(-batch // chunks)
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    parts = []                               # (part, seconds per step, flops per step)
+    whole = []                               # the whole-batch NumPy products
+    for l, (n_in, n_out) in enumerate(zip(layers[:-1], layers[1:])):
+        W = rng.standard_normal((n_in, n_out)).astype(f32)
+        As = rng.standard_normal((chunks, rows, n_in)).astype(f32)
+        Zs = np.empty((chunks, rows, n_out), f32)
+        dZs = rng.standard_normal((chunks, rows, n_out)).astype(f32)
+        dWs = np.empty((chunks, n_in, n_out), f32)
+        dAs = np.empty((chunks, rows, n_in), f32)
+        flops = 2.0 * batch * n_in * n_out
+        parts.append((f"layer {l} forward A W ({n_in}x{n_out})",
+                      timed(_forward_products, As, W, Zs, reps=reps), flops))
+        parts.append((f"layer {l} weight grad A^T dZ",
+                      timed(_weight_grad_products, As, dZs, dWs, reps=reps), flops))
+        if l > 0:
+            parts.append((f"layer {l} input grad dZ W^T",
+                          timed(_input_grad_products, dZs, W, dAs, reps=reps), flops))
+        A, dZ = As.reshape(-1, n_in)[:batch], dZs.reshape(-1, n_out)[:batch]
+        Z, dW, dA = np.empty((batch, n_out), f32), np.empty((n_in, n_out), f32), \
+            np.empty((batch, n_in), f32)
+        t_whole = (timed(lambda k: [np.matmul(A, W, out=Z) for _ in range(k)], reps=reps,
+                         blas_threads=T)
+                   + timed(lambda k: [np.matmul(A.T, dZ, out=dW) for _ in range(k)],
+                           reps=reps, blas_threads=T))
+        n_products = 2
+        if l > 0:
+            t_whole += timed(lambda k: [np.matmul(dZ, W.T, out=dA) for _ in range(k)],
+                             reps=reps, blas_threads=T)
+            n_products = 3
+        whole.append((l, t_whole, n_products * flops))
+        if l < len(layers) - 2:
+            b = rng.standard_normal(n_out).astype(f32)
+            parts.append((f"layer {l} bias + ReLU, ReLU'",
+                          timed(_epilogues, Zs, np.empty_like(Zs), dZs.copy(), b, reps=reps),
+                          0.0))
+    K = layers[-1]
+    Zs = rng.standard_normal((chunks, rows, K)).astype(f32)
+    labels = rng.integers(0, K, size=rows)
+    parts.append(("softmax cross-entropy and its delta",
+                  timed(_loss, np.empty_like(Zs), Zs, np.empty_like(Zs), np.arange(rows),
+                        labels, np.empty((0, 0), f32), np.empty(0, f32), f32(1.0 / batch),
+                        reps=reps), 0.0))
+    P = sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+    n_blocks = max(1, -(-P // 65536)) if chunks > 1 else 1
+    edges = np.linspace(0, P, n_blocks + 1).astype(np.int64)
+    gslab = rng.standard_normal((chunks, P)).astype(f32)
+    if chunks > 1:
+        parts.append((f"sum of {chunks} gradient slabs ({P:,} params)",
+                      timed(_reduce, gslab, edges[:-1], edges[1:], reps=reps), 0.0))
+    params, m, v = (rng.standard_normal(P).astype(f32) for _ in range(3))
+    v = np.abs(v)
+    if optimizer == "sgd":
+        parts.append(("SGD momentum update",
+                      timed(_sgd, params, gslab[0], m, edges[:-1], edges[1:], reps=reps), 0.0))
+    else:
+        parts.append(("Adam update",
+                      timed(_adam, params, gslab[0], m, v, edges[:-1], edges[1:], reps=reps),
+                      0.0))
+    total = sum(p[1] for p in parts)
+    print(f"\n### {name} {layers}, batch {batch}, float32, {optimizer}, plan {plan.strategy} "
+          f"({chunks} chunk(s) of {rows} rows), {T} threads\n")
+    print(f"whole step (Trainer.fit): {step * 1e3:.3f} ms; sum of the parts: "
+          f"{total * 1e3:.3f} ms\n")
+    print("| part | ms per step | share of the parts | GFLOP/s |")
+    print("|---|---:|---:|---:|")
+    for part, seconds, flops in parts:
+        rate = f"{flops / seconds / 1e9:.0f}" if flops else ""
+        print(f"| {part} | {seconds * 1e3:.3f} | {seconds / total:.0%} | {rate} |")
+    gemm = sum(p[1] for p in parts if p[2])
+    gemm_flops = sum(p[2] for p in parts)
+    t_numpy = sum(w[1] for w in whole)
+    print(f"\nproducts as the kernel runs them: {gemm * 1e3:.3f} ms ({gemm_flops / gemm / 1e9:.0f}"
+          f" GFLOP/s); as whole-batch NumPy products on {T} threads: {t_numpy * 1e3:.3f} ms "
+          f"({gemm_flops / t_numpy / 1e9:.0f} GFLOP/s)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", nargs="+", default=["mnist", "wide"], choices=list(WORKLOADS))
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--rounds", type=int, default=20, help="repetitions of each part")
+    args = p.parse_args(argv)
+    print(f"CPU: {cpu_model()}; {numba.get_num_threads()} threads; "
+          f"{time.strftime('%Y-%m-%d')}")
+    for name in args.workloads:
+        breakdown(name, args.optimizer, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
