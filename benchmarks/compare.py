@@ -394,7 +394,8 @@ def memory(workloads, breakdown=False):
                 P = t.params.nbytes
                 budget = 1.2 * (data + 4 * P)
                 total = data + peak
-                cells[restore, opt] = f"{total / 1e6:.1f}" + ("" if total <= budget else " (over)")
+                over = "" if total <= budget else " (over)"
+                cells[restore, opt] = f"{total / 1e6:.2f}{over}"
                 if snap is not None:
                     notes.append(_memory_breakdown(name, opt, restore, snap, peak, P))
         print(f"| {name} | {data / 1e6:.2f} | {P / 1e6:.3f} | {budget / 1e6:.2f} | " +

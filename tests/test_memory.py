@@ -77,8 +77,8 @@ def test_building_a_trainer_holds_no_second_copy_of_params():
 
 
 @pytest.mark.parametrize("optimizer,buffers", [("sgd", 0), ("adam", 2)])
-def test_the_roll_back_copy_is_what_restore_on_divergence_false_leaves_out(optimizer,
-                                                                             buffers):
+def test_the_roll_back_copy_is_what_restore_on_divergence_false_leaves_out(
+        optimizer, buffers):
     """With the roll-back a fit's peak holds one more copy of params and of each optimizer
     buffer (plain SGD: params only; Adam: params, m, v); without, none."""
     X, y = _data()
@@ -147,8 +147,9 @@ def test_without_the_roll_back_the_model_stays_as_the_diverging_epoch_left_it(
     def blow_up_after_epoch_1(trainer, epoch, logs):
         if epoch == 1:
             trainer.lr = 1e300
-    fit = lambda: t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up_after_epoch_1],
-                        on_divergence=on_divergence, restore_on_divergence=False)
+    def fit():
+        t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up_after_epoch_1],
+              on_divergence=on_divergence, restore_on_divergence=False)
     if on_divergence == "raise":
         with pytest.raises(DivergenceError) as err:
             fit()
