@@ -147,6 +147,7 @@ def test_without_the_roll_back_the_model_stays_as_the_diverging_epoch_left_it(
     def blow_up_after_epoch_1(trainer, epoch, logs):
         if epoch == 1:
             trainer.lr = 1e300
+
     def fit():
         t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up_after_epoch_1],
               on_divergence=on_divergence, restore_on_divergence=False)
