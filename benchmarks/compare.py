@@ -13,6 +13,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --compile            # cold/warm time to the first epoch
     python benchmarks/compare.py --strategies         # fastbp's parallel strategies
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
+    python benchmarks/compare.py --memory --breakdown # ... and where it goes, line by line
     python benchmarks/compare.py --estimators         # MLPClassifier vs scikit-learn's
     python benchmarks/compare.py --cuda               # target='cuda' vs PyTorch eager on the GPU
     python benchmarks/compare.py --sparse             # bag-of-words CSR vs scikit-learn, PyTorch
@@ -350,33 +351,80 @@ def strategies(rounds):
               f" | {chosen}{mark} |", flush=True)
 
 
-def memory():
-    """Peak memory a fit allocates (tracemalloc: NumPy's and fastbp's buffers) against the
-    budget 1.2 x (training data + 4 x params): no copy of the data per epoch."""
+def memory(workloads, breakdown=False):
+    """Peak memory a fit allocates (tracemalloc: NumPy's and fastbp's buffers; Numba's own
+    allocations inside the kernels are not seen) against the budget 1.2 x (training data +
+    4 x params): building the Trainer and two epochs, plus the data, with the divergence
+    roll-back (the default) and with fit(..., restore_on_divergence=False). `breakdown`:
+    also the blocks alive at the end of the first epoch, by the line that allocated them,
+    and the transient peak above them."""
     import tracemalloc
 
     from fastbp import Trainer
-    print("| workload | optimizer | data MB | params MB | data + peak of Trainer and fit MB "
-          "| budget MB | ok |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for name in ("tiny", "mnist", "wide", "deep", "regression"):
+
+    def traced(layers, kw, X, y, restore):
+        live = []
+
+        def at_first_epoch_end(trainer, epoch, logs):
+            if epoch == 0 and breakdown:
+                live.append(tracemalloc.take_snapshot())
+        tracemalloc.start(25 if breakdown else 1)  # the Trainer's buffers, the fit's
+        t = Trainer(layers, **kw)                   # workspace, slabs and roll-back copy
+        t.fit(X, y, epochs=2, progress=False, restore_on_divergence=restore,
+              callbacks=[at_first_epoch_end])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return t, peak, (live[0] if live else None)
+
+    print("| workload | data MB | params MB | budget MB | SGD+momentum | Adam "
+          "| SGD+momentum, no roll-back | Adam, no roll-back |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    notes = []
+    for name in workloads:
         layers, batch, loss = WORKLOADS[name]
         X, y = make_arrays(layers, loss, N_SAMPLES[name])
-        for opt in ("sgd", "adam"):
-            kw = dict(loss=loss, batch_size=batch, optimizer=opt, momentum=0.9 if opt == "sgd"
-                      else 0.0, seed=0)
-            Trainer(layers, **kw).fit(X[:batch], y[:batch], epochs=1, progress=False)  # JIT
-            tracemalloc.start()     # the Trainer's buffers, fit's workspace and slabs
-            t = Trainer(layers, **kw)
-            t.fit(X, y, epochs=2, progress=False)
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            data = X.nbytes + y.nbytes
-            params = t.params.nbytes
-            budget = 1.2 * (data + 4 * params)
-            total = data + peak
-            print(f"| {name} | {opt} | {data / 1e6:.1f} | {params / 1e6:.2f} | "
-                  f"{total / 1e6:.1f} | {budget / 1e6:.1f} | {'yes' if total <= budget else 'NO'} |")
+        data = X.nbytes + y.nbytes
+        cells = {}
+        for restore in (True, False):
+            for opt in ("sgd", "adam"):
+                kw = dict(loss=loss, batch_size=batch, optimizer=opt,
+                          momentum=0.9 if opt == "sgd" else 0.0, seed=0)
+                Trainer(layers, **kw).fit(X[:batch], y[:batch], epochs=1, progress=False)
+                t, peak, snap = traced(layers, kw, X, y, restore)
+                P = t.params.nbytes
+                budget = 1.2 * (data + 4 * P)
+                total = data + peak
+                over = "" if total <= budget else " (over)"
+                cells[restore, opt] = f"{total / 1e6:.2f}{over}"
+                if snap is not None:
+                    notes.append(_memory_breakdown(name, opt, restore, snap, peak, P))
+        print(f"| {name} | {data / 1e6:.2f} | {P / 1e6:.3f} | {budget / 1e6:.2f} | " +
+              " | ".join(cells[r, o] for r in (True, False) for o in ("sgd", "adam")) + " |",
+              flush=True)
+    for note in notes:
+        print(note)
+
+
+def _memory_breakdown(name, opt, restore, snap, peak, P):
+    """The blocks of a tracemalloc snapshot by the innermost fastbp (or numpy) line that
+    allocated them, in MB and params-sizes."""
+    import collections
+    import linecache
+    sites = collections.Counter()
+    for trace in snap.traces:
+        frames = [f for f in trace.traceback if "/fastbp/" in f.filename]
+        f = frames[-1] if frames else trace.traceback[-1]
+        sites[(f.filename, f.lineno)] += trace.size
+    live = sum(sites.values())
+    lines = [f"\n{name}, {opt}, restore_on_divergence={restore}: peak {peak / 1e6:.3f} MB "
+             f"= {peak / P:.2f} x params; alive after epoch 0: {live / 1e6:.3f} MB"]
+    for (filename, lineno), size in sites.most_common():
+        if size < 0.005 * live:
+            break
+        code = linecache.getline(filename, lineno).strip()[:70]
+        lines.append(f"  {size / 1e6:8.3f} MB {size / P:5.2f} P  "
+                     f"{os.path.basename(filename)}:{lineno}  {code}")
+    return "\n".join(lines)
 
 
 def estimators(rounds):
@@ -658,6 +706,8 @@ def main():
     p.add_argument("--strategies", action="store_true",
                    help="fastbp's parallel strategies side by side instead")
     p.add_argument("--memory", action="store_true", help="fastbp's peak memory during fit")
+    p.add_argument("--breakdown", action="store_true",
+                   help="with --memory: what is alive after the first epoch, line by line")
     p.add_argument("--estimators", action="store_true",
                    help="fastbp.MLPClassifier vs scikit-learn's MLPClassifier instead")
     p.add_argument("--cuda", action="store_true",
@@ -678,7 +728,7 @@ def main():
         return cuda_compare(workloads, args.optimizer, args.rounds, n=args.samples,
                             torch_compile="torch compile" not in args.skip)
     if args.memory:
-        return memory()
+        return memory([w for w in args.workloads if w in WORKLOADS], args.breakdown)
     if args.estimators:
         return estimators(args.rounds)
     if args.compile:

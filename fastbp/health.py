@@ -25,12 +25,15 @@ class TrainingHealthWarning(UserWarning):
 
 
 class DivergenceError(FloatingPointError):
-    """The loss became NaN or infinite; the model was restored to the last good epoch."""
+    """The loss became NaN or infinite at step `step` of epoch `epoch`; the model was
+    restored to the last good epoch (`restored`), unless the fit was asked not to
+    (Trainer.fit(..., restore_on_divergence=False))."""
 
-    def __init__(self, message, epoch, step):
+    def __init__(self, message, epoch, step, restored=True):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+        self.restored = restored
 
 
 def _advice(history):

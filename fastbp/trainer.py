@@ -156,7 +156,7 @@ class Trainer:
         seed_seq = np.random.SeedSequence(self._cfg["seed"])
         init_ss, shuffle_ss, dropout_ss = seed_seq.spawn(3)
         self._dropout_seed = int(dropout_ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        params = np.empty_like(self.engine.params)
+        params = self.engine.params        # drawn in place: no second params-sized buffer
         init_params(params, self._layout, _config.hidden_activations(self._cfg),
                     self._cfg["init"], np.random.default_rng(init_ss))
         self.engine.init(params)
@@ -304,7 +304,8 @@ class Trainer:
     # ------------------------------------------------------------- public API
 
     def fit(self, X, y, validation_data=None, *, sample_weight=None, epochs=None, shuffle=None,
-            callbacks=None, progress=None, lr_schedule=None, on_divergence="raise"):
+            callbacks=None, progress=None, lr_schedule=None, on_divergence="raise",
+            restore_on_divergence=True):
         """Train for `epochs` (default: the constructor's) more epochs from the current
         parameters and optimizer state. Returns `history`.
 
@@ -316,8 +317,14 @@ class Trainer:
         fastbp.schedules), applied per epoch. on_divergence: when a loss becomes NaN or
         infinite, the parameters and optimizer state of the last good epoch are restored and
         fastbp.DivergenceError is raised ("raise") or a TrainingHealthWarning is given and fit
-        returns ("warn"). Vanishing, exploding or dead gradients and a loss that blew up
-        give one TrainingHealthWarning each (see `health()`).
+        returns ("warn"). restore_on_divergence: True keeps a copy of the parameters,
+        optimizer state, step, shuffling state and lr at the start of every epoch for that
+        roll-back (one params-sized buffer per optimizer buffer, plus one, allocated once
+        per fit); False keeps none and puts nothing back: the model stays as the diverging
+        epoch left it (its updates before the step whose loss was NaN or infinite; the
+        parameters may then be non-finite), for models whose copy would not fit in memory.
+        Vanishing, exploding or dead gradients and a loss that blew up give one
+        TrainingHealthWarning each (see `health()`).
         """
         rows = self.check_data(X, y, sample_weight)
         val = self._check_validation_data(validation_data)
@@ -329,6 +336,7 @@ class Trainer:
         if progress is not None:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
+        restore = _config._bool("restore_on_divergence", restore_on_divergence)
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
         note = schedule.check(self.epochs_done, epochs)
         if note:
@@ -354,12 +362,14 @@ class Trainer:
             with self.engine.compute(epochs_runner.plan):
                 for _ in range(epochs):
                     epoch = self.epochs_done
-                    good = self._snapshot(good)  # before the schedule moves lr
+                    if restore:
+                        good = self._snapshot(good)  # before the schedule moves lr
+                    step0 = self.step
                     if lr_schedule is not None:
                         self.lr = schedule.lr(epoch)
-                    if shuffle:                  # a fresh permutation of 0..n-1, in place
-                        order[:] = np.arange(n, dtype=order.dtype)
-                        self._rng.shuffle(order)
+                    if shuffle:                  # a fresh permutation of 0..n-1, in place:
+                        order.sort()             # sorting a permutation gives 0..n-1 back
+                        self._rng.shuffle(order)  # without an (n,) temporary per epoch
                     t0 = time.perf_counter()
                     loss_sum, correct, bad_step = epochs_runner.run(self._hyper,
                                                                     self._dropout_seed)
@@ -369,8 +379,10 @@ class Trainer:
                                              and np.isfinite(params.max())):
                         bad_step = norms.shape[0] - 1      # the epoch's last update blew up
                     if bad_step >= 0:
-                        self._restore(good)
-                        self._diverged(epoch, bad_step, on_divergence)
+                        if restore:
+                            self._restore(good)
+                        self._diverged(epoch, bad_step, on_divergence, restore,
+                                       self.step - step0)
                         break
                     logs = self._epoch_logs(rows, loss_sum, correct, norms, seconds)
                     if val is not None:
@@ -446,8 +458,19 @@ class Trainer:
     def _snapshot(self, snap=None):
         """What an epoch may change (the engine's params, optimizer state and step, and the
         shuffling generator and lr), copied into `snap` (buffers allocated once per fit,
-        not per epoch): restored when the epoch diverges."""
-        snap = self.engine.snapshot(None if snap is None else snap)
+        not per epoch): restored when the epoch diverges. Every bit of params, m and v can
+        change in an epoch and an update cannot be undone exactly in floating point, so an
+        exact roll-back needs the whole copy: (1 + optimizer buffers) x params bytes
+        (fit(..., restore_on_divergence=False) keeps none)."""
+        try:
+            snap = self.engine.snapshot(snap)
+        except MemoryError:                   # the first epoch's: the copy is allocated
+            eng = self.engine                 # once, then reused
+            size = (eng.params.nbytes + eng.m.nbytes + eng.v.nbytes) / 1e6
+            raise MemoryError(f"no memory for the copy of the parameters and optimizer "
+                              f"state ({size:,.1f} MB) that fit keeps to undo a divergence; "
+                              "fit(..., restore_on_divergence=False) trains without "
+                              "it") from None
         snap.update(rng_state=self._rng.bit_generator.state, lr=self.lr)
         return snap
 
@@ -456,18 +479,27 @@ class Trainer:
         self._rng.bit_generator.state = snap["rng_state"]
         self.lr = snap["lr"]
 
-    def _diverged(self, epoch, bad_step, on_divergence):
+    def _diverged(self, epoch, bad_step, on_divergence, restored=True, updates=0):
+        """Raise or warn after a divergence at step `bad_step` of `epoch`; `restored`: the
+        last good epoch was put back; otherwise the epoch made `updates` updates."""
         cfg = self._cfg
         hints = [f"a smaller lr (now {self.lr:g})"]
         if cfg["clip_norm"] is None:
             hints.append("clip_norm=1.0")
         hints.append("standardised inputs (and targets, for mse)")
+        if restored:
+            what = (f"The parameters and optimizer state of the last good epoch "
+                    f"({epoch - 1 if epoch else 'the start'}) are restored.")
+        else:
+            params = self.engine.params
+            finite = bool(np.isfinite(params.min()) and np.isfinite(params.max()))
+            what = (f"Nothing was restored (restore_on_divergence=False): the model is as "
+                    f"that epoch left it, after {updates} of its updates"
+                    f"{'' if finite else ', with non-finite parameters'}.")
         message = (f"training diverged at epoch {epoch}, step {bad_step} of that epoch: the "
-                   f"loss became NaN or infinite. The parameters and optimizer state of the "
-                   f"last good epoch ({epoch - 1 if epoch else 'the start'}) are restored. "
-                   f"Try {', '.join(hints)}.")
+                   f"loss became NaN or infinite. {what} Try {', '.join(hints)}.")
         if on_divergence == "raise":
-            raise DivergenceError(message, epoch, bad_step)
+            raise DivergenceError(message, epoch, bad_step, restored)
         warnings.warn(message, TrainingHealthWarning, stacklevel=3)
 
     def health(self):
