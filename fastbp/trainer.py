@@ -367,9 +367,9 @@ class Trainer:
                     step0 = self.step
                     if lr_schedule is not None:
                         self.lr = schedule.lr(epoch)
-                    if shuffle:                  # a fresh permutation of 0..n-1, in place:
-                        order.sort()             # sorting a permutation gives 0..n-1 back
-                        self._rng.shuffle(order)  # without an (n,) temporary per epoch
+                    if shuffle:                  # a fresh permutation of 0..n-1, in place
+                        _iota(order)             # (no (n,) temporary per epoch)
+                        self._rng.shuffle(order)
                     t0 = time.perf_counter()
                     loss_sum, correct, bad_step = epochs_runner.run(self._hyper,
                                                                     self._dropout_seed)
@@ -596,6 +596,14 @@ class Trainer:
                 f"loss={c['loss']!r}, optimizer={c['optimizer']!r}, lr={c['lr']}, "
                 f"batch_size={c['batch_size']}, epochs={c['epochs']}, "
                 f"target={c['target']!r}, dtype={c['dtype']!r}, seed={c['seed']!r})")
+
+
+def _iota(order):
+    """order[:] = 0, 1, ..., n-1 in place, in O(n) and without a temporary."""
+    if order.shape[0]:
+        order.fill(1)
+        order[0] = 0
+        np.cumsum(order, out=order)
 
 
 def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False):

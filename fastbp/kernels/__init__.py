@@ -45,8 +45,8 @@ class Kernels:
         self.suffix = "serial" if target == "cpu" else "parallel"
 
     def _kernel(self, kind, rows, lazy=0.0):
-        from .variants import mode, variant
-        return getattr(variant(mode(rows, lazy)), f"{kind}_{self.suffix}")
+        from . import variants
+        return getattr(variants.variant(variants.mode(rows, lazy)), f"{kind}_{self.suffix}")
 
     def train_epoch(self, state, slabs, ws, rows, order, net, hyper, *rest):
         return self._kernel("train_epoch", rows, hyper.lazy)(state, slabs, ws, rows, order,
