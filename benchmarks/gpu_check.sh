@@ -6,7 +6,7 @@
 # for real at the small and the default block sizes, and optionally benchmarks/compare.py
 # --cuda. Every log goes to $OUT (the device tool's folder that comes back) or ./gpu-out.
 # Uses the python3 that holds numba-cuda and torch there (PYTHONPATH=., nothing installed).
-# Time limits (s): GRAPHS_S (150), SUITE_S (240), BENCH_S (0: compare.py --cuda without
+# Time limits (s): GRAPHS_S (150), SUITE_S (220), BENCH_S (0: compare.py --cuda without
 # torch.compile not run), COMPILED_S (0: with it, not run), WHOLE_S (0); WORKLOADS limits
 # compare.py's workloads. The defaults fit in about 7 minutes.
 #   bash benchmarks/gpu_check.sh [pytest-args...]
@@ -16,7 +16,7 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 # give it the alias for these runs only (fastbp itself never uses it)
 SHIM=$(mktemp -d); printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' > "$SHIM/sitecustomize.py"
 export PYTHONPATH=$PWD:$SHIM PYTHONUNBUFFERED=1
-SUITE_S=${SUITE_S:-240} BENCH_S=${BENCH_S:-0} GRAPHS_S=${GRAPHS_S:-150}
+SUITE_S=${SUITE_S:-220} BENCH_S=${BENCH_S:-0} GRAPHS_S=${GRAPHS_S:-150}
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import sys, numpy, numba, numba_cuda, sklearn; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, 'sklearn', sklearn.__version__)"

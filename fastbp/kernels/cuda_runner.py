@@ -22,7 +22,6 @@ are gathered on the device, and the host reads nothing back until the epoch's en
 per-step losses, correct counts and gradient norms, the divergence status, and params and
 optimizer state (the Trainer's). Streamed data adds its chunks between steps.
 """
-import math
 import os
 import warnings
 
@@ -607,7 +606,7 @@ class _Steps:
                     size = min(m, GRAPH_STEPS)
                     graph = self.graphs.get(size)
                     if graph is None:
-                        graph = self.graphs[size] = capture_graph(net.cuda, self.launches, size)
+                        graph = self.graphs[size] = capture_graph(self.launches, size)
                     launch_graph(graph[0], net)
                     self.counts["graph_steps"] += size
                     self.counts["graph_launches"] += 1
@@ -622,16 +621,12 @@ class _Steps:
         self.counts["plain_steps"] += m
 
 
-def capture_graph(cuda, launches, repeats):
+def capture_graph(launches, repeats):
     """(graph, its builder): a CUDA graph (cuda.core) of `repeats` times the `launches`
     ((kernel, grid, block, args) each), captured from numba-cuda's launches on a graph
     builder's stream. Nothing runs: the kernels' arguments, device pointers included, are
     recorded as they are. Raises whatever the capture raises."""
-    from cuda.core import Device
-
-    device = Device(cuda.get_current_device().id)
-    device.set_current()          # numba-cuda's primary context: a no-op when current
-    builder = device.create_graph_builder()
+    builder = cuda_backend.graph_builder()
     builder.begin_building()
     try:
         with warnings.catch_warnings():
@@ -656,14 +651,13 @@ def launch_graph(graph, net):
     the driver refuse the default stream for a graph, a stream of numba-cuda's own: those
     synchronise with the default stream (CU_STREAM_DEFAULT), which keeps the same order.
     `net.graph_stream` says which."""
-    from numba.cuda.cudadrv import driver
     if net.graph_stream is None:
         try:
-            graph.launch(driver._to_core_stream(0))
-            net.graph_stream, net._graph_stream = "default", driver._to_core_stream(0)
+            graph.launch(cuda_backend.core_stream(0))
+            net.graph_stream, net._graph_stream = "default", cuda_backend.core_stream(0)
             return
         except Exception as e:
             net._numba_stream = net.cuda.stream()
-            net._graph_stream = driver._to_core_stream(net._numba_stream)
+            net._graph_stream = cuda_backend.core_stream(net._numba_stream)
             net.graph_stream = f"a blocking stream (the default one refused: {e})"
     graph.launch(net._graph_stream)

@@ -320,7 +320,7 @@ class _ReplayedGraph:
 def _fake_graphs(monkeypatch, net, fail=False):
     captured = []
 
-    def capture(cuda, launches, repeats):
+    def capture(launches, repeats):
         captured.append(repeats)
         if fail:
             raise RuntimeError("capture refused (test)")
