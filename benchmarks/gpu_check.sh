@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # One prepared pass over a lent GPU machine (see the README's GPU section): what the machine
-# is, the CUDA suite for real at the small and the default block sizes, the GPU kernels'
-# first-use compile time per dtype, and benchmarks/compare.py --cuda. Every log goes to
-# $OUT (the device tool's folder that comes back) or ./gpu-out. Uses the python3 that holds
-# numba-cuda and torch there (PYTHONPATH=., nothing installed).
+# is, the GPU kernels' first-use compile time per dtype (and the launch path a fit took:
+# CUDA graphs or plain launches), benchmarks/gpu_graphs.py (every workload with CUDA graphs,
+# with plain launches, and PyTorch eager; per step; same params bit for bit), the CUDA suite
+# for real at the small and the default block sizes, and optionally benchmarks/compare.py
+# --cuda. Every log goes to $OUT (the device tool's folder that comes back) or ./gpu-out.
+# Uses the python3 that holds numba-cuda and torch there (PYTHONPATH=., nothing installed).
+# Time limits (s): GRAPHS_S (150), SUITE_S (220), BENCH_S (0: compare.py --cuda without
+# torch.compile not run), COMPILED_S (0: with it, not run), WHOLE_S (0); WORKLOADS limits
+# compare.py's workloads. The defaults fit in about 7 minutes.
 #   bash benchmarks/gpu_check.sh [pytest-args...]
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -11,7 +16,7 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 # give it the alias for these runs only (fastbp itself never uses it)
 SHIM=$(mktemp -d); printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' > "$SHIM/sitecustomize.py"
 export PYTHONPATH=$PWD:$SHIM PYTHONUNBUFFERED=1
-SUITE_S=${SUITE_S:-240} BENCH_S=${BENCH_S:-200}
+SUITE_S=${SUITE_S:-220} BENCH_S=${BENCH_S:-0} GRAPHS_S=${GRAPHS_S:-150}
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import sys, numpy, numba, numba_cuda, sklearn; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, 'sklearn', sklearn.__version__)"
@@ -36,20 +41,29 @@ for dtype in ("float32", "float64"):
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     t.fit(X, y, epochs=1, progress=False)
+    net = t.engine.device()
     print(f"{dtype}: first fit {first:.2f} s (kernel compile included), second "
-          f"{time.perf_counter() - t0:.3f} s")
+          f"{time.perf_counter() - t0:.3f} s; launch path {net.launch_path} "
+          f"{net.launch_counts}; graph error {net.graph_error}; stream {net.graph_stream}")
 PY
 cat "$OUT/compile.txt"
+
+echo "== CUDA graphs vs plain launches vs PyTorch eager (benchmarks/gpu_graphs.py)"
+timeout "$GRAPHS_S" python3 benchmarks/gpu_graphs.py --rounds 3 > "$OUT/graphs.txt" \
+  2> "$OUT/graphs.err"
+echo "graphs exit $?"; cat "$OUT/graphs.txt"; tail -20 "$OUT/graphs.err"
 
 echo "== CUDA suite"
 FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" python3 -m pytest tests/cuda -q -p no:cacheprovider \
   -rfE "$@" > "$OUT/cuda_suite.txt" 2>&1
 echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
 
-echo "== compare --cuda (eager PyTorch; then with torch.compile, which compiles per shape)"
-[ "$BENCH_S" != 0 ] && timeout "$BENCH_S" python3 benchmarks/compare.py --cuda --rounds 3 --skip "torch compile" \
-  ${WORKLOADS:+--workloads $WORKLOADS} > "$OUT/compare_cuda.txt" 2> "$OUT/compare_cuda.err"
-echo "compare exit $?"; cat "$OUT/compare_cuda.txt"; tail -20 "$OUT/compare_cuda.err"
+if [ "$BENCH_S" != 0 ]; then
+  echo "== compare --cuda (eager PyTorch; then with torch.compile, which compiles per shape)"
+  timeout "$BENCH_S" python3 benchmarks/compare.py --cuda --rounds 3 --skip "torch compile" \
+    ${WORKLOADS:+--workloads $WORKLOADS} > "$OUT/compare_cuda.txt" 2> "$OUT/compare_cuda.err"
+  echo "compare exit $?"; cat "$OUT/compare_cuda.txt"; tail -20 "$OUT/compare_cuda.err"
+fi
 if [ "${COMPILED_S:-0}" != 0 ]; then
   timeout "$COMPILED_S" python3 benchmarks/compare.py --cuda --rounds 3 \
     ${WORKLOADS:+--workloads $WORKLOADS} > "$OUT/compare_cuda_compiled.txt" \

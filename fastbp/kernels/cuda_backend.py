@@ -64,3 +64,24 @@ def describe():
     name = device.name.decode() if isinstance(device.name, bytes) else device.name
     return f"{name} (compute capability {device.compute_capability[0]}." \
            f"{device.compute_capability[1]})"
+
+
+def graph_builder():
+    """A `cuda.core` GraphBuilder on numba-cuda's current device (its primary context, made
+    current: a no-op when it is), not yet building. numba-cuda (0.30) takes one as the
+    stream of a launch, `kernel[grid, block, builder](...)`, which records the launch
+    instead of running it."""
+    from cuda.core import Device
+
+    device = Device(_import_cuda().get_current_device().id)
+    device.set_current()
+    return device.create_graph_builder()
+
+
+def core_stream(stream=0):
+    """The `cuda.core` Stream that numba-cuda launches on for `stream` (0: its default
+    stream; or a stream from ``numba.cuda.stream()``): a graph launched there is ordered
+    with numba-cuda's launches and copies as they are with each other."""
+    from numba.cuda.cudadrv import driver
+
+    return driver._to_core_stream(stream)

@@ -6,21 +6,32 @@ batch size. `DeviceData` moves a data set to the device once per fit, or, when i
 fit in the share of free GPU memory set by RESIDENT_FRACTION, keeps the labels and the row
 order there and streams X in large chunks of already shuffled rows.
 
-An epoch is a sequence of asynchronous launches, 2 per layer and 4 more per step
-(see `train_epoch`). Before it, the host sends params, optimizer state and the epoch's
-permutation (drawn from the same generator as on the CPU, so a seed gives the same run);
-rows are gathered on the device, and the host reads nothing back until the epoch's end: the
+A training step is 2L + 4 kernel launches (see `_step_launches`). Their arguments are the
+same for every step of a fit: each step's scalars (its rows, step number, batch weight,
+weight decay, Adam's step size) and the epoch's settings are in small device tables that
+the host fills once per epoch, and the kernels find their step through a cursor on the
+device that step_stats advances (gpu.py's docstring). So on a GPU the launches of a step
+are captured once per fit as a CUDA graph (GRAPH_STEPS steps per graph) and an epoch is a
+few graph launches; the plain launches, the same kernels with the same arguments, are the
+path under the simulator, with FASTBP_CUDA_GRAPHS=0, and the fallback when a capture or a
+graph launch fails (`CudaNetwork.launch_path` and `graph_error` say what ran and why).
+
+Before an epoch the host sends params, optimizer state, the epoch's permutation (drawn from
+the same generator as on the CPU, so a seed gives the same run) and the step tables; rows
+are gathered on the device, and the host reads nothing back until the epoch's end: the
 per-step losses, correct counts and gradient norms, the divergence status, and params and
-optimizer state (the Trainer's). Launch arguments are the only per-step traffic, besides
-the chunks of streamed data.
+optimizer state (the Trainer's). Streamed data adds its chunks between steps.
 """
-import math
+import os
 import warnings
 
 import numpy as np
 
 from . import cuda_backend, gpu
-from .codes import ADAMW
+from .codes import ADAM, ADAMW
+from .gpu import (ALPHA, BETA1, BETA2, CLIP_NORM, DECAY, EPOCH_F_LEN, EPOCH_I_LEN, EPS,
+                  INV_COUNT, INV_SQRT_BC2, LO, LR, MOMENTUM, NESTEROV, ROWS, SEED, SHRINK,
+                  STEP, STEP_SIZE, STEPS_F_COLS, STEPS_I_COLS)
 from .optim import adam_step_size
 
 # A data set is moved to the GPU whole when X takes at most this share of its free memory;
@@ -30,6 +41,19 @@ RESIDENT_FRACTION = 0.5
 MAX_RESIDENT_BYTES = None
 CHUNK_BYTES = 256 * 2**20
 EVAL_ROWS = 1024       # rows per launch when evaluating, predicting or taking a gradient
+# Training steps per captured CUDA graph: an epoch of S steps is S // GRAPH_STEPS launches of
+# that graph and one of a graph of the remaining steps (each captured once per fit).
+# Capturing costs about one plain step per captured step, once.
+GRAPH_STEPS = 16
+GRAPHS_ENV = "FASTBP_CUDA_GRAPHS"     # "0" (or off/false/no): plain launches only
+
+
+def graphs_wanted():
+    """Whether training may replay CUDA graphs: not under the simulator (it has none), nor
+    with FASTBP_CUDA_GRAPHS=0 in the environment (read at every epoch)."""
+    if cuda_backend.simulator_enabled():
+        return False
+    return os.environ.get(GRAPHS_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _blocks(n, per_block):
@@ -126,7 +150,14 @@ class Workspace:
 class CudaNetwork:
     """A Trainer's network on the GPU: flat params, gradient and optimizer state buffers in
     the CPU's layout, with views of every W_l and b_l, and the launches of forward,
-    backward, a training epoch, evaluation and prediction."""
+    backward, a training epoch, evaluation and prediction.
+
+    After each training epoch `launch_path` says how its steps ran: "graph" (replayed
+    CUDA graphs; the first step of a fit runs plainly, loading the kernels before the
+    capture), "plain" (kernel launches from Python), or "graph+plain" (a graph failed
+    mid-epoch and the plain launches took over), and `launch_counts` how many steps ran
+    each way; `graph_error` keeps the first capture or graph-launch failure, after which
+    this network launches plainly."""
 
     def __init__(self, layout, dtype, act, dropout, loss_code, opt_code, has_m, has_v):
         self.cuda = cuda = cuda_backend.load()
@@ -162,12 +193,21 @@ class CudaNetwork:
         self.block_layer = cuda.to_device(block_layer)
         self.block_layer_host = block_layer
         self.block_sq = cuda.device_array(self.n_blocks, dtype=np.float64)
+        self.no_wsq = cuda.device_array((1, self.n_blocks), dtype=np.float64)  # placeholder
         self.clip = cuda.to_device(np.ones(1, dtype=self.dtype))
-        self.status = cuda.to_device(np.zeros(2, dtype=np.int64))
+        # (diverged, the step that diverged, the step cursor): one upload resets all three
+        self.status = cuda.to_device(np.zeros(3, dtype=np.int64))
+        self.cursor = self.status[2:]
+        self._zero = cuda.to_device(np.zeros(1, dtype=np.int64))   # evaluation's cursor
+        self._eval_epoch_i = cuda.to_device(np.zeros(EPOCH_I_LEN, dtype=np.int64))
         self._workspaces = {}
         self._launchers = {}
         self._simulated = cuda_backend.simulator_enabled()
         self._eval_index = cuda.to_device(np.zeros(1, dtype=np.int64))
+        self.launch_path = None
+        self.launch_counts = {}
+        self.graph_error = None
+        self.graph_stream = None
 
     # ----------------------------------------------------------------- transfers
 
@@ -216,113 +256,139 @@ class CudaNetwork:
             launcher = self._launchers[key] = configure_quietly(kernel, grid, block)
         return launcher
 
-    def _product(self, kernel, x_extent, y_extent):
-        """A 2-D product kernel over (x_extent, y_extent) elements, BT x BT per block."""
+    def _run(self, launches):
+        """Launch a list of (kernel, grid, block, args) on numba-cuda's default stream."""
+        for kernel, grid, block, args in launches:
+            self._launch(kernel, grid, block)(*args)
+
+    def _product_grid(self, x_extent, y_extent):
+        """The grid of a 2-D product kernel over (x_extent, y_extent) elements, BT x BT per
+        block."""
         bt = self.k.block_tile
-        return self._launch(kernel, (_blocks(x_extent, bt), _blocks(y_extent, bt)),
-                            (self.k.tile, self.k.tile))
+        return (_blocks(x_extent, bt), _blocks(y_extent, bt))
 
-    def _grid_stride(self, kernel, n):
-        """A 1-D grid-stride kernel over n elements (the optimizer)."""
-        threads = self.k.threads
-        return self._launch(kernel, min(_blocks(n, threads), 1024), threads)
-
-    def forward(self, ws, A0, gather, idx, lo, n_rows, seed, step, training):
-        """Every layer's Z and hidden A for n_rows rows: row r of the input is
-        A0[idx[lo + r]] (gather) or A0[r]."""
-        A, g = A0, gather
+    def _forward_launches(self, ws, A0, gather, a_mod, idx, training, tables, cursor, shift):
+        """Every layer's Z and hidden A for the rows of step cursor[0] + shift of `tables`
+        (steps_i, steps_f, epoch_i), at most ws.rows rows: row r of the input is
+        A0[idx[lo + r]] (gather), A0[r + lo % a_mod] (a_mod > 0) or A0[r]."""
+        steps_i, _, epoch_i = tables
+        tile = (self.k.tile, self.k.tile)
+        launches = []
+        A, g, mod = A0, gather, a_mod
         for l in range(self.L):
             hidden = l < self.L - 1
             out = ws.A[l + 1] if hidden else ws.Z[l]
             rate = self.dropout[l] if training and hidden and self.dropout else 0.0
-            self._product(self.k.linear_forward, n_rows, self.sizes[l + 1])(
-                ws.Z[l], out, A, idx, lo, g, self.W[l], self.b[l], n_rows, hidden,
-                self.act[l] if hidden else 0, rate, seed, step, l)
-            A, g = out, False
+            launches.append((self.k.linear_forward, self._product_grid(ws.rows, self.sizes[l + 1]),
+                             tile, (ws.Z[l], out, A, idx, g, mod, self.W[l], self.b[l], hidden,
+                                    self.act[l] if hidden else 0, rate, l, steps_i, epoch_i,
+                                    cursor, shift)))
+            A, g, mod = out, False, 0
+        return launches
 
-    def loss(self, ws, data, idx, lo, n_rows, inv_count, out_lo, row_loss, row_correct,
-             want_grad):
+    def _loss_launch(self, ws, data, idx, row_loss, row_correct, out_at_lo, want_grad, tables,
+                     cursor, shift):
+        steps_i, steps_f, _ = tables
         L = self.L
-        self._launch(self.k.loss_delta, _blocks(n_rows, self.k.threads), self.k.threads)(
-            ws.D[L - 1], ws.Z[L - 1], idx, lo, n_rows, data.labels, data.targets,
-            data.row_weight, data.weighted, self.loss_code, self.F(inv_count), row_loss,
-            row_correct, out_lo, want_grad)
+        return (self.k.loss_delta, _blocks(ws.rows, self.k.threads), self.k.threads,
+                (ws.D[L - 1], ws.Z[L - 1], idx, data.labels, data.targets, data.row_weight,
+                 data.weighted, self.loss_code, row_loss, row_correct, out_at_lo, want_grad,
+                 steps_i, steps_f, cursor, shift))
 
-    def backward(self, ws, A0, gather, idx, lo, n_rows, seed, step, training, accumulate):
+    def _backward_launches(self, ws, A0, gather, a_mod, idx, training, accumulate, tables,
+                           cursor, shift):
         """The chain rule, output to input, one launch per layer: dW_l, db_l (added to the
-        gradient buffer when accumulate) and the delta D[l-1] of the layer below."""
+        gradient buffer when accumulate and the rows do not start at 0) and the delta
+        D[l-1] of the layer below. Grids for ws.rows rows."""
+        steps_i, _, epoch_i = tables
         bt = self.k.block_tile
+        launches = []
         for l in range(self.L - 1, -1, -1):
             n_in, n_out = self.sizes[l], self.sizes[l + 1]
             blocks = _blocks(n_out, bt) * _blocks(n_in, bt)
             if l > 0:
-                A, g = ws.A[l], False
-                blocks += _blocks(n_rows, bt) * _blocks(n_in, bt)
+                A, g, mod = ws.A[l], False, 0
+                blocks += _blocks(ws.rows, bt) * _blocks(n_in, bt)
                 dA, Z_prev, act = ws.D[l - 1], ws.Z[l - 1], self.act[l - 1]
                 rate = self.dropout[l - 1] if training and self.dropout else 0.0
             else:                       # no input gradient: placeholders, never read
-                A, g = A0, gather
+                A, g, mod = A0, gather, a_mod
                 dA = Z_prev = ws.D[0]
                 act, rate = 0, 0.0
-            self._launch(self.k.linear_backward, blocks, (self.k.tile, self.k.tile))(
-                dA, self.dW[l], self.db[l], ws.D[l], A, self.W[l], Z_prev,
-                ws.A[l] if l > 0 else Z_prev, idx, lo, g, n_rows, accumulate, act, rate,
-                seed, step, l - 1)
+            launches.append((self.k.linear_backward, blocks, (self.k.tile, self.k.tile),
+                             (dA, self.dW[l], self.db[l], ws.D[l], A, self.W[l], Z_prev,
+                              ws.A[l] if l > 0 else Z_prev, idx, g, mod, accumulate, act,
+                              rate, l - 1, steps_i, epoch_i, cursor, shift)))
+        return launches
 
     # --------------------------------------------------------------- training
+
+    def _step_launches(self, ws, data, buffers, weight_records):
+        """The 2L + 4 launches of one training step, the same for every step of a fit (the
+        step's scalars are read on the device; see gpu.py): forward, loss, backward, the
+        gradient's (and with weight records the weights') per-block sums of squares, the
+        step's statistics (which advance the cursor), the optimizer update."""
+        k, cursor = self.k, self.cursor
+        tables = (buffers["steps_i"], buffers["steps_f"], buffers["epoch_i"])
+        if data.streamed:            # the chunk that holds the step's rows, from its start
+            A0, gather, a_mod = data.X, False, data.chunk_rows
+        else:                        # the epoch's shuffled rows, gathered
+            A0, gather, a_mod = data.X, True, 0
+        launches = self._forward_launches(ws, A0, gather, a_mod, data.order, True, tables,
+                                          cursor, 0)
+        launches.append(self._loss_launch(ws, data, data.order, ws.row_loss, ws.row_correct,
+                                          False, True, tables, cursor, 0))
+        launches += self._backward_launches(ws, A0, gather, a_mod, data.order, True, False,
+                                            tables, cursor, 0)
+        wsq = buffers["wsq"] if weight_records else self.no_wsq
+        launches.append((k.grad_block_norms, self.n_blocks, k.threads,
+                         (self.grads, self.params, self.block_lo, self.block_hi,
+                          self.block_sq, wsq, weight_records, cursor, 0)))
+        launches.append((k.step_stats, 1, k.threads,
+                         (ws.row_loss, ws.row_correct, self.block_sq, self.block_layer,
+                          buffers["norms"], buffers["epoch_d"], self.clip, self.status,
+                          buffers["loss"], buffers["correct"], buffers["steps_i"], cursor)))
+        launches.append((k.optimizer_update,
+                         min(_blocks(self.layout.n_params, k.threads), 1024), k.threads,
+                         (self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
+                          self.opt_code, buffers["epoch_f"], buffers["epoch_i"],
+                          buffers["steps_f"], self.clip, self.status, cursor, -1)))
+        return launches
 
     def train_epoch(self, data, order, batch_size, hyper, step, seed, norms, buffers):
         """One epoch over `data` in the row order `order` (host int64), as
         cpu.train_epoch: returns (sum of the rows' losses, correct predictions, step after
         the epoch, -1 or the index of the step whose loss was NaN/inf). norms (S, L + 1)
         (host) receives the per-step gradient norms, or (S, L + 3) also the step records of
-        cpu.train_epoch. `buffers` are the per-fit device
-        arrays from `epoch_buffers`."""
-        k, F = self.k, self.F
+        cpu.train_epoch. `buffers` are the per-fit device arrays from `epoch_buffers`; the
+        step's launches (and their CUDA graphs) are kept there too, for the fit."""
         n, B, L = data.n, batch_size, self.L
         n_steps = -(-n // B)
         ws = self.workspace(min(B, n))
-        data.set_order(order)
-        self.status.copy_to_device(np.zeros(2, dtype=np.int64))
-        inv_counts = self._inverse_counts(data, order, B)
-        opt = self._optimizer_scalars(hyper)
-        decays = self._decays(hyper, inv_counts)       # per step: (decay, adamw's shrink)
-        clip_norm = float(hyper.clip)
-        block_norms = self._launch(k.grad_block_norms, self.n_blocks, k.threads)
-        step_stats = self._launch(k.step_stats, 1, k.threads)
-        update = self._grid_stride(k.optimizer_update, self.layout.n_params)
         records = norms.shape[1] > L + 1           # see cpu.train_epoch
         weight_records = norms.shape[1] > L + 2
         if weight_records and "wsq" not in buffers:
             buffers["wsq"] = self.cuda.device_array((n_steps, self.n_blocks), dtype=np.float64)
-        for s in range(n_steps):
-            lo = s * B
-            n_rows = min(B, n - lo)
-            t = step + s + 1                  # the step being taken (dropout masks, Adam)
-            if data.streamed:
-                c_lo = lo - lo % data.chunk_rows
-                if lo == c_lo:
-                    data.chunk(c_lo)
-                A0, gather = data.X[lo - c_lo:lo - c_lo + n_rows], False
-            else:
-                A0, gather = data.X, True
-            self.forward(ws, A0, gather, data.order, lo, n_rows, seed, t, True)
-            self.loss(ws, data, data.order, lo, n_rows, inv_counts[s], 0, ws.row_loss,
-                      ws.row_correct, True)
-            self.backward(ws, A0, gather, data.order, lo, n_rows, seed, t, True, False)
-            block_norms(self.grads, self.block_lo, self.block_hi, self.block_sq)
-            step_stats(
-                ws.row_loss, ws.row_correct, n_rows, self.block_sq, self.block_layer,
-                buffers["norms"], s, clip_norm, self.clip, self.status, buffers["loss"],
-                buffers["correct"])
-            if weight_records:            # the weights before this step's update
-                block_norms(self.params, self.block_lo, self.block_hi, buffers["wsq"][s])
-            bc1 = 1.0 - hyper.beta1 ** t
-            bc2 = 1.0 - hyper.beta2 ** t
-            update(
-                self.params, self.grads, self.m, self.v, self.b_off_d, self.sizes_d,
-                self.opt_code, *opt, decays[s][0], *self._adam_scalars(hyper, bc1, bc2),
-                decays[s][1], self.clip, self.status)
+        data.set_order(order)
+        self._upload_tables(buffers, data, order, B, hyper, step, seed)
+        self.status.copy_to_device(np.zeros(3, dtype=np.int64))    # the cursor at step 0
+        key = (id(ws), id(data), n_steps, weight_records)
+        steps = buffers.get("steps")
+        if steps is None or steps.key != key:
+            steps = buffers["steps"] = _Steps(
+                self, key, self._step_launches(ws, data, buffers, weight_records),
+                (ws, data))
+        steps.begin_epoch()
+        if data.streamed:         # each chunk uploaded after the steps before it have run
+            per_chunk = data.chunk_rows // B
+            for c_lo in range(0, n, data.chunk_rows):
+                data.chunk(c_lo)
+                first = c_lo // B
+                steps.run(min(first + per_chunk, n_steps) - first)
+        else:
+            steps.run(n_steps)
+        self.launch_path = steps.path()
+        self.launch_counts = dict(steps.counts, graphs_captured=len(steps.graphs))
         status = self.status.copy_to_host()
         bad = int(status[1]) if status[0] else -1
         done = bad if bad >= 0 else n_steps
@@ -337,11 +403,49 @@ class CudaNetwork:
         return float(losses.sum()), int(correct.sum()), step + done, bad
 
     def epoch_buffers(self, n_steps):
-        """Per-fit device arrays of the per-step results."""
-        cuda = self.cuda
+        """Per-fit device arrays: the per-step results, and the step tables the host fills
+        every epoch (gpu.py's docstring)."""
+        cuda, F = self.cuda, self.dtype
         return {"loss": cuda.device_array(n_steps, dtype=np.float64),
                 "correct": cuda.device_array(n_steps, dtype=np.int64),
-                "norms": cuda.device_array((n_steps, self.L + 1), dtype=np.float64)}
+                "norms": cuda.device_array((n_steps, self.L + 1), dtype=np.float64),
+                "steps_i": cuda.device_array((n_steps, STEPS_I_COLS), dtype=np.int64),
+                "steps_f": cuda.device_array((n_steps, STEPS_F_COLS), dtype=F),
+                "epoch_f": cuda.device_array(EPOCH_F_LEN, dtype=F),
+                "epoch_i": cuda.device_array(EPOCH_I_LEN, dtype=np.int64),
+                "epoch_d": cuda.device_array(1, dtype=np.float64)}
+
+    def _upload_tables(self, buffers, data, order, B, hyper, step, seed):
+        """This epoch's per-step and per-epoch scalars, computed as the plain launches'
+        arguments used to be (the same values in the same dtypes, so results do not depend
+        on how the steps are launched), into the device tables: one copy each."""
+        F, n = self.F, data.n
+        lo = np.arange(0, n, B, dtype=np.int64)
+        S = lo.shape[0]
+        steps_i = np.empty((S, STEPS_I_COLS), dtype=np.int64)
+        steps_i[:, LO] = lo
+        steps_i[:, ROWS] = np.minimum(B, n - lo)
+        steps_i[:, STEP] = np.arange(step + 1, step + S + 1)    # the step taken: dropout, Adam
+        inv_counts = self._inverse_counts(data, order, B)
+        decay, shrink = self._decays(hyper, inv_counts)
+        steps_f = np.zeros((S, STEPS_F_COLS), dtype=self.dtype)
+        steps_f[:, INV_COUNT] = inv_counts
+        steps_f[:, DECAY] = decay
+        steps_f[:, SHRINK] = shrink
+        if self.opt_code in (ADAM, ADAMW):
+            steps_f[:, STEP_SIZE], steps_f[:, INV_SQRT_BC2] = self._adam_scalars(hyper, step, S)
+        epoch_f = np.zeros(EPOCH_F_LEN, dtype=self.dtype)
+        for col, value in ((LR, hyper.lr), (MOMENTUM, hyper.momentum), (BETA1, hyper.beta1),
+                           (BETA2, hyper.beta2), (EPS, hyper.eps), (ALPHA, hyper.alpha)):
+            epoch_f[col] = F(value)
+        epoch_i = np.zeros(EPOCH_I_LEN, dtype=np.int64)
+        epoch_i[SEED] = seed
+        epoch_i[NESTEROV] = hyper.nesterov != 0.0
+        epoch_d = np.zeros(1, dtype=np.float64)
+        epoch_d[CLIP_NORM] = hyper.clip
+        for name, host in (("steps_i", steps_i), ("steps_f", steps_f), ("epoch_f", epoch_f),
+                           ("epoch_i", epoch_i), ("epoch_d", epoch_d)):
+            buffers[name][:host.shape[0]].copy_to_device(host)
 
     def _inverse_counts(self, data, order, B):
         """Per step: 1 / rows, or 1 / the batch's total weight (0 for a weightless batch),
@@ -355,46 +459,52 @@ class CudaNetwork:
         with np.errstate(divide="ignore"):
             return np.where(totals > 0, self.F(1) / totals, self.F(0)).astype(self.dtype)
 
-    def _adam_scalars(self, hyper, bc1, bc2):
-        """Adam's step size and 1/sqrt(bc2) as optim.adam_step_size makes them."""
+    def _adam_scalars(self, hyper, step, S):
+        """Per step t = step + 1 ... step + S: Adam's step size and 1/sqrt(bc2) as
+        optim.adam_step_size makes them from bc1 = 1 - beta1^t, bc2 = 1 - beta2^t (the
+        powers as Python floats, as cpu.bias_corrections's; the rest elementwise IEEE
+        operations, the same in NumPy)."""
+        ts = range(step + 1, step + S + 1)
+        bc1 = 1.0 - np.array([hyper.beta1 ** t for t in ts], dtype=np.float64)
+        bc2 = 1.0 - np.array([hyper.beta2 ** t for t in ts], dtype=np.float64)
         step_size, inv_sqrt_bc2 = adam_step_size.py_func(hyper, bc1, bc2)
-        return self.F(step_size), self.F(inv_sqrt_bc2)
-
-    def _optimizer_scalars(self, hyper):
-        """lr, momentum, nesterov, beta1, beta2, eps, alpha in the kernel's order."""
-        F = self.F
-        return (F(hyper.lr), F(hyper.momentum), bool(hyper.nesterov != 0.0),
-                F(hyper.beta1), F(hyper.beta2), F(hyper.eps), F(hyper.alpha))
+        return (np.asarray(step_size, dtype=np.float64).astype(self.dtype),
+                np.asarray(inv_sqrt_bc2, dtype=np.float64).astype(self.dtype))
 
     def _decays(self, hyper, inv_counts):
         """Per step (decay, shrink) as optim.step_decay and update_segment make them: decay
         0 and shrink 1 - lr*decay for adamw, else (decay, 1); the decay per unit of batch
         weight under hyper.decay_per_weight."""
-        F = self.F
+        S = inv_counts.shape[0]
         if hyper.decay_per_weight != 0.0:
-            per_step = [hyper.decay * float(c) for c in inv_counts]
+            per_step = hyper.decay * inv_counts.astype(np.float64)
         else:
-            per_step = [hyper.decay] * len(inv_counts)
+            per_step = np.full(S, hyper.decay, dtype=np.float64)
         if self.opt_code == ADAMW:
-            return [(F(0.0), F(1.0 - hyper.lr * d)) for d in per_step]
-        return [(F(d), F(1.0)) for d in per_step]
+            return np.zeros(S, self.dtype), (1.0 - hyper.lr * per_step).astype(self.dtype)
+        return per_step.astype(self.dtype), np.ones(S, self.dtype)
 
     # ---------------------------------------------------------- evaluation
 
     def _row_blocks(self, data):
-        """(input, gather, lo, n_rows) per block of rows of `data` for evaluation: EVAL_ROWS
-        rows at a time from the resident X, or chunk by chunk of a streamed X (uploaded in
-        stored order; idx[lo + r] = lo + r then still finds the labels)."""
+        """(chunk start or None, lo, n_rows) per block of rows of `data` for evaluation:
+        EVAL_ROWS rows at a time from the resident X, or chunk by chunk of a streamed X."""
         n = data.n
         if not data.streamed:
-            for lo in range(0, n, EVAL_ROWS):
-                yield data.X, True, lo, min(EVAL_ROWS, n - lo)
-            return
-        for c_lo in range(0, n, data.chunk_rows):
-            rows = data.chunk(c_lo, shuffled=False)
-            for lo in range(c_lo, c_lo + rows, EVAL_ROWS):
-                n_rows = min(EVAL_ROWS, c_lo + rows - lo)
-                yield data.X[lo - c_lo:lo - c_lo + n_rows], False, lo, n_rows
+            return [(None, lo, min(EVAL_ROWS, n - lo)) for lo in range(0, n, EVAL_ROWS)]
+        return [(c_lo, lo, min(EVAL_ROWS, min(c_lo + data.chunk_rows, n) - lo))
+                for c_lo in range(0, n, data.chunk_rows)
+                for lo in range(c_lo, min(c_lo + data.chunk_rows, n), EVAL_ROWS)]
+
+    def _eval_tables(self, blocks, inv_count=0.0):
+        """Device tables for evaluation: row i = block i's (lo, n_rows) and inv_count
+        (kernels read row 0 + i of them, i passed as the shift)."""
+        steps_i = np.zeros((max(len(blocks), 1), STEPS_I_COLS), dtype=np.int64)
+        steps_f = np.zeros((steps_i.shape[0], STEPS_F_COLS), dtype=self.dtype)
+        for i, (lo, n_rows) in enumerate(blocks):
+            steps_i[i, LO], steps_i[i, ROWS] = lo, n_rows
+        steps_f[:, INV_COUNT] = inv_count
+        return (self.cuda.to_device(steps_i), self.cuda.to_device(steps_f), self._eval_epoch_i)
 
     def loss_grad(self, data, want_grad):
         """(sum of the rows' weighted losses, correct predictions, gradient of the mean
@@ -409,12 +519,23 @@ class CudaNetwork:
             inv_count = self.F(1) / total if total > 0 else self.F(0)
         else:
             inv_count = self.F(1) / self.F(n)
-        for A0, gather, lo, n_rows in self._row_blocks(data):
-            self.forward(ws, A0, gather, idx, lo, n_rows, 0, 0, False)
-            self.loss(ws, data, idx, lo, n_rows, inv_count, lo, row_loss, row_correct,
-                      want_grad)
+        blocks = self._row_blocks(data)
+        tables = self._eval_tables([(lo, n_rows) for _, lo, n_rows in blocks], inv_count)
+        for i, (c_lo, lo, n_rows) in enumerate(blocks):
+            if c_lo is None:                 # the resident rows, in stored order
+                A0, gather = data.X, True
+            else:      # the chunk, uploaded in stored order (idx[lo + r] = lo + r then
+                if lo == c_lo:                # still finds the labels); its rows from lo
+                    data.chunk(c_lo, shuffled=False)
+                A0, gather = data.X[lo - c_lo:lo - c_lo + n_rows], False
+            launches = self._forward_launches(ws, A0, gather, 0, idx, False, tables,
+                                              self._zero, i)
+            launches.append(self._loss_launch(ws, data, idx, row_loss, row_correct, True,
+                                              want_grad, tables, self._zero, i))
             if want_grad:
-                self.backward(ws, A0, gather, idx, lo, n_rows, 0, 0, False, lo > 0)
+                launches += self._backward_launches(ws, A0, gather, 0, idx, False, True,
+                                                    tables, self._zero, i)
+            self._run(launches)
         loss_sum = float(row_loss.copy_to_host().sum())
         correct = int(row_correct.copy_to_host().sum())
         return loss_sum, correct, (self.grads.copy_to_host() if want_grad else None)
@@ -431,10 +552,112 @@ class CudaNetwork:
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         output = self._launch(self.k.output_forward, _blocks(rows, self.k.threads),
                               self.k.threads)
-        for lo in range(0, n, rows):
+        tables = self._eval_tables([(0, min(rows, n - lo)) for lo in range(0, n, rows)])
+        for i, lo in enumerate(range(0, n, rows)):
             n_rows = min(rows, n - lo)
             X_d[:n_rows].copy_to_device(X[lo:lo + n_rows])
-            self.forward(ws, X_d, False, idx, 0, n_rows, 0, 0, False)
+            self._run(self._forward_launches(ws, X_d, False, 0, idx, False, tables,
+                                             self._zero, i))
             output(P_d, ws.Z[self.L - 1], n_rows, self.loss_code)
             out[lo:lo + n_rows] = P_d.copy_to_host()[:n_rows]
         return out
+
+
+class _Steps:
+    """The launches of one training step for a fit, run `run(m)` steps at a time: as
+    replayed CUDA graphs of up to GRAPH_STEPS steps (captured on first use, kept for the
+    fit), or launch by launch. Graphs need a GPU (not the simulator), FASTBP_CUDA_GRAPHS
+    not 0, and no earlier capture failure on this network; the first step of the fit runs
+    launch by launch, so that every kernel is compiled and loaded before a capture. Any
+    failure to capture or launch a graph is kept in net.graph_error and the steps run
+    launch by launch from there on: the same kernels with the same arguments, so the
+    results are the same bit for bit."""
+
+    def __init__(self, net, key, launches, keep):
+        self.net, self.key, self.launches = net, key, launches
+        self.keep = keep           # the buffers the launches (and graphs) point into
+        self.graphs = {}           # steps per graph -> graph
+        self.warm = False
+
+    def begin_epoch(self):
+        self.counts = {"graph_steps": 0, "plain_steps": 0, "warmup_steps": 0,
+                       "graph_launches": 0}
+
+    def path(self):
+        """'graph' when graphs ran every step but the fit's first, 'plain' when none ran,
+        'graph+plain' when a graph failed and plain launches took over mid-epoch."""
+        if self.counts["graph_steps"] == 0:
+            return "plain"
+        return "graph" if self.counts["plain_steps"] == 0 else "graph+plain"
+
+    def run(self, m):
+        """Enqueue the next m steps."""
+        net = self.net
+        use_graphs = net.graph_error is None and graphs_wanted()
+        if m > 0 and use_graphs and not self.warm:
+            self.plain(1)
+            self.counts["plain_steps"] -= 1
+            self.counts["warmup_steps"] += 1
+            self.warm = True
+            m -= 1
+        if m > 0 and use_graphs:
+            try:
+                while m > 0:
+                    size = min(m, GRAPH_STEPS)
+                    graph = self.graphs.get(size)
+                    if graph is None:
+                        graph = self.graphs[size] = capture_graph(self.launches, size)
+                    launch_graph(graph[0], net)
+                    self.counts["graph_steps"] += size
+                    self.counts["graph_launches"] += 1
+                    m -= size
+            except Exception as e:    # a capture or launch failure never stops training
+                net.graph_error = f"{type(e).__name__}: {e}"
+        self.plain(m)
+
+    def plain(self, m):
+        for _ in range(m):
+            self.net._run(self.launches)
+        self.counts["plain_steps"] += m
+
+
+def capture_graph(launches, repeats):
+    """(graph, its builder): a CUDA graph (cuda.core) of `repeats` times the `launches`
+    ((kernel, grid, block, args) each), captured from numba-cuda's launches on a graph
+    builder's stream. Nothing runs: the kernels' arguments, device pointers included, are
+    recorded as they are. Raises whatever the capture raises."""
+    builder = cuda_backend.graph_builder()
+    builder.begin_building()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SMALL_GRID_WARNING)
+            for _ in range(repeats):
+                for kernel, grid, block, args in launches:
+                    kernel[grid, block, builder](*args)
+    except BaseException:
+        try:
+            builder.end_building()
+        except Exception:
+            pass
+        raise
+    builder.end_building()
+    return builder.complete(), builder      # the builder kept with its graph
+
+
+def launch_graph(graph, net):
+    """Launch a captured graph on the stream numba-cuda launches kernels on when given
+    none (the default stream), so that it is ordered with the plain launches and the copies
+    (the step tables and chunks before it, the results after it) exactly as they are. Should
+    the driver refuse the default stream for a graph, a stream of numba-cuda's own: those
+    synchronise with the default stream (CU_STREAM_DEFAULT), which keeps the same order.
+    `net.graph_stream` says which."""
+    if net.graph_stream is None:
+        try:
+            graph.launch(cuda_backend.core_stream(0))
+            net.graph_stream, net._graph_stream = "default", cuda_backend.core_stream(0)
+            return
+        except Exception as e:
+            net._numba_stream = net.cuda.stream()
+            net._graph_stream = cuda_backend.core_stream(net._numba_stream)
+            net.graph_stream = f"a blocking stream (the default one refused: {e})"
+    graph.launch(net._graph_stream)

@@ -22,6 +22,16 @@ several blocks:
 Products are plain sums in index order, in the parameters' dtype, so float32 results agree
 with the CPU's (BLAS) to rounding. Constants are the dtype's own (F(...)): a bare float
 literal would make a float32 kernel compute in float64.
+
+Per-step scalars live in device memory, not in the launch arguments: a training step's
+kernels read its row range, step number, batch weight, weight decay and Adam's step size
+from per-step tables (`steps_i`, `steps_f`, one row per step, filled by the host once per
+epoch) at row s = cursor[0] + shift, and the epoch's settings (learning rate, betas, ...,
+dropout seed, clipping norm) from `epoch_f`, `epoch_i`, `epoch_d`. step_stats, the one-block
+kernel in the middle of a step, advances the cursor; kernels launched after it in the same
+step pass shift = -1. So every step is the same sequence of launches with the same
+arguments, which cuda_runner captures once as a CUDA graph and replays. Evaluation passes
+a cursor that stays 0 and the block's index as the shift.
 """
 import math
 from types import SimpleNamespace
@@ -35,6 +45,17 @@ cuda = None            # numba.cuda, set by build() (imported only when target='
 DEFAULT_BLOCK_SIZES = {"tile": 16, "per_thread": 2, "threads": 256}
 _block_sizes = dict(DEFAULT_BLOCK_SIZES)
 _built = {}
+
+# columns of the per-step tables and the epoch's scalars (see the module docstring)
+LO, ROWS, STEP = 0, 1, 2                    # steps_i (S, 3) int64: first row, rows, step t
+STEPS_I_COLS = 3
+INV_COUNT, DECAY, SHRINK, STEP_SIZE, INV_SQRT_BC2 = 0, 1, 2, 3, 4     # steps_f (S, 5) F
+STEPS_F_COLS = 5
+LR, MOMENTUM, BETA1, BETA2, EPS, ALPHA = 0, 1, 2, 3, 4, 5             # epoch_f (6,) F
+EPOCH_F_LEN = 6
+SEED, NESTEROV = 0, 1                                                 # epoch_i (2,) int64
+EPOCH_I_LEN = 2
+CLIP_NORM = 0                                                         # epoch_d (1,) float64
 
 
 def set_block_sizes(tile=None, per_thread=None, threads=None):
@@ -79,8 +100,9 @@ def get_kernels(dtype):
 
 def _signature(text, F):
     """An explicit kernel signature: 'F' is the parameters' dtype, F1/F2 its C-contiguous
-    1-D/2-D arrays, I1 int64 arrays, D1 float64 arrays, I int64, B boolean."""
-    names = {"F2": f"{F}[:, ::1]", "F1": f"{F}[::1]", "I1": "int64[::1]", "D1": "float64[::1]",
+    1-D/2-D arrays, I1/I2 int64 arrays, D1/D2 float64 arrays, I int64, B boolean."""
+    names = {"F2": f"{F}[:, ::1]", "F1": f"{F}[::1]", "I1": "int64[::1]",
+             "I2": "int64[:, ::1]", "D1": "float64[::1]",
              "D2": "float64[:, ::1]", "F": F, "I": "int64", "B": "boolean", "D": "float64"}
     args = [names[a.strip()] for a in text.split(",")]
     return f"void({', '.join(args)})"
@@ -219,13 +241,21 @@ def _products(c, dev):
     TILE = BT * T            # elements of a shared tile (a constant: Numba needs one)
     PADDED_TILE = T * PAD
 
-    @c.kernel("F2, F2, F2, I1, I, B, F2, F1, I, B, I, D, I, I, I")
-    def linear_forward(Z, A_out, A, idx, lo, gather, W, b, n_rows, hidden, act, rate, seed,
-                       step, layer):
+    @c.kernel("F2, F2, F2, I1, B, I, F2, F1, B, I, D, I, I2, I1, I1, I")
+    def linear_forward(Z, A_out, A, idx, gather, a_mod, W, b, hidden, act, rate, layer,
+                       steps_i, epoch_i, cursor, shift):
         """Z (n_rows, n_out) = A (n_rows, n_in) @ W + b, and for a hidden layer also
         A_out = act(Z) with dropout at `rate` (0: none) (ops.linear_forward +
-        activation_forward + dropout_forward). Row r of A is A[idx[lo + r]] when `gather`
-        (the shuffled rows of X), else A[r]. Grid (ceil(n_rows/BT), ceil(n_out/BT))."""
+        activation_forward + dropout_forward). The step's lo, n_rows and step number are
+        row cursor[0] + shift of steps_i, the dropout seed epoch_i[SEED] (module docstring).
+        Row r of A is A[idx[lo + r]] when `gather` (the shuffled rows of X), else
+        A[r + lo % a_mod] (a_mod > 0: a chunk of streamed rows that holds this step's) or
+        A[r]. Grid (ceil(rows/BT), ceil(n_out/BT)) for at least n_rows rows: blocks past
+        n_rows (a partial last batch) do nothing."""
+        srow = cursor[0] + shift
+        lo = steps_i[srow, LO]
+        n_rows = steps_i[srow, ROWS]
+        a_off = lo % a_mod if a_mod > 0 else 0
         sA = cuda.shared.array(TILE, F)          # [row][k], row stride T
         sW = cuda.shared.array(TILE, F)          # [k][col], row stride BT
         acc = cuda.local.array((R, R), F)
@@ -244,7 +274,7 @@ def _products(c, dev):
                 k = k0 + tx
                 val = zero
                 if r < n_rows and k < n_in:
-                    val = A[idx[lo + r] if gather else r, k]
+                    val = A[idx[lo + r] if gather else r + a_off, k]
                 sA[(ty + U(a * T)) * U(T) + tx] = val
                 c = c0 + tx + a * T       # W tile: rows k0 + ty, columns c0 + tx + a*T
                 k = k0 + ty
@@ -272,15 +302,16 @@ def _products(c, dev):
                     if hidden:
                         h = activation(z, act, consts)
                         if rate > 0.0:
-                            h *= dropout_scale(rate, seed, step, idx[lo + r], layer, j)
+                            h *= dropout_scale(rate, epoch_i[SEED], steps_i[srow, STEP],
+                                               idx[lo + r], layer, j)
                         A_out[r, j] = h
 
     @c.device
-    def weight_gradient_tile(sA, sD, bx, by, dW, db, A, idx, lo, gather, dZ, n_rows,
+    def weight_gradient_tile(sA, sD, bx, by, dW, db, A, idx, lo, gather, a_off, dZ, n_rows,
                              accumulate):
         """Tile (by, bx) of dW (n_in, n_out) = A^T dZ, and for by == 0 the matching part of
         db = column sums of dZ (n_rows, n_out) summed from the dZ tiles it loads; written,
-        or added (accumulate). A's rows as in linear_forward."""
+        or added (accumulate). A's rows as in linear_forward (a_off: lo % a_mod or 0)."""
         acc = cuda.local.array((R, R), F)
         bacc = cuda.local.array(R, F)
         tx = U(cuda.threadIdx.x)
@@ -300,7 +331,7 @@ def _products(c, dev):
                 i = i0 + tx + a * T
                 val = zero
                 if r < n_rows and i < n_in:
-                    val = A[idx[lo + r] if gather else r, i]
+                    val = A[idx[lo + r] if gather else r + a_off, i]
                 sA[ty * U(BT) + tx + U(a * T)] = val          # [batch row][i]
                 j = c0 + tx + a * T
                 val = zero
@@ -389,15 +420,22 @@ def _products(c, dev):
                     dA[r, i] = activation_grad(g, Z_prev[r, i], A_prev[r, i], act, dropped,
                                                consts)
 
-    @c.kernel("F2, F2, F1, F2, F2, F2, F2, F2, I1, I, B, I, B, I, D, I, I, I")
-    def linear_backward(dA, dW, db, dZ, A, W, Z_prev, A_prev, idx, lo, gather, n_rows,
-                        accumulate, act, rate, seed, step, layer):
+    @c.kernel("F2, F2, F1, F2, F2, F2, F2, F2, I1, B, I, B, I, D, I, I2, I1, I1, I")
+    def linear_backward(dA, dW, db, dZ, A, W, Z_prev, A_prev, idx, gather, a_mod,
+                        accumulate, act, rate, layer, steps_i, epoch_i, cursor, shift):
         """ops.linear_backward (+ dropout_backward + activation_backward of the layer below)
-        in one launch: the parameter gradients dW = A^T dZ and db (written, or added when
-        accumulate), and the input gradient dA = (dZ W^T) * mask * act'(Z_prev) when the
-        grid has blocks for it (not for the first layer: its dA, Z_prev, A_prev are
-        unused). 1-D grid: the first ceil(n_out/BT) * ceil(n_in/BT) blocks make dW's tiles,
-        the next ceil(n_rows/BT) * ceil(n_in/BT) dA's."""
+        in one launch: the parameter gradients dW = A^T dZ and db (written; added when
+        accumulate and lo > 0, i.e. after the first block of rows of an evaluation), and
+        the input gradient dA = (dZ W^T) * mask * act'(Z_prev) when the grid has blocks for
+        it (not for the first layer: its dA, Z_prev, A_prev are unused). The step's scalars
+        and A's rows as in linear_forward. 1-D grid: the first ceil(n_out/BT) *
+        ceil(n_in/BT) blocks make dW's tiles, the next (at least ceil(n_rows/BT) *
+        ceil(n_in/BT), launched for the largest batch) dA's; blocks past the tiles of a
+        partial batch find no rows or inputs and write nothing."""
+        srow = cursor[0] + shift
+        lo = steps_i[srow, LO]
+        n_rows = steps_i[srow, ROWS]
+        a_off = lo % a_mod if a_mod > 0 else 0
         s1 = cuda.shared.array(TILE, F)
         s2 = cuda.shared.array(PADDED_TILE, F)
         b = cuda.blockIdx.x
@@ -405,13 +443,13 @@ def _products(c, dev):
         gx = (dW.shape[1] + BT - 1) // BT
         n_weight = gx * ((n_in + BT - 1) // BT)
         if b < n_weight:
-            weight_gradient_tile(s1, s2, b % gx, b // gx, dW, db, A, idx, lo, gather, dZ,
-                                 n_rows, accumulate)
+            weight_gradient_tile(s1, s2, b % gx, b // gx, dW, db, A, idx, lo, gather, a_off,
+                                 dZ, n_rows, accumulate and lo > 0)
         else:
             b -= n_weight
             gx = (n_rows + BT - 1) // BT
             input_gradient_tile(s1, s2, b % gx, b // gx, dA, dZ, W, Z_prev, A_prev, idx, lo,
-                                n_rows, act, rate, seed, step, layer)
+                                n_rows, act, rate, epoch_i[SEED], steps_i[srow, STEP], layer)
 
     return {"linear_forward": linear_forward, "linear_backward": linear_backward}
 
@@ -423,19 +461,23 @@ def _loss(c, dev):
     zero, one = k[scalar.ZERO], k[scalar.ONE]
     softmax_row, output_term, output_scale = dev.softmax_row, dev.output_term, dev.output_scale
 
-    @c.kernel("F2, F2, I1, I, I, I1, F2, F1, B, I, F, D1, I1, I, B")
-    def loss_delta(dZ, Z, idx, lo, n_rows, labels, targets, row_weight, weighted, loss_code,
-                   inv_count, row_loss, row_correct, out_lo, want_grad):
+    @c.kernel("F2, F2, I1, I1, F2, F1, B, I, D1, I1, B, B, I2, F2, I1, I")
+    def loss_delta(dZ, Z, idx, labels, targets, row_weight, weighted, loss_code, row_loss,
+                   row_correct, out_at_lo, want_grad, steps_i, steps_f, cursor, shift):
         """Per row r < n_rows of the logits Z (n_rows, K), data row idx[lo + r]: its loss
         (times its row_weight when `weighted`; kernels take no empty arrays, so a flag says
-        whether labels/targets/row_weight are real) into row_loss[out_lo + r] and its
-        correct predictions into row_correct[out_lo + r] (ops.loss_forward), and when
-        want_grad its delta into dZ (ops.loss_backward), scaled by inv_count: the output
-        activation fused with the loss, one exp per logit. dZ is also the softmax's
-        scratch."""
+        whether labels/targets/row_weight are real) into row_loss[o] and its correct
+        predictions into row_correct[o], o = lo + r when out_at_lo (evaluation) else r
+        (ops.loss_forward), and when want_grad its delta into dZ (ops.loss_backward),
+        scaled by inv_count: the output activation fused with the loss, one exp per logit.
+        dZ is also the softmax's scratch. lo, n_rows and inv_count are row cursor[0] +
+        shift of steps_i and steps_f."""
+        srow = cursor[0] + shift
+        lo = steps_i[srow, LO]
         r = cuda.grid(1)
-        if r >= n_rows:
+        if r >= steps_i[srow, ROWS]:
             return
+        inv_count = steps_f[srow, INV_COUNT]
         K = Z.shape[1]
         row = idx[lo + r]
         weight = row_weight[row] if weighted else one
@@ -463,8 +505,9 @@ def _loss(c, dev):
                 if want_grad:
                     dZ[r, j] = (p - t) * scale
             total *= one / NPF(K)
-        row_loss[out_lo + r] = np.float64(total * weight)
-        row_correct[out_lo + r] = correct
+        o = lo + r if out_at_lo else r
+        row_loss[o] = np.float64(total * weight)
+        row_correct[o] = correct
 
     @c.kernel("F2, F2, I, I")
     def output_forward(P, Z, n_rows, loss_code):
@@ -488,7 +531,8 @@ def _loss(c, dev):
 
 def _reductions(c):
     """grad_block_norms and step_stats: gradient norms, clipping factor, step loss and the
-    divergence status, without a round trip to the host."""
+    divergence status, without a round trip to the host; step_stats also advances the step
+    cursor."""
     import numba
     NPF, NT = c.NPF, c.NT
 
@@ -503,34 +547,53 @@ def _reductions(c):
             width //= 2
         cuda.syncthreads()
 
-    @c.kernel("F1, I1, I1, D1")
-    def grad_block_norms(grads, block_lo, block_hi, block_sq):
+    @c.kernel("F1, F1, I1, I1, D1, D2, B, I1, I")
+    def grad_block_norms(grads, params, block_lo, block_hi, block_sq, wsq, with_params,
+                         cursor, shift):
         """block_sq[k] = sum of squares of grads[block_lo[k]:block_hi[k]], one CUDA block per
-        layout block (cpu.reduce_block's norm). Blocks never straddle a W_l or b_l."""
+        layout block (cpu.reduce_block's norm). Blocks never straddle a W_l or b_l. With
+        `with_params` (the estimators' step records) the same of params, the weights before
+        the step's update, into wsq[cursor[0] + shift, k] in the same launch."""
         buf = cuda.shared.array(NT, numba.float64)
+        pbuf = cuda.shared.array(NT, numba.float64)
         k = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         acc = 0.0
+        pacc = 0.0
         for i in range(block_lo[k] + tid, block_hi[k], NT):
             g = np.float64(grads[i])
             acc += g * g
+            if with_params:
+                p = np.float64(params[i])
+                pacc += p * p
         buf[tid] = acc
         block_sum(buf, tid)
+        if with_params:                      # the same condition in every thread of the block
+            pbuf[tid] = pacc
+            block_sum(pbuf, tid)
         if tid == 0:
             block_sq[k] = buf[0]
+            if with_params:
+                wsq[cursor[0] + shift, k] = pbuf[0]
 
-    @c.kernel("D1, I1, I, D1, I1, D2, I, D, F1, I1, D1, I1")
-    def step_stats(row_loss, row_correct, n_rows, block_sq, block_layer, norms, s, clip_norm,
-                   clip, status, step_loss, step_correct):
-        """After a step's gradient: its loss and correct count (summed over rows in a fixed
-        order) into step_loss[s], step_correct[s]; each weight gradient's L2 norm and the
-        global norm into norms[s] (cpu.record_norms); the clipping factor into clip[0]
-        (torch.nn.utils.clip_grad_norm_; 1 when clip_norm is 0). A NaN or infinite loss
-        sets status = (1, s) and every later launch of the epoch leaves params alone: the
-        divergence check of cpu._train_epoch, without a round trip to the host. One block."""
+    @c.kernel("D1, I1, D1, I1, D2, D1, F1, I1, D1, I1, I2, I1")
+    def step_stats(row_loss, row_correct, block_sq, block_layer, norms, epoch_d, clip, status,
+                   step_loss, step_correct, steps_i, cursor):
+        """After the gradient of step s = cursor[0] (its n_rows from steps_i): its loss and
+        correct count (summed over rows in a fixed order) into step_loss[s],
+        step_correct[s]; each weight gradient's L2 norm and the global norm into norms[s]
+        (cpu.record_norms); the clipping factor into clip[0]
+        (torch.nn.utils.clip_grad_norm_; 1 when clip_norm = epoch_d[CLIP_NORM] is 0). A NaN
+        or infinite loss sets status = (1, s) and every later launch of the epoch leaves
+        params alone: the divergence check of cpu._train_epoch, without a round trip to the
+        host. Then the cursor moves to s + 1, always (the launches after this one in the
+        step read s as cursor[0] - 1). One block: every thread has read the cursor before
+        the block_sum barriers, so thread 0 may then advance it."""
         lbuf = cuda.shared.array(NT, numba.float64)
         cbuf = cuda.shared.array(NT, numba.float64)
         tid = cuda.threadIdx.x
+        s = cursor[0]
+        n_rows = steps_i[s, ROWS]
         acc = 0.0
         cnt = 0.0
         for r in range(tid, n_rows, NT):
@@ -540,7 +603,10 @@ def _reductions(c):
         cbuf[tid] = cnt
         block_sum(lbuf, tid)
         block_sum(cbuf, tid)
-        if tid != 0 or status[0] != 0:
+        if tid != 0:
+            return
+        cursor[0] = s + 1
+        if status[0] != 0:
             return
         total_loss = lbuf[0]
         if not math.isfinite(total_loss):
@@ -569,6 +635,7 @@ def _reductions(c):
         total = math.sqrt(total)
         norms[s, L] = total
         coef = 1.0
+        clip_norm = epoch_d[CLIP_NORM]
         if clip_norm > 0.0:
             coef = min(clip_norm / (total + 1e-6), 1.0)
         clip[0] = NPF(coef)
@@ -582,18 +649,31 @@ def _optimizer(c, dev):
     zero, one = k[scalar.ZERO], k[scalar.ONE]
     sgd_rule, adam_rule, rmsprop_rule = dev.sgd_rule, dev.adam_rule, dev.rmsprop_rule
 
-    @c.kernel("F1, F1, F1, F1, I1, I1, I, F, F, B, F, F, F, F, F, F, F, F, F1, I1")
-    def optimizer_update(params, grads, m, v, b_off, sizes, opt_code, lr, momentum, nesterov,
-                         beta1, beta2, eps, alpha, decay, step_size, inv_sqrt_bc2, shrink,
-                         clip, status):
+    @c.kernel("F1, F1, F1, F1, I1, I1, I, F1, I1, F2, F1, I1, I1, I")
+    def optimizer_update(params, grads, m, v, b_off, sizes, opt_code, epoch_f, epoch_i,
+                         steps_f, clip, status, cursor, shift):
         """One optimizer step over the whole flat buffers as one grid-stride loop
-        (optim.update_segment, element by element), the gradient scaled by clip[0]. decay
-        (0 for adamw) and shrink (adamw's 1 - lr*decay, else 1) apply to weights only:
-        elements of a b_l get 0 and 1. step_size = lr / (1 - beta1^t) and inv_sqrt_bc2 =
+        (optim.update_segment, element by element), the gradient scaled by clip[0]. The
+        epoch's lr, momentum, nesterov, betas, eps and alpha come from epoch_f/epoch_i, the
+        step's from row cursor[0] + shift of steps_f (shift -1: after step_stats): decay
+        (0 for adamw) and shrink (adamw's 1 - lr*decay, else 1) apply to weights only
+        (elements of a b_l get 0 and 1); step_size = lr / (1 - beta1^t) and inv_sqrt_bc2 =
         1 / sqrt(1 - beta2^t) are Adam's. Skipped entirely once status[0] is set (the epoch
         diverged at an earlier step)."""
         if status[0] != 0:
             return
+        srow = cursor[0] + shift
+        lr = epoch_f[LR]
+        momentum = epoch_f[MOMENTUM]
+        nesterov = epoch_i[NESTEROV] != 0
+        beta1 = epoch_f[BETA1]
+        beta2 = epoch_f[BETA2]
+        eps = epoch_f[EPS]
+        alpha = epoch_f[ALPHA]
+        decay = steps_f[srow, DECAY]
+        shrink = steps_f[srow, SHRINK]
+        step_size = steps_f[srow, STEP_SIZE]
+        inv_sqrt_bc2 = steps_f[srow, INV_SQRT_BC2]
         cl = clip[0]
         L = b_off.shape[0]
         adam = opt_code == ADAM or opt_code == ADAMW

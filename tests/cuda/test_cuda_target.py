@@ -254,3 +254,147 @@ def test_sparse_input_is_refused_as_cpu_only_for_now():
     m = MLPClassifier(hidden_layer_sizes=(4,), target="cuda", max_iter=2).fit(X, y)
     with pytest.raises(ValueError, match="CPU targets only"):
         m.predict(S)
+
+
+# ------------------------------------------------------- device-side step scalars, graphs
+
+def _weighted_fit(t, epochs=3, **kw):
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    w = np.random.default_rng(5).random(N) * 2
+    return t.fit(X, y, sample_weight=w, epochs=epochs, progress=False, **kw)
+
+
+@pytest.mark.parametrize("optimizer,extra", [
+    ("adam", {"weight_decay": 0.05, "clip_norm": 0.5}),
+    ("adamw", {"weight_decay": 0.3, "decay_per_weight": True}),
+    ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.05}),
+    ("rmsprop", {"momentum": 0.5, "clip_norm": 0.05})])
+def test_per_step_scalars_on_the_device_match_cpu(optimizer, extra):
+    """Every per-step scalar comes from the device tables the host fills once per epoch
+    (rows and row range of each step, the step number for Adam's bias corrections and the
+    dropout masks, the batch weight, the decay; the epoch's lr under a schedule): several
+    epochs with a partial last batch, dropout and sample weights equal the CPU's."""
+    cpu, cuda = pair(optimizer=optimizer, lr=0.05, dropout=[0.3, 0.2], activation="relu",
+                     **extra)
+    halving = lambda epoch: 0.05 * 0.5 ** epoch                    # noqa: E731
+    h_cpu, h_gpu = (_weighted_fit(t, lr_schedule=halving) for t in (cpu, cuda))
+    assert_same_fit(cpu, cuda, h_cpu, h_gpu)
+    assert cuda.step == 9 and cuda.engine.device().launch_path in ("plain", "graph")
+
+
+def test_launches_are_the_same_for_every_step_and_epoch(monkeypatch):
+    """One list of launches serves the whole fit: nothing in it changes with the step (the
+    property that lets a CUDA graph capture it once). Plain launches, to see each step."""
+    monkeypatch.setenv(cuda_runner.GRAPHS_ENV, "0")
+    cpu, cuda = pair(optimizer="adam", lr=0.05, dropout=0.2)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    net = cuda.engine.device()
+    seen = []
+    real = net._run
+
+    def spy(launches):
+        seen.append([(kernel, grid, block, tuple(id(a) if hasattr(a, "copy_to_host") else a
+                                                 for a in args))
+                     for kernel, grid, block, args in launches])
+        return real(launches)
+    net._run = spy
+    h_gpu = cuda.fit(X, y, epochs=2, progress=False)
+    net._run = real
+    assert len(seen) == 2 * 3 and all(s == seen[0] for s in seen)     # 2 epochs of 3 steps
+    assert len(seen[0]) == 2 * (len(SIZES) - 1) + 4
+    assert_same_fit(cpu, cuda, cpu.fit(X, y, epochs=2, progress=False), h_gpu)
+
+
+class _ReplayedGraph:
+    """Stands in for a CUDA graph under the simulator: `repeats` times the captured
+    launches, replayed through the network's plain launcher."""
+
+    def __init__(self, net, launches, repeats):
+        self.net, self.launches, self.repeats = net, list(launches), repeats
+
+    def launch(self, stream=None):
+        for _ in range(self.repeats):
+            self.net._run(self.launches)
+
+
+def _fake_graphs(monkeypatch, net, fail=False):
+    captured = []
+
+    def capture(launches, repeats):
+        captured.append(repeats)
+        if fail:
+            raise RuntimeError("capture refused (test)")
+        return _ReplayedGraph(net, launches, repeats), None
+    monkeypatch.setattr(cuda_runner, "graphs_wanted", lambda: True)
+    monkeypatch.setattr(cuda_runner, "capture_graph", capture)
+    monkeypatch.setattr(cuda_runner, "launch_graph", lambda graph, net: graph.launch())
+    return captured
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["resident", "streamed"])
+def test_graph_replay_orchestration_matches_cpu(monkeypatch, streamed):
+    """The graph path's bookkeeping under the simulator, with a stand-in graph that replays
+    the captured launches: the fit's first step runs plainly, then graphs of GRAPH_STEPS
+    steps and one of the remainder (each captured once per fit), within each chunk of
+    streamed rows; results equal the CPU's."""
+    monkeypatch.setattr(cuda_runner, "GRAPH_STEPS", 2)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    cpu, cuda = pair(optimizer="adam", lr=0.05, dropout=0.2)
+    net = cuda.engine.device()
+    captured = _fake_graphs(monkeypatch, net)
+    if streamed:        # chunks of 2 batches: 10 rows (2 steps) and 1 row (1 step)
+        monkeypatch.setattr(cuda_runner, "MAX_RESIDENT_BYTES", 2 * BATCH * X.shape[1] * 8)
+    h_gpu = cuda.fit(X, y, epochs=3, progress=False)
+    assert_same_fit(cpu, cuda, cpu.fit(X, y, epochs=3, progress=False), h_gpu)
+    assert net.launch_path == "graph" and net.graph_error is None
+    # 3 steps an epoch: warm-up + a graph of 2 first, then 2 + 1 (resident) or, streamed,
+    # a graph of 2 for the first chunk and one of 1 for the second
+    assert sorted(set(captured)) == [1, 2] and len(captured) == 2
+    assert net.launch_counts == {"graph_steps": 3, "plain_steps": 0, "warmup_steps": 0,
+                                 "graph_launches": 2, "graphs_captured": 2}
+
+
+def test_a_failed_capture_falls_back_to_plain_launches(monkeypatch):
+    """A capture that fails (on real hardware, for any reason) never stops training: the
+    step runs launch by launch, the reason is kept, and no later epoch tries again."""
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    cpu, cuda = pair(optimizer="sgd", momentum=0.9, lr=0.05)
+    net = cuda.engine.device()
+    captured = _fake_graphs(monkeypatch, net, fail=True)
+    h_gpu = cuda.fit(X, y, epochs=3, progress=False)
+    assert_same_fit(cpu, cuda, cpu.fit(X, y, epochs=3, progress=False), h_gpu)
+    assert net.launch_path == "plain" and "capture refused (test)" in net.graph_error
+    assert len(captured) == 1
+
+
+@pytest.mark.skipif(CUDA_SIMULATOR, reason="needs a GPU: the simulator has no CUDA graphs")
+@pytest.mark.parametrize("streamed", [False, True], ids=["resident", "streamed"])
+def test_cuda_graphs_run_and_equal_plain_launches_bit_for_bit(monkeypatch, streamed):
+    """On a GPU: training replays captured CUDA graphs (no fallback) and gives the same
+    params, optimizer state and history as the plain launches (FASTBP_CUDA_GRAPHS=0) bit
+    for bit; several graphs per epoch (GRAPH_STEPS lowered), a partial last batch, Adam,
+    dropout, sample weights and decay."""
+    monkeypatch.setattr(cuda_runner, "GRAPH_STEPS", 2)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    if streamed:
+        monkeypatch.setattr(cuda_runner, "MAX_RESIDENT_BYTES", 2 * BATCH * X.shape[1] * 8)
+    kw = dict(optimizer="adam", lr=0.05, dropout=[0.3, 0.2], weight_decay=0.05, clip_norm=0.5)
+    runs = {}
+    for graphs in ("1", "0"):
+        monkeypatch.setenv(cuda_runner.GRAPHS_ENV, graphs)
+        t = Trainer(SIZES, target="cuda", seed=3, dtype="float32", batch_size=BATCH, **kw)
+        h = _weighted_fit(t, epochs=3)
+        net = t.engine.device()
+        runs[graphs] = (t, h, net.launch_path, net.graph_error, dict(net.launch_counts))
+    (tg, hg, path_g, err_g, counts_g), (tp, hp, path_p, _, _) = runs["1"], runs["0"]
+    assert err_g is None and path_g == "graph", (path_g, err_g)
+    assert counts_g["graph_steps"] == 3 and counts_g["plain_steps"] == 0, counts_g
+    assert path_p == "plain"
+    for key in ("loss", "grad_norm", "layer_grad_norms", "accuracy"):
+        np.testing.assert_array_equal(np.asarray(hg[key]), np.asarray(hp[key]), err_msg=key)
+    np.testing.assert_array_equal(tg.params, tp.params)
+    np.testing.assert_array_equal(tg.engine.m, tp.engine.m)
+    np.testing.assert_array_equal(tg.engine.v, tp.engine.v)
+    cpu = Trainer(SIZES, target="cpu", seed=3, dtype="float32", batch_size=BATCH, **kw)
+    _weighted_fit(cpu, epochs=3)
+    np.testing.assert_allclose(tg.params, cpu.params, rtol=1e-4, atol=1e-6)
