@@ -71,6 +71,10 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     # (zero elsewhere), so W_0's blocks are not summed over the chunks
     dense_from = net.b_off[0] if SPARSE else 0
     n_slices = n_chunks if SPARSE and n_chunks > 1 else 1
+    # The lazy update on one chunk reads W_0's gradient from the chunk's compact touched rows
+    # (ops.sparse_linear_backward) as they are, instead of scattering them into gslab[0],
+    # gathering them back and zeroing them again (the same values, a third of the traffic).
+    compact = LAZY and n_chunks == 1
     H = net.sizes[1]
     weight_sq = 0.0
     loss_total = 0.0
@@ -104,10 +108,16 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                 release_all(gslab[0], ws, net)
             return loss_total, correct_total, step, s    # diverged: stop before the update
         loss_total += step_loss
-        if SPARSE:                  # threads own column ranges of W_0's gradient
+        if SPARSE and not compact:  # threads own column ranges of W_0's gradient
             for t in prange(n_slices):
                 gather_touched(gslab[0], ws, net, t, n_slices)
-        n_lazy = touched_union(slabs, ws) if LAZY else 0
+        if LAZY:                    # the step's touched rows of W_0 and their gradient
+            if compact:
+                n_lazy = ws.n_touched[0]
+                touched, g_lazy = ws.touched[0], ws.touched_grad[0]
+            else:
+                n_lazy = touched_union(slabs, ws)
+                touched, g_lazy = slabs.touched, gslab[0]
         if weight_records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
 
@@ -131,15 +141,19 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                            reduce, update)
             if LAZY:                # W_0's touched rows only (block 0 carries their norm)
                 if reduce:
-                    slabs.block_sq[0] = rows_sum_of_squares(gslab[0], slabs.touched, n_lazy, H)
+                    slabs.block_sq[0] = rows_sum_of_squares(g_lazy, touched, n_lazy, H,
+                                                            compact)
                 if update:
                     n_lazy_chunks = n_chunks if n_lazy * H >= PARALLEL_UPDATE_MIN else 1
                     for i in prange(n_lazy_chunks):
-                        update_rows(state, gslab[0], slabs.touched, n_lazy * i // n_lazy_chunks,
+                        update_rows(state, g_lazy, touched, n_lazy * i // n_lazy_chunks,
                                     n_lazy * (i + 1) // n_lazy_chunks, H, net.opt_code,
-                                    hyper, bc1, bc2, clip, decay)
+                                    hyper, bc1, bc2, clip, decay, compact)
         if SPARSE:                  # gslab[0]'s W_0 back to zero, cheaply
-            release_all(gslab[0], ws, net)
+            if compact:
+                touched_release(ws, 0)
+            else:
+                release_all(gslab[0], ws, net)
         if n_passes == 1:
             record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
         if records:
@@ -212,24 +226,30 @@ def touched_union(slabs, ws):
 
 
 @jit
-def rows_sum_of_squares(g0, touched, n, H):
-    """Sum of squares (float64) of rows touched[:n] of W_0's gradient in g0 (P,)."""
+def rows_sum_of_squares(g0, touched, n, H, compact):
+    """Sum of squares (float64) of rows touched[:n] of W_0's gradient: in g0 (P,), or, when
+    `compact`, the i-th touched row's gradient at g0[i * H:(i + 1) * H]."""
     acc = g0.dtype.type(0)
     for i in range(n):
-        g = g0[touched[i] * H:(touched[i] + 1) * H]
+        lo = i * H if compact else touched[i] * H
+        g = g0[lo:lo + H]
         for j in range(H):
             acc += g[j] * g[j]
     return np.float64(acc)
 
 
 @jit
-def update_rows(state, g0, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, decay):
+def update_rows(state, g0, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, decay,
+                compact):
     """The optimizer on rows touched[lo:hi] of W_0 (offset 0 in the flat buffers) alone:
-    the lazy update of sparse data."""
+    the lazy update of sparse data. Their gradient as in rows_sum_of_squares."""
+    params, m, v = state.params, state.m, state.v
     for i in range(lo, hi):
         start = touched[i] * H
-        update_segment(state.params, g0, state.m, state.v, start, start + H, opt_code, hyper,
-                       bc1, bc2, True, clip, decay)
+        g = i * H if compact else start
+        # views of one row each (m, v may be empty: an empty slice of them stays empty)
+        update_segment(params[start:start + H], g0[g:g + H], m[start:start + H],
+                       v[start:start + H], 0, H, opt_code, hyper, bc1, bc2, True, clip, decay)
 
 
 @jit
