@@ -26,8 +26,8 @@ def fastbp_run(layers, loss, X, y, batch, rounds, graphs, opt="sgd"):
     """(median epoch s, first epoch s, launch path, counts, graph error, params, the
     graphs' stream)."""
     from fastbp import Trainer
-    from fastbp.kernels import cuda_runner
-    os.environ[cuda_runner.GRAPHS_ENV] = "1" if graphs else "0"
+    from fastbp.kernels import cuda_graphs
+    os.environ[cuda_graphs.GRAPHS_ENV] = "1" if graphs else "0"
     t = Trainer(layers, loss=loss, optimizer=opt, lr=LR[opt], batch_size=batch,
                 momentum=0.9 if opt == "sgd" else 0.0, target="cuda", seed=0)
     h = t.fit(X, y, epochs=rounds + 1, progress=False)
@@ -45,10 +45,10 @@ def main():
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--samples", type=int, help="rows per data set (default: compare.py's)")
     args = p.parse_args()
-    from fastbp.kernels import cuda_backend, cuda_runner
+    from fastbp.kernels import cuda_backend, cuda_graphs
     print(f"GPU: {cuda_backend.describe()}; sgd + momentum, float32; median of {args.rounds} "
           f"epochs after one untimed; {time.strftime('%Y-%m-%d %H:%M')}; GRAPH_STEPS "
-          f"{cuda_runner.GRAPH_STEPS}\n")
+          f"{cuda_graphs.GRAPH_STEPS}\n")
     print("| workload | batch | steps | path | graph samples/s (ms/step) | plain samples/s "
           "(ms/step) | torch eager samples/s (ms/step) | graph/plain | graph/eager | "
           "first epoch graph / plain s | same params |")
@@ -82,7 +82,7 @@ def main():
             print(f"| {name} | {batch} | {steps} | {path} | {cell(g[0])} | {cell(pl[0])} | "
                   f"{torch_cell} | {pl[0] / g[0]:.2f}x | {vs_eager} | {g[1]:.3f} / "
                   f"{pl[1]:.3f} | {same} |", flush=True)
-    os.environ.pop(cuda_runner.GRAPHS_ENV, None)
+    os.environ.pop(cuda_graphs.GRAPHS_ENV, None)
     print("\ncapture errors and stream notes: " + ("; ".join(errors) if errors else "none"))
 
 

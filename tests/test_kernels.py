@@ -140,8 +140,9 @@ def test_strategy_is_chosen_from_sizes():
     assert choose_strategy([64, 32, 10], 32, 2) == "serial"
     # the crossover follows the machine's vector width (kernels.SERIAL_BELOW_FLOPS)
     wide_vectors = kernels._has_avx512()
-    assert kernels.SERIAL_BELOW_FLOPS == (10e6 if wide_vectors else 0.75e6)
-    assert choose_strategy([16, 64, 64, 1], 32, 2) == ("serial" if wide_vectors else "chunks")
+    assert kernels.SERIAL_BELOW_FLOPS == (10e6 if wide_vectors else 2e6)
+    assert choose_strategy([16, 64, 64, 1], 32, 2) == "serial"
+    assert choose_strategy([64, 64, 64, 10], 64, 2) == ("serial" if wide_vectors else "chunks")
     assert choose_strategy([64, 100, 10], 200, 2) == ("serial" if wide_vectors else "chunks")
     assert choose_strategy([128] * 9 + [10], 64, 2) == "chunks"
     assert choose_strategy([784, 256, 128, 10], 128, 2) == "chunks"

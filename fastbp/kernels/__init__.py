@@ -40,11 +40,12 @@ def _has_avx512():
 # A step below this many FLOPs (6 x weights x batch) runs serially under target='parallel'.
 # Where the second thread starts to pay depends on how long a thread's half of the step takes,
 # i.e. on the vector width: measured with `compare.py --strategies`, the crossover lay between
-# 3.4 and 38.7 MFLOP on a 2-core AMD EPYC with AVX-512 (2026-11-24), and between 0.5 and 1.0
-# MFLOP on a 2-core AMD EPYC with AVX2 only (2026-11-26: chunks 11% faster at 1.0, 26% at
-# 3.4, 33% on digits at scikit-learn's defaults, 8.9). Fixed per machine, so a given machine,
-# sizes and thread count always choose the same plan.
-SERIAL_BELOW_FLOPS = 10e6 if _has_avx512() else 0.75e6
+# 3.4 and 38.7 MFLOP on a 2-core AMD EPYC with AVX-512 (2026-11-24); on a 2-core AMD EPYC
+# with AVX2 only (2026-11-26) chunks won by 26% at 3.4 MFLOP and by 33% on digits at
+# scikit-learn's defaults (8.9), while at 1.0 (the regression workload) two runs disagreed
+# (chunks +11% in one, -26% in another), so 2 MFLOP keeps those serial. Fixed per machine,
+# so a given machine, sizes and thread count always choose the same plan.
+SERIAL_BELOW_FLOPS = 10e6 if _has_avx512() else 2e6
 
 
 class Kernels:

@@ -12,6 +12,11 @@ thread: slow, but every kernel can be checked without a GPU.
 """
 import os
 
+# numba-cuda's warning of grids under 128 blocks, which the small networks fastbp is fast for
+# always have. Its message is highlighted (it starts with an ANSI escape), so the pattern may
+# not be anchored at "Grid"; seen unfiltered on an H200 with numba-cuda 0.30.4.
+SMALL_GRID_WARNING = r".*Grid size \d+ will likely result in GPU under-utilization"
+
 
 class CudaUnavailableError(RuntimeError):
     """target='cuda' was asked for where it cannot run; the message says what is missing."""

@@ -11,7 +11,7 @@ same for every step of a fit: each step's scalars (its rows, step number, batch 
 weight decay, Adam's step size) and the epoch's settings are in small device tables that
 the host fills once per epoch, and the kernels find their step through a cursor on the
 device that step_stats advances (gpu.py's docstring). So on a GPU the launches of a step
-are captured once per fit as a CUDA graph (GRAPH_STEPS steps per graph) and an epoch is a
+are captured once per fit as CUDA graphs (cuda_graphs.py) and an epoch is a
 few graph launches; the plain launches, the same kernels with the same arguments, are the
 path under the simulator, with FASTBP_CUDA_GRAPHS=0, and the fallback when a capture or a
 graph launch fails (`CudaNetwork.launch_path` and `graph_error` say what ran and why).
@@ -22,12 +22,12 @@ are gathered on the device, and the host reads nothing back until the epoch's en
 per-step losses, correct counts and gradient norms, the divergence status, and params and
 optimizer state (the Trainer's). Streamed data adds its chunks between steps.
 """
-import os
 import warnings
 
 import numpy as np
 
 from . import cuda_backend, gpu
+from .cuda_graphs import Steps
 from .codes import ADAM, ADAMW
 from .gpu import (ALPHA, BETA1, BETA2, CLIP_NORM, DECAY, EPOCH_F_LEN, EPOCH_I_LEN, EPS,
                   INV_COUNT, INV_SQRT_BC2, LO, LR, MOMENTUM, NESTEROV, ROWS, SEED, SHRINK,
@@ -41,35 +41,17 @@ RESIDENT_FRACTION = 0.5
 MAX_RESIDENT_BYTES = None
 CHUNK_BYTES = 256 * 2**20
 EVAL_ROWS = 1024       # rows per launch when evaluating, predicting or taking a gradient
-# Training steps per captured CUDA graph: an epoch of S steps is S // GRAPH_STEPS launches of
-# that graph and one of a graph of the remaining steps (each captured once per fit).
-# Capturing costs about one plain step per captured step, once.
-GRAPH_STEPS = 16
-GRAPHS_ENV = "FASTBP_CUDA_GRAPHS"     # "0" (or off/false/no): plain launches only
-
-
-def graphs_wanted():
-    """Whether training may replay CUDA graphs: not under the simulator (it has none), nor
-    with FASTBP_CUDA_GRAPHS=0 in the environment (read at every epoch)."""
-    if cuda_backend.simulator_enabled():
-        return False
-    return os.environ.get(GRAPHS_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _blocks(n, per_block):
     return max(1, -(-n // per_block))
 
 
-# numba-cuda's message is highlighted (it starts with an ANSI escape), so the pattern may not
-# be anchored at "Grid"; seen unfiltered on an H200 with numba-cuda 0.30.4
-_SMALL_GRID_WARNING = r".*Grid size \d+ will likely result in GPU under-utilization"
-
-
 def configure_quietly(kernel, grid, block):
     """kernel[grid, block] without numba-cuda's warning of grids under 128 blocks, which the
     small networks fastbp is fast for always have (it would reach users on every fit)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SMALL_GRID_WARNING)
+        warnings.filterwarnings("ignore", message=cuda_backend.SMALL_GRID_WARNING)
         return kernel[grid, block]
 
 
@@ -375,7 +357,7 @@ class CudaNetwork:
         key = (id(ws), id(data), n_steps, weight_records)
         steps = buffers.get("steps")
         if steps is None or steps.key != key:
-            steps = buffers["steps"] = _Steps(
+            steps = buffers["steps"] = Steps(
                 self, key, self._step_launches(ws, data, buffers, weight_records),
                 (ws, data))
         steps.begin_epoch()
@@ -561,103 +543,3 @@ class CudaNetwork:
             output(P_d, ws.Z[self.L - 1], n_rows, self.loss_code)
             out[lo:lo + n_rows] = P_d.copy_to_host()[:n_rows]
         return out
-
-
-class _Steps:
-    """The launches of one training step for a fit, run `run(m)` steps at a time: as
-    replayed CUDA graphs of up to GRAPH_STEPS steps (captured on first use, kept for the
-    fit), or launch by launch. Graphs need a GPU (not the simulator), FASTBP_CUDA_GRAPHS
-    not 0, and no earlier capture failure on this network; the first step of the fit runs
-    launch by launch, so that every kernel is compiled and loaded before a capture. Any
-    failure to capture or launch a graph is kept in net.graph_error and the steps run
-    launch by launch from there on: the same kernels with the same arguments, so the
-    results are the same bit for bit."""
-
-    def __init__(self, net, key, launches, keep):
-        self.net, self.key, self.launches = net, key, launches
-        self.keep = keep           # the buffers the launches (and graphs) point into
-        self.graphs = {}           # steps per graph -> graph
-        self.warm = False
-
-    def begin_epoch(self):
-        self.counts = {"graph_steps": 0, "plain_steps": 0, "warmup_steps": 0,
-                       "graph_launches": 0}
-
-    def path(self):
-        """'graph' when graphs ran every step but the fit's first, 'plain' when none ran,
-        'graph+plain' when a graph failed and plain launches took over mid-epoch."""
-        if self.counts["graph_steps"] == 0:
-            return "plain"
-        return "graph" if self.counts["plain_steps"] == 0 else "graph+plain"
-
-    def run(self, m):
-        """Enqueue the next m steps."""
-        net = self.net
-        use_graphs = net.graph_error is None and graphs_wanted()
-        if m > 0 and use_graphs and not self.warm:
-            self.plain(1)
-            self.counts["plain_steps"] -= 1
-            self.counts["warmup_steps"] += 1
-            self.warm = True
-            m -= 1
-        if m > 0 and use_graphs:
-            try:
-                while m > 0:
-                    size = min(m, GRAPH_STEPS)
-                    graph = self.graphs.get(size)
-                    if graph is None:
-                        graph = self.graphs[size] = capture_graph(self.launches, size)
-                    launch_graph(graph[0], net)
-                    self.counts["graph_steps"] += size
-                    self.counts["graph_launches"] += 1
-                    m -= size
-            except Exception as e:    # a capture or launch failure never stops training
-                net.graph_error = f"{type(e).__name__}: {e}"
-        self.plain(m)
-
-    def plain(self, m):
-        for _ in range(m):
-            self.net._run(self.launches)
-        self.counts["plain_steps"] += m
-
-
-def capture_graph(launches, repeats):
-    """(graph, its builder): a CUDA graph (cuda.core) of `repeats` times the `launches`
-    ((kernel, grid, block, args) each), captured from numba-cuda's launches on a graph
-    builder's stream. Nothing runs: the kernels' arguments, device pointers included, are
-    recorded as they are. Raises whatever the capture raises."""
-    builder = cuda_backend.graph_builder()
-    builder.begin_building()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_SMALL_GRID_WARNING)
-            for _ in range(repeats):
-                for kernel, grid, block, args in launches:
-                    kernel[grid, block, builder](*args)
-    except BaseException:
-        try:
-            builder.end_building()
-        except Exception:
-            pass
-        raise
-    builder.end_building()
-    return builder.complete(), builder      # the builder kept with its graph
-
-
-def launch_graph(graph, net):
-    """Launch a captured graph on the stream numba-cuda launches kernels on when given
-    none (the default stream), so that it is ordered with the plain launches and the copies
-    (the step tables and chunks before it, the results after it) exactly as they are. Should
-    the driver refuse the default stream for a graph, a stream of numba-cuda's own: those
-    synchronise with the default stream (CU_STREAM_DEFAULT), which keeps the same order.
-    `net.graph_stream` says which."""
-    if net.graph_stream is None:
-        try:
-            graph.launch(cuda_backend.core_stream(0))
-            net.graph_stream, net._graph_stream = "default", cuda_backend.core_stream(0)
-            return
-        except Exception as e:
-            net._numba_stream = net.cuda.stream()
-            net._graph_stream = cuda_backend.core_stream(net._numba_stream)
-            net.graph_stream = f"a blocking stream (the default one refused: {e})"
-    graph.launch(net._graph_stream)

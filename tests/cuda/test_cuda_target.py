@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ACTIVATIONS, CUDA_SIMULATOR, LOSSES, make_data
 from fastbp import DivergenceError, MLPClassifier, Trainer, callbacks
-from fastbp.kernels import cuda_runner, gpu
+from fastbp.kernels import cuda_graphs, cuda_runner, gpu
 
 SIZES = [5, 6, 4, 3]
 BATCH = 5          # 11 rows: steps of 5, 5 and 1 rows
@@ -285,7 +285,7 @@ def test_per_step_scalars_on_the_device_match_cpu(optimizer, extra):
 def test_launches_are_the_same_for_every_step_and_epoch(monkeypatch):
     """One list of launches serves the whole fit: nothing in it changes with the step (the
     property that lets a CUDA graph capture it once). Plain launches, to see each step."""
-    monkeypatch.setenv(cuda_runner.GRAPHS_ENV, "0")
+    monkeypatch.setenv(cuda_graphs.GRAPHS_ENV, "0")
     cpu, cuda = pair(optimizer="adam", lr=0.05, dropout=0.2)
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
     net = cuda.engine.device()
@@ -325,9 +325,9 @@ def _fake_graphs(monkeypatch, net, fail=False):
         if fail:
             raise RuntimeError("capture refused (test)")
         return _ReplayedGraph(net, launches, repeats), None
-    monkeypatch.setattr(cuda_runner, "graphs_wanted", lambda: True)
-    monkeypatch.setattr(cuda_runner, "capture_graph", capture)
-    monkeypatch.setattr(cuda_runner, "launch_graph", lambda graph, net: graph.launch())
+    monkeypatch.setattr(cuda_graphs, "graphs_wanted", lambda: True)
+    monkeypatch.setattr(cuda_graphs, "capture_graph", capture)
+    monkeypatch.setattr(cuda_graphs, "launch_graph", lambda graph, net: graph.launch())
     return captured
 
 
@@ -337,7 +337,7 @@ def test_graph_replay_orchestration_matches_cpu(monkeypatch, streamed):
     the captured launches: the fit's first step runs plainly, then graphs of GRAPH_STEPS
     steps and one of the remainder (each captured once per fit), within each chunk of
     streamed rows; results equal the CPU's."""
-    monkeypatch.setattr(cuda_runner, "GRAPH_STEPS", 2)
+    monkeypatch.setattr(cuda_graphs, "GRAPH_STEPS", 2)
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
     cpu, cuda = pair(optimizer="adam", lr=0.05, dropout=0.2)
     net = cuda.engine.device()
@@ -374,14 +374,14 @@ def test_cuda_graphs_run_and_equal_plain_launches_bit_for_bit(monkeypatch, strea
     params, optimizer state and history as the plain launches (FASTBP_CUDA_GRAPHS=0) bit
     for bit; several graphs per epoch (GRAPH_STEPS lowered), a partial last batch, Adam,
     dropout, sample weights and decay."""
-    monkeypatch.setattr(cuda_runner, "GRAPH_STEPS", 2)
+    monkeypatch.setattr(cuda_graphs, "GRAPH_STEPS", 2)
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
     if streamed:
         monkeypatch.setattr(cuda_runner, "MAX_RESIDENT_BYTES", 2 * BATCH * X.shape[1] * 8)
     kw = dict(optimizer="adam", lr=0.05, dropout=[0.3, 0.2], weight_decay=0.05, clip_norm=0.5)
     runs = {}
     for graphs in ("1", "0"):
-        monkeypatch.setenv(cuda_runner.GRAPHS_ENV, graphs)
+        monkeypatch.setenv(cuda_graphs.GRAPHS_ENV, graphs)
         t = Trainer(SIZES, target="cuda", seed=3, dtype="float32", batch_size=BATCH, **kw)
         h = _weighted_fit(t, epochs=3)
         net = t.engine.device()
