@@ -608,8 +608,10 @@ def _iota(order):
 
 def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False):
     """Compile (or load from Numba's on-disk cache) the kernels of every dtype and target
-    ahead of time, so a later fit, loss or predict starts at once; the kernels serve every
-    depth, activation, loss and optimizer. Returns {(dtype, target): seconds}."""
+    for dense data ahead of time, so a later fit, loss or predict starts at once; the
+    kernels serve every depth, activation, loss and optimizer. Sparse (CSR) data has kernels
+    of its own (kernels/variants.py), compiled at the first sparse fit. Returns
+    {(dtype, target): seconds}."""
     from .kernels import training_plan as _plan
     timings = {}
     rng = np.random.default_rng(0)
