@@ -11,7 +11,9 @@ For a workload, float32, target="parallel" with its automatic plan, this times
     threads: the "one multi-threaded product per layer" alternative.
 Each part is reported in ms per step, its share of the step, and GFLOP/s for the products.
 The parts run one after another here, so their sum can differ from the step (caches are
-colder, threads are woken per part).
+colder, threads are woken per part): it is meant for the large workloads (mnist, wide);
+on tiny and regression every part is a few microseconds and the parallel region's entry
+around each one dominates what it measures.
 
 Usage: python benchmarks/breakdown.py [--workloads mnist wide] [--optimizer sgd|adam]
        [--rounds 20]
