@@ -26,10 +26,8 @@ import numba
 
 class Plan(NamedTuple):
     strategy: str
-    kernels: object        # SimpleNamespace(train_epoch, loss_grad, predict)
+    kernels: object        # Kernels: train_epoch, loss_grad, predict
     chunks: int            # batch chunks = Numba threads
-
-
 
 
 def _has_avx512():

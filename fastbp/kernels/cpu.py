@@ -2,10 +2,11 @@
 
 Each body below is plain Python over arrays and scalars, made into two templates at import
 (as umap does): serial (``prange`` runs as ``range``) for target "cpu" and ``parallel=True``
-for target "parallel"; variants.py compiles copies of them per row layout (dense, CSR). Parallelism is over chunks of the minibatch:
-chunk c computes the gradient of its rows into its own slab ``gslab[c]``; the slabs are then
-summed in a fixed order. No thread writes where another does, so results are reproducible
-for a given thread count (chunk count), and equal to the serial ones to rounding.
+for target "parallel"; variants.py compiles copies of them per row layout (dense, CSR).
+Parallelism is over chunks of the minibatch: chunk c computes the gradient of its rows into
+its own slab ``gslab[c]``; the slabs are then summed in a fixed order. No thread writes where
+another does, so results are reproducible for a given thread count (chunk count), and equal
+to the serial ones to rounding.
 
 Arguments are grouped in the NamedTuples of args.py. Extra sizes (see ops.py for the rest):
     C     number of chunks (1 for "cpu", the thread count for "parallel")
@@ -46,7 +47,8 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     more columns it also receives step records: the step's sum of row losses (L + 1; the
     Trainer's loss before training is the first step's) and, given (S, L + 3), the sum of
     squares of the weights before the step's update (L + 2; the estimators report
-    scikit-learn's loss from both). `step` counts optimizer steps taken before this epoch, `seed` seeds the dropout masks.
+    scikit-learn's loss from both). `step` counts optimizer steps taken before this epoch,
+    `seed` seeds the dropout masks.
     Returns (sum of the rows' losses, correct predictions, step after the epoch, -1); when a
     step's loss is NaN or infinite it stops before that step's update and returns the
     step's index in the epoch last instead of -1 (divergence).

@@ -14,6 +14,7 @@ Numba's on-disk cache keeps the variants apart: its cache key covers a function'
 file and bytecode, not its globals. The functions as written in the modules are templates
 and are never compiled themselves.
 """
+import threading
 import types
 
 from numba import njit
@@ -27,6 +28,7 @@ _SETTINGS = {"dense": {"SPARSE": False, "LAZY": False},
              "csr_lazy": {"SPARSE": True, "LAZY": True}}
 _MODULES = (ops, optim, cpu)
 _built = {}
+_lock = threading.Lock()      # estimators fitted from joblib threads may ask at once
 
 
 def mode(rows, lazy=0.0):
@@ -50,6 +52,13 @@ def variant(name):
     built = _built.get(name)
     if built is not None:
         return built
+    with _lock:
+        if name not in _built:
+            _built[name] = _build(name)
+    return _built[name]
+
+
+def _build(name):
     settings = _SETTINGS[name]
     copies = {}                          # id(template) -> (name, the variant's copy)
     names = set()
@@ -73,6 +82,4 @@ def variant(name):
         for key, value in list(namespace.items()):
             if id(value) in copies:
                 namespace[key] = copies[id(value)][1]
-    built = types.SimpleNamespace(**{fn_name: copy for fn_name, copy in copies.values()})
-    _built[name] = built
-    return built
+    return types.SimpleNamespace(**{fn_name: copy for fn_name, copy in copies.values()})
