@@ -66,6 +66,25 @@ def make_data(loss, n_in, n_out, n=40, seed=0):
     return X, y
 
 
+def diverging_adam_run():
+    """The divergence scenario of the roll-back tests: Adam on shuffled minibatches, and a
+    callback that sets a huge lr after two good epochs, so the third epoch diverges after at
+    least one update. Returns (X, y, the Trainer to fit, a twin fitted for the two good
+    epochs only, the callback)."""
+    from fastbp import Trainer
+
+    X, y = make_data("cross_entropy", 6, 3, n=48)
+    kw = dict(optimizer="adam", lr=1e-2, batch_size=8, shuffle=True, seed=0, dtype="float64")
+    t = Trainer([6, 8, 3], **kw)
+    twin = Trainer([6, 8, 3], **kw)
+    twin.fit(X, y, epochs=2, progress=False)
+
+    def blow_up_after_epoch_1(trainer, epoch, logs):
+        if epoch == 1:
+            trainer.lr = 1e300
+    return X, y, t, twin, blow_up_after_epoch_1
+
+
 @pytest.fixture
 def data():
     return make_data

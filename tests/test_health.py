@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import make_data
+from conftest import diverging_adam_run, make_data
 import reference as ref
 from fastbp import DivergenceError, Trainer, TrainingHealthWarning
 from fastbp.schedules import make_schedule
@@ -268,15 +268,7 @@ def test_divergence_restores_adam_moments_and_shuffling_state_of_the_last_good_e
     have moved). The roll-back must put back all of the state of the last good epoch: the
     model then equals a twin that trained the two good epochs only, and the next epoch, at a
     safe lr, gives both the same parameters bit for bit."""
-    X, y = make_data("cross_entropy", 6, 3, n=48)
-    kw = dict(optimizer="adam", lr=1e-2, batch_size=8, shuffle=True, seed=0, dtype="float64")
-    t = Trainer([6, 8, 3], **kw)
-    twin = Trainer([6, 8, 3], **kw)
-    twin.fit(X, y, epochs=2, progress=False)
-
-    def blow_up_after_epoch_1(trainer, epoch, logs):
-        if epoch == 1:
-            trainer.lr = 1e300
+    X, y, t, twin, blow_up_after_epoch_1 = diverging_adam_run()
     fit = lambda: t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up_after_epoch_1],
                         on_divergence=on_divergence)
     if on_divergence == "raise":

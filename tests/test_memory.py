@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import make_data
+from conftest import diverging_adam_run, make_data
 from fastbp import DivergenceError, Trainer
 
 LAYERS = [16, 256, 256, 4]          # 71,428 parameters: 571 KB in float64
@@ -138,15 +138,7 @@ def test_without_the_roll_back_the_model_stays_as_the_diverging_epoch_left_it(
     update. Without the roll-back, nothing is put back: the step count includes the
     diverging epoch's updates before the bad step, the history ends at the last good epoch,
     and the message (or DivergenceError.restored) says so."""
-    X, y = make_data("cross_entropy", 6, 3, n=48)
-    kw = dict(optimizer="adam", lr=1e-2, batch_size=8, shuffle=True, seed=0, dtype="float64")
-    t = Trainer([6, 8, 3], **kw)
-    twin = Trainer([6, 8, 3], **kw)
-    twin.fit(X, y, epochs=2, progress=False)
-
-    def blow_up_after_epoch_1(trainer, epoch, logs):
-        if epoch == 1:
-            trainer.lr = 1e300
+    X, y, t, twin, blow_up_after_epoch_1 = diverging_adam_run()
 
     def fit():
         t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up_after_epoch_1],

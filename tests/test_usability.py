@@ -27,10 +27,7 @@ def test_fastbp_plot_is_a_lazy_attribute():
             "assert callable(fastbp.distributed.fit) and callable(fastbp.streaming.fit_parquet)\n"
             "assert {'plot', 'distributed', 'streaming'} <= set(dir(fastbp))\n"
             "try:\n    fastbp.nothing\nexcept AttributeError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "module 'fastbp' has no attribute 'nothing'"
+    assert _fresh_interpreter(code) == "module 'fastbp' has no attribute 'nothing'"
 
 
 def test_import_fastbp_leaves_scikit_learn_for_the_estimators():
@@ -47,6 +44,13 @@ def test_import_fastbp_leaves_scikit_learn_for_the_estimators():
             "assert callable(patch_sklearn) and callable(fastbp.unpatch_sklearn)\n"
             "assert {'MLPClassifier', 'patch_sklearn'} <= set(dir(fastbp))\n"
             "print('ok')\n")
+    assert _fresh_interpreter(code) == "ok"
+
+
+def _fresh_interpreter(code):
+    """The stripped output of `code` run by a new Python in the checkout (this one has
+    imported everything for other tests); fails with its stderr if it fails."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
