@@ -13,12 +13,14 @@ import argparse
 import ctypes
 import glob
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import cpu_model_and_flags  # noqa: E402
 
 # (rows, fan-in, fan-out) of the products of a chunk of 128 rows (one of two threads at
 # batch 256 for wide, batch 128 for mnist run whole on one thread)
@@ -27,11 +29,7 @@ ROW_MAJOR, NO_TRANS = 101, 111
 
 
 def cpu_model():
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                  if line.startswith("Model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in out.splitlines()
-                  if line.startswith("Flags")), [])
+    model, flags = cpu_model_and_flags()
     wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16",
                                         "amx_tile", "avx512_fp16")]
     return model, wanted

@@ -20,7 +20,6 @@ Usage: python benchmarks/breakdown.py [--workloads mnist wide] [--optimizer sgd|
 """
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -32,7 +31,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from workloads import WORKLOADS, make_data  # noqa: E402
+from workloads import WORKLOADS, cpu_model_and_flags, make_data  # noqa: E402
 
 import fastbp  # noqa: E402
 from fastbp.kernels import codes, cpu, ops, optim  # noqa: E402
@@ -114,12 +113,6 @@ def timed(fn, *args, reps, blas_threads=1):
         start = time.perf_counter()
         fn(*args, reps)
         return (time.perf_counter() - start) / reps
-
-
-def cpu_model():
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                 if line.startswith("Model name")), "unknown")
 
 
 def whole_step(name, optimizer, epochs=3):
@@ -227,7 +220,7 @@ def main(argv=None):
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--rounds", type=int, default=20, help="repetitions of each part")
     args = p.parse_args(argv)
-    print(f"CPU: {cpu_model()}; {numba.get_num_threads()} threads; "
+    print(f"CPU: {cpu_model_and_flags()[0]}; {numba.get_num_threads()} threads; "
           f"{time.strftime('%Y-%m-%d')}")
     for name in args.workloads:
         breakdown(name, args.optimizer, args.rounds)

@@ -1,4 +1,6 @@
 """The named workloads of DESIGN.md section 6, with seeded synthetic data."""
+import subprocess
+
 import numpy as np
 
 WORKLOADS = {
@@ -52,3 +54,10 @@ def bag_of_words(n, n_features, per_row, n_classes=10, seed=0, dtype="float32"):
     X = (sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ X).tocsr().astype(dtype)
     y = np.asarray(X @ rng.standard_normal((n_features, n_classes))).argmax(axis=1)
     return X, y
+
+
+def cpu_model_and_flags():
+    """(`lscpu`'s model name, its CPU flags): every figure is reported with its machine."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return fields.get("Model name", "unknown").strip(), fields.get("Flags", "").split()
