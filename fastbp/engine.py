@@ -339,14 +339,12 @@ class _CpuEpochs:
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
         block_lo, block_hi, block_layer = lay.blocks()
-        R, n_0 = 0, 0
+        R = 0
         if rows.sparse:          # the lazy update's list of the step's touched rows
-            n_0 = int(lay.sizes[0])
-            R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], n_0)
+            R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], int(lay.sizes[0]))
         self.slabs = Slabs(np.zeros((C, lay.n_params), dtype=dtype), block_lo, block_hi,
                            block_layer, np.empty(block_lo.shape[0]), np.empty(C),
-                           np.empty(C, dtype=np.int64), np.empty(R, dtype=np.int64),
-                           np.zeros(n_0, dtype=np.uint8))
+                           np.empty(C, dtype=np.int64), np.empty(R, dtype=np.int64))
 
     def run(self, hyper, dropout_seed):
         """One epoch in the current row order with the optimizer settings `hyper`

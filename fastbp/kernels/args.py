@@ -88,9 +88,9 @@ class Slabs(NamedTuple):
     """A training step's scratch: gslab (C, P) the chunks' gradients; block_lo, block_hi,
     block_layer (G,) cut the flat buffers into blocks that never straddle a layer
     (block_layer: l for W_l, L + l for b_l) and block_sq (G,) their sums of squares;
-    chunk_loss (C,) float64 and chunk_correct (C,) int64. For the lazy update of sparse
-    data (Hyper.lazy; else empty): touched (R,) the step's distinct touched rows of W_0
-    (every chunk's) and seen (n_0,) uint8 marks them while the list is built."""
+    chunk_loss (C,) float64 and chunk_correct (C,) int64. For sparse data (else empty):
+    touched (R,) the lazy update's list of the step's distinct touched rows of W_0 (every
+    chunk's; cpu.touched_union)."""
     gslab: np.ndarray
     block_lo: np.ndarray
     block_hi: np.ndarray
@@ -99,7 +99,6 @@ class Slabs(NamedTuple):
     chunk_loss: np.ndarray
     chunk_correct: np.ndarray
     touched: np.ndarray
-    seen: np.ndarray
 
 
 class Hyper(NamedTuple):

@@ -73,10 +73,10 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     # (zero elsewhere), so W_0's blocks are not summed over the chunks
     dense_from = net.b_off[0] if SPARSE else 0
     n_slices = n_chunks if SPARSE and n_chunks > 1 else 1
-    # The lazy update on one chunk reads W_0's gradient from the chunk's compact touched rows
-    # (ops.sparse_linear_backward) as they are, instead of scattering them into gslab[0],
-    # gathering them back and zeroing them again (the same values, a third of the traffic).
-    compact = LAZY and n_chunks == 1
+    # The lazy update reads W_0's gradient compactly, the i-th touched row's at
+    # [i * H, (i + 1) * H): one chunk's touched rows as sparse_linear_backward left them, or
+    # several chunks' merged into gslab[0] (merge_touched), never scattered to W_0's rows,
+    # gathered back and zeroed again (the same values, a third of the traffic).
     H = net.sizes[1]
     weight_sq = 0.0
     loss_total = 0.0
@@ -110,15 +110,17 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                 release_all(gslab[0], ws, net)
             return loss_total, correct_total, step, s    # diverged: stop before the update
         loss_total += step_loss
-        if SPARSE and not compact:  # threads own column ranges of W_0's gradient
+        if SPARSE and not LAZY:     # threads own column ranges of W_0's gradient
             for t in prange(n_slices):
                 gather_touched(gslab[0], ws, net, t, n_slices)
         if LAZY:                    # the step's touched rows of W_0 and their gradient
-            if compact:
+            if n_chunks == 1:
                 n_lazy = ws.n_touched[0]
                 touched, g_lazy = ws.touched[0], ws.touched_grad[0]
             else:
-                n_lazy = touched_union(slabs, ws)
+                n_lazy = touched_union(slabs.touched, ws)
+                for t in prange(n_slices):
+                    merge_touched(gslab[0], slabs.touched, n_lazy, ws, H, t, n_slices)
                 touched, g_lazy = slabs.touched, gslab[0]
         if weight_records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
@@ -143,19 +145,17 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                            reduce, update)
             if LAZY:                # W_0's touched rows only (block 0 carries their norm)
                 if reduce:
-                    slabs.block_sq[0] = rows_sum_of_squares(g_lazy, touched, n_lazy, H,
-                                                            compact)
+                    slabs.block_sq[0] = rows_sum_of_squares(g_lazy, n_lazy, H)
                 if update:
                     n_lazy_chunks = n_chunks if n_lazy * H >= PARALLEL_UPDATE_MIN else 1
                     for i in prange(n_lazy_chunks):
                         update_rows(state, g_lazy, touched, n_lazy * i // n_lazy_chunks,
                                     n_lazy * (i + 1) // n_lazy_chunks, H, net.opt_code,
-                                    hyper, bc1, bc2, clip, decay, compact)
-        if SPARSE:                  # gslab[0]'s W_0 back to zero, cheaply
-            if compact:
-                touched_release(ws, 0)
-            else:
-                release_all(gslab[0], ws, net)
+                                    hyper, bc1, bc2, clip, decay)
+        if LAZY:
+            union_release(touched, n_lazy, ws)
+        elif SPARSE:                # gslab[0]'s W_0 back to zero, cheaply
+            release_all(gslab[0], ws, net)
         if n_passes == 1:
             record_norms(norms, s, slabs.block_sq, slabs.block_layer, L)
         if records:
@@ -211,46 +211,87 @@ def release_all(g0, ws, net):
 
 
 @jit
-def touched_union(slabs, ws):
-    """slabs.touched[:n] <- the distinct rows of W_0 that any chunk touched (chunk order,
-    then first-touch order); returns n."""
-    n = 0
-    for c in range(ws.n_touched.shape[0]):
+def touched_union(union, ws):
+    """union[:n] <- the distinct rows of W_0 that any chunk touched: chunk 0's touched rows,
+    then each further chunk's rows not seen before (chunk order, then first-touch order);
+    returns n. Chunk 0's touched_slot becomes every union row's position in union (the
+    caller undoes it with union_release)."""
+    slot = ws.touched_slot[0]
+    n = ws.n_touched[0]
+    for k in range(n):
+        union[k] = ws.touched[0, k]
+    for c in range(1, ws.n_touched.shape[0]):
         for k in range(ws.n_touched[c]):
             j = ws.touched[c, k]
-            if slabs.seen[j] == 0:
-                slabs.seen[j] = 1
-                slabs.touched[n] = j
+            if slot[j] < 0:
+                slot[j] = n
+                union[n] = j
                 n += 1
-    for i in range(n):
-        slabs.seen[slabs.touched[i]] = 0
     return n
 
 
 @jit
-def rows_sum_of_squares(g0, touched, n, H, compact):
-    """Sum of squares (float64) of rows touched[:n] of W_0's gradient: in g0 (P,), or, when
-    `compact`, the i-th touched row's gradient at g0[i * H:(i + 1) * H]."""
-    acc = g0.dtype.type(0)
+def merge_touched(g, union, n, ws, H, t, n_slices):
+    """g[i * H:(i + 1) * H] <- the gradient of union row i (touched_union) summed over the
+    chunks in chunk order, for i < n, columns of slice t of n_slices (threads own disjoint
+    column ranges): chunk 0's rows copied, the rest zeroed, then every further chunk's
+    touched rows added at their union position."""
+    lo = t * H // n_slices
+    hi = (t + 1) * H // n_slices
+    slot = ws.touched_slot[0]
+    own = ws.n_touched[0]
+    grad0 = ws.touched_grad[0]
+    zero = g.dtype.type(0)
     for i in range(n):
-        lo = i * H if compact else touched[i] * H
-        g = g0[lo:lo + H]
-        for j in range(H):
-            acc += g[j] * g[j]
+        d = g[i * H + lo:i * H + hi]
+        if i < own:
+            s = grad0[i * H + lo:i * H + hi]
+            for j in range(d.shape[0]):
+                d[j] = s[j]
+        else:
+            for j in range(d.shape[0]):
+                d[j] = zero
+    for c in range(1, ws.n_touched.shape[0]):
+        grad = ws.touched_grad[c]
+        for k in range(ws.n_touched[c]):
+            i = slot[ws.touched[c, k]]
+            s = grad[k * H + lo:k * H + hi]
+            d = g[i * H + lo:i * H + hi]
+            for j in range(d.shape[0]):
+                d[j] += s[j]
+
+
+@jit
+def union_release(union, n, ws):
+    """Forget the step's touched rows: every chunk's, and the union positions that
+    touched_union left in chunk 0's touched_slot (union[:n])."""
+    slot = ws.touched_slot[0]
+    for i in range(n):
+        slot[union[i]] = -1
+    ws.n_touched[0] = 0
+    for c in range(1, ws.n_touched.shape[0]):
+        touched_release(ws, c)
+
+
+@jit
+def rows_sum_of_squares(g, n, H):
+    """Sum of squares (float64) of the lazy update's n touched gradient rows, the i-th at
+    g[i * H:(i + 1) * H]."""
+    acc = g.dtype.type(0)
+    for i in range(n * H):
+        acc += g[i] * g[i]
     return np.float64(acc)
 
 
 @jit
-def update_rows(state, g0, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, decay,
-                compact):
+def update_rows(state, g, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, decay):
     """The optimizer on rows touched[lo:hi] of W_0 (offset 0 in the flat buffers) alone:
-    the lazy update of sparse data. Their gradient as in rows_sum_of_squares."""
+    the lazy update of sparse data; the i-th touched row's gradient at g[i * H:(i + 1) * H]."""
     params, m, v = state.params, state.m, state.v
     for i in range(lo, hi):
         start = touched[i] * H
-        g = i * H if compact else start
         # views of one row each (m, v may be empty: an empty slice of them stays empty)
-        update_segment(params[start:start + H], g0[g:g + H], m[start:start + H],
+        update_segment(params[start:start + H], g[i * H:i * H + H], m[start:start + H],
                        v[start:start + H], 0, H, opt_code, hyper, bc1, bc2, True, clip, decay)
 
 
