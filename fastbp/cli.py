@@ -207,14 +207,25 @@ def _make_trainer(args, layers):
 
 def _diverged(trainer, error, out):
     """The CLIError of a fit that diverged, after saving the model of its last good epoch
-    (the fit restored it) when there was one."""
+    (the fit restored it) when there was one. Without the roll-back
+    (--no-restore-on-divergence) the model as the diverging epoch left it is saved when its
+    parameters are finite."""
+    hint = "try a smaller --lr or --clip-norm 1"
+    if not error.restored:
+        params = trainer.params
+        if not (np.isfinite(params.min()) and np.isfinite(params.max())):
+            return CLIError(f"training diverged ({one_line(error)}); its parameters are not "
+                            "finite and nothing was restored (--no-restore-on-divergence), "
+                            f"so no model was saved; {hint}")
+        saved = _save_model(trainer, out)
+        return CLIError(f"training diverged ({one_line(error)}); nothing was restored "
+                        "(--no-restore-on-divergence): saved the model as the diverging "
+                        f"epoch left it to {saved}; {hint}")
     if not trainer.history.get("loss"):
-        return CLIError(f"training diverged in its first epoch ({one_line(error)}); try a "
-                        "smaller --lr or --clip-norm 1")
+        return CLIError(f"training diverged in its first epoch ({one_line(error)}); {hint}")
     saved = _save_model(trainer, out)
     return CLIError(f"training diverged ({one_line(error)}); saved the model of the last good "
-                    f"epoch ({len(trainer.history['loss'])}) to {saved}; try a smaller --lr "
-                    "or --clip-norm 1")
+                    f"epoch ({len(trainer.history['loss'])}) to {saved}; {hint}")
 
 
 def cmd_train(args):
@@ -266,7 +277,8 @@ def cmd_train(args):
     from .health import DivergenceError
     try:
         history = trainer.fit(Xs, y, validation_data=val, progress=args.progress,
-                              lr_schedule=_schedule(args.lr_schedule, args.epochs))
+                              lr_schedule=_schedule(args.lr_schedule, args.epochs),
+                              restore_on_divergence=args.restore_on_divergence)
     except DivergenceError as e:
         raise _diverged(trainer, e, args.out) from None
     except (TypeError, ValueError) as e:
@@ -541,6 +553,10 @@ def _add_train(sub):
                    "held-out test split, no --report")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction,
                    help="progress bar (none given: when stderr is a terminal)")
+    t.add_argument("--restore-on-divergence", action=argparse.BooleanOptionalAction,
+                   default=True, help="keep a copy of the parameters and optimizer state to "
+                   "put back the last good epoch when training diverges (default); --no-... "
+                   "keeps none, for a model whose copy would not fit in memory")
     t.set_defaults(func=cmd_train)
 
 

@@ -109,7 +109,7 @@ def train_streamed(args):
     try:
         fit_parquet(trainer, args.data, label=label, features=features, epochs=args.epochs,
                     classes=classes, random_state=args.seed, progress=args.progress,
-                    transform=transform)
+                    transform=transform, restore_on_divergence=args.restore_on_divergence)
     except DivergenceError as e:
         raise _diverged(trainer, e, args.out) from None
     except (TypeError, ValueError, OSError) as e:

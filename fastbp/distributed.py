@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 from scipy import sparse
 
+from . import config as _config
 from .health import DivergenceError, TrainingHealthWarning
 from .streaming import check_epochs, model_rng, train_epochs
 from .trainer import Trainer, finish_epoch
@@ -67,7 +68,7 @@ def _blocks(X, y):
 
 
 def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=True,
-                    random_state=None, progress=None):
+                    random_state=None, progress=None, restore_on_divergence=True):
     """Train `model` out of core: `epochs` passes over the row blocks of X, y, each block
     computed, trained on and released, in a shuffled block order per epoch.
 
@@ -79,12 +80,13 @@ def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=
     pyarrow: `fastbp.streaming.fit_parquet`). classes: all class labels, for a classifier's
     first partial_fit. random_state: the block order (default the model's seed or
     random_state, so a seeded model trains the same way every run). progress: a tqdm bar
-    over rows (None: when stderr is a terminal). Returns model."""
+    over rows (None: when stderr is a terminal). restore_on_divergence: a Trainer's `fit`
+    argument for every block (False: no roll-back copy of its state). Returns model."""
     if isinstance(X, (str, os.PathLike)):
         from .streaming import fit_parquet
         return fit_parquet(model, X, label=y, epochs=epochs, classes=classes,
                            shuffle=shuffle_blocks, random_state=random_state,
-                           progress=progress)
+                           progress=progress, restore_on_divergence=restore_on_divergence)
     if _is_dask(X):
         blocks = _blocks(X, y)
         total = sum(int(c) for c in X.chunks[0]) if hasattr(X, "chunks") else None
@@ -116,7 +118,7 @@ def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=
             yield (xb if sparse.issparse(xb) else np.asarray(xb)), np.asarray(yb)
 
     return train_epochs(model, chunks, epochs, classes=classes, progress=progress,
-                        total_rows=total)
+                        total_rows=total, restore_on_divergence=restore_on_divergence)
 
 
 # ----------------------------------------------------------------- data parallel
@@ -204,7 +206,7 @@ def _check_int(name, value, low):
 
 def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation_data=None,
         callbacks=None, shuffle=True, random_state=None, progress=None,
-        on_divergence="raise", rounds=None):
+        on_divergence="raise", restore_on_divergence=True, rounds=None):
     """Data-parallel training on a Dask cluster, as `Trainer.fit` on one machine: `epochs`
     passes over the data (default the Trainer's `epochs`), every worker's rows once per
     epoch. Synchronous local SGD: each round every worker starts from the same buffers, runs
@@ -217,7 +219,11 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
     starting point; it holds the result). X, y: Dask arrays partitioned by rows or a Dask
     DataFrame (y a column name); partitions are persisted on the workers and never gathered.
     validation_data, callbacks, progress (a tqdm bar over epochs; None: when stderr is a
-    terminal) and on_divergence as in `Trainer.fit`. Returns trainer, whose `history` gets
+    terminal) and on_divergence as in `Trainer.fit`. restore_on_divergence: True keeps the
+    driver's copy of the state at the start of every epoch and puts it back when a round
+    diverges; False keeps none, and the model stays as the last round before the diverging
+    one left it (for states whose extra copy would not fit in the driver's memory). Returns
+    trainer, whose `history` gets
     one entry per epoch as from `Trainer.fit` (loss, accuracy, gradient norms, lr, time,
     val_loss, val_accuracy) and `trainer.distributed_stats`.
 
@@ -245,6 +251,7 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
                                  LOCAL_STEPS if local_steps is None else local_steps, 1)
     if on_divergence not in ("raise", "warn"):
         raise ValueError(f"on_divergence={on_divergence!r} is not allowed: 'raise' or 'warn'")
+    restore = _config._bool("restore_on_divergence", restore_on_divergence)
     callbacks = _check_callbacks(callbacks)
     val = None if validation_data is None else tuple(validation_data)
     if val is not None:
@@ -285,7 +292,7 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
     try:
         for i in units:
             epoch = trainer.epochs_done
-            good = {**engine.state(), "lr": trainer.lr}
+            good = {**engine.state(), "lr": trainer.lr} if restore else None
             t0 = time.perf_counter()
             results = []
             for plan in plans(i):
@@ -300,15 +307,20 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
                 n_rounds += 1
                 bad = [r for r in done if "diverged" in r]
                 if bad:
-                    trainer.set_state(**good)
+                    if restore:
+                        trainer.set_state(**good)
+                        what = ("The parameters and optimizer state from before that epoch "
+                                "are restored.")
+                    else:
+                        what = ("Nothing was restored (restore_on_divergence=False): the "
+                                "model is as the round before it left it.")
                     message = (f"training diverged in epoch {epoch} (round {n_rounds} of this "
                                f"fit, a worker's step {bad[0]['step']} of it): the loss became "
-                               "NaN or "
-                               f"infinite. The parameters and optimizer state from before that "
-                               f"epoch are restored. Try a smaller lr (now {trainer.lr:g}), "
-                               "clip_norm=1.0, or standardised inputs (and targets, for mse).")
+                               f"NaN or infinite. {what} Try a smaller lr (now "
+                               f"{trainer.lr:g}), clip_norm=1.0, or standardised inputs (and "
+                               "targets, for mse).")
                     if on_divergence == "raise":
-                        raise DivergenceError(message, epoch, bad[0]["step"])
+                        raise DivergenceError(message, epoch, bad[0]["step"], restore)
                     warnings.warn(message, TrainingHealthWarning, stacklevel=2)
                     return trainer
                 total = sum(r["rows"] for r in done)

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from . import config as _config
 from .health import TrainingHealthWarning, diagnose
 from .trainer import Trainer
 
@@ -45,11 +46,14 @@ def check_epochs(epochs, model):
     return int(epochs)
 
 
-def train_epochs(model, chunks, epochs, *, classes=None, progress=None, total_rows=None):
+def train_epochs(model, chunks, epochs, *, classes=None, progress=None, total_rows=None,
+                 restore_on_divergence=True):
     """`epochs` passes of `model` over `chunks(epoch)`, an iterable of (X, y) NumPy chunks
-    for each pass (epoch counts from 0 in this call). Returns model."""
+    for each pass (epoch counts from 0 in this call). restore_on_divergence: a Trainer's
+    `fit` argument for every chunk (False: no roll-back copy). Returns model."""
     if not (isinstance(model, Trainer) or hasattr(model, "partial_fit")):
         raise TypeError("model must be a fastbp Trainer or an estimator with partial_fit")
+    restore = _config._bool("restore_on_divergence", restore_on_divergence)
     from tqdm.auto import tqdm
     bar = tqdm(total=None if total_rows is None else epochs * total_rows, unit="row",
                unit_scale=True, disable=None if progress is None else not progress,
@@ -62,7 +66,7 @@ def train_epochs(model, chunks, epochs, *, classes=None, progress=None, total_ro
             rows = []
             try:
                 for X, y in chunks(epoch):
-                    _train_chunk(model, X, y, classes if first else None)
+                    _train_chunk(model, X, y, classes if first else None, restore)
                     first = False
                     rows.append(X.shape[0])       # (len() refuses scipy sparse chunks)
                     bar.update(X.shape[0])
@@ -78,11 +82,11 @@ def train_epochs(model, chunks, epochs, *, classes=None, progress=None, total_ro
     return model
 
 
-def _train_chunk(model, X, y, classes):
+def _train_chunk(model, X, y, classes, restore):
     if isinstance(model, Trainer):
         with warnings.catch_warnings():      # health is judged per pass (_warn_of_health)
             warnings.simplefilter("ignore", TrainingHealthWarning)
-            model.fit(X, y, epochs=1, progress=False)
+            model.fit(X, y, epochs=1, progress=False, restore_on_divergence=restore)
     elif classes is not None:
         model.partial_fit(X, y, classes=classes)
     else:
@@ -246,7 +250,8 @@ def _encode(y, classes, where):
 
 
 def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=BATCH_ROWS,
-                classes=None, shuffle=True, random_state=None, progress=None, transform=None):
+                classes=None, shuffle=True, random_state=None, progress=None, transform=None,
+                restore_on_divergence=True):
     """Train `model` on a Parquet file or dataset larger than memory: `epochs` passes, each
     over the row groups in a shuffled order (shuffle=True), read with pyarrow in record
     batches of at most `batch_rows` rows; each batch is converted, trained on (one
@@ -262,8 +267,11 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
     type), an estimator gets classes at its first partial_fit. random_state: the row-group
     order (default the model's seed / random_state). progress: a tqdm bar over rows (None:
     when stderr is a terminal). transform: a callable X -> X applied to every batch's
-    features (e.g. standardisation with statistics from `column_stats`)."""
+    features (e.g. standardisation with statistics from `column_stats`).
+    restore_on_divergence: as `Trainer.fit`'s, for every batch (False: no copy of the
+    parameters and optimizer state is kept to undo a diverging batch)."""
     epochs = check_epochs(epochs, model)
+    _config._bool("restore_on_divergence", restore_on_divergence)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) \
             or batch_rows < 1:
         raise ValueError(f"batch_rows={batch_rows!r} is not allowed: an integer >= 1")
@@ -290,7 +298,8 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
             del X, y                      # (this frame would hold them while suspended)
 
     return train_epochs(model, chunks, epochs, classes=None if encode else classes,
-                        progress=progress, total_rows=total)
+                        progress=progress, total_rows=total,
+                        restore_on_divergence=restore_on_divergence)
 
 
 def column_stats(source, columns=None, *, batch_rows=BATCH_ROWS):

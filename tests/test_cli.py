@@ -387,6 +387,39 @@ def test_a_diverged_run_keeps_its_last_good_epoch(tmp_path, capsys, monkeypatch)
     assert Trainer.load(out).epochs_done == 1
 
 
+@pytest.mark.parametrize("finite", [True, False])
+def test_no_restore_on_divergence_is_passed_to_fit_and_named_in_the_error(
+        tmp_path, capsys, monkeypatch, finite):
+    """--no-restore-on-divergence: fit keeps no roll-back copy; after a divergence the model
+    as the epoch left it is saved when its parameters are finite, and never when not."""
+    from fastbp.health import DivergenceError
+    classes_frame().to_csv(tmp_path / "d.csv", index=False)
+    fit, seen = Trainer.fit, []
+
+    def diverging(self, X, y, **kw):
+        seen.append(kw["restore_on_divergence"])
+        fit(self, X, y, **{**kw, "epochs": 1})
+        if not finite:
+            self.params[0] = np.nan
+        raise DivergenceError("loss is nan at epoch 1, step 3", 1, 3, restored=False)
+    monkeypatch.setattr(Trainer, "fit", diverging)
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", tmp_path / "d.csv", "--out", out, "--no-progress",
+                        "--no-restore-on-divergence"], capsys)
+    assert seen == [False] and code == 1 and len(err.strip().splitlines()) == 1
+    assert "nothing was restored (--no-restore-on-divergence)" in err
+    if finite:
+        assert "as the diverging epoch left it" in err and Trainer.load(out).epochs_done == 1
+    else:
+        assert "no model was saved" in err and not out.exists()
+    # the default keeps the roll-back
+    seen.clear()
+    monkeypatch.setattr(Trainer, "fit", lambda self, X, y, **kw: seen.append(
+        kw["restore_on_divergence"]) or fit(self, X, y, **kw))
+    assert run(["train", tmp_path / "d.csv", "--out", out, *QUICK], capsys)[0] == 0
+    assert seen == [True]
+
+
 def test_report_is_written_whole(tmp_path, capsys):
     classes_frame().to_csv(tmp_path / "d.csv", index=False)
     code, out, err = run(["train", tmp_path / "d.csv", "--epochs", "2", "--no-progress",

@@ -175,6 +175,34 @@ def test_divergence_on_a_worker_restores_the_last_good_epoch(client, digits):
     assert len(t.history["loss"]) == 1
 
 
+def test_divergence_without_restore_keeps_no_copy_and_says_so(client, digits, monkeypatch):
+    """restore_on_divergence=False: the driver keeps no copy of the state per epoch (one
+    engine.state() per round, to send, instead of one more per epoch) and the error says
+    nothing was restored; the model is as the last good round left it."""
+    from fastbp import DivergenceError
+    from fastbp.engine import Engine
+    X, y, _, _ = digits
+    Xd, yd = da.from_array(X, chunks=(168, 64)), da.from_array(y, chunks=168)
+    t = Trainer([64, 32, 10], optimizer="sgd", lr=0.01, seed=0)
+    copies = []
+    state = Engine.state
+    monkeypatch.setattr(Engine, "state", lambda self: copies.append(1) or state(self))
+    fit(t, Xd, yd, client=client, epochs=1, progress=False, restore_on_divergence=False)
+    rounds_one_epoch = len(copies)
+    copies.clear()
+    fit(t, Xd, yd, client=client, epochs=1, progress=False)
+    assert len(copies) == rounds_one_epoch + 1           # + the roll-back copy
+    good = (t.params.copy(), t.step)
+    t.lr = 1e30
+    with pytest.raises(DivergenceError, match="Nothing was restored") as e:
+        fit(t, Xd, yd, client=client, epochs=2, progress=False, restore_on_divergence=False)
+    assert e.value.restored is False and e.value.epoch == 2
+    # its first round diverged: the model is as the round before (the last epoch) left it
+    assert np.array_equal(t.params, good[0]) and t.step == good[1]
+    with pytest.raises(TypeError, match="restore_on_divergence"):
+        fit(t, Xd, yd, client=client, progress=False, restore_on_divergence="no")
+
+
 def test_one_worker_one_local_step_equals_single_process_training(digits):
     """README: with one worker and K=1 this is single-process training, bit for bit
     (shuffle=False): parameters, optimizer state and step count identical, for Adam and

@@ -88,6 +88,32 @@ def test_fit_parquet_trains_a_trainer_on_a_dataset_with_string_labels(digits_dat
     np.testing.assert_array_equal(again.params, t.params)
 
 
+def test_restore_on_divergence_reaches_every_batch_fit(digits_dataset, monkeypatch):
+    """fit_parquet and fit_incremental pass restore_on_divergence to each batch's
+    Trainer.fit (False: no roll-back copy of a large model's state per batch), and refuse
+    a value that is not a bool before reading anything."""
+    from fastbp.distributed import fit_incremental
+    root, X_tr, y_tr, _, _ = digits_dataset
+    fit, seen = Trainer.fit, []
+    monkeypatch.setattr(Trainer, "fit", lambda self, X, y, **kw: seen.append(
+        kw["restore_on_divergence"]) or fit(self, X, y, **kw))
+    fit_parquet(Trainer([64, 8, 10], epochs=1, seed=0), root, label="label", classes=NAMES,
+                batch_rows=400, progress=False, restore_on_divergence=False)
+    assert len(seen) > 1 and not any(seen)
+    seen.clear()
+    chunks = [(X_tr[:300], y_tr[:300]), (X_tr[300:], y_tr[300:])]
+    fit_incremental(Trainer([64, 8, 10], seed=0), chunks, progress=False,
+                    restore_on_divergence=False)
+    assert seen == [False, False]
+    seen.clear()
+    fit_incremental(Trainer([64, 8, 10], seed=0), chunks, progress=False)
+    assert seen == [True, True]
+    with pytest.raises(TypeError, match="^restore_on_divergence=1 is not allowed"):
+        fit_parquet(Trainer([64, 8, 10], seed=0), root, label="label", classes=NAMES,
+                    progress=False, restore_on_divergence=1)
+    assert not seen[2:]
+
+
 def test_estimators_through_fit_incremental_and_explicit_features(digits_dataset):
     root, _, _, X_te, y_te = digits_dataset
     clf = MLPClassifier(hidden_layer_sizes=(32,), batch_size=32, random_state=0)
