@@ -294,14 +294,19 @@ class Engine:
         C = plan.chunks
         block_rows = min(EVAL_ROWS, -(-rows.n // C))
         ws = self._workspace(block_rows, C, rows)
-        P = self.network.layout.n_params if want_grad else 0
+        if not want_grad:            # forward only (its own kernel: half the compile)
+            with self.compute(plan):
+                loss_sum, correct = plan.kernels.evaluate(self.params, ws, rows, block_rows,
+                                                          self._net_eval)
+            return loss_sum / rows.weight_total, correct, None
+        P = self.network.layout.n_params
         gslab = np.empty((C, P), dtype=self.network.dtype)
         acc = np.empty((C, P), dtype=self.network.dtype)
         with self.compute(plan):
             loss_sum, correct = plan.kernels.loss_grad(
                 self.params, gslab, acc, ws, rows, row_order(rows.n), block_rows,
-                self._net_eval, want_grad)
-        return loss_sum / rows.weight_total, correct, (acc[0].copy() if want_grad else None)
+                self._net_eval)
+        return loss_sum / rows.weight_total, correct, acc[0].copy()
 
     def predict(self, X):
         """The output activation (N, K) of the network for checked X (N, n_0): an array or

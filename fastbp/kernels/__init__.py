@@ -47,7 +47,7 @@ SERIAL_BELOW_FLOPS = 10e6 if _has_avx512() else 2e6
 
 
 class Kernels:
-    """The (train_epoch, loss_grad, predict) kernels of a variant, "cpu" (serial) or
+    """The (train_epoch, loss_grad, evaluate, predict) kernels of a variant, "cpu" (serial) or
     "parallel", each call routed to the compile-time variant its rows need (variants.py:
     dense or CSR rows, the lazy update), so a configuration compiles only its own code."""
 
@@ -66,6 +66,9 @@ class Kernels:
 
     def loss_grad(self, params, gslab, acc, ws, rows, *rest):
         return self._kernel("loss_grad", rows)(params, gslab, acc, ws, rows, *rest)
+
+    def evaluate(self, params, ws, rows, *rest):
+        return self._kernel("evaluate", rows)(params, ws, rows, *rest)
 
     def predict(self, params, ws, rows, *rest):
         return self._kernel("predict", rows)(params, ws, rows, *rest)

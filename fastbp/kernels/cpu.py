@@ -20,8 +20,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .ops import (FASTMATH, forward, forward_backward, jit, layer_weight, output_forward,
-                  touched_release, touched_scatter)
+from .ops import (FASTMATH, forward, forward_backward, forward_loss, jit, layer_weight,
+                  output_forward, touched_release, touched_scatter)
 from .optim import bias_corrections, step_decay, update_segment
 
 # Below this many parameters the per-step reduction and update run on one thread.
@@ -96,7 +96,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             chunk_correct[c] = 0
             if chi > clo:
                 ls, nc = forward_backward(params, gslab[c], ws, c, rows, order[clo:chi], net,
-                                          seed, step + 1, inv_count, True)
+                                          seed, step + 1, inv_count)
                 chunk_loss[c] = ls
                 chunk_correct[c] = nc
             else:
@@ -361,7 +361,7 @@ def record_norms(norms, s, block_sq, block_layer, L):
     return norms[s, L]
 
 
-def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
+def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net):
     """Mean loss over the rows `order` (N,) of `rows` as one batch (weighted by the row
     weights unless empty), and its gradient; net's dropout must be empty.
 
@@ -383,32 +383,61 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net, want_grad):
     for c in prange(n_chunks):
         clo = min(c * per_chunk, n)
         chi = min(clo + per_chunk, n)
-        if want_grad:
-            fill(acc[c], 0.0)
+        fill(acc[c], 0.0)
         ls = 0.0
         nc = 0
         for blo in range(clo, chi, block_rows):
             bhi = min(blo + block_rows, chi)
             bl, bc = forward_backward(params, gslab[c], ws, c, rows, order[blo:bhi], net, 0,
-                                      0, inv_count, want_grad)
+                                      0, inv_count)
             ls += bl
             nc += bc
-            if want_grad:
-                for i in range(dense_from, n_params):
-                    acc[c, i] += gslab[c, i]
-                if SPARSE:
-                    touched_scatter(layer_weight(acc[c], net.w_off, net.sizes, 0), ws, c, 0,
-                                    net.sizes[1])
-                    touched_release(ws, c)
+            for i in range(dense_from, n_params):
+                acc[c, i] += gslab[c, i]
+            if SPARSE:
+                touched_scatter(layer_weight(acc[c], net.w_off, net.sizes, 0), ws, c, 0,
+                                net.sizes[1])
+                touched_release(ws, c)
         chunk_loss[c] = ls
         chunk_correct[c] = nc
-    if want_grad:
-        for c in range(1, n_chunks):
-            for i in range(n_params):
-                acc[0, i] += acc[c, i]
+    for c in range(1, n_chunks):
+        for i in range(n_params):
+            acc[0, i] += acc[c, i]
+    return chunk_totals(chunk_loss, chunk_correct)
+
+
+def _evaluate(params, ws, rows, block_rows, net):
+    """(Sum of the rows' losses, correct predictions) over all rows of `rows`, forward
+    only (no backward: evaluation compiles and runs half of _loss_grad's work), block_rows
+    rows at a time, in the same chunks and blocks as _loss_grad (the same sums); net's
+    dropout must be empty."""
+    n = rows.X.shape[0]
+    n_chunks = ws.work.shape[0]
+    index = np.arange(n)
+    per_chunk = (n + n_chunks - 1) // n_chunks
+    chunk_loss = np.empty(n_chunks)
+    chunk_correct = np.empty(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        clo = min(c * per_chunk, n)
+        chi = min(clo + per_chunk, n)
+        ls = 0.0
+        nc = 0
+        for blo in range(clo, chi, block_rows):
+            bhi = min(blo + block_rows, chi)
+            bl, bc = forward_loss(params, ws, c, rows, index[blo:bhi], net, 0, 0)
+            ls += bl
+            nc += bc
+        chunk_loss[c] = ls
+        chunk_correct[c] = nc
+    return chunk_totals(chunk_loss, chunk_correct)
+
+
+@jit
+def chunk_totals(chunk_loss, chunk_correct):
+    """(Sum of the chunks' losses, of their correct predictions), in chunk order."""
     loss_sum = 0.0
     n_correct = 0
-    for c in range(n_chunks):
+    for c in range(chunk_loss.shape[0]):
         loss_sum += chunk_loss[c]
         n_correct += chunk_correct[c]
     return loss_sum, n_correct
@@ -445,5 +474,7 @@ train_epoch_serial = _compile(_train_epoch, "train_epoch_serial", False)
 train_epoch_parallel = _compile(_train_epoch, "train_epoch_parallel", True)
 loss_grad_serial = _compile(_loss_grad, "loss_grad_serial", False)
 loss_grad_parallel = _compile(_loss_grad, "loss_grad_parallel", True)
+evaluate_serial = _compile(_evaluate, "evaluate_serial", False)
+evaluate_parallel = _compile(_evaluate, "evaluate_parallel", True)
 predict_serial = _compile(_predict, "predict_serial", False)
 predict_parallel = _compile(_predict, "predict_parallel", True)

@@ -21,7 +21,7 @@ import numpy as np
 from . import scalar
 from .codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, FASTMATH, GELU, GELU_C,  # noqa: F401
                     GELU_K, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID,
-                    TANH, jit)
+                    TANH, jit, jit_inline)
 from .scalar import output_term, softmax_row
 
 # Whether the rows are CSR (args.Rows): a compile-time constant, set per variant by
@@ -363,14 +363,36 @@ def forward(params, ws, c, rows, A0, idx, net, seed, step):
     return Z
 
 
+@jit_inline          # inlined (Numba IR): a call level of its own made a first fit 1.5 s longer
+def forward_loss(params, ws, c, rows, idx, net, seed, step):
+    """Forward and fused loss over the rows idx (B,) of `rows` (args.Rows), in chunk c's
+    workspace (ws.work[c], offsets in ws): the dense rows gathered into A_0 (ws.a_off[0]),
+    every layer as in forward, the output activation at ws.a_off[L]. Returns (weighted
+    loss_sum, n_correct) of those rows (loss_forward)."""
+    B = idx.shape[0]
+    work = ws.work[c]
+    sizes = net.sizes
+    L = sizes.shape[0] - 1
+    n_0 = 0 if SPARSE else sizes[0]
+    A0 = matrix(work, ws.a_off[0], B, n_0)
+    X = rows.X
+    for r in range(B):                       # gather the (shuffled) dense rows once
+        row = idx[r]
+        for j in range(n_0):
+            A0[r, j] = X[row, j]
+    Z = forward(params, ws, c, rows, A0, idx, net, seed, step)
+    P = matrix(work, ws.a_off[L], B, sizes[L])
+    return loss_forward(P, Z, idx, rows.labels, rows.targets, rows.weights, net.loss_code)
+
+
 @jit
-def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count, want_grad):
-    """Forward, fused loss and backward over the rows idx (B,) of `rows` (args.Rows), in
-    chunk c's workspace (ws.work[c], offsets in ws); dropout as in forward (evaluation
-    passes a net without dropout). grads (P,) <- gradient of (sum of the rows' weighted
-    losses) * inv_count (when want_grad); for CSR rows, W_0's gradient goes to chunk c's
+def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count):
+    """forward_loss, then backward over the same rows: grads (P,) <- gradient of (sum of
+    the rows' weighted losses) * inv_count; for CSR rows, W_0's gradient goes to chunk c's
     touched rows instead (sparse_linear_backward) and grads' W_0 is left as it was.
-    Returns (weighted loss_sum, n_correct) of those rows."""
+    Dropout as in forward (evaluation passes a net without dropout). Returns (weighted
+    loss_sum, n_correct) of those rows."""
+    loss_sum, n_correct = forward_loss(params, ws, c, rows, idx, net, seed, step)
     B = idx.shape[0]
     work = ws.work[c]
     sizes, w_off, b_off, dropout = net.sizes, net.w_off, net.b_off, net.dropout
@@ -378,17 +400,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
     L = sizes.shape[0] - 1
     n_0 = 0 if SPARSE else sizes[0]
     A0 = matrix(work, a_off[0], B, n_0)
-    X = rows.X
-    for r in range(B):                       # gather the (shuffled) dense rows once
-        row = idx[r]
-        for j in range(n_0):
-            A0[r, j] = X[row, j]
-    Z = forward(params, ws, c, rows, A0, idx, net, seed, step)
     P = matrix(work, a_off[L], B, sizes[L])
-    loss_sum, n_correct = loss_forward(P, Z, idx, rows.labels, rows.targets, rows.weights,
-                                       net.loss_code)
-    if not want_grad:
-        return loss_sum, n_correct
     dZ = matrix(work, d_off[0], B, sizes[L])
     loss_backward(dZ, P, idx, rows.labels, rows.targets, rows.weights, net.loss_code,
                   inv_count)
