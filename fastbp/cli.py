@@ -555,8 +555,8 @@ def _add_train(sub):
                    help="progress bar (none given: when stderr is a terminal)")
     t.add_argument("--restore-on-divergence", action=argparse.BooleanOptionalAction,
                    default=True, help="keep a copy of the parameters and optimizer state to "
-                   "put back the last good epoch when training diverges (default); --no-... "
-                   "keeps none, for a model whose copy would not fit in memory")
+                   "put back the last good epoch when training diverges; the --no- form keeps "
+                   "none, for a model whose copy would not fit in memory")
     t.set_defaults(func=cmd_train)
 
 

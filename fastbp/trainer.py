@@ -608,8 +608,8 @@ def _iota(order):
 
 def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False):
     """Compile (or load from Numba's on-disk cache) the kernels of every dtype and target
-    for dense data ahead of time, so a later fit, loss or predict starts at once; the
-    kernels serve every depth, activation, loss and optimizer. Sparse (CSR) data has kernels
+    for dense data ahead of time, so a later fit, loss, gradient or predict starts at once;
+    the kernels serve every depth, activation, loss and optimizer. Sparse (CSR) data has kernels
     of its own (kernels/variants.py), compiled at the first sparse fit. Returns
     {(dtype, target): seconds}."""
     from .kernels import training_plan as _plan
@@ -625,6 +625,7 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
                 t.engine.train_plan = _plan(target, [3, 4, 2], 4,
                                             max(2, t.engine.eval_plan.chunks), "chunks")
             t.fit(X, y, validation_data=(X, y), epochs=1, progress=False)
+            t.gradient(X, y)              # loss_grad: Trainer.gradient, lbfgs
             t.predict(X)
             timings[(dtype, target)] = time.perf_counter() - t0
             if verbose:

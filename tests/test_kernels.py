@@ -26,6 +26,8 @@ def test_loss_and_gradient_match_reference(act, loss, target):
     Ws, bs = ref.unflatten(t.params, SIZES)
     value, dWs, dbs = ref.loss_and_grad(Ws, bs, X, y, [act, act], loss)
     assert t.loss(X, y) == pytest.approx(value, rel=1e-12)
+    # the forward-only evaluation kernel sums as the gradient's does: the same loss exactly
+    assert t.engine.loss_grad(t.check_data(X, y, None), want_grad=True)[0] == t.loss(X, y)
     np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), rtol=1e-10, atol=1e-13)
     out = t.predict(X) if loss in ("mse", "poisson") else t.predict_proba(X)
     np.testing.assert_allclose(out, ref.output(Ws, bs, X, [act, act], loss), rtol=1e-12,
@@ -269,8 +271,8 @@ def test_decay_per_unit_of_batch_weight_matches_reference(optimizer, weighted):
 
 def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
     """Dense rows and CSR rows run separate compile-time variants (kernels/variants.py): a
-    dense fit types and compiles none of the CSR first layer, which keeps a first fit's
-    compile short. Run with an empty Numba cache (a cached kernel loads whole, with no
+    dense fit types and compiles none of the CSR first layer, and evaluating compiles the
+    forward-only kernel, not the gradient's, which keeps a first fit's compile short. Run with an empty Numba cache (a cached kernel loads whole, with no
     record of its callees)."""
     import os
     import subprocess
@@ -281,9 +283,13 @@ def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
         from fastbp import Trainer
         from fastbp.kernels.variants import variant
         X = np.random.default_rng(0).normal(size=(20, 5))
-        Trainer([5, 4, 2], batch_size=8, seed=0).fit(X, np.arange(20) % 2, epochs=1,
-                                                     progress=False)
+        t = Trainer([5, 4, 2], batch_size=8, seed=0)
+        t.fit(X, np.arange(20) % 2, epochs=1, progress=False)
+        t.evaluate(X, np.arange(20) % 2)
         dense = variant("dense")
+        # evaluation runs the forward-only kernel; the gradient's is not compiled
+        assert dense.evaluate_serial.signatures
+        assert dense.loss_grad_serial.signatures == []
         assert dense.forward_backward.signatures, "callees compiled"
         assert dense.train_epoch_serial.signatures
         for name in ("sparse_linear_forward", "sparse_linear_backward", "gather_touched",
