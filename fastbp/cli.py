@@ -214,13 +214,13 @@ def _diverged(trainer, error, out):
     if not error.restored:
         params = trainer.params
         if not (np.isfinite(params.min()) and np.isfinite(params.max())):
-            return CLIError(f"training diverged ({one_line(error)}); its parameters are not "
-                            "finite and nothing was restored (--no-restore-on-divergence), "
+            return CLIError(f"training diverged ({one_line(error)}); with "
+                            "--no-restore-on-divergence its parameters stayed non-finite, "
                             f"so no model was saved; {hint}")
         saved = _save_model(trainer, out)
-        return CLIError(f"training diverged ({one_line(error)}); nothing was restored "
-                        "(--no-restore-on-divergence): saved the model as the diverging "
-                        f"epoch left it to {saved}; {hint}")
+        return CLIError(f"training diverged ({one_line(error)}); saved the model as the "
+                        f"diverging epoch left it (--no-restore-on-divergence) to {saved}; "
+                        f"{hint}")
     if not trainer.history.get("loss"):
         return CLIError(f"training diverged in its first epoch ({one_line(error)}); {hint}")
     saved = _save_model(trainer, out)

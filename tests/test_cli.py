@@ -407,7 +407,7 @@ def test_no_restore_on_divergence_is_passed_to_fit_and_named_in_the_error(
     code, _, err = run(["train", tmp_path / "d.csv", "--out", out, "--no-progress",
                         "--no-restore-on-divergence"], capsys)
     assert seen == [False] and code == 1 and len(err.strip().splitlines()) == 1
-    assert "nothing was restored (--no-restore-on-divergence)" in err
+    assert "--no-restore-on-divergence" in err
     if finite:
         assert "as the diverging epoch left it" in err and Trainer.load(out).epochs_done == 1
     else:
