@@ -215,7 +215,7 @@ def _diverged(trainer, error, out):
         params = trainer.params
         if not (np.isfinite(params.min()) and np.isfinite(params.max())):
             return CLIError(f"training diverged ({one_line(error)}); with "
-                            "--no-restore-on-divergence its parameters stayed non-finite, "
+                            "--no-restore-on-divergence its parameters were left non-finite, "
                             f"so no model was saved; {hint}")
         saved = _save_model(trainer, out)
         return CLIError(f"training diverged ({one_line(error)}); saved the model as the "

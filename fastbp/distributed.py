@@ -81,7 +81,8 @@ def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=
     first partial_fit. random_state: the block order (default the model's seed or
     random_state, so a seeded model trains the same way every run). progress: a tqdm bar
     over rows (None: when stderr is a terminal). restore_on_divergence: a Trainer's `fit`
-    argument for every block (False: no roll-back copy of its state). Returns model."""
+    argument for every block (False: no roll-back copy of its state; estimators, trained
+    with partial_fit, keep none anyway). Returns model."""
     if isinstance(X, (str, os.PathLike)):
         from .streaming import fit_parquet
         return fit_parquet(model, X, label=y, epochs=epochs, classes=classes,
@@ -313,7 +314,8 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
                                 "are restored.")
                     else:
                         what = ("Nothing was restored (restore_on_divergence=False): the "
-                                "model is as the round before it left it.")
+                                "model is as the last round before the diverging one left "
+                                "it.")
                     message = (f"training diverged in epoch {epoch} (round {n_rounds} of this "
                                f"fit, a worker's step {bad[0]['step']} of it): the loss became "
                                f"NaN or infinite. {what} Try a smaller lr (now "

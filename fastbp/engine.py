@@ -255,13 +255,13 @@ class Engine:
             return self.device().data(*rows[:4])
         return self.device().data(*rows[:4], batch_size)
 
-    def _workspace(self, block_rows, n_chunks, rows):
-        """Per chunk: the activations of block_rows rows, and for CSR `rows` the touched
-        rows of W_0 (args.Workspace)."""
+    def _workspace(self, block_rows, n_chunks, rows, backward=True):
+        """Per chunk: the activations of block_rows rows, and for CSR `rows` when the
+        backward pass runs the touched rows of W_0 (args.Workspace)."""
         lay, dtype = self.network.layout, self.network.dtype
         a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse)
         R, n_0, n_1 = 0, 0, int(lay.sizes[1])
-        if rows.sparse:
+        if rows.sparse and backward:
             n_0 = int(lay.sizes[0])
             R = touched_capacity(rows.indptr, block_rows, n_0)
         return Workspace(np.empty((n_chunks, size), dtype=dtype), a_off, z_off, d_off,
@@ -293,7 +293,7 @@ class Engine:
         plan = safe_plan(self.eval_plan)
         C = plan.chunks
         block_rows = min(EVAL_ROWS, -(-rows.n // C))
-        ws = self._workspace(block_rows, C, rows)
+        ws = self._workspace(block_rows, C, rows, backward=want_grad)
         if not want_grad:            # forward only (its own kernel: half the compile)
             with self.compute(plan):
                 loss_sum, correct = plan.kernels.evaluate(self.params, ws, rows, block_rows,
@@ -321,7 +321,7 @@ class Engine:
         plan = safe_plan(self.eval_plan)
         C = plan.chunks
         block_rows = min(EVAL_ROWS, rows.n)
-        ws = self._workspace(block_rows, C, rows)
+        ws = self._workspace(block_rows, C, rows, backward=False)
         out = np.empty((rows.n, K), dtype=self.network.dtype)
         with self.compute(plan):
             plan.kernels.predict(self.params, ws, rows, out, block_rows, self._net_eval)
@@ -340,6 +340,7 @@ class _CpuEpochs:
         self.engine, self.rows, self.order, self.norms = engine, rows, order, norms
         self.plan = safe_plan(engine.train_plan if hyper is None
                               else engine.plan_for(rows, hyper))
+        self.lazy = 0.0 if hyper is None else hyper.lazy
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
@@ -356,6 +357,8 @@ class _CpuEpochs:
         (args.Hyper): (sum of the rows' losses, correct predictions, -1 or the step that
         diverged)."""
         e = self.engine
+        if hyper.lazy != self.lazy:      # the lazy update leaves its own data in the slabs
+            raise ValueError("an epoch runner serves the sparse_update it was made for")
         loss_sum, correct, e.step, bad_step = self.plan.kernels.train_epoch(
             State(e.params, e.m, e.v), self.slabs, self.ws, self.rows, self.order, e._net,
             hyper, e.batch_size, e.step, dropout_seed, self.norms)

@@ -268,8 +268,9 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
     order (default the model's seed / random_state). progress: a tqdm bar over rows (None:
     when stderr is a terminal). transform: a callable X -> X applied to every batch's
     features (e.g. standardisation with statistics from `column_stats`).
-    restore_on_divergence: as `Trainer.fit`'s, for every batch (False: no copy of the
-    parameters and optimizer state is kept to undo a diverging batch)."""
+    restore_on_divergence: as `Trainer.fit`'s, for every batch of a Trainer (False: no copy
+    of the parameters and optimizer state is kept to undo a diverging batch; estimators,
+    trained with partial_fit, keep none anyway)."""
     epochs = check_epochs(epochs, model)
     _config._bool("restore_on_divergence", restore_on_divergence)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) \

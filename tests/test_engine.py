@@ -43,6 +43,9 @@ def test_engine_trains_from_a_given_init_in_a_given_row_order(target, optimizer)
             loss_sum, _, bad = runner.run(t._hyper, 0)
             assert bad == -1
             losses.append(loss_sum / rows.n)
+    # a runner's slabs serve one update rule (the lazy one keeps its own data in them)
+    with pytest.raises(ValueError, match="sparse_update it was made for"):
+        runner.run(t._hyper._replace(lazy=1.0), 0)
 
     Ws, bs = ref.unflatten(init, SIZES)
     opt = ref.Optimizer(optimizer, lr=0.05, momentum=0.9 if optimizer == "sgd" else 0.0)

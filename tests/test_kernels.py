@@ -272,8 +272,9 @@ def test_decay_per_unit_of_batch_weight_matches_reference(optimizer, weighted):
 def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
     """Dense rows and CSR rows run separate compile-time variants (kernels/variants.py): a
     dense fit types and compiles none of the CSR first layer, and evaluating compiles the
-    forward-only kernel, not the gradient's, which keeps a first fit's compile short. Run with an empty Numba cache (a cached kernel loads whole, with no
-    record of its callees)."""
+    forward-only kernel, not the gradient's, which keeps a first fit's compile short. Run
+    with an empty Numba cache (a cached kernel loads whole, with no record of its
+    callees)."""
     import os
     import subprocess
     import sys

@@ -106,6 +106,9 @@ def test_sparse_extras_equal_dense(target):
     ed, es = dense.evaluate(X, y, sample_weight=w), sp.evaluate(Xs, y, sample_weight=w)
     assert es["loss"] == pytest.approx(ed["loss"], rel=RTOL)
     assert es["accuracy"] == ed["accuracy"]
+    # CSR evaluation (forward-only kernel) sums as the CSR gradient kernel does
+    rows = sp.check_data(Xs, y, w)
+    assert sp.engine.loss_grad(rows, want_grad=True)[0] == sp.engine.loss_grad(rows, False)[0]
     _same(sp.predict_proba(X[[3, 17]]), sp.predict_proba(Xs[[3, 17]]))   # empty rows
 
 

@@ -40,7 +40,9 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     unless they are empty.
 
     state (args.State: params, m, v) is updated in place; slabs (args.Slabs) is the step's
-    scratch (gslab[0] holds the whole batch's gradient after each step); ws (args.Workspace)
+    scratch (gslab[0] holds the whole batch's gradient after each step, but for the lazy
+    update on several chunks, whose W_0 part holds the merged touched rows compactly: a
+    Slabs serves one variant); ws (args.Workspace)
     the chunks' activations; net (args.Network) the sizes, offsets and codes; hyper
     (args.Hyper) the optimizer's settings; norms (S, L + 1) receives, per step, the L2 norm
     of each weight gradient and the global norm of the gradient (before clipping); given
@@ -106,7 +108,10 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             step_loss += chunk_loss[c]
             correct_total += chunk_correct[c]
         if not np.isfinite(step_loss):
-            if SPARSE:
+            if LAZY:                # (nothing merged yet)
+                for c in range(n_chunks):
+                    touched_release(ws, c)
+            elif SPARSE:
                 release_all(gslab[0], ws, net)
             return loss_total, correct_total, step, s    # diverged: stop before the update
         loss_total += step_loss
@@ -300,7 +305,7 @@ def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduc
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
     block's sum of squares (reduce), then apply the optimizer to it (update). CSR rows:
     W_0's blocks are already summed (gather_touched); lazy: they are left to update_rows
-    (their sums of squares 0 here)."""
+    (their sums of squares 0 here), and gslab[0]'s W_0 holds merge_touched's compact rows."""
     lo = slabs.block_lo[k]
     hi = slabs.block_hi[k]
     if LAZY and slabs.block_layer[k] == 0:

@@ -390,8 +390,8 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
     """forward_loss, then backward over the same rows: grads (P,) <- gradient of (sum of
     the rows' weighted losses) * inv_count; for CSR rows, W_0's gradient goes to chunk c's
     touched rows instead (sparse_linear_backward) and grads' W_0 is left as it was.
-    Dropout as in forward (evaluation passes a net without dropout). Returns (weighted
-    loss_sum, n_correct) of those rows."""
+    Dropout as in forward (the gradient kernel, cpu._loss_grad, passes a net without it).
+    Returns (weighted loss_sum, n_correct) of those rows."""
     loss_sum, n_correct = forward_loss(params, ws, c, rows, idx, net, seed, step)
     B = idx.shape[0]
     work = ws.work[c]
