@@ -295,10 +295,17 @@ class Engine:
         block_rows = min(EVAL_ROWS, -(-rows.n // C))
         ws = self._workspace(block_rows, C, rows, backward=want_grad)
         if not want_grad:            # forward only (its own kernel: half the compile)
+            per_chunk = -(-rows.n // C)        # _loss_grad's chunks, so the same sums
+
+            def chunk(c):
+                lo = min(c * per_chunk, rows.n)
+                return plan.kernels.evaluate(self.params, ws, c, rows, lo,
+                                             min(lo + per_chunk, rows.n), block_rows,
+                                             self._net_eval)
             with self.compute(plan):
-                loss_sum, correct = plan.kernels.evaluate(self.params, ws, rows, block_rows,
-                                                          self._net_eval)
-            return loss_sum / rows.weight_total, correct, None
+                sums = in_threads(chunk, C)
+            loss_sum = sum(s[0] for s in sums)             # in chunk order
+            return loss_sum / rows.weight_total, sum(s[1] for s in sums), None
         P = self.network.layout.n_params
         gslab = np.empty((C, P), dtype=self.network.dtype)
         acc = np.empty((C, P), dtype=self.network.dtype)
@@ -323,9 +330,38 @@ class Engine:
         block_rows = min(EVAL_ROWS, rows.n)
         ws = self._workspace(block_rows, C, rows, backward=False)
         out = np.empty((rows.n, K), dtype=self.network.dtype)
+        if rows.n == 0:
+            return out
+        per_chunk = -(-rows.n // (C * block_rows)) * block_rows   # whole blocks per chunk
+        C = -(-rows.n // per_chunk)                               # the chunks with rows
+
+        def chunk(c):
+            lo = min(c * per_chunk, rows.n)
+            plan.kernels.predict(self.params, ws, c, rows, out, lo,
+                                 min(lo + per_chunk, rows.n), block_rows, self._net_eval)
         with self.compute(plan):
-            plan.kernels.predict(self.params, ws, rows, out, block_rows, self._net_eval)
+            in_threads(chunk, C)
         return out
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def in_threads(fn, n):
+    """[fn(0), ..., fn(n - 1)], fn(0) on this thread and the others at once on a pool of
+    threads kept for the process (for kernels that release the GIL)."""
+    global _pool
+    if n == 1:
+        return [fn(0)]
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < n - 1:
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="fastbp")
+        pool = _pool
+    futures = [pool.submit(fn, c) for c in range(1, n)]
+    first = fn(0)
+    return [first] + [f.result() for f in futures]
 
 
 def _dense_only(rows):

@@ -289,7 +289,7 @@ def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
         t.evaluate(X, np.arange(20) % 2)
         dense = variant("dense")
         # evaluation runs the forward-only kernel; the gradient's is not compiled
-        assert dense.evaluate_serial.signatures
+        assert dense.evaluate.signatures
         assert dense.loss_grad_serial.signatures == []
         assert dense.forward_backward.signatures, "callees compiled"
         assert dense.train_epoch_serial.signatures

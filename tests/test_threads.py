@@ -141,7 +141,7 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
 
         t = Trainer([8, 16, 3], seed=0)
         for plan, names in ((t.engine.train_plan, ("train_epoch",)),
-                            (t.engine.eval_plan, ("predict", "loss_grad"))):
+                            (t.engine.eval_plan, ("predict", "evaluate", "loss_grad"))):
             for name in names:
                 monkeypatch.setattr(plan.kernels, name, spy(name, getattr(plan.kernels, name)))
         X = np.random.default_rng(0).standard_normal((64, 8))
@@ -150,6 +150,7 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
               callbacks=[lambda tr, epoch, logs: seen.append(("callback", _blas_threads()))])
         t.predict(X)
         t.loss(X, y)
+        t.gradient(X, y)
         assert _blas_threads() == before                     # restored after each call
 
         real_minimize = sklearn_solvers.minimize
@@ -162,8 +163,31 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
         assert _blas_threads() == before
 
     kinds = {kind for kind, _ in seen}
-    assert kinds == {"train_epoch", "callback", "predict", "loss_grad", "lbfgs",
+    assert kinds == {"train_epoch", "callback", "predict", "evaluate", "loss_grad", "lbfgs",
                      "lbfgs loss"}, kinds
     for kind, threads in seen:
         assert set(threads) == set(before), (kind, threads)
         assert all(n == 1 for n in threads.values()), (kind, threads)
+
+
+def test_parallel_evaluation_runs_its_chunks_on_threads_and_equals_cpu(monkeypatch):
+    """target='parallel' predicts and evaluates in chunks on the engine's own threads, each
+    running the serial kernel without the GIL (no parallel variant to compile): the same
+    predictions as 'cpu' (the same blocks of rows) and the same loss to rounding."""
+    from fastbp.kernels import evaluation_plan
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((600, 8)), rng.integers(0, 3, 600)
+    cpu = Trainer([8, 16, 3], seed=0, dtype="float64")
+    par = Trainer([8, 16, 3], seed=0, dtype="float64", target="parallel")
+    par.engine.eval_plan = evaluation_plan("parallel", 2)
+    where = []
+    for name in ("predict", "evaluate"):
+        fn = getattr(par.engine.eval_plan.kernels, name)
+        monkeypatch.setattr(par.engine.eval_plan.kernels, name, lambda *a, fn=fn, name=name: (
+            where.append((name, threading.current_thread().name)), fn(*a))[1])
+    np.testing.assert_array_equal(par.predict_proba(X), cpu.predict_proba(X))
+    assert par.loss(X, y) == pytest.approx(cpu.loss(X, y), rel=1e-12)
+    for name in ("predict", "evaluate"):
+        threads = [t for n, t in where if n == name]
+        assert len(threads) == 2 and len(set(threads)) == 2, where
+        assert threading.current_thread().name in threads        # chunk 0 on the caller's

@@ -56,9 +56,10 @@ class Kernels:
             raise ValueError(f"no kernels for target {target!r}")
         self.suffix = "serial" if target == "cpu" else "parallel"
 
-    def _kernel(self, kind, rows, lazy=0.0):
+    def _kernel(self, kind, rows, lazy=0.0, suffix=True):
         from . import variants
-        return getattr(variants.variant(variants.mode(rows, lazy)), f"{kind}_{self.suffix}")
+        name = f"{kind}_{self.suffix}" if suffix else kind
+        return getattr(variants.variant(variants.mode(rows, lazy)), name)
 
     def train_epoch(self, state, slabs, ws, rows, order, net, hyper, *rest):
         return self._kernel("train_epoch", rows, hyper.lazy)(state, slabs, ws, rows, order,
@@ -67,11 +68,13 @@ class Kernels:
     def loss_grad(self, params, gslab, acc, ws, rows, *rest):
         return self._kernel("loss_grad", rows)(params, gslab, acc, ws, rows, *rest)
 
-    def evaluate(self, params, ws, rows, *rest):
-        return self._kernel("evaluate", rows)(params, ws, rows, *rest)
+    # serial kernels without the GIL for one chunk of rows: the engine runs the chunks
+    # on its own threads (no parallel variant to compile)
+    def evaluate(self, params, ws, c, rows, *rest):
+        return self._kernel("evaluate", rows, suffix=False)(params, ws, c, rows, *rest)
 
-    def predict(self, params, ws, rows, *rest):
-        return self._kernel("predict", rows)(params, ws, rows, *rest)
+    def predict(self, params, ws, c, rows, *rest):
+        return self._kernel("predict", rows, suffix=False)(params, ws, c, rows, *rest)
 
 
 _kernels = {}

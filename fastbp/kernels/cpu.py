@@ -408,78 +408,58 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net):
     for c in range(1, n_chunks):
         for i in range(n_params):
             acc[0, i] += acc[c, i]
-    return chunk_totals(chunk_loss, chunk_correct)
-
-
-def _evaluate(params, ws, rows, block_rows, net):
-    """(Sum of the rows' losses, correct predictions) over all rows of `rows`, forward
-    only (no backward: evaluation compiles and runs half of _loss_grad's work), block_rows
-    rows at a time, in the same chunks and blocks as _loss_grad (the same sums); net's
-    dropout must be empty."""
-    n = rows.X.shape[0]
-    n_chunks = ws.work.shape[0]
-    index = np.arange(n)
-    per_chunk = (n + n_chunks - 1) // n_chunks
-    chunk_loss = np.empty(n_chunks)
-    chunk_correct = np.empty(n_chunks, dtype=np.int64)
-    for c in prange(n_chunks):
-        clo = min(c * per_chunk, n)
-        chi = min(clo + per_chunk, n)
-        ls = 0.0
-        nc = 0
-        for blo in range(clo, chi, block_rows):
-            bhi = min(blo + block_rows, chi)
-            bl, bc = forward_loss(params, ws, c, rows, index[blo:bhi], net, 0, 0)
-            ls += bl
-            nc += bc
-        chunk_loss[c] = ls
-        chunk_correct[c] = nc
-    return chunk_totals(chunk_loss, chunk_correct)
-
-
-@jit
-def chunk_totals(chunk_loss, chunk_correct):
-    """(Sum of the chunks' losses, of their correct predictions), in chunk order."""
     loss_sum = 0.0
     n_correct = 0
-    for c in range(chunk_loss.shape[0]):
+    for c in range(n_chunks):
         loss_sum += chunk_loss[c]
         n_correct += chunk_correct[c]
     return loss_sum, n_correct
 
 
-def _predict(params, ws, rows, out, block_rows, net):
-    """out (N, K) = output activation of the network for the rows of `rows` (args.Rows:
-    dense X (N, n_0) or CSR; labels and targets unused), block_rows rows at a time; chunk c
-    of the workspace ws handles blocks c, c + C, c + 2C, ... net's dropout must be empty."""
+def _evaluate(params, ws, c, rows, lo, hi, block_rows, net):
+    """(Sum of the losses, correct predictions) of the rows lo:hi of `rows`, forward only
+    (no backward: evaluation compiles and runs half of _loss_grad's work), block_rows rows
+    at a time from lo, in chunk c of the workspace ws; net's dropout must be empty. Serial
+    and without the GIL: the engine runs the chunks of a data set on threads of its own
+    (no parallel variant to compile), in _loss_grad's chunks and blocks (the same sums)."""
+    index = np.arange(lo, hi)
+    ls = 0.0
+    nc = 0
+    for blo in range(lo, hi, block_rows):
+        bhi = min(blo + block_rows, hi)
+        bl, bc = forward_loss(params, ws, c, rows, index[blo - lo:bhi - lo], net, 0, 0)
+        ls += bl
+        nc += bc
+    return ls, nc
+
+
+def _predict(params, ws, c, rows, out, lo, hi, block_rows, net):
+    """out[lo:hi] (K columns) = output activation of the network for the rows lo:hi of
+    `rows` (args.Rows: dense X (N, n_0) or CSR; labels and targets unused), block_rows rows
+    at a time from lo, in chunk c of the workspace ws; net's dropout must be empty. Serial
+    and without the GIL, as _evaluate."""
     X = rows.X
-    n = X.shape[0]
-    n_chunks = ws.work.shape[0]
-    n_row_blocks = (n + block_rows - 1) // block_rows
-    index = np.arange(n)
-    for c in prange(n_chunks):
-        for blk in range(c, n_row_blocks, n_chunks):
-            lo = blk * block_rows
-            hi = min(lo + block_rows, n)
-            Z = forward(params, ws, c, rows, X[lo:hi], index[lo:hi], net, 0, 0)
-            output_forward(out[lo:hi], Z, net.loss_code)
+    index = np.arange(lo, hi)
+    for blo in range(lo, hi, block_rows):
+        bhi = min(blo + block_rows, hi)
+        Z = forward(params, ws, c, rows, X[blo:bhi], index[blo - lo:bhi - lo], net, 0, 0)
+        output_forward(out[blo:bhi], Z, net.loss_code)
 
 
-def _compile(body, name, parallel):
+def _compile(body, name, parallel, nogil=False):
     """njit a copy of `body` under its own name, so the serial and parallel variants have
     separate on-disk cache entries."""
     fn = types.FunctionType(body.__code__, body.__globals__, name, body.__defaults__,
                             body.__closure__)
     fn.__qualname__ = name
     fn.__doc__ = body.__doc__
-    return njit(cache=True, parallel=parallel, fastmath=FASTMATH, error_model="numpy")(fn)
+    return njit(cache=True, parallel=parallel, nogil=nogil, fastmath=FASTMATH,
+                error_model="numpy")(fn)
 
 
 train_epoch_serial = _compile(_train_epoch, "train_epoch_serial", False)
 train_epoch_parallel = _compile(_train_epoch, "train_epoch_parallel", True)
 loss_grad_serial = _compile(_loss_grad, "loss_grad_serial", False)
 loss_grad_parallel = _compile(_loss_grad, "loss_grad_parallel", True)
-evaluate_serial = _compile(_evaluate, "evaluate_serial", False)
-evaluate_parallel = _compile(_evaluate, "evaluate_parallel", True)
-predict_serial = _compile(_predict, "predict_serial", False)
-predict_parallel = _compile(_predict, "predict_parallel", True)
+evaluate = _compile(_evaluate, "evaluate", False, nogil=True)
+predict = _compile(_predict, "predict", False, nogil=True)
