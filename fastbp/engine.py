@@ -27,6 +27,10 @@ from .kernels.args import Hyper, Network, Rows, Slabs, State, Workspace  # noqa:
 from .layout import Layout
 
 EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
+# Below this much forward work (2 x rows x weights FLOPs) predict and evaluate stay on the
+# calling thread: waking the engine's pool thread cost 0.2-0.5 ms on a 2-core AMD EPYC VM
+# (2026-11-26), about what 20 MFLOP take on one core.
+EVAL_THREADS_FROM_FLOPS = 20e6
 
 
 class NetworkSpec(NamedTuple):
@@ -291,7 +295,7 @@ class Engine:
             loss_sum, correct, grad = net.loss_grad(data, want_grad)
             return loss_sum / rows.weight_total, correct, grad
         plan = safe_plan(self.eval_plan)
-        C = plan.chunks
+        C = plan.chunks if want_grad else self._eval_chunks(plan, rows.n)
         block_rows = min(EVAL_ROWS, -(-rows.n // C))
         ws = self._workspace(block_rows, C, rows, backward=want_grad)
         if not want_grad:            # forward only (its own kernel: half the compile)
@@ -315,6 +319,13 @@ class Engine:
                 self._net_eval)
         return loss_sum / rows.weight_total, correct, acc[0].copy()
 
+    def _eval_chunks(self, plan, n):
+        """How many threads predict and evaluate use for n rows: the plan's chunks, or one
+        for a small forward pass (EVAL_THREADS_FROM_FLOPS)."""
+        sizes = self.network.layout.sizes
+        weights = sum(int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:]))
+        return plan.chunks if 2.0 * n * weights >= EVAL_THREADS_FROM_FLOPS else 1
+
     def predict(self, X):
         """The output activation (N, K) of the network for checked X (N, n_0): an array or
         CSR matrix from fastbp.data.check_X, or `Rows`."""
@@ -326,7 +337,7 @@ class Engine:
             net.params.copy_to_device(self.params)
             return net.predict(rows.X)
         plan = safe_plan(self.eval_plan)
-        C = plan.chunks
+        C = self._eval_chunks(plan, rows.n)
         block_rows = min(EVAL_ROWS, rows.n)
         ws = self._workspace(block_rows, C, rows, backward=False)
         out = np.empty((rows.n, K), dtype=self.network.dtype)

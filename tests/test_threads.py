@@ -173,7 +173,9 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
 def test_parallel_evaluation_runs_its_chunks_on_threads_and_equals_cpu(monkeypatch):
     """target='parallel' predicts and evaluates in chunks on the engine's own threads, each
     running the serial kernel without the GIL (no parallel variant to compile): the same
-    predictions as 'cpu' (the same blocks of rows) and the same loss to rounding."""
+    predictions as 'cpu' (the same blocks of rows) and the same loss to rounding. A small
+    forward pass (under engine.EVAL_THREADS_FROM_FLOPS) stays on the calling thread."""
+    from fastbp import engine
     from fastbp.kernels import evaluation_plan
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((600, 8)), rng.integers(0, 3, 600)
@@ -185,9 +187,17 @@ def test_parallel_evaluation_runs_its_chunks_on_threads_and_equals_cpu(monkeypat
         fn = getattr(par.engine.eval_plan.kernels, name)
         monkeypatch.setattr(par.engine.eval_plan.kernels, name, lambda *a, fn=fn, name=name: (
             where.append((name, threading.current_thread().name)), fn(*a))[1])
+    par.predict(X)                                   # 0.2 MFLOP: one chunk, this thread
+    assert where == [("predict", threading.current_thread().name)]
+    where.clear()
+    monkeypatch.setattr(engine, "EVAL_THREADS_FROM_FLOPS", 0.0)
     np.testing.assert_array_equal(par.predict_proba(X), cpu.predict_proba(X))
     assert par.loss(X, y) == pytest.approx(cpu.loss(X, y), rel=1e-12)
     for name in ("predict", "evaluate"):
         threads = [t for n, t in where if n == name]
         assert len(threads) == 2 and len(set(threads)) == 2, where
+    from scipy import sparse                         # CSR rows too
+    Xs = sparse.csr_matrix(np.where(X > 0.5, X, 0.0))
+    np.testing.assert_allclose(par.predict_proba(Xs), cpu.predict_proba(Xs), rtol=1e-13)
+    assert par.loss(Xs, y) == pytest.approx(cpu.loss(Xs, y), rel=1e-12)
         assert threading.current_thread().name in threads        # chunk 0 on the caller's
