@@ -196,8 +196,8 @@ def test_parallel_evaluation_runs_its_chunks_on_threads_and_equals_cpu(monkeypat
     for name in ("predict", "evaluate"):
         threads = [t for n, t in where if n == name]
         assert len(threads) == 2 and len(set(threads)) == 2, where
+        assert threading.current_thread().name in threads        # chunk 0 on the caller's
     from scipy import sparse                         # CSR rows too
     Xs = sparse.csr_matrix(np.where(X > 0.5, X, 0.0))
     np.testing.assert_allclose(par.predict_proba(Xs), cpu.predict_proba(Xs), rtol=1e-13)
     assert par.loss(Xs, y) == pytest.approx(cpu.loss(Xs, y), rel=1e-12)
-        assert threading.current_thread().name in threads        # chunk 0 on the caller's
