@@ -355,20 +355,21 @@ class Engine:
         return out
 
 
-_pool = None
+_pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
 
 def in_threads(fn, n):
     """[fn(0), ..., fn(n - 1)], fn(0) on this thread and the others at once on a pool of
     threads kept for the process (for kernels that release the GIL)."""
-    global _pool
+    global _pool, _pool_size
     if n == 1:
         return [fn(0)]
     with _pool_lock:
-        if _pool is None or _pool._max_workers < n - 1:
+        if _pool_size < n - 1:
             from concurrent.futures import ThreadPoolExecutor
             _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="fastbp")
+            _pool_size = n - 1
         pool = _pool
     futures = [pool.submit(fn, c) for c in range(1, n)]
     first = fn(0)

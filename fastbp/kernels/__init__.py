@@ -26,7 +26,7 @@ import numba
 
 class Plan(NamedTuple):
     strategy: str
-    kernels: object        # Kernels: train_epoch, loss_grad, predict
+    kernels: object        # Kernels: train_epoch, loss_grad, evaluate, predict
     chunks: int            # batch chunks = Numba threads
 
 
@@ -48,8 +48,9 @@ SERIAL_BELOW_FLOPS = 10e6 if _has_avx512() else 2e6
 
 class Kernels:
     """The (train_epoch, loss_grad, evaluate, predict) kernels of a variant, "cpu" (serial) or
-    "parallel", each call routed to the compile-time variant its rows need (variants.py:
-    dense or CSR rows, the lazy update), so a configuration compiles only its own code."""
+    "parallel" (evaluate and predict are the same serial kernels for both), each call routed
+    to the compile-time variant its rows need (variants.py: dense or CSR rows, the lazy
+    update), so a configuration compiles only its own code."""
 
     def __init__(self, target):
         if target not in ("cpu", "parallel"):

@@ -1,8 +1,10 @@
 """The CPU epoch, loss-and-gradient and predict kernels, serial and multi-threaded.
 
-Each body below is plain Python over arrays and scalars, made into two templates at import
-(as umap does): serial (``prange`` runs as ``range``) for target "cpu" and ``parallel=True``
-for target "parallel"; variants.py compiles copies of them per row layout (dense, CSR).
+Each body below is plain Python over arrays and scalars. The epoch and gradient bodies are
+made into two templates at import (as umap does): serial (``prange`` runs as ``range``) for
+target "cpu" and ``parallel=True`` for target "parallel"; the evaluation and predict bodies
+into one serial template without the GIL, whose chunks of rows the engine runs on threads
+of its own. variants.py compiles copies of them per row layout (dense, CSR).
 Parallelism is over chunks of the minibatch: chunk c computes the gradient of its rows into
 its own slab ``gslab[c]``; the slabs are then summed in a fixed order. No thread writes where
 another does, so results are reproducible for a given thread count (chunk count), and equal
