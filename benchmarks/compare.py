@@ -12,6 +12,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --sweep              # hidden width x batch size
     python benchmarks/compare.py --compile            # cold/warm time to the first epoch
     python benchmarks/compare.py --strategies         # fastbp's parallel strategies
+    python benchmarks/compare.py --products           # gemm.py's small products vs BLAS
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
     python benchmarks/compare.py --memory --breakdown # ... and where it goes, line by line
     python benchmarks/compare.py --estimators         # MLPClassifier vs scikit-learn's
@@ -349,6 +350,75 @@ def strategies(rounds):
               f"{flops_per_sample(layers) * batch / 1e6:.1f} | " +
               " | ".join(f"{sps[s]:,.0f}" for s in ("serial", "chunks")) +
               f" | {chosen}{mark} |", flush=True)
+
+
+def products(rounds):
+    """Each product of a training step as the kernels run it (the rows of one chunk of the
+    automatic plan), through fastbp.kernels.gemm's SIMD loops and through BLAS (np.dot in
+    Numba, as the kernels call it): the measurements behind gemm.SMALL_MACS and
+    gemm.small_nt. float32 for the workloads, float64 for scikit-learn's defaults on digits
+    (64-100-10, batch 200)."""
+    from numba import njit
+
+    from fastbp.kernels import choose_strategy, gemm
+
+    @njit
+    def simd(kind, C, A, B, bias, n):
+        for _ in range(n):
+            if kind == 0:
+                gemm.nn(C, A, B, bias)
+            elif kind == 1:
+                gemm.tn(C, A, B)
+            else:
+                gemm.nt(C, A, B)
+
+    @njit
+    def blas(kind, C, A, B, bias, n):
+        for _ in range(n):
+            if kind == 0:
+                np.dot(A, B, C)
+                for r in range(C.shape[0]):
+                    for j in range(C.shape[1]):
+                        C[r, j] += bias[j]
+            elif kind == 1:
+                np.dot(A.T, B, C)
+            else:
+                np.dot(A, B.T, C)
+
+    nets = [(name, *WORKLOADS[name][:2], "float32") for name in WORKLOADS]
+    nets.append(("digits (sklearn defaults)", [64, 100, 10], 200, "float64"))
+    rng = np.random.default_rng(0)
+    print("| network | product | rows x depth x cols | BLAS us | gemm us | gemm/BLAS | rule |")
+    print("|---|---|---|---:|---:|---:|---|")
+    for name, layers, batch, dtype in nets:
+        plan = choose_strategy(layers, batch, THREADS)
+        rows = batch if plan == "serial" else -(-batch // THREADS)
+        itemsize = np.dtype(dtype).itemsize
+        for n_in, n_out in zip(layers[:-1], layers[1:]):
+            first = n_in == layers[0]
+            for kind, label, (M, K, N) in ((0, "A W + b", (rows, n_in, n_out)),
+                                           (1, "A^T dZ", (n_in, rows, n_out)),
+                                           (2, "dZ W^T", (rows, n_out, n_in))):
+                if kind == 2 and first:
+                    continue                      # no input gradient for the first layer
+                A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(dtype)
+                B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(dtype)
+                C = np.empty((M, N), dtype=dtype)
+                bias = rng.standard_normal(N).astype(dtype)
+                reps = max(3, int(2e7 / (M * K * N)))
+                best = {}
+                for _ in range(rounds):
+                    for label_, fn in (("blas", blas), ("simd", simd)):
+                        fn(kind, C, A, B, bias, 1)
+                        start = time.perf_counter()
+                        fn(kind, C, A, B, bias, reps)
+                        t = (time.perf_counter() - start) / reps
+                        best[label_] = min(best.get(label_, np.inf), t)
+                rule = (gemm.small_nt(M, K, N, itemsize) if kind == 2
+                        else gemm.small(M, K, N))
+                print(f"| {name} | {label} | {M} x {K} x {N} | {best['blas'] * 1e6:.2f} | "
+                      f"{best['simd'] * 1e6:.2f} | {best['simd'] / best['blas']:.2f} | "
+                      f"{'gemm' if rule else 'BLAS'} |", flush=True)
 
 
 def memory(workloads, breakdown=False):
@@ -705,6 +775,8 @@ def main():
     p.add_argument("--compile", action="store_true", help="cold/warm first-epoch times instead")
     p.add_argument("--strategies", action="store_true",
                    help="fastbp's parallel strategies side by side instead")
+    p.add_argument("--products", action="store_true",
+                   help="each product of a step: gemm.py's SIMD loops vs BLAS instead")
     p.add_argument("--memory", action="store_true", help="fastbp's peak memory during fit")
     p.add_argument("--breakdown", action="store_true",
                    help="with --memory: what is alive after the first epoch, line by line")
@@ -735,6 +807,8 @@ def main():
         return compile_times()
     if args.strategies:
         return strategies(args.rounds)
+    if args.products:
+        return products(args.rounds)
     peak = gemm_peak()
     print(f"float32 GEMM peak (NumPy, {THREADS} threads): {peak:.0f} GFLOP/s; "
           f"optimizer {args.optimizer}; median of {args.rounds} interleaved epochs\n")

@@ -143,7 +143,7 @@ def test_strategy_is_chosen_from_sizes():
 
     assert choose_strategy([64, 32, 10], 32, 2) == "serial"
     # the crossover follows the machine's vector width (kernels.SERIAL_BELOW_FLOPS)
-    wide_vectors = kernels._has_avx512()
+    wide_vectors = kernels.host_has_avx512()
     assert kernels.SERIAL_BELOW_FLOPS == (10e6 if wide_vectors else 2e6)
     assert choose_strategy([16, 64, 64, 1], 32, 2) == "serial"
     assert choose_strategy([64, 64, 64, 10], 64, 2) == ("serial" if wide_vectors else "chunks")

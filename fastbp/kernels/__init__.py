@@ -23,16 +23,13 @@ from typing import NamedTuple
 
 import numba
 
+from .codes import host_has_avx512
+
 
 class Plan(NamedTuple):
     strategy: str
     kernels: object        # Kernels: train_epoch, loss_grad, evaluate, predict
     chunks: int            # batch chunks = Numba threads
-
-
-def _has_avx512():
-    import llvmlite.binding as ll
-    return bool(ll.get_host_cpu_features().get("avx512f", False))
 
 
 # A step below this many FLOPs (6 x weights x batch) runs serially under target='parallel'.
@@ -43,7 +40,7 @@ def _has_avx512():
 # scikit-learn's defaults (8.9), while at 1.0 (the regression workload) two runs disagreed
 # (chunks +11% in one, -26% in another), so 2 MFLOP keeps those serial. Fixed per machine,
 # so a given machine, sizes and thread count always choose the same plan.
-SERIAL_BELOW_FLOPS = 10e6 if _has_avx512() else 2e6
+SERIAL_BELOW_FLOPS = 10e6 if host_has_avx512() else 2e6
 
 
 class Kernels:

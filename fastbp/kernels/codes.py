@@ -3,6 +3,13 @@ and optimizers (fastbp/config.py maps the public names to them), the maths const
 how the CPU kernels are compiled."""
 from numba import njit
 
+
+def host_has_avx512():
+    """Whether this CPU has AVX-512 (llvmlite's host features): the vector width the
+    kernels are tuned for."""
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+
 # Activation codes (hidden layers).
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
 ACTIVATION_CODES = (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU)

@@ -1,0 +1,342 @@
+"""Matrix products of small layers as register-blocked SIMD loops, without BLAS.
+
+For the products of small layers (the tiny, regression and deep workloads: a few
+thousand to half a million multiply-adds), OpenBLAS spends as long copying ("packing") its
+operands and deciding how to split the work as it spends multiplying: at 32 x 64 x 64 in
+float32 it runs at 40-50 GFLOP/s of the core's ~120. These loops skip the packing and reach
+75-95 GFLOP/s there (`benchmarks/compare.py --products`); for larger products BLAS, whose
+packing keeps its operands in cache, is faster and is used instead (`small`).
+
+A product is computed in panels of MR rows of the output (MR = 6, then 4, 2, 1 for the
+rest) times the whole width: for each tile of NV vectors of columns, MR x NV accumulators
+stay in vector registers while the depth loop adds a(i, p) * b(p, j0 : j0 + NV lanes),
+a(i, p) broadcast, b's row loaded as vectors; the last, partial tile uses masked loads and
+stores. With MR = 6, NV = 2 that is 12 accumulators, 2 loads and 1 broadcast: 15 of the 16
+vector registers of AVX2 (AVX-512's 32 would allow more; the vectors are then twice as
+wide). The loops are written as LLVM vector IR in a Numba intrinsic (`_panel`), as Numba
+does not vectorise the equivalent Python (LLVM keeps the accumulators in memory).
+
+Both products the kernels need fit one panel: the left operand is read through strides,
+  nn: C (M, N) = A (M, K) B (K, N) [+ bias]: a(i, p) = A[i, p], the forward product;
+  tn: C (M, N) = A^T B for A (K, M):        a(i, p) = A[p, i], the weight gradient;
+the right operand's rows and the output's rows are contiguous. The input gradient
+dZ W^T has neither operand contiguous along the output's rows and stays with BLAS.
+All arrays are C-contiguous 2-D (the kernels' views of their flat buffers); sums run in
+a different order than BLAS's, so results agree with it to rounding.
+"""
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.errors import TypingError
+from numba.core.extending import intrinsic
+
+from .codes import host_has_avx512, jit
+
+
+# The width the LLVM vectors are built for: 32 bytes (AVX2: 8 float32 lanes) or 64 (AVX-512).
+VECTOR_BYTES = 64 if host_has_avx512() else 32
+NV = 2                        # vectors of columns per tile
+
+# Products of at most this many multiply-adds (rows x depth x columns) run here, larger
+# ones through BLAS: on a 2-core AMD EPYC (AVX2) these loops were 1.7-3.7x faster than
+# OpenBLAS up to 32 x 128 x 128 (524k) and about even to slower from 64 x 128 x 128 up
+# (`compare.py --products`).
+SMALL_MACS = 1 << 19
+
+
+@jit
+def small(M, K, N):
+    """Whether an (M, K) x (K, N) product runs here (nn, tn) rather than through BLAS."""
+    return M * K * N <= SMALL_MACS
+
+
+@jit
+def small_nt(M, K, N, itemsize):
+    """Whether the (M, K) x (K, N) product A B^T runs here (nt): small, and its dot products
+    at least 4 vectors long (the horizontal sum that ends each one costs about as much as
+    4 vectors of it)."""
+    return M * K * N <= SMALL_MACS and K * itemsize >= 4 * VECTOR_BYTES
+
+
+class _Vectors:
+    """LLVM vector IR for one dtype: loads and stores (whole or masked), broadcasts, fused
+    multiply-adds and sums, at the vector width `vector_bytes`."""
+
+    def __init__(self, context, builder, dtype, vector_bytes):
+        self.builder = builder
+        self.elt = context.get_value_type(dtype)
+        self.itemsize = dtype.bitwidth // 8
+        self.lanes = vector_bytes // self.itemsize
+        self.vty = ir.VectorType(self.elt, self.lanes)
+        self.vptr = self.vty.as_pointer()
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        mty = ir.VectorType(ir.IntType(1), self.lanes)
+        suffix = f"v{self.lanes}f{dtype.bitwidth}"
+        module = builder.module
+
+        def declare(name, ret, *args):     # LLVM's intrinsics, named after their types
+            return cgutils.get_or_insert_function(module, ir.FunctionType(ret, list(args)),
+                                                  f"llvm.{name}")
+
+        self._fma = declare(f"fma.{suffix}", self.vty, self.vty, self.vty, self.vty)
+        self._mload = declare(f"masked.load.{suffix}.p0", self.vty, self.vptr, i32, mty,
+                              self.vty)
+        self._mstore = declare(f"masked.store.{suffix}.p0", ir.VoidType(), self.vty, self.vptr,
+                               i32, mty)
+        self._reduce = declare(f"vector.reduce.fadd.{suffix}", self.elt, self.elt, self.vty)
+        self._align = ir.Constant(i32, self.itemsize)
+        self.zero = ir.Constant(self.vty, [ir.Constant(self.elt, 0.0)] * self.lanes)
+        self._lane_ids = ir.Constant(ir.VectorType(i64, self.lanes), list(range(self.lanes)))
+        self._splat = ir.Constant(ir.VectorType(i32, self.lanes), [0] * self.lanes)
+
+    @staticmethod
+    def const(value):
+        return ir.Constant(ir.IntType(64), value)
+
+    def _at(self, ptr, index):
+        return self.builder.bitcast(self.builder.gep(ptr, [index]), self.vptr)
+
+    def _spread(self, scalar, vty):
+        b = self.builder
+        lane0 = ir.Constant(ir.IntType(32), 0)
+        v = b.insert_element(ir.Constant(vty, ir.Undefined), scalar, lane0)
+        return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), self._splat)
+
+    def first(self, n):
+        """The mask of the lanes below n (i64; all for n >= lanes, none for n <= 0)."""
+        n = self._spread(n, ir.VectorType(ir.IntType(64), self.lanes))
+        return self.builder.icmp_signed("<", self._lane_ids, n)
+
+    def load(self, ptr, index, mask=None):
+        """The vector at ptr[index:] (its masked-off lanes 0)."""
+        if mask is None:
+            return self.builder.load(self._at(ptr, index), align=self.itemsize)
+        return self.builder.call(self._mload, [self._at(ptr, index), self._align, mask,
+                                               self.zero])
+
+    def store(self, value, ptr, index, mask=None):
+        if mask is None:
+            self.builder.store(value, self._at(ptr, index), align=self.itemsize)
+        else:
+            self.builder.call(self._mstore, [value, self._at(ptr, index), self._align, mask])
+
+    def broadcast(self, scalar):
+        return self._spread(scalar, self.vty)
+
+    def fma_into(self, acc, a, b):
+        """*acc += a * b (acc: an alloca of a vector, kept in a register by LLVM)."""
+        self.builder.store(self.builder.call(self._fma, [a, b, self.builder.load(acc)]), acc)
+
+    def sum(self, vector):
+        return self.builder.call(self._reduce, [ir.Constant(self.elt, 0.0), vector],
+                                 fastmath=("reassoc",))
+
+
+def _check_arrays(*arrays):
+    for arr in arrays:
+        if not isinstance(arr, types.Array) or arr.layout != "C":
+            raise TypingError("gemm panels need C-contiguous arrays")
+    dtypes = {arr.dtype for arr in arrays}
+    if len(dtypes) != 1 or arrays[0].dtype not in (types.float32, types.float64):
+        raise TypingError("gemm panels need arrays of one float dtype")
+
+
+def _data(context, builder, sig, args, positions):
+    """The data pointers of the array arguments at `positions`."""
+    return [cgutils.create_struct_proxy(sig.args[i])(context, builder, value=args[i]).data
+            for i in positions]
+
+
+def panel_intrinsic(MR, vector_bytes=None):
+    """The intrinsic computing MR rows of C (see the module docstring):
+    panel(A, a0, sai, sap, B, C, c0, K, N, bias, use_bias), for i < MR, j < N:
+        C[c0 + i N + j] = (bias[j] if use_bias else 0) + sum_p<K A[a0 + i sai + p sap] B[p N + j]
+    over flat element offsets of the arrays' data. `vector_bytes` defaults to the host's."""
+    vector_bytes = vector_bytes or VECTOR_BYTES
+
+    @intrinsic
+    def panel(typingctx, A, a0, sai, sap, B, C, c0, K, N, bias, use_bias):
+        _check_arrays(A, B, C, bias)
+        sig = types.void(A, types.intp, types.intp, types.intp, B, C, types.intp, types.intp,
+                         types.intp, bias, types.boolean)
+
+        def codegen(context, builder, sig, args):
+            vec = _Vectors(context, builder, sig.args[0].dtype, vector_bytes)
+            _emit_panel(builder, vec, MR, *_data(context, builder, sig, args, (0, 4, 5, 9)),
+                        *(args[i] for i in (1, 2, 3, 6, 7, 8, 10)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return panel
+
+
+def _emit_panel(builder, vec, MR, pa, pb, pc, pbias, a0, sai, sap, c0, K, N, use_bias):
+    const, lanes = vec.const, vec.lanes
+    acc = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(NV)]
+           for _ in range(MR)]
+
+    def tile(j0, n_vectors, valid):
+        """Columns j0 .. j0 + n_vectors * lanes of the panel; `valid` (None for all) is how
+        many of them exist: the lanes past it are masked."""
+        masks = [None if valid is None else vec.first(builder.sub(valid, const(v * lanes)))
+                 for v in range(n_vectors)]
+        with builder.if_else(use_bias) as (with_bias, without):
+            with with_bias:
+                for v in range(n_vectors):
+                    b = vec.load(pbias, builder.add(j0, const(v * lanes)), masks[v])
+                    for i in range(MR):
+                        builder.store(b, acc[i][v])
+            with without:
+                for v in range(n_vectors):
+                    for i in range(MR):
+                        builder.store(vec.zero, acc[i][v])
+        with cgutils.for_range(builder, K) as loop:
+            p = loop.index
+            row = builder.add(builder.mul(p, N), j0)
+            bs = [vec.load(pb, builder.add(row, const(v * lanes)), masks[v])
+                  for v in range(n_vectors)]
+            a_p = builder.add(a0, builder.mul(p, sap))
+            for i in range(MR):
+                a = builder.load(builder.gep(pa, [builder.add(a_p, builder.mul(const(i), sai))]))
+                a = vec.broadcast(a)
+                for v in range(n_vectors):
+                    vec.fma_into(acc[i][v], a, bs[v])
+        for i in range(MR):
+            out = builder.add(c0, builder.add(builder.mul(const(i), N), j0))
+            for v in range(n_vectors):
+                vec.store(builder.load(acc[i][v]), pc, builder.add(out, const(v * lanes)),
+                          masks[v])
+
+    width = const(NV * lanes)
+    full = builder.sdiv(N, width)
+    with cgutils.for_range(builder, full) as loop:
+        tile(builder.mul(loop.index, width), NV, None)
+    done = builder.mul(full, width)
+    rest = builder.sub(N, done)
+    with builder.if_then(builder.icmp_signed(">", rest, const(0))):
+        with builder.if_else(builder.icmp_signed(">", rest, const(lanes))) as (two, one):
+            with two:
+                tile(done, NV, rest)
+            with one:
+                tile(done, 1, rest)
+
+
+def dot_panel_intrinsic(MR, NJ, vector_bytes=None):
+    """The intrinsic computing MR rows of C = A B^T (see nt), NJ columns at a time:
+    dot_panel(A, a0, B, C, c0, K, N), for i < MR, j < N:
+        C[c0 + i N + j] = sum_p<K A[a0 + i K + p] B[j K + p]."""
+    vector_bytes = vector_bytes or VECTOR_BYTES
+
+    @intrinsic
+    def dot_panel(typingctx, A, a0, B, C, c0, K, N):
+        _check_arrays(A, B, C)
+        sig = types.void(A, types.intp, B, C, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, sig, args):
+            vec = _Vectors(context, builder, sig.args[0].dtype, vector_bytes)
+            _emit_dot_panel(builder, vec, MR, NJ, *_data(context, builder, sig, args, (0, 2, 3)),
+                            *(args[i] for i in (1, 4, 5, 6)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dot_panel
+
+
+def _emit_dot_panel(builder, vec, MR, NJ, pa, pb, pc, a0, c0, K, N):
+    const, lanes = vec.const, vec.lanes
+    full = builder.sdiv(K, const(lanes))
+    tail_at = builder.mul(full, const(lanes))
+    rest = builder.sub(K, tail_at)
+    tail_mask = vec.first(rest)
+    acc = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(NJ)]
+           for _ in range(MR)]
+
+    def columns(j0, nj):
+        """C[:, j0 : j0 + nj]: MR x nj dot products of length K."""
+        for i in range(MR):
+            for j in range(nj):
+                builder.store(vec.zero, acc[i][j])
+        a_rows = [builder.add(a0, builder.mul(const(i), K)) for i in range(MR)]
+        b_rows = [builder.mul(builder.add(j0, const(j)), K) for j in range(nj)]
+
+        def step(p, mask):
+            bs = [vec.load(pb, builder.add(row, p), mask) for row in b_rows]
+            for i in range(MR):
+                a = vec.load(pa, builder.add(a_rows[i], p), mask)
+                for j in range(nj):
+                    vec.fma_into(acc[i][j], a, bs[j])
+
+        with cgutils.for_range(builder, full) as loop:
+            step(builder.mul(loop.index, const(lanes)), None)
+        with builder.if_then(builder.icmp_signed(">", rest, const(0))):
+            step(tail_at, tail_mask)
+        for i in range(MR):
+            out = builder.add(c0, builder.add(builder.mul(const(i), N), j0))
+            for j in range(nj):
+                builder.store(vec.sum(builder.load(acc[i][j])),
+                              builder.gep(pc, [builder.add(out, const(j))]))
+
+    groups = builder.sdiv(N, const(NJ))
+    with cgutils.for_range(builder, groups) as loop:
+        columns(builder.mul(loop.index, const(NJ)), NJ)
+    done = builder.mul(groups, const(NJ))
+    with cgutils.for_range(builder, builder.sub(N, done)) as loop:
+        columns(builder.add(done, loop.index), 1)
+
+
+_panel6 = panel_intrinsic(6)
+_panel4 = panel_intrinsic(4)
+_panel2 = panel_intrinsic(2)
+_panel1 = panel_intrinsic(1)
+_dot_panel3 = dot_panel_intrinsic(3, 3)
+_dot_panel2 = dot_panel_intrinsic(2, 3)
+_dot_panel1 = dot_panel_intrinsic(1, 3)
+
+
+@jit
+def _product(C, A, sai, sap, B, K, bias, use_bias):
+    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of 6, 4, 2, 1 rows."""
+    M, N = C.shape
+    r = 0
+    while r + 6 <= M:
+        _panel6(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += 6
+    if M - r >= 4:
+        _panel4(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += 4
+    if M - r >= 2:
+        _panel2(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += 2
+    if M - r >= 1:
+        _panel1(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+
+
+@jit
+def nn(C, A, B, bias):
+    """C (M, N) = A (M, K) @ B (K, N) + bias (N,)."""
+    K = A.shape[1]
+    _product(C, A, K, 1, B, K, bias, True)
+
+
+@jit
+def tn(C, A, B):
+    """C (M, N) = A^T @ B for A (K, M), B (K, N)."""
+    K, M = A.shape
+    _product(C, A, 1, M, B, K, C[0], False)
+
+
+@jit
+def nt(C, A, B):
+    """C (M, N) = A @ B^T for A (M, K), B (N, K): dot products along both operands' rows,
+    3 x 3 of them at a time (9 accumulators, 6 loads)."""
+    M, N = C.shape
+    K = A.shape[1]
+    r = 0
+    while r + 3 <= M:
+        _dot_panel3(A, r * K, B, C, r * N, K, N)
+        r += 3
+    if M - r == 2:
+        _dot_panel2(A, r * K, B, C, r * N, K, N)
+    elif M - r == 1:
+        _dot_panel1(A, r * K, B, C, r * N, K, N)

@@ -1,0 +1,140 @@
+"""gemm.py's SIMD products of small layers against NumPy in float64, and the layers that use
+them (or BLAS, above gemm.SMALL_MACS) against the float64 reference."""
+import numpy as np
+import pytest
+from numba import njit
+
+import reference as ref
+from fastbp import Trainer
+from fastbp.kernels import gemm
+
+DTYPES = [np.float32, np.float64]
+# rows (panels of 6, 4, 2, 1 and every remainder), depth, columns (whole tiles of 2 vectors,
+# a partial last tile of one or two vectors, fewer columns than one vector)
+ROWS = [1, 2, 3, 5, 6, 7, 11, 13]
+DEPTHS = [1, 5, 17]
+COLUMNS = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 40, 67]
+SENTINEL = 7.0
+
+
+def _tolerance(dtype):
+    return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+def _output(M, N, dtype):
+    """A (M, N) output inside a larger buffer that holds SENTINEL before and after it, as the
+    kernels' matrices are views of their flat buffers: a store past either end shows."""
+    buf = np.full(M * N + 64, SENTINEL, dtype=dtype)
+    out = buf[32:32 + M * N].reshape(M, N)
+    out[:] = np.nan
+    return buf, out
+
+
+def _untouched(buf, M, N):
+    return (buf[:32] == SENTINEL).all() and (buf[32 + M * N:] == SENTINEL).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_match_numpy(dtype):
+    rng = np.random.default_rng(0)
+    for M in ROWS:
+        for K in DEPTHS:
+            for N in COLUMNS:
+                A = rng.standard_normal((M, K)).astype(dtype)
+                At = rng.standard_normal((K, M)).astype(dtype)
+                B = rng.standard_normal((K, N)).astype(dtype)
+                Bt = rng.standard_normal((N, K)).astype(dtype)
+                bias = rng.standard_normal(N).astype(dtype)
+                expected = {
+                    "nn": A.astype(np.float64) @ B + bias,
+                    "tn": At.T.astype(np.float64) @ B,
+                    "nt": A.astype(np.float64) @ Bt.T,
+                }
+                for name, run in (("nn", lambda C: gemm.nn(C, A, B, bias)),
+                                  ("tn", lambda C: gemm.tn(C, At, B)),
+                                  ("nt", lambda C: gemm.nt(C, A, Bt))):
+                    buf, C = _output(M, N, dtype)
+                    run(C)
+                    assert C.dtype == dtype
+                    np.testing.assert_allclose(C, expected[name], **_tolerance(dtype),
+                                               err_msg=f"{name} {M}x{K}x{N}")
+                    assert _untouched(buf, M, N), f"{name} {M}x{K}x{N} wrote outside C"
+
+
+def _wrappers(vector_bytes):
+    """Compiled calls of one panel of every kind at `vector_bytes` (not the host's)."""
+    panels = {MR: gemm.panel_intrinsic(MR, vector_bytes) for MR in (6, 4, 2, 1)}
+    dots = {MR: gemm.dot_panel_intrinsic(MR, 3, vector_bytes) for MR in (3, 2, 1)}
+    calls = {}
+    for MR, panel in panels.items():
+        calls["nn", MR] = njit(lambda C, A, B, bias, panel=panel: panel(
+            A, 0, A.shape[1], 1, B, C, 0, A.shape[1], C.shape[1], bias, True))
+        calls["tn", MR] = njit(lambda C, At, B, panel=panel: panel(
+            At, 0, 1, At.shape[1], B, C, 0, At.shape[0], C.shape[1], C[0], False))
+    for MR, dot in dots.items():
+        calls["nt", MR] = njit(lambda C, A, Bt, dot=dot: dot(A, 0, Bt, C, 0, A.shape[1],
+                                                             C.shape[1]))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panels_at_the_other_vector_width(dtype):
+    """The AVX-512 width on an AVX2 host (LLVM splits the vectors) and AVX2's on an AVX-512
+    host: both widths' IR computes the same products."""
+    other = 32 if gemm.VECTOR_BYTES == 64 else 64
+    rng = np.random.default_rng(1)
+    for (kind, MR), call in _wrappers(other).items():
+        for K, N in ((3, 5), (9, 33), (17, 70)):
+            A = rng.standard_normal((MR, K)).astype(dtype)
+            At = rng.standard_normal((K, MR)).astype(dtype)
+            B = rng.standard_normal((K, N)).astype(dtype)
+            Bt = rng.standard_normal((N, K)).astype(dtype)
+            bias = rng.standard_normal(N).astype(dtype)
+            buf, C = _output(MR, N, dtype)
+            if kind == "nn":
+                call(C, A, B, bias)
+                expected = A.astype(np.float64) @ B + bias
+            elif kind == "tn":
+                call(C, At, B)
+                expected = At.T.astype(np.float64) @ B
+            else:
+                call(C, A, Bt)
+                expected = A.astype(np.float64) @ Bt.T
+            np.testing.assert_allclose(C, expected, **_tolerance(dtype),
+                                       err_msg=f"{kind} MR={MR} {K}x{N} at {other} bytes")
+            assert _untouched(buf, MR, N)
+
+
+def test_panels_refuse_other_arrays():
+    with pytest.raises(Exception, match="C-contiguous"):
+        gemm.nn(np.zeros((3, 4)), np.zeros((5, 3)).T, np.zeros((5, 4)), np.zeros(4))
+    with pytest.raises(Exception, match="one float dtype"):
+        gemm.nn(np.zeros((3, 4)), np.zeros((3, 5), np.float32), np.zeros((5, 4)), np.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("sizes, batch, paths", [
+    # every product small: nn, tn; nt where the layer's outputs are >= 4 vectors wide
+    ([20, 48, 40, 3], 23, {"small": True, "nt": True}),
+    # every product over gemm.SMALL_MACS: BLAS throughout
+    ([300, 260, 300, 2], 23, {"small": False, "nt": False}),
+])
+def test_layers_match_reference_on_both_sides_of_the_threshold(sizes, batch, paths, dtype):
+    itemsize = np.dtype(dtype).itemsize
+    hidden = list(zip(sizes[1:-1], sizes[2:]))         # (n_in, n_out) of layers with dA
+    # the test covers the path it names (so it cannot silently stop covering it)
+    assert gemm.small(batch, sizes[1], sizes[2]) == paths["small"]
+    assert any(gemm.small_nt(batch, n_out, n_in, itemsize) for n_in, n_out in hidden) \
+        == paths["nt"]
+    t = Trainer(sizes, activation="tanh", loss="cross_entropy", dtype=dtype, seed=3,
+                batch_size=batch)
+    t.params = t.params + np.random.default_rng(4).normal(scale=0.1, size=t.n_params)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((batch, sizes[0]))
+    y = rng.integers(0, sizes[-1], size=batch)
+    Ws, bs = ref.unflatten(t.params.astype(np.float64), sizes)
+    value, dWs, dbs = ref.loss_and_grad(Ws, bs, X.astype(dtype).astype(np.float64), y,
+                                        ["tanh", "tanh"], "cross_entropy")
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == "float64" else dict(rtol=2e-3, atol=2e-5)
+    assert t.loss(X, y) == pytest.approx(value, rel=tol["rtol"])
+    np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), **tol)
