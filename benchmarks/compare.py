@@ -394,13 +394,14 @@ def products(rounds):
         plan = choose_strategy(layers, batch, THREADS)
         rows = batch if plan == "serial" else -(-batch // THREADS)
         itemsize = np.dtype(dtype).itemsize
-        for n_in, n_out in zip(layers[:-1], layers[1:]):
-            first = n_in == layers[0]
+        seen = set()
+        for l, (n_in, n_out) in enumerate(zip(layers[:-1], layers[1:])):
             for kind, label, (M, K, N) in ((0, "A W + b", (rows, n_in, n_out)),
                                            (1, "A^T dZ", (n_in, rows, n_out)),
                                            (2, "dZ W^T", (rows, n_out, n_in))):
-                if kind == 2 and first:
-                    continue                      # no input gradient for the first layer
+                if (kind == 2 and l == 0) or (kind, M, K, N) in seen:
+                    continue           # no input gradient for the first layer; repeats
+                seen.add((kind, M, K, N))
                 A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(dtype)
                 B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(dtype)
                 C = np.empty((M, N), dtype=dtype)

@@ -45,8 +45,10 @@ SMALL_MACS = 1 << 19
 
 @jit
 def small(M, K, N):
-    """Whether an (M, K) x (K, N) product runs here (nn, tn) rather than through BLAS."""
-    return M * K * N <= SMALL_MACS
+    """Whether an (M, K) x (K, N) product runs here (nn, tn) rather than through BLAS: small,
+    and more than one column (a single one is a matrix-vector product, which BLAS does
+    without packing; a tile here would compute a whole vector of columns for it)."""
+    return N > 1 and M * K * N <= SMALL_MACS
 
 
 @jit
@@ -177,9 +179,11 @@ def _emit_panel(builder, vec, MR, pa, pb, pc, pbias, a0, sai, sap, c0, K, N, use
 
     def tile(j0, n_vectors, valid):
         """Columns j0 .. j0 + n_vectors * lanes of the panel; `valid` (None for all) is how
-        many of them exist: the lanes past it are masked."""
-        masks = [None if valid is None else vec.first(builder.sub(valid, const(v * lanes)))
-                 for v in range(n_vectors)]
+        many of them exist, more than (n_vectors - 1) * lanes: the last vector's lanes past
+        it are masked (masked loads in the depth loop cost more than plain ones)."""
+        masks = [None] * n_vectors
+        if valid is not None:
+            masks[-1] = vec.first(builder.sub(valid, const((n_vectors - 1) * lanes)))
         with builder.if_else(use_bias) as (with_bias, without):
             with with_bias:
                 for v in range(n_vectors):
