@@ -7,6 +7,8 @@ in `history`, and the loss at the model's initial parameters (its first batch's,
 by the kernel before the first update) as `history['initial_loss']` (one entry). `diagnose` reads
 those lists.
 """
+from itertools import islice
+
 import numpy as np
 
 VANISHING = 1e-3      # a layer's gradient norm below this x the median layer's,
@@ -56,12 +58,16 @@ def diagnose(history):
     # in every step of this one, while the loss still has a gradient somewhere (a model that
     # fits exactly has none anywhere; a layer at 0 from the start has degenerate data, such
     # as all-zero inputs, rather than a blow-up behind it)
+    # (fit calls this after every epoch: each check below reads the earlier epochs only
+    # where the last one calls for it, and stops at the first that settles it, so a long
+    # fit does not spend time growing with its length on it)
     maxes = history.get("layer_grad_norms_max") or []
     total_max = (history.get("grad_norm_max") or [0.0])[-1]
     dead = np.zeros(len(norms), dtype=bool)
-    if len(maxes) > 1 and total_max > 0 and all(len(m) == len(norms) for m in maxes):
-        maxes = np.asarray(maxes, dtype=float)
-        dead = (maxes[-1] == 0) & (maxes[:-1].max(axis=0) > 0)
+    if len(maxes) > 1 and total_max > 0 and len(maxes[-1]) == len(norms):
+        for l, last in enumerate(maxes[-1]):
+            dead[l] = last == 0 and any(len(m) == len(norms) and m[l] > 0
+                                        for m in islice(maxes, len(maxes) - 1))
     for l in np.flatnonzero(dead):
         problems.append(dict(kind="dead", layer=int(l), message=(
             f"dead layer {l}: its weight gradient was exactly 0 in every step of the epoch, "
@@ -94,9 +100,15 @@ def diagnose(history):
     total = history.get("grad_norm") or []
     if len(total) > GROWTH_EPOCHS and np.isfinite(total[-1]):
         # against the largest norm before the window, so that a start from small gradients
-        # (which often grow at first) is not taken for an explosion
-        before = max(total[:-GROWTH_EPOCHS])
-        if before > 0 and total[-1] > GROWTH * before:
+        # (which often grow at first) is not taken for an explosion; read from the window
+        # back, as the epochs next to it settle it at once where nothing grew
+        before = 0.0
+        for i in range(len(total) - GROWTH_EPOCHS - 1, -1, -1):
+            if not GROWTH * total[i] < total[-1]:
+                before = None
+                break
+            before = max(before, total[i])
+        if before is not None and before > 0:
             problems.append(dict(kind="growing", layer=None, message=(
                 f"exploding gradients: the global gradient norm reached {total[-1]:.3g}, "
                 f"over {GROWTH:g} x its largest value {GROWTH_EPOCHS} or more epochs before "
