@@ -9,6 +9,23 @@ from fastbp import Trainer
 from fastbp.kernels import gemm
 
 DTYPES = [np.float32, np.float64]
+
+
+@njit
+def _nn(C, A, B, bias):
+    gemm.nn(C, A, B, bias)
+
+
+@njit
+def _tn(C, A, B):
+    gemm.tn(C, A, B)
+
+
+@njit
+def _nt(C, A, B):
+    gemm.nt(C, A, B)
+
+
 # rows (panels of 6, 4, 2, 1 and every remainder), depth, columns (whole tiles of 2 vectors,
 # a partial last tile of one or two vectors, fewer columns than one vector)
 ROWS = [1, 2, 3, 5, 6, 7, 11, 13]
@@ -50,9 +67,9 @@ def test_products_match_numpy(dtype):
                     "tn": At.T.astype(np.float64) @ B,
                     "nt": A.astype(np.float64) @ Bt.T,
                 }
-                for name, run in (("nn", lambda C: gemm.nn(C, A, B, bias)),
-                                  ("tn", lambda C: gemm.tn(C, At, B)),
-                                  ("nt", lambda C: gemm.nt(C, A, Bt))):
+                for name, run in (("nn", lambda C: _nn(C, A, B, bias)),
+                                  ("tn", lambda C: _tn(C, At, B)),
+                                  ("nt", lambda C: _nt(C, A, Bt))):
                     buf, C = _output(M, N, dtype)
                     run(C)
                     assert C.dtype == dtype
@@ -107,9 +124,9 @@ def test_panels_at_the_other_vector_width(dtype):
 
 def test_panels_refuse_other_arrays():
     with pytest.raises(Exception, match="C-contiguous"):
-        gemm.nn(np.zeros((3, 4)), np.zeros((5, 3)).T, np.zeros((5, 4)), np.zeros(4))
+        _nn(np.zeros((3, 4)), np.zeros((5, 3)).T, np.zeros((5, 4)), np.zeros(4))
     with pytest.raises(Exception, match="one float dtype"):
-        gemm.nn(np.zeros((3, 4)), np.zeros((3, 5), np.float32), np.zeros((5, 4)), np.zeros(4))
+        _nn(np.zeros((3, 4)), np.zeros((3, 5), np.float32), np.zeros((5, 4)), np.zeros(4))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -24,12 +24,17 @@ dZ W^T has neither operand contiguous along the output's rows and stays with BLA
 All arrays are C-contiguous 2-D (the kernels' views of their flat buffers); sums run in
 a different order than BLAS's, so results agree with it to rounding.
 """
+import threading
+
+import llvmlite.binding as llvm_binding
+import numpy as np
 from llvmlite import ir
+from numba import carray, cfunc
 from numba.core import cgutils, types
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
-from .codes import host_has_avx512, jit
+from .codes import FASTMATH, host_has_avx512, jit
 
 
 # The width the LLVM vectors are built for: 32 bytes (AVX2: 8 float32 lanes) or 64 (AVX-512).
@@ -289,58 +294,158 @@ def _emit_dot_panel(builder, vec, MR, NJ, pa, pb, pc, a0, c0, K, N):
         columns(builder.add(done, loop.index), 1)
 
 
+# Panels of 6 rows, and of 1 for the rest: every panel size is more code for LLVM to
+# optimise in each kernel that links these products in (panels of 4 and 2 as well cost
+# about 2 s more of a first fit, for a few percent on the last rows).
 _panel6 = panel_intrinsic(6)
-_panel4 = panel_intrinsic(4)
-_panel2 = panel_intrinsic(2)
 _panel1 = panel_intrinsic(1)
 _dot_panel3 = dot_panel_intrinsic(3, 3)
-_dot_panel2 = dot_panel_intrinsic(2, 3)
 _dot_panel1 = dot_panel_intrinsic(1, 3)
 
 
 @jit
-def _product(C, A, sai, sap, B, K, bias, use_bias):
-    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of 6, 4, 2, 1 rows."""
+def panels(C, A, sai, sap, B, K, bias, use_bias):
+    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of 6 rows, then
+    single rows."""
     M, N = C.shape
     r = 0
     while r + 6 <= M:
         _panel6(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
         r += 6
-    if M - r >= 4:
-        _panel4(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
-        r += 4
-    if M - r >= 2:
-        _panel2(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
-        r += 2
-    if M - r >= 1:
+    while r < M:
         _panel1(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += 1
 
 
 @jit
-def nn(C, A, B, bias):
-    """C (M, N) = A (M, K) @ B (K, N) + bias (N,)."""
-    K = A.shape[1]
-    _product(C, A, K, 1, B, K, bias, True)
-
-
-@jit
-def tn(C, A, B):
-    """C (M, N) = A^T @ B for A (K, M), B (K, N)."""
-    K, M = A.shape
-    _product(C, A, 1, M, B, K, C[0], False)
-
-
-@jit
-def nt(C, A, B):
+def dot_panels(C, A, B):
     """C (M, N) = A @ B^T for A (M, K), B (N, K): dot products along both operands' rows,
-    3 x 3 of them at a time (9 accumulators, 6 loads)."""
+    3 x 3 of them at a time (9 accumulators, 6 loads), then single rows."""
     M, N = C.shape
     K = A.shape[1]
     r = 0
     while r + 3 <= M:
         _dot_panel3(A, r * K, B, C, r * N, K, N)
         r += 3
-    if M - r == 2:
-        _dot_panel2(A, r * K, B, C, r * N, K, N)
-    elif M - r == 1:
+    while r < M:
         _dot_panel1(A, r * K, B, C, r * N, K, N)
+        r += 1
+
+
+# ------------------------------------------------------------------ entry points
+# The kernels reach these products through three entry points per dtype, compiled once as
+# C functions (numba.cfunc, cached) and called by symbol name, like a BLAS routine. Numba
+# otherwise links a callee's code into every caller and LLVM optimises it again at each
+# level (linear_forward, forward, forward_backward, the epoch kernel, ...): inlined, these
+# loops made a first fit 6-9 s slower; behind the symbols, BLAS's np.dot lowering is
+# compiled once too. Each entry point picks this module's loops or BLAS by size.
+
+def _nn_entry(c, a, b, bias, M, K, N):
+    """C (M, N) = A (M, K) @ B (K, N) + bias (N,)."""
+    C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (K, N))
+    bias_ = carray(bias, (N,))
+    if small(M, K, N):
+        panels(C, A, K, 1, B, K, bias_, True)
+        return
+    np.dot(A, B, C)
+    for r in range(M):
+        for j in range(N):
+            C[r, j] += bias_[j]
+
+
+def _tn_entry(c, a, b, unused, M, K, N):
+    """C (M, N) = A^T @ B for A (K, M), B (K, N)."""
+    C, A, B = carray(c, (M, N)), carray(a, (K, M)), carray(b, (K, N))
+    if small(M, K, N):
+        panels(C, A, 1, M, B, K, C[0], False)
+    else:
+        np.dot(A.T, B, C)
+
+
+def _nt_entry(c, a, b, unused, M, K, N):
+    """C (M, N) = A @ B^T for A (M, K), B (N, K)."""
+    C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
+    if small_nt(M, K, N, C.itemsize):
+        dot_panels(C, A, B)
+    else:
+        np.dot(A, B.T, C)
+
+
+_ENTRIES = {"nn": _nn_entry, "tn": _tn_entry, "nt": _nt_entry}
+_compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
+_lock = threading.RLock()
+
+
+def _symbol(kind, dtype_name):
+    return f"fastbp_gemm_{kind}_{dtype_name}"
+
+
+def register(dtype_name):
+    """Compile (or load from Numba's cache) the entry points of a dtype ('float32',
+    'float64') and make their symbols known to the JIT's linker: before any kernel that
+    calls them is compiled (their typing does it) or loaded from the cache (reload hooks,
+    _register_float32/64)."""
+    with _lock:
+        for kind, body in _ENTRIES.items():
+            if (kind, dtype_name) in _compiled:
+                continue
+            ptr = types.CPointer(getattr(types, dtype_name))
+            sig = types.void(ptr, ptr, ptr, ptr, types.intp, types.intp, types.intp)
+            entry = cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
+            llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
+            _compiled[kind, dtype_name] = entry
+
+
+def _register_float32():
+    register("float32")
+
+
+def _register_float64():
+    register("float64")
+
+
+_RELOAD = {"float32": _register_float32, "float64": _register_float64}
+
+
+def _entry_call(kind, with_bias):
+    """The intrinsic calling entry point `kind` on C-contiguous 2-D arrays: (C, A, B, bias)
+    or (C, A, B), shapes as its docstring says, taken from C and A."""
+
+    def typer(operands):
+        _check_arrays(*operands)
+        dtype_name = str(operands[0].dtype)
+        register(dtype_name)
+
+        def codegen(context, builder, sig, args):
+            arrays = [cgutils.create_struct_proxy(t)(context, builder, value=v)
+                      for t, v in zip(sig.args, args)]
+            i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+            data = [builder.bitcast(a.data, i8p) for a in arrays]
+            data += [data[0]] * (4 - len(data))                 # (no bias)
+            M, N = cgutils.unpack_tuple(builder, arrays[0].shape, 2)
+            a_rows, a_cols = cgutils.unpack_tuple(builder, arrays[1].shape, 2)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 4 + [i64] * 3),
+                _symbol(kind, dtype_name))
+            builder.call(fn, data + [M, a_rows if kind == "tn" else a_cols, N])
+            # a kernel loaded from the cache in a new process registers the symbols first
+            context.active_code_library._reload_init.add(_RELOAD[dtype_name])
+            return context.get_dummy_value()
+
+        return types.void(*operands), codegen
+
+    if with_bias:
+        @intrinsic
+        def call(typingctx, C, A, B, bias):
+            return typer((C, A, B, bias))
+    else:
+        @intrinsic
+        def call(typingctx, C, A, B):
+            return typer((C, A, B))
+    return call
+
+
+# callable from jit code only
+nn = _entry_call("nn", True)     # nn(C, A, B, bias): C (M, N) = A (M, K) @ B (K, N) + bias (N,)
+tn = _entry_call("tn", False)    # tn(C, A, B): C (M, N) = A^T @ B for A (K, M), B (K, N)
+nt = _entry_call("nt", False)    # nt(C, A, B): C (M, N) = A @ B^T for A (M, K), B (N, K)

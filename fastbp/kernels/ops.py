@@ -52,38 +52,24 @@ def layer_bias(flat, b_off, sizes, l):
 
 @jit
 def linear_forward(Z, A, W, b):
-    """Z (B, n_out) = A (B, n_in) @ W (n_in, n_out) + b (n_out,): gemm.py's loops for a small
-    product, BLAS for a large one."""
-    B, n_out = Z.shape
-    if gemm.small(B, A.shape[1], n_out):
-        gemm.nn(Z, A, W, b)
-        return
-    np.dot(A, W, Z)
-    for r in range(B):
-        for j in range(n_out):
-            Z[r, j] += b[j]
+    """Z (B, n_out) = A (B, n_in) @ W (n_in, n_out) + b (n_out,) (gemm.py: its own loops for a
+    small product, BLAS for a large one)."""
+    gemm.nn(Z, A, W, b)
 
 
 @jit
 def linear_backward(dA, dW, db, dZ, A, W, need_dA):
     """dW (n_in, n_out) = A^T dZ; db (n_out,) = column sums of dZ (B, n_out);
-    dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False). Each product through
-    gemm.py's loops when it is small (gemm.small, gemm.small_nt), else BLAS."""
+    dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False). The products as
+    linear_forward's."""
+    gemm.tn(dW, A, dZ)
     B, n_out = dZ.shape
-    if gemm.small(B, A.shape[1], n_out):
-        gemm.tn(dW, A, dZ)
-    else:
-        np.dot(A.T, dZ, dW)
     db[:] = 0
     for r in range(B):
         for j in range(n_out):
             db[j] += dZ[r, j]
-    if not need_dA:
-        return
-    if gemm.small_nt(B, n_out, W.shape[0], W.itemsize):
+    if need_dA:
         gemm.nt(dA, dZ, W)
-    else:
-        np.dot(dZ, W.T, dA)
 
 
 @jit
