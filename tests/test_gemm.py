@@ -123,7 +123,7 @@ def test_panels_at_the_other_vector_width(dtype):
 
 
 def test_panels_refuse_other_arrays():
-    with pytest.raises(Exception, match="C-contiguous"):
+    with pytest.raises(Exception, match="C-contiguous 2-D"):
         _nn(np.zeros((3, 4)), np.zeros((5, 3)).T, np.zeros((5, 4)), np.zeros(4))
     with pytest.raises(Exception, match="one float dtype"):
         _nn(np.zeros((3, 4)), np.zeros((3, 5), np.float32), np.zeros((5, 4)), np.zeros(4))
@@ -155,3 +155,42 @@ def test_layers_match_reference_on_both_sides_of_the_threshold(sizes, batch, pat
     tol = dict(rtol=1e-10, atol=1e-13) if dtype == "float64" else dict(rtol=2e-3, atol=2e-5)
     assert t.loss(X, y) == pytest.approx(value, rel=tol["rtol"])
     np.testing.assert_allclose(t.gradient(X, y), ref.flatten(dWs, dbs), **tol)
+
+
+CALLER = '''
+import sys
+import numpy as np
+from numba import njit
+from fastbp.kernels import gemm
+
+
+@njit(cache=True)
+def forward(C, A, B, bias):
+    gemm.nn(C, A, B, bias)
+
+
+rng = np.random.default_rng(0)
+A, B, bias = rng.random((7, 5)), rng.random((5, 9)), rng.random(9)
+C = np.zeros((7, 9))
+forward(C, A, B, bias)
+assert np.allclose(C, A @ B + bias)
+print(forward.stats.cache_hits.get(forward.signatures[0], 0))
+'''
+
+
+def test_a_kernel_loaded_from_the_cache_finds_the_entry_points(tmp_path):
+    """The entry points are C functions called by symbol: a cached caller loaded in a new
+    process has its reload hook register them first (without it, loading the caller's code
+    aborts the process: the JIT's linker cannot resolve the symbol)."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "caller.py").write_text(CALLER)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    hits = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(tmp_path / "caller.py")], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        hits.append(int(run.stdout.split()[-1]))
+    assert hits == [0, 1]          # compiled, then loaded from the cache

@@ -1,28 +1,32 @@
 """Matrix products of small layers as register-blocked SIMD loops, without BLAS.
 
-For the products of small layers (the tiny, regression and deep workloads: a few
-thousand to half a million multiply-adds), OpenBLAS spends as long copying ("packing") its
-operands and deciding how to split the work as it spends multiplying: at 32 x 64 x 64 in
-float32 it runs at 40-50 GFLOP/s of the core's ~120. These loops skip the packing and reach
-75-95 GFLOP/s there (`benchmarks/compare.py --products`); for larger products BLAS, whose
-packing keeps its operands in cache, is faster and is used instead (`small`).
+For the products of small layers (the tiny, regression and deep workloads: a few thousand
+to half a million multiply-adds), OpenBLAS spends about as long copying ("packing") its
+operands as multiplying them: at 32 x 64 x 64 in float32 it ran at 35-50 GFLOP/s on a
+2-core AMD EPYC (AVX2) whose core peaks near 120. These loops skip the packing and run
+1.5-3x faster there (`python benchmarks/compare.py --products` times each product of every
+workload both ways). Larger products, where BLAS's packing keeps its operands in cache, and
+single-column ones (matrix-vector products) still go to BLAS: the entry points choose by
+size (`small`, `small_nt`), so the choice is fixed for given shapes.
 
-A product is computed in panels of MR rows of the output (MR = 6, then 4, 2, 1 for the
-rest) times the whole width: for each tile of NV vectors of columns, MR x NV accumulators
-stay in vector registers while the depth loop adds a(i, p) * b(p, j0 : j0 + NV lanes),
-a(i, p) broadcast, b's row loaded as vectors; the last, partial tile uses masked loads and
-stores. With MR = 6, NV = 2 that is 12 accumulators, 2 loads and 1 broadcast: 15 of the 16
-vector registers of AVX2 (AVX-512's 32 would allow more; the vectors are then twice as
-wide). The loops are written as LLVM vector IR in a Numba intrinsic (`_panel`), as Numba
-does not vectorise the equivalent Python (LLVM keeps the accumulators in memory).
+A product is computed in panels of MR rows of the output (6, then single rows) across its
+width: for each tile of NV vectors of columns, MR x NV accumulators stay in vector registers
+while the depth loop adds a(i, p) * b(p, j0 : j0 + NV lanes), a(i, p) broadcast and b's row
+loaded as vectors; the last, partial tile masks its last vector. With MR = 6, NV = 2 that is
+12 accumulators, 2 loads and a broadcast: 15 of AVX2's 16 vector registers (with AVX-512
+the vectors are twice as wide). The loops are LLVM vector IR written in Numba intrinsics
+(`panel_intrinsic`): Numba's own loops of the same maths were slower than BLAS (LLVM kept
+the accumulators in memory). Two products fit this panel, the left operand read through
+strides and the rows of the right operand and of the output contiguous:
+  nn: C (M, N) = A (M, K) B (K, N) + bias, a(i, p) = A[i, p]: the forward product;
+  tn: C (M, N) = A^T B for A (K, M),       a(i, p) = A[p, i]: the weight gradient.
+The input gradient dZ W^T has neither operand contiguous along the output's rows:
+  nt: C (M, N) = A B^T for B (N, K)
+runs as dot products along both operands' rows (`dot_panel_intrinsic`, 3 x 3 at a time),
+each ended by a horizontal sum, so only where they are at least 4 vectors long.
 
-Both products the kernels need fit one panel: the left operand is read through strides,
-  nn: C (M, N) = A (M, K) B (K, N) [+ bias]: a(i, p) = A[i, p], the forward product;
-  tn: C (M, N) = A^T B for A (K, M):        a(i, p) = A[p, i], the weight gradient;
-the right operand's rows and the output's rows are contiguous. The input gradient
-dZ W^T has neither operand contiguous along the output's rows and stays with BLAS.
-All arrays are C-contiguous 2-D (the kernels' views of their flat buffers); sums run in
-a different order than BLAS's, so results agree with it to rounding.
+All arrays are C-contiguous 2-D (the kernels' views of their flat buffers). The sums run in
+another order than BLAS's: results agree with it to rounding.
 """
 import threading
 
@@ -42,8 +46,9 @@ VECTOR_BYTES = 64 if host_has_avx512() else 32
 NV = 2                        # vectors of columns per tile
 
 # Products of at most this many multiply-adds (rows x depth x columns) run here, larger
-# ones through BLAS: on a 2-core AMD EPYC (AVX2) these loops were 1.7-3.7x faster than
-# OpenBLAS up to 32 x 128 x 128 (524k) and about even to slower from 64 x 128 x 128 up
+# ones through BLAS: on a 2-core AMD EPYC (AVX2, 2026-11-26) these loops took 0.36-0.66 of
+# OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at digits' 100 x 64 x 100
+# in float64 (640k, one run faster, one slower) and 1.2-1.3x its time at 64 x 256 x 128
 # (`compare.py --products`).
 SMALL_MACS = 1 << 19
 
@@ -139,9 +144,11 @@ class _Vectors:
 
 
 def _check_arrays(*arrays):
-    for arr in arrays:
-        if not isinstance(arr, types.Array) or arr.layout != "C":
-            raise TypingError("gemm panels need C-contiguous arrays")
+    """Typing: C (and A, B) 2-D, a bias 1-D, all C-contiguous, of one float dtype."""
+    for i, arr in enumerate(arrays):
+        if not isinstance(arr, types.Array) or arr.layout != "C" or \
+                arr.ndim != (1 if i == 3 else 2):
+            raise TypingError("gemm products need C-contiguous 2-D arrays (and a 1-D bias)")
     dtypes = {arr.dtype for arr in arrays}
     if len(dtypes) != 1 or arrays[0].dtype not in (types.float32, types.float64):
         raise TypingError("gemm panels need arrays of one float dtype")
