@@ -7,8 +7,6 @@ in `history`, and the loss at the model's initial parameters (its first batch's,
 by the kernel before the first update) as `history['initial_loss']` (one entry). `diagnose` reads
 those lists.
 """
-from itertools import islice
-
 import numpy as np
 
 VANISHING = 1e-3      # a layer's gradient norm below this x the median layer's,
@@ -64,10 +62,10 @@ def diagnose(history):
     maxes = history.get("layer_grad_norms_max") or []
     total_max = (history.get("grad_norm_max") or [0.0])[-1]
     dead = np.zeros(len(norms), dtype=bool)
-    if len(maxes) > 1 and total_max > 0 and len(maxes[-1]) == len(norms):
-        for l, last in enumerate(maxes[-1]):
-            dead[l] = last == 0 and any(len(m) == len(norms) and m[l] > 0
-                                        for m in islice(maxes, len(maxes) - 1))
+    if len(maxes) > 1 and total_max > 0 and any(v == 0 for v in maxes[-1]) and \
+            all(len(m) == len(norms) for m in maxes):     # (only when a layer's max was 0)
+        maxes = np.asarray(maxes, dtype=float)
+        dead = (maxes[-1] == 0) & (maxes[:-1].max(axis=0) > 0)
     for l in np.flatnonzero(dead):
         problems.append(dict(kind="dead", layer=int(l), message=(
             f"dead layer {l}: its weight gradient was exactly 0 in every step of the epoch, "
@@ -102,8 +100,12 @@ def diagnose(history):
         # against the largest norm before the window, so that a start from small gradients
         # (which often grow at first) is not taken for an explosion; read from the window
         # back, as the epochs next to it settle it at once where nothing grew
+        # (as max() of them: a NaN counts only as the first epoch's, where it makes the
+        # largest NaN)
         before = 0.0
         for i in range(len(total) - GROWTH_EPOCHS - 1, -1, -1):
+            if total[i] != total[i] and i > 0:
+                continue
             if not GROWTH * total[i] < total[-1]:
                 before = None
                 break

@@ -1,5 +1,7 @@
 """gemm.py's SIMD products of small layers against NumPy in float64, and the layers that use
 them (or BLAS, above gemm.SMALL_MACS) against the float64 reference."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from numba import njit
@@ -29,9 +31,10 @@ def _nt(C, A, B):
 # rows (panels of 6, 4, 2, 1 and every remainder), depth, columns (whole tiles of 2 vectors,
 # a partial last tile of one or two vectors, fewer columns than one vector)
 ROWS = [1, 2, 3, 5, 6, 7, 11, 13]
-DEPTHS = [1, 5, 17]
+DEPTHS = [1, 5, 17, 40, 67]        # nt's dot products from 4 vectors of AVX2 (40) and AVX-512 (67)
 COLUMNS = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 40, 67]
 SENTINEL = 7.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tolerance(dtype):
@@ -131,9 +134,10 @@ def test_panels_refuse_other_arrays():
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("sizes, batch, paths", [
-    # every product small: nn, tn; nt where the layer's outputs are >= 4 vectors wide
-    ([20, 48, 40, 3], 23, {"small": True, "nt": True}),
-    # every product over gemm.SMALL_MACS: BLAS throughout
+    # every product small: nn, tn; nt where the layer's outputs are >= 4 vectors wide (64
+    # float32 are 4 vectors of AVX-512)
+    ([20, 48, 64, 3], 23, {"small": True, "nt": True}),
+    # the hidden layers' products over gemm.SMALL_MACS: BLAS (the output layer's are small)
     ([300, 260, 300, 2], 23, {"small": False, "nt": False}),
 ])
 def test_layers_match_reference_on_both_sides_of_the_threshold(sizes, batch, paths, dtype):
@@ -186,7 +190,7 @@ def test_a_kernel_loaded_from_the_cache_finds_the_entry_points(tmp_path):
     import subprocess
     import sys
     (tmp_path / "caller.py").write_text(CALLER)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
     hits = []
     for _ in range(2):
         run = subprocess.run([sys.executable, str(tmp_path / "caller.py")], env=env,
@@ -194,3 +198,33 @@ def test_a_kernel_loaded_from_the_cache_finds_the_entry_points(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         hits.append(int(run.stdout.split()[-1]))
     assert hits == [0, 1]          # compiled, then loaded from the cache
+
+
+STEP = """
+import sys
+import numpy as np
+from fastbp import Trainer
+rng = np.random.default_rng(0)
+X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+t = Trainer([4, 8, 3], target="cpu", seed=0)
+if sys.argv[1] == "gradient":
+    t.gradient(X, y)
+else:
+    t.fit(X, y, epochs=1, progress=False)
+"""
+
+
+def test_kernels_compiled_against_cached_callees_find_the_entry_points(tmp_path):
+    """A kernel compiled in a process where its callees came from the cache does not get
+    their reload hook from Numba (it is not kept in a cached library): the engine registers
+    the products' symbols before running any kernel. Without it the third process, which
+    loads the epoch kernel compiled by the second, crashed (SIGSEGV)."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "step.py").write_text(STEP)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    for what in ("gradient", "fit", "fit"):
+        run = subprocess.run([sys.executable, str(tmp_path / "step.py"), what], env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, (what, run.returncode, run.stderr[-2000:])

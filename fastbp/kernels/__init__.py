@@ -55,7 +55,8 @@ class Kernels:
         self.suffix = "serial" if target == "cpu" else "parallel"
 
     def _kernel(self, kind, rows, lazy=0.0, suffix=True):
-        from . import variants
+        from . import gemm, variants
+        gemm.register(rows.X.dtype.name)         # the products' symbols (see gemm.register)
         name = f"{kind}_{self.suffix}" if suffix else kind
         return getattr(variants.variant(variants.mode(rows, lazy)), name)
 

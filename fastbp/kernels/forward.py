@@ -16,6 +16,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 from numba.np import numpy_support
 
+from . import gemm
 from .codes import jit
 from .ops import activation_forward, layer_bias, layer_weight, linear_forward, output_forward
 
@@ -72,6 +73,7 @@ def make_forward(params, sizes, w_off, b_off, act, loss_code, x_shift, x_scale, 
     (sizes, offsets and activation codes int64); the scalings may be empty."""
     params = np.array(params)
     dtype = params.dtype
+    gemm.register(dtype.name)          # the products' symbols, before network_forward loads
     sizes, w_off, b_off, act = (np.array(a, dtype=np.int64) for a in (sizes, w_off, b_off, act))
     x_shift, x_scale, y_scale, y_shift = (np.array(a, dtype=dtype)
                                           for a in (x_shift, x_scale, y_scale, y_shift))

@@ -28,13 +28,12 @@ each ended by a horizontal sum, so only where they are at least 4 vectors long.
 All arrays are C-contiguous 2-D (the kernels' views of their flat buffers). The sums run in
 another order than BLAS's: results agree with it to rounding.
 """
-import threading
-
 import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc
 from numba.core import cgutils, types
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
@@ -301,9 +300,8 @@ def _emit_dot_panel(builder, vec, MR, NJ, pa, pb, pc, a0, c0, K, N):
         columns(builder.add(done, loop.index), 1)
 
 
-# Panels of 6 rows, and of 1 for the rest: every panel size is more code for LLVM to
-# optimise in each kernel that links these products in (panels of 4 and 2 as well cost
-# about 2 s more of a first fit, for a few percent on the last rows).
+# Panels of 6 rows, and of 1 for the rest (panels of 4 and 2 rows for the rest made no
+# difference above the noise on the workloads' shapes).
 _panel6 = panel_intrinsic(6)
 _panel1 = panel_intrinsic(1)
 _dot_panel3 = dot_panel_intrinsic(3, 3)
@@ -380,19 +378,30 @@ def _nt_entry(c, a, b, unused, M, K, N):
 
 _ENTRIES = {"nn": _nn_entry, "tn": _tn_entry, "nt": _nt_entry}
 _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
-_lock = threading.RLock()
+_registered = set()            # dtype names whose three symbols are known
 
 
 def _symbol(kind, dtype_name):
+    # Callers cached by Numba call this name with the C signature of register(): changes
+    # inside this module recompile the entry points alone, but a changed signature needs
+    # the cache deleted (Numba's cache follows each function's own file, not its callees')
     return f"fastbp_gemm_{kind}_{dtype_name}"
 
 
 def register(dtype_name):
     """Compile (or load from Numba's cache) the entry points of a dtype ('float32',
-    'float64') and make their symbols known to the JIT's linker: before any kernel that
-    calls them is compiled (their typing does it) or loaded from the cache (reload hooks,
-    _register_float32/64)."""
-    with _lock:
+    'float64') and make their symbols known to the JIT's linker. It must run before any
+    kernel that calls them is compiled or loaded from the cache: their typing does it; the
+    engine (kernels.Kernels) and compiled_forward do it before running a kernel of a dtype,
+    and a kernel loaded from the cache runs a reload hook (_register_float32/64) that does
+    it, where Numba kept the hook (a caller compiled against callees that came from the
+    cache loses it, hence the engine's call)."""
+    if dtype_name in _registered:
+        return
+    # Numba's compiler lock, not one of ours: this runs inside compilations (typing), which
+    # hold it already, and compiles itself; a second lock taken in the other order by
+    # another thread would deadlock
+    with global_compiler_lock:
         for kind, body in _ENTRIES.items():
             if (kind, dtype_name) in _compiled:
                 continue
@@ -401,6 +410,7 @@ def register(dtype_name):
             entry = cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
             llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
             _compiled[kind, dtype_name] = entry
+        _registered.add(dtype_name)
 
 
 def _register_float32():
@@ -416,7 +426,8 @@ _RELOAD = {"float32": _register_float32, "float64": _register_float64}
 
 def _entry_call(kind, with_bias):
     """The intrinsic calling entry point `kind` on C-contiguous 2-D arrays: (C, A, B, bias)
-    or (C, A, B), shapes as its docstring says, taken from C and A."""
+    or (C, A, B), shapes as its docstring says, taken from C and A. Like a BLAS call, the
+    shapes of B and bias are the caller's to get right (they are not checked)."""
 
     def typer(operands):
         _check_arrays(*operands)
