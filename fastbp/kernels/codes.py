@@ -10,6 +10,7 @@ def host_has_avx512():
     import llvmlite.binding as ll
     return bool(ll.get_host_cpu_features().get("avx512f", False))
 
+
 # Activation codes (hidden layers).
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = 0, 1, 2, 3, 4, 5
 ACTIVATION_CODES = (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, GELU)
