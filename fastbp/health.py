@@ -56,9 +56,9 @@ def diagnose(history):
     # in every step of this one, while the loss still has a gradient somewhere (a model that
     # fits exactly has none anywhere; a layer at 0 from the start has degenerate data, such
     # as all-zero inputs, rather than a blow-up behind it)
-    # (fit calls this after every epoch: each check below reads the earlier epochs only
-    # where the last one calls for it, and stops at the first that settles it, so a long
-    # fit does not spend time growing with its length on it)
+    # (fit calls this after every epoch, so neither check reads every earlier epoch each
+    # time: this one only when a layer's gradient was 0 throughout the last epoch, the
+    # growth check below from the window back, stopping at the first epoch that settles it)
     maxes = history.get("layer_grad_norms_max") or []
     total_max = (history.get("grad_norm_max") or [0.0])[-1]
     dead = np.zeros(len(norms), dtype=bool)

@@ -150,7 +150,7 @@ def _check_arrays(*arrays):
             raise TypingError("gemm products need C-contiguous 2-D arrays (and a 1-D bias)")
     dtypes = {arr.dtype for arr in arrays}
     if len(dtypes) != 1 or arrays[0].dtype not in (types.float32, types.float64):
-        raise TypingError("gemm panels need arrays of one float dtype")
+        raise TypingError("gemm products need arrays of one float dtype")
 
 
 def _data(context, builder, sig, args, positions):
