@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One prepared pass over a lent GPU machine (see the README's GPU section): what the machine
-# is, the GPU kernels' first-use compile time per dtype (and the launch path a fit took:
+# is, the GPU kernels' first-use compile time per dtype in a new process with an empty disk
+# cache and again in a second one that loads them from it (and the launch path a fit took:
 # CUDA graphs or plain launches), benchmarks/gpu_graphs.py (every workload with CUDA graphs,
-# with plain launches, and PyTorch eager; per step; same params bit for bit), the CUDA suite
-# for real at the small and the default block sizes, and optionally benchmarks/compare.py
-# --cuda. Every log goes to $OUT (the device tool's folder that comes back) or ./gpu-out.
+# with plain launches, and PyTorch eager; per step; same params bit for bit; GRAPHS_ARGS
+# adds options such as --tiles --no-plain), optionally benchmarks/compare.py --cuda, and
+# the CUDA suite for real at the small and the default block sizes. Every log goes to $OUT
+# (the device tool's folder that comes back) or ./gpu-out.
 # Uses the python3 that holds numba-cuda and torch there (PYTHONPATH=., nothing installed).
 # Time limits (s): GRAPHS_S (150), SUITE_S (220), BENCH_S (0: compare.py --cuda without
 # torch.compile not run), COMPILED_S (0: with it, not run), WHOLE_S (0); WORKLOADS limits
@@ -25,8 +27,11 @@ SUITE_S=${SUITE_S:-220} BENCH_S=${BENCH_S:-0} GRAPHS_S=${GRAPHS_S:-150}
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-echo "== first-use compile of the GPU kernels"
-python3 - > "$OUT/compile.txt" 2>&1 <<'PY'
+echo "== first-use compile of the GPU kernels: an empty disk cache, then loaded from it"
+export NUMBA_CACHE_DIR=$(mktemp -d)
+for run in "empty cache" "cached"; do
+echo "-- $run" >> "$OUT/compile.txt"
+python3 - >> "$OUT/compile.txt" 2>&1 <<'PY'
 import time
 t0 = time.perf_counter()
 import numpy as np
@@ -46,17 +51,14 @@ for dtype in ("float32", "float64"):
           f"{time.perf_counter() - t0:.3f} s; launch path {net.launch_path} "
           f"{net.launch_counts}; graph error {net.graph_error}; stream {net.graph_stream}")
 PY
+done
+unset NUMBA_CACHE_DIR
 cat "$OUT/compile.txt"
 
 echo "== CUDA graphs vs plain launches vs PyTorch eager (benchmarks/gpu_graphs.py)"
-timeout "$GRAPHS_S" python3 benchmarks/gpu_graphs.py --rounds 3 > "$OUT/graphs.txt" \
+timeout "$GRAPHS_S" python3 benchmarks/gpu_graphs.py --rounds 3 ${GRAPHS_ARGS:-} > "$OUT/graphs.txt" \
   2> "$OUT/graphs.err"
 echo "graphs exit $?"; cat "$OUT/graphs.txt"; tail -20 "$OUT/graphs.err"
-
-echo "== CUDA suite"
-FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" python3 -m pytest tests/cuda -q -p no:cacheprovider \
-  -rfE "$@" > "$OUT/cuda_suite.txt" 2>&1
-echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
 
 if [ "$BENCH_S" != 0 ]; then
   echo "== compare --cuda (eager PyTorch; then with torch.compile, which compiles per shape)"
@@ -71,6 +73,11 @@ if [ "${COMPILED_S:-0}" != 0 ]; then
   echo "compare (compiled) exit $?"; cat "$OUT/compare_cuda_compiled.txt"
   tail -20 "$OUT/compare_cuda_compiled.err"
 fi
+echo "== CUDA suite"
+FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" python3 -m pytest tests/cuda -q -p no:cacheprovider \
+  -rfE "$@" > "$OUT/cuda_suite.txt" 2>&1
+echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
+
 if [ "${WHOLE_S:-0}" != 0 ]; then
   echo "== the whole test suite, once (the simulator subprocess and Dask left out)"
   timeout "$WHOLE_S" python3 -m pytest -q -p no:cacheprovider -x --ignore=tests/test_distributed.py \

@@ -6,9 +6,12 @@ with plain launches (FASTBP_CUDA_GRAPHS=0), and PyTorch eager (compare.py's); pe
 per second, the launch path each fastbp run took (`CudaNetwork.launch_path`: graph, plain
 or graph+plain, with the capture error if any), and whether the two fastbp runs ended
 with the same parameters bit for bit (they must). The first epoch, which captures the
-graphs, is not timed but printed.
+graphs, is not timed but printed. With --tiles, also the graphs with every product on the
+smaller tiles (cuda_runner.LARGE_TILE_MIN_BLOCKS raised past any grid): what the runner's
+per-launch choice of the larger tiles gains; its params must be the same bit for bit too.
 
     python benchmarks/gpu_graphs.py [--rounds 3] [--workloads tiny deep] [--batches 128]
+                                    [--tiles]
 """
 import argparse
 import os
@@ -22,12 +25,13 @@ from compare import LR, N_SAMPLES, _torch_cuda  # noqa: E402
 from workloads import WORKLOADS, make_arrays  # noqa: E402
 
 
-def fastbp_run(layers, loss, X, y, batch, rounds, graphs, opt="sgd"):
+def fastbp_run(layers, loss, X, y, batch, rounds, graphs, opt="sgd", small_tiles=False):
     """(median epoch s, first epoch s, launch path, counts, graph error, params, the
     graphs' stream)."""
     from fastbp import Trainer
-    from fastbp.kernels import cuda_graphs
+    from fastbp.kernels import cuda_graphs, cuda_runner
     os.environ[cuda_graphs.GRAPHS_ENV] = "1" if graphs else "0"
+    cuda_runner.LARGE_TILE_MIN_BLOCKS = 2**62 if small_tiles else None
     t = Trainer(layers, loss=loss, optimizer=opt, lr=LR[opt], batch_size=batch,
                 momentum=0.9 if opt == "sgd" else 0.0, target="cuda", seed=0)
     h = t.fit(X, y, epochs=rounds + 1, progress=False)
@@ -44,6 +48,11 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--samples", type=int, help="rows per data set (default: compare.py's)")
+    p.add_argument("--no-plain", action="store_true",
+                   help="leave out the plain launches (its columns then compare the graphs "
+                        "with themselves)")
+    p.add_argument("--tiles", action="store_true",
+                   help="also time the graphs with every product on the smaller tiles")
     args = p.parse_args()
     from fastbp.kernels import cuda_backend, cuda_graphs
     print(f"GPU: {cuda_backend.describe()}; sgd + momentum, float32; median of {args.rounds} "
@@ -53,20 +62,26 @@ def main():
           "(ms/step) | torch eager samples/s (ms/step) | graph/plain | graph/eager | "
           "first epoch graph / plain s | same params |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
-    errors = []
+    errors, tiles = [], []
     for name in args.workloads:
         layers, _, loss = WORKLOADS[name]
         for batch in args.batches:
             rows = args.samples or max(N_SAMPLES[name] * 4, 64 * batch)
             X, y = make_arrays(layers, loss, rows)
             steps = -(-rows // batch)
+            cell = lambda s: f"{rows / s:,.0f} ({1e3 * s / steps:.3f})"    # noqa: E731
             g = fastbp_run(layers, loss, X, y, batch, args.rounds, True)
-            pl = fastbp_run(layers, loss, X, y, batch, args.rounds, False)
+            pl = g if args.no_plain else fastbp_run(layers, loss, X, y, batch, args.rounds,
+                                                    False)
+            if args.tiles:
+                st = fastbp_run(layers, loss, X, y, batch, args.rounds, True, small_tiles=True)
+                tiles.append(f"| {name} | {batch} | {cell(g[0])} | {cell(st[0])} | "
+                             f"{st[0] / g[0]:.2f}x | "
+                             f"{'yes' if np.array_equal(g[5], st[5]) else 'NO'} |")
             if g[4]:
                 errors.append(f"{name}/{batch}: {g[4]}")
             if g[6] not in (None, "default"):
                 errors.append(f"{name}/{batch}: graphs on {g[6]}")
-            cell = lambda s: f"{rows / s:,.0f} ({1e3 * s / steps:.3f})"    # noqa: E731
             torch_cell, vs_eager = "(not run)", ""
             if not args.no_torch:
                 try:
@@ -84,6 +99,11 @@ def main():
                   f"{pl[1]:.3f} | {same} |", flush=True)
     os.environ.pop(cuda_graphs.GRAPHS_ENV, None)
     print("\ncapture errors and stream notes: " + ("; ".join(errors) if errors else "none"))
+    if tiles:
+        print("\nthe per-launch choice of the larger product tiles (graphs both):\n\n"
+              "| workload | batch | chosen tiles samples/s (ms/step) | smaller tiles only | "
+              "speed-up | same params |\n|---|---:|---:|---:|---:|---|")
+        print("\n".join(tiles))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ def _run(code, **env):
 
 # tests of tests/cuda that may be skipped under the simulator, as {test id (JUnit's
 # "tests.cuda.test_cuda_target::test_name[params]"): regex of the skip reason}: only the
-# CUDA graph test, which needs a GPU (the block-size fixture runs only the small sizes
-# there, so no other test skips itself)
+# CUDA graph and disk-cache tests, which need a GPU (the block-size fixture runs only the
+# small sizes there, so no other test skips itself)
 EXPECTED_SIMULATOR_SKIPS = {
-    f"tests.cuda.test_cuda_target::test_cuda_graphs_run_and_equal_plain_launches_bit_for_bit"
-    f"[tile2x2-{data}]": r"needs a GPU: the simulator has no CUDA graphs"
-    for data in ("resident", "streamed")}
+    **{f"tests.cuda.test_cuda_target::test_cuda_graphs_run_and_equal_plain_launches_bit_for"
+       f"_bit[tile2x2-{data}]": r"needs a GPU: the simulator has no CUDA graphs"
+       for data in ("resident", "streamed")},
+    "tests.cuda.test_cuda_target::test_the_kernels_are_cached_on_disk_for_the_next_process"
+    "[tile2x2]": r"needs a GPU: the simulator compiles nothing"}
 
 
 @pytest.mark.skipif(CUDA_TESTS, reason="tests/cuda is collected directly in this run")
@@ -125,7 +127,9 @@ def test_cli_without_gpu_exits_with_the_message(monkeypatch, capsys):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(tile=0), "tile=0 is not allowed"), (dict(threads=12), "power of two"),
-    (dict(tile=64), "at most 1024 threads"), (dict(per_thread=1.5), "per_thread=1.5")])
+    (dict(tile=64), "at most 1024 threads"), (dict(per_thread=1.5), "per_thread=1.5"),
+    (dict(large_per_thread=0), "large_per_thread=0 is not allowed"),
+    (dict(large_per_thread=32), "large_per_thread=32 needs 131200 bytes")])
 def test_block_sizes_are_checked(bad, match):
     before = gpu.block_sizes()
     with pytest.raises(ValueError, match=match):
@@ -145,8 +149,10 @@ def _nvvm_available():
 # instructions operating on float64 / float32 (register names like %fd3 do not match)
 F64_OP = re.compile(r"^\s*[a-z]+(\.[a-z0-9]+)*\.f64\b")
 F32_OP = re.compile(r"^\s*[a-z]+(\.[a-z0-9]+)*\.f32\b")
-KERNELS = {"linear_forward", "linear_backward", "loss_delta", "output_forward",
-           "grad_block_norms", "step_stats", "optimizer_update"}
+PRODUCTS = ("linear_forward", "linear_backward", "linear_forward_large",
+            "linear_backward_large")
+KERNELS = {*PRODUCTS, "loss_delta", "output_forward", "grad_block_norms", "step_stats",
+           "optimizer_update"}
 # float64 in a float32 product kernel: the dropout hash's [0, 1) draw (u64 -> f64, scaled,
 # compared with the keep rate) and the rate's 1 / (1 - rate), converted to float32 once;
 # never a float64 load, store, multiply-add or sum
@@ -177,13 +183,14 @@ def test_kernels_compile_to_ptx_and_float32_stays_float32():
     ptx = {dtype: gpu.compile_ptx(dtype, (9, 0)) for dtype in ("float64", "float32")}
     for dtype, kernels in ptx.items():
         assert set(kernels) == KERNELS, dtype
-        for name in ("linear_forward", "linear_backward"):
+        for name in PRODUCTS:
             assert ".shared" in kernels[name], name             # tiled through shared memory
+            assert ".local" not in kernels[name], name          # accumulators in registers
 
     # float32 kernels: {name: (float64 opcodes, float32 opcodes)}
     f32 = {name: (_ops(text, F64_OP), _ops(text, F32_OP))
            for name, text in ptx["float32"].items()}
-    for name in ("linear_forward", "linear_backward"):
+    for name in PRODUCTS:
         f64_ops, f32_ops = f32[name]
         extra = _outside(f64_ops, DROPOUT_DRAW_F64)
         assert extra == [], (name, extra)
@@ -209,7 +216,7 @@ def test_kernels_compile_to_ptx_and_float32_stays_float32():
         extra = _outside(f32_ops, LIBDEVICE_F32)
         assert extra == [], (name, extra)
         assert "ld.global.f64" in f64_ops or "ld.shared.f64" in f64_ops, name
-    for name in ("linear_forward", "linear_backward"):
+    for name in PRODUCTS:
         f64_ops = _ops(ptx["float64"][name], F64_OP)
         for op in ("ld.shared.f64", "st.shared.f64", "fma.rn.f64", "st.global.f64"):
             assert op in f64_ops, (name, op)
@@ -236,3 +243,48 @@ def test_small_grid_warnings_are_kept_from_users():
         assert configure_quietly(Kernel(), 4, 256) == (4, 256)
     with pytest.warns(NumbaPerformanceWarning, match="Grid size 4"):   # the real message
         Kernel()[4, 256]
+
+
+def test_kernels_are_compiled_into_numba_cudas_disk_cache_with_fastbps_key(monkeypatch):
+    """compile_kernel does what cuda.jit(signature, cache=True) does, with a cache whose
+    index keys also hold fastbp's key (the source digest: an edit of scalar.py changes no
+    kernel's own code); FASTBP_CUDA_CACHE=0 compiles without a cache. (A GPU test loads the
+    kernels from the cache in a second process.)"""
+    calls = []
+
+    class Dispatcher:
+        _cache = None
+        _specialized = False
+
+        def compile(self, argtypes):
+            calls.append(("compile", argtypes, type(self._cache).__name__))
+
+        def disable_compile(self):
+            calls.append(("disable_compile",))
+
+    class FakeCuda:
+        @staticmethod
+        def jit(arg):
+            if isinstance(arg, str):                # cuda.jit(signature)(fn)
+                return lambda fn: ("uncached", arg, fn)
+            return Dispatcher()                     # cuda.jit(fn): lazy
+
+    def kernel(x, y):
+        pass
+
+    monkeypatch.setattr(cuda_backend, "_import_cuda", lambda: FakeCuda)
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setenv(cuda_backend.CACHE_ENV, "0")
+    assert cuda_backend.compile_kernel(kernel, "void(float32[::1], int64)", "k") == \
+        ("uncached", "void(float32[::1], int64)", kernel)
+    monkeypatch.delenv(cuda_backend.CACHE_ENV)
+    d = cuda_backend.compile_kernel(kernel, "void(float32[::1], int64)", gpu.source_digest())
+    assert [c[0] for c in calls] == ["compile", "disable_compile"]
+    assert str(calls[0][1]).startswith("(Array(float32, 1, 'C'") and \
+        str(calls[0][1]).endswith("int64)")
+    assert calls[0][2] == "KeyedCache" and d._specialized
+    codegen = type("Codegen", (), {"magic_tuple": staticmethod(lambda: ("sm_90",))})()
+    key = d._cache._index_key("sig", codegen)
+    assert key[-1] == ("fastbp", gpu.source_digest())
+    other = cuda_backend._keyed_cache(kernel, "another digest")._index_key("sig", codegen)
+    assert other[:-1] == key[:-1] and other != key

@@ -10,12 +10,16 @@ Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` in the environment befo
 first imported) the same kernels run as Python on the CPU, one thread per simulated GPU
 thread: slow, but every kernel can be checked without a GPU.
 """
+import functools
 import os
 
 # numba-cuda's warning of grids under 128 blocks, which the small networks fastbp is fast for
 # always have. Its message is highlighted (it starts with an ANSI escape), so the pattern may
 # not be anchored at "Grid"; seen unfiltered on an H200 with numba-cuda 0.30.4.
 SMALL_GRID_WARNING = r".*Grid size \d+ will likely result in GPU under-utilization"
+# FASTBP_CUDA_CACHE=0 in the environment: compile the GPU kernels in every process, as
+# before they were cached on disk (benchmarks of the first-use compile time use it)
+CACHE_ENV = "FASTBP_CUDA_CACHE"
 
 
 class CudaUnavailableError(RuntimeError):
@@ -58,6 +62,55 @@ def load():
             "cuda.detect()\"` says why). Use target='cpu' or 'parallel', or set "
             "NUMBA_ENABLE_CUDASIM=1 before importing fastbp to run on Numba's CPU simulator")
     return cuda
+
+
+def compile_kernel(fn, signature, cache_key):
+    """``cuda.jit(signature)(fn)``: a kernel compiled for one signature, on a GPU also kept
+    in numba-cuda's disk cache (in __pycache__ beside the kernel's module, or under
+    NUMBA_CACHE_DIR), so that later processes load its machine code instead of compiling
+    it. numba-cuda keys a cached kernel on its own code, the values it closes over, the
+    signature, the GPU and the numba-cuda version; `cache_key` (a string) is added to that
+    for what Numba cannot see, such as the source of device functions in other modules.
+    The simulator, FASTBP_CUDA_CACHE=0, or a cache that cannot be set up (no writable
+    folder): compiled as before, in this process only."""
+    cuda = _import_cuda()
+    cache = None if simulator_enabled() or os.environ.get(CACHE_ENV, "1") == "0" else \
+        _keyed_cache(fn, cache_key)
+    if cache is None:
+        return cuda.jit(signature)(fn)
+    from numba.cuda.core import sigutils
+
+    # what cuda.jit(signature, cache=True) does, with the keyed cache in place of its own
+    kernel = cuda.jit(fn)                  # a dispatcher, nothing compiled yet
+    kernel._cache = cache
+    kernel.compile(sigutils.normalize_signature(signature)[0])
+    kernel._specialized = True
+    kernel.disable_compile()
+    return kernel
+
+
+def _keyed_cache(fn, cache_key):
+    """numba-cuda's kernel cache for `fn` with `cache_key` in every index key, or None where
+    it cannot be made (no writable cache folder, another numba-cuda layout)."""
+    try:
+        return _keyed_cache_class()(fn, cache_key)
+    except (ImportError, AttributeError, RuntimeError, OSError):
+        return None
+
+
+@functools.cache
+def _keyed_cache_class():
+    from numba.cuda.dispatcher import CUDACache
+
+    class KeyedCache(CUDACache):
+        def __init__(self, py_func, cache_key):
+            self._fastbp_key = cache_key
+            super().__init__(py_func)
+
+        def _index_key(self, sig, codegen):
+            return super()._index_key(sig, codegen) + (("fastbp", self._fastbp_key),)
+
+    return KeyedCache
 
 
 def describe():

@@ -41,6 +41,10 @@ RESIDENT_FRACTION = 0.5
 MAX_RESIDENT_BYTES = None
 CHUNK_BYTES = 256 * 2**20
 EVAL_ROWS = 1024       # rows per launch when evaluating, predicting or taking a gradient
+# A product launch takes the larger tiles when its grid has at least this many blocks; None:
+# one per multiprocessor of the GPU (the simulator's stand-in count is SIMULATED_...)
+LARGE_TILE_MIN_BLOCKS = None
+SIMULATED_MULTIPROCESSORS = 4
 
 
 def _blocks(n, per_block):
@@ -144,6 +148,14 @@ class CudaNetwork:
     def __init__(self, layout, dtype, act, dropout, loss_code, opt_code, has_m, has_v):
         self.cuda = cuda = cuda_backend.load()
         self.k = gpu.get_kernels(dtype)
+        # the products' larger tiles, built on first use (see _products)
+        self._large = None
+        self._large_per_thread = gpu.block_sizes()["large_per_thread"]
+        self.large_tile_min_blocks = LARGE_TILE_MIN_BLOCKS
+        if self.large_tile_min_blocks is None:
+            self.large_tile_min_blocks = getattr(cuda.get_current_device(),
+                                                 "MULTIPROCESSOR_COUNT",
+                                                 SIMULATED_MULTIPROCESSORS)
         self.layout = layout
         self.dtype = np.dtype(dtype)
         self.F = self.dtype.type
@@ -243,11 +255,19 @@ class CudaNetwork:
         for kernel, grid, block, args in launches:
             self._launch(kernel, grid, block)(*args)
 
-    def _product_grid(self, x_extent, y_extent):
-        """The grid of a 2-D product kernel over (x_extent, y_extent) elements, BT x BT per
-        block."""
-        bt = self.k.block_tile
-        return (_blocks(x_extent, bt), _blocks(y_extent, bt))
+    def _products(self, blocks):
+        """The product kernels of one launch whose grid has blocks(block_tile) blocks: the
+        larger tiles (gpu.py's large_per_thread) where that grid still has a block for
+        every multiprocessor (`large_tile_min_blocks`), else the smaller ones, which keep
+        more blocks busy on small layers. Both builds sum the same products in the same
+        order, so the choice never changes a bit of the results."""
+        large = self._large
+        if large is None and self._large_per_thread > self.k.per_thread:
+            large = self._large = gpu.get_products(self.dtype.name, self.k.tile,
+                                                   self._large_per_thread)
+        if large is not None and blocks(large.block_tile) >= self.large_tile_min_blocks:
+            return large
+        return self.k
 
     def _forward_launches(self, ws, A0, gather, a_mod, idx, training, tables, cursor, shift):
         """Every layer's Z and hidden A for the rows of step cursor[0] + shift of `tables`
@@ -261,10 +281,13 @@ class CudaNetwork:
             hidden = l < self.L - 1
             out = ws.A[l + 1] if hidden else ws.Z[l]
             rate = self.dropout[l] if training and hidden and self.dropout else 0.0
-            launches.append((self.k.linear_forward, self._product_grid(ws.rows, self.sizes[l + 1]),
-                             tile, (ws.Z[l], out, A, idx, g, mod, self.W[l], self.b[l], hidden,
-                                    self.act[l] if hidden else 0, rate, l, steps_i, epoch_i,
-                                    cursor, shift)))
+            n_out = self.sizes[l + 1]
+            p = self._products(lambda bt: _blocks(ws.rows, bt) * _blocks(n_out, bt))
+            grid = (_blocks(ws.rows, p.block_tile), _blocks(n_out, p.block_tile))
+            launches.append((p.linear_forward, grid, tile,
+                             (ws.Z[l], out, A, idx, g, mod, self.W[l], self.b[l], hidden,
+                              self.act[l] if hidden else 0, rate, l, steps_i, epoch_i,
+                              cursor, shift)))
             A, g, mod = out, False, 0
         return launches
 
@@ -283,21 +306,23 @@ class CudaNetwork:
         gradient buffer when accumulate and the rows do not start at 0) and the delta
         D[l-1] of the layer below. Grids for ws.rows rows."""
         steps_i, _, epoch_i = tables
-        bt = self.k.block_tile
         launches = []
         for l in range(self.L - 1, -1, -1):
             n_in, n_out = self.sizes[l], self.sizes[l + 1]
-            blocks = _blocks(n_out, bt) * _blocks(n_in, bt)
+
+            def blocks(bt):              # dW's tiles, then (not for layer 0) dA's
+                return _blocks(n_out, bt) * _blocks(n_in, bt) + \
+                    (_blocks(ws.rows, bt) * _blocks(n_in, bt) if l > 0 else 0)
+            p = self._products(blocks)
             if l > 0:
                 A, g, mod = ws.A[l], False, 0
-                blocks += _blocks(ws.rows, bt) * _blocks(n_in, bt)
                 dA, Z_prev, act = ws.D[l - 1], ws.Z[l - 1], self.act[l - 1]
                 rate = self.dropout[l - 1] if training and self.dropout else 0.0
             else:                       # no input gradient: placeholders, never read
                 A, g, mod = A0, gather, a_mod
                 dA = Z_prev = ws.D[0]
                 act, rate = 0, 0.0
-            launches.append((self.k.linear_backward, blocks, (self.k.tile, self.k.tile),
+            launches.append((p.linear_backward, blocks(p.block_tile), (p.tile, p.tile),
                              (dA, self.dW[l], self.db[l], ws.D[l], A, self.W[l], Z_prev,
                               ws.A[l] if l > 0 else Z_prev, idx, g, mod, accumulate, act,
                               rate, l - 1, steps_i, epoch_i, cursor, shift)))

@@ -17,6 +17,12 @@ several blocks:
     per_thread  outputs per side that each thread computes (a per_thread x per_thread patch);
                 a block computes a (tile*per_thread)^2 tile of a matrix product, stepping
                 through the summed dimension `tile` at a time through shared memory
+    large_per_thread
+                the same for the products' second build, with larger tiles (each thread
+                reads fewer shared values per multiply-add); cuda_runner launches it where
+                its grid still has a block for every multiprocessor (large layers, large
+                batches). It sums the same products in the same order as the first build,
+                so which one runs never changes a bit of the results
     threads     threads of a 1-D block (rows, reductions, the optimizer); a power of two
 
 Products are plain sums in index order, in the parameters' dtype, so float32 results agree
@@ -33,16 +39,18 @@ step pass shift = -1. So every step is the same sequence of launches with the sa
 arguments, which cuda_runner captures once as a CUDA graph and replays. Evaluation passes
 a cursor that stays 0 and the block's index as the shift.
 """
+import functools
+import hashlib
 import math
 from types import SimpleNamespace
 
 import numpy as np
 
-from . import cuda_backend, ops, scalar
+from . import codes, cuda_backend, ops, scalar
 from .codes import ADAM, ADAMW, CROSS_ENTROPY, GELU, LEAKY_RELU, RELU, SGD, SIGMOID, TANH
 
 cuda = None            # numba.cuda, set by build() (imported only when target='cuda' is used)
-DEFAULT_BLOCK_SIZES = {"tile": 16, "per_thread": 2, "threads": 256}
+DEFAULT_BLOCK_SIZES = {"tile": 16, "per_thread": 2, "large_per_thread": 4, "threads": 256}
 _block_sizes = dict(DEFAULT_BLOCK_SIZES)
 _built = {}
 
@@ -58,11 +66,13 @@ EPOCH_I_LEN = 2
 CLIP_NORM = 0                                                         # epoch_d (1,) float64
 
 
-def set_block_sizes(tile=None, per_thread=None, threads=None):
+def set_block_sizes(tile=None, per_thread=None, threads=None, large_per_thread=None):
     """Change the block sizes of kernels built from now on (see the module docstring);
-    None keeps a size. Returns the sizes in force."""
+    None keeps a size. large_per_thread <= per_thread: every product uses per_thread.
+    Returns the sizes in force."""
     new = dict(_block_sizes)
-    for name, value in (("tile", tile), ("per_thread", per_thread), ("threads", threads)):
+    for name, value in (("tile", tile), ("per_thread", per_thread), ("threads", threads),
+                        ("large_per_thread", large_per_thread)):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -74,18 +84,32 @@ def set_block_sizes(tile=None, per_thread=None, threads=None):
     if new["tile"] ** 2 > 1024 or new["threads"] > 1024:
         raise ValueError("a CUDA block holds at most 1024 threads: tile**2 and threads must "
                          "be <= 1024")
-    block_tile = new["tile"] * new["per_thread"]
-    shared = (2 * block_tile + 1) * new["tile"] * 8     # two float64 tiles, one padded
-    if shared > 48 * 1024:
-        raise ValueError(f"tile={new['tile']}, per_thread={new['per_thread']} needs "
-                         f"{shared} bytes of shared memory per block for float64; at most "
-                         "49152 are allowed (lower tile or per_thread)")
+    for name in ("per_thread", "large_per_thread"):
+        block_tile = new["tile"] * new[name]
+        shared = (2 * block_tile + 1) * new["tile"] * 8     # two float64 tiles, one padded
+        if shared > 48 * 1024:
+            raise ValueError(f"tile={new['tile']}, {name}={new[name]} needs {shared} bytes "
+                             "of shared memory per block for float64; at most 49152 are "
+                             f"allowed (lower tile or {name})")
     _block_sizes.update(new)
     return dict(_block_sizes)
 
 
 def block_sizes():
     return dict(_block_sizes)
+
+
+@functools.cache
+def source_digest():
+    """A hash of the source the kernels are compiled from: this module, the element-wise
+    maths (scalar.py, ops.py) and the codes they compare with (codes.py). Part of the key
+    of the kernels' disk cache, which otherwise changes only with this file and the
+    closures' values: an edit of scalar.py alone would load stale machine code."""
+    digest = hashlib.sha256()
+    for path in (__file__, scalar.__file__, ops.__file__, codes.__file__):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
 
 
 def get_kernels(dtype):
@@ -95,6 +119,16 @@ def get_kernels(dtype):
            _block_sizes["threads"])
     if key not in _built:
         _built[key] = build(*key)
+    return _built[key]
+
+
+def get_products(dtype, tile, per_thread):
+    """linear_forward and linear_backward alone, for `dtype` at `tile` x `tile` threads
+    computing per_thread x per_thread outputs each, built on first use (the runner's larger
+    tiles; get_kernels holds the first build's)."""
+    key = ("products", np.dtype(dtype).name, tile, per_thread)
+    if key not in _built:
+        _built[key] = build_products(*key[1:])
     return _built[key]
 
 
@@ -108,19 +142,27 @@ def _signature(text, F):
     return f"void({', '.join(args)})"
 
 
-def compile_ptx(dtype, cc, tile=None, per_thread=None, threads=None):
+def compile_ptx(dtype, cc, tile=None, per_thread=None, threads=None, large_per_thread=None):
     """{kernel name: PTX} of every kernel for compute capability cc = (major, minor),
-    compiled by NVVM without a GPU (tests and reviews of the generated code). Device
+    compiled by NVVM without a GPU (tests and reviews of the generated code); the products'
+    larger-tile build as 'linear_forward_large' and 'linear_backward_large'. Device
     functions are compiled for the current device's capability, so it is stood in for."""
     from numba.cuda import dispatcher
 
-    sizes = {**_block_sizes, **{k: v for k, v in (("tile", tile), ("per_thread", per_thread),
-                                                  ("threads", threads)) if v is not None}}
+    given = (("tile", tile), ("per_thread", per_thread), ("threads", threads),
+             ("large_per_thread", large_per_thread))
+    sizes = {**_block_sizes, **{k: v for k, v in given if v is not None}}
     real = dispatcher.get_current_device
     dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=tuple(cc))
     try:
-        return build(np.dtype(dtype).name, sizes["tile"], sizes["per_thread"],
-                     sizes["threads"], ptx_cc=tuple(cc)).ptx
+        dtype = np.dtype(dtype).name
+        ptx = build(dtype, sizes["tile"], sizes["per_thread"], sizes["threads"],
+                    ptx_cc=tuple(cc)).ptx
+        if sizes["large_per_thread"] > sizes["per_thread"]:
+            large = build_products(dtype, sizes["tile"], sizes["large_per_thread"],
+                                   ptx_cc=tuple(cc)).ptx
+            ptx.update({f"{name}_large": text for name, text in large.items()})
+        return ptx
     finally:
         dispatcher.get_current_device = real
 
@@ -137,6 +179,15 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
     dev = _device_functions(c)
     kernels = {**_products(c, dev), **_loss(c, dev), **_reductions(c), **_optimizer(c, dev)}
     return SimpleNamespace(**kernels, tile=c.T, per_thread=c.R, threads=c.NT,
+                           block_tile=c.BT, dtype=dtype, ptx=c.ptx)
+
+
+def build_products(dtype, tile, per_thread, *, ptx_cc=None):
+    """Compile linear_forward and linear_backward alone (see build)."""
+    global cuda
+    cuda = cuda_backend._import_cuda() if ptx_cc else cuda_backend.load()
+    c = _Context(dtype, tile, per_thread, 1, ptx_cc)      # (1-D blocks: none here)
+    return SimpleNamespace(**_products(c, _device_functions(c)), tile=c.T, per_thread=c.R,
                            block_tile=c.BT, dtype=dtype, ptx=c.ptx)
 
 
@@ -163,7 +214,7 @@ class _Context:
             if self.ptx_cc is not None:
                 self.ptx[fn.__name__] = cuda.compile_ptx(fn, signature, cc=self.ptx_cc)[0]
                 return fn
-            return cuda.jit(signature)(fn)
+            return cuda_backend.compile_kernel(fn, signature, source_digest())
         return decorate
 
 
@@ -290,6 +341,17 @@ def _products(c, dev):
                     for c in range(R):
                         acc[a, c] += av * sW[ku * U(BT) + tx + U(c * T)]
             cuda.syncthreads()
+        # two passes: the first, short enough to be unrolled, reads the accumulators with
+        # constant indices, so that they stay in registers; the second applies the
+        # activation (a large switch, not unrolled) to Z as stored
+        for a in range(R):
+            r = r0 + ty + a * T
+            for c in range(R):
+                j = c0 + tx + c * T
+                if r < n_rows and j < n_out:
+                    Z[r, j] = acc[a, c] + b[j]
+        if not hidden:
+            return
         for a in range(R):
             r = r0 + ty + a * T
             if r >= n_rows:
@@ -297,14 +359,11 @@ def _products(c, dev):
             for c in range(R):
                 j = c0 + tx + c * T
                 if j < n_out:
-                    z = acc[a, c] + b[j]
-                    Z[r, j] = z
-                    if hidden:
-                        h = activation(z, act, consts)
-                        if rate > 0.0:
-                            h *= dropout_scale(rate, epoch_i[SEED], steps_i[srow, STEP],
-                                               idx[lo + r], layer, j)
-                        A_out[r, j] = h
+                    h = activation(Z[r, j], act, consts)
+                    if rate > 0.0:
+                        h *= dropout_scale(rate, epoch_i[SEED], steps_i[srow, STEP],
+                                           idx[lo + r], layer, j)
+                    A_out[r, j] = h
 
     @c.device
     def weight_gradient_tile(sA, sD, bx, by, dW, db, A, idx, lo, gather, a_off, dZ, n_rows,
@@ -406,6 +465,13 @@ def _products(c, dev):
                     for c in range(R):
                         acc[a, c] += dv * sW[ku * U(PAD) + tx + U(c * T)]
             cuda.syncthreads()
+        # two passes, as in linear_forward: dZ W^T as stored, then the mask and derivative
+        for a in range(R):
+            r = r0 + ty + a * T
+            for c in range(R):
+                i = i0 + tx + c * T
+                if r < n_rows and i < n_in:
+                    dA[r, i] = acc[a, c]
         dropped = rate > 0.0
         for a in range(R):
             r = r0 + ty + a * T
@@ -414,7 +480,7 @@ def _products(c, dev):
             for c in range(R):
                 i = i0 + tx + c * T
                 if i < n_in:
-                    g = acc[a, c]
+                    g = dA[r, i]
                     if dropped:
                         g *= dropout_scale(rate, seed, step, idx[lo + r], layer, i)
                     dA[r, i] = activation_grad(g, Z_prev[r, i], A_prev[r, i], act, dropped,

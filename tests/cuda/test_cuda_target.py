@@ -5,6 +5,7 @@ and optimizer. Runs under Numba's CUDA simulator (tests/test_cuda.py starts it) 
 
 Shapes are tiny, and the simulator's blocks smaller still (a 4x4 tile per 2x2 threads), so
 every product spans several blocks in both directions and ends in partial tiles."""
+import os
 import pickle
 
 import numpy as np
@@ -398,3 +399,130 @@ def test_cuda_graphs_run_and_equal_plain_launches_bit_for_bit(monkeypatch, strea
     cpu = Trainer(SIZES, target="cpu", seed=3, dtype="float32", batch_size=BATCH, **kw)
     _weighted_fit(cpu, epochs=3)
     np.testing.assert_allclose(tg.params, cpu.params, rtol=1e-4, atol=1e-6)
+
+
+def _tile_choices(monkeypatch):
+    """Record the per_thread of every product launch the runner builds."""
+    chosen = []
+    real = cuda_runner.CudaNetwork._products
+
+    def products(net, blocks):
+        p = real(net, blocks)
+        chosen.append(p.per_thread)
+        return p
+    monkeypatch.setattr(cuda_runner.CudaNetwork, "_products", products)
+    return chosen
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_large_and_small_product_tiles_give_the_same_bits(monkeypatch, optimizer):
+    """The runner picks the products' tile per launch. Every launch on the larger tiles and
+    every launch on the smaller ones give the same fit bit for bit (history, params and
+    optimizer state), equal to the CPU's; evaluation, gradient and predictions too. Shapes
+    span at least two of the larger tiles, and end in partial ones."""
+    sizes = gpu.block_sizes()
+    large_tile = sizes["tile"] * sizes["large_per_thread"]
+    layers = [large_tile + 5, 2 * large_tile + 1, large_tile - 1, 3]
+    batch = large_tile + 3
+    X, y = make_data("cross_entropy", layers[0], layers[-1], n=2 * batch + 1)
+    kw = dict(seed=3, dtype="float64", batch_size=batch, optimizer=optimizer, lr=0.05,
+              activation="tanh", dropout=[0.25, 0.0], weight_decay=0.01)
+    chosen = _tile_choices(monkeypatch)
+    runs = {}
+    for min_blocks, per_thread in ((0, sizes["large_per_thread"]),
+                                   (10**9, sizes["per_thread"])):
+        monkeypatch.setattr(cuda_runner, "LARGE_TILE_MIN_BLOCKS", min_blocks)
+        del chosen[:]
+        t = Trainer(layers, target="cuda", **kw)
+        h = t.fit(X, y, epochs=2, progress=False)
+        outputs = (t.loss(X, y), t.gradient(X, y), t.predict_proba(X))
+        assert chosen and set(chosen) == {per_thread}, (min_blocks, set(chosen))
+        runs[min_blocks] = (t, h, outputs)
+    (large, h_large, out_large), (small, h_small, out_small) = runs[0], runs[10**9]
+    for key in ("loss", "grad_norm", "layer_grad_norms", "accuracy"):
+        np.testing.assert_array_equal(np.asarray(h_large[key]), np.asarray(h_small[key]),
+                                      err_msg=key)
+    np.testing.assert_array_equal(large.params, small.params)
+    np.testing.assert_array_equal(large.engine.m, small.engine.m)
+    np.testing.assert_array_equal(large.engine.v, small.engine.v)
+    assert out_large[0] == out_small[0]
+    np.testing.assert_array_equal(out_large[1], out_small[1])
+    np.testing.assert_array_equal(out_large[2], out_small[2])
+    cpu = Trainer(layers, target="cpu", **kw)
+    assert_same_fit(cpu, large, cpu.fit(X, y, epochs=2, progress=False), h_large)
+
+
+def test_the_larger_tiles_run_where_their_grid_fills_the_gpu(monkeypatch):
+    """A launch takes the larger tiles when their grid has a block per multiprocessor
+    (the simulator stands in a count), else the smaller ones; large_per_thread <=
+    per_thread turns the larger tiles off."""
+    t = Trainer(SIZES, target="cuda", seed=3, batch_size=BATCH)
+    net = t.engine.device()
+    need = net.large_tile_min_blocks
+    sizes = gpu.block_sizes()
+    assert need >= 1
+    assert net._products(lambda bt: need).per_thread == sizes["large_per_thread"]
+    assert net._products(lambda bt: need - 1).per_thread == sizes["per_thread"]
+    chosen = _tile_choices(monkeypatch)
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    t.fit(X, y, epochs=1, progress=False)
+    # these tiny layers leave the larger tiles' grids with too few blocks
+    assert chosen and set(chosen) == {sizes["per_thread"]}
+    before = gpu.block_sizes()
+    gpu.set_block_sizes(large_per_thread=sizes["per_thread"])
+    try:
+        off = Trainer(SIZES, target="cuda", seed=3, batch_size=BATCH).engine.device()
+    finally:
+        gpu.set_block_sizes(**before)
+    assert off._products(lambda bt: 10**9).per_thread == sizes["per_thread"]
+
+
+@pytest.mark.skipif(CUDA_SIMULATOR, reason="needs a GPU: the simulator compiles nothing")
+def test_the_kernels_are_cached_on_disk_for_the_next_process(tmp_path, block_sizes):
+    """A first process compiles the kernels and saves them; a second loads every one from
+    the disk cache (no compile) and fits to the same bits; FASTBP_CUDA_CACHE=0 compiles
+    without the cache."""
+    if block_sizes is SMALL:
+        pytest.skip("one block size is enough (each run compiles in a new process)")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """if True:
+        import json, time
+        import numpy as np
+        t0 = time.perf_counter()
+        from fastbp import Trainer
+        from fastbp.kernels import gpu
+        X = np.random.default_rng(0).normal(size=(300, 70))
+        y = np.arange(300) % 3
+        t = Trainer([70, 130, 3], target="cuda", dtype="float64", seed=3, batch_size=200)
+        t.fit(X, y, epochs=2, progress=False)
+        kernels = [k for ns in gpu._built.values() for k in vars(ns).values()
+                   if hasattr(k, "stats")]
+        print(json.dumps({"seconds": time.perf_counter() - t0,
+                          "kernels": len(kernels),
+                          "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+                          "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
+                          "params": t.params.tolist()}))
+    """
+    root = Path(__file__).resolve().parents[2]
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=root, timeout=600,
+                             env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), **env})
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second, uncached = run(), run(), run(FASTBP_CUDA_CACHE="0")
+    print({k: v for k, v in first.items() if k != "params"},
+          {k: v for k, v in second.items() if k != "params"},
+          {k: v for k, v in uncached.items() if k != "params"})
+    assert first["kernels"] >= 7 and first["misses"] == first["kernels"], first
+    assert first["hits"] == 0
+    assert second["hits"] == second["kernels"] == first["kernels"], second
+    assert second["misses"] == 0
+    assert uncached["hits"] == 0
+    assert first["params"] == second["params"] == uncached["params"]
