@@ -449,8 +449,12 @@ def cmd_export(args):
 
 
 def cmd_warmup(args):
+    from .kernels.cuda_backend import CudaUnavailableError
     from .trainer import warmup
-    warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
+    try:
+        warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
+    except CudaUnavailableError as e:
+        raise CLIError(f"--targets cuda: {one_line(e)}") from None
     return 0
 
 
@@ -606,7 +610,8 @@ def _add_warmup(sub):
     w.add_argument("--dtypes", nargs="+", default=list(_config.DTYPES),
                    choices=list(_config.DTYPES), help="floating-point types")
     w.add_argument("--targets", nargs="+", default=["cpu", "parallel"],
-                   choices=["cpu", "parallel"], help="CPU targets")
+                   choices=["cpu", "parallel", "cuda"],
+                   help="targets ('cuda': the GPU kernels, which need a GPU)")
     w.set_defaults(func=cmd_warmup)
 
 

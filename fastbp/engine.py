@@ -216,15 +216,6 @@ class Engine:
         if step is not None:
             self.step = int(step)
 
-    def snapshot(self, into=None):
-        """`state()` copied into `into` (a snapshot from an earlier call: no allocation)."""
-        if into is None:
-            return self.state()
-        for key in ("params", "m", "v"):
-            np.copyto(into[key], getattr(self, key))
-        into["step"] = self.step
-        return into
-
     # ------------------------------------------------------------ running
 
     @contextlib.contextmanager

@@ -12,6 +12,7 @@ from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .layout import Layout
+from .rollback import RollbackCopy
 from .schedules import make_schedule
 
 
@@ -351,7 +352,7 @@ class Trainer:
         order = row_order(n)
         epochs_runner = self.engine.epoch_runner(rows, order, norms, self._hyper)
         val_resident = None if val is None else self.engine.resident(val)
-        good = None                      # the last good epoch's state (see _snapshot)
+        good = RollbackCopy() if restore else None    # the last good epoch (_snapshot)
         warned = set()
         fresh = epochs and not self.history.get("loss") and self.step == 0
 
@@ -363,7 +364,7 @@ class Trainer:
                 for _ in range(epochs):
                     epoch = self.epochs_done
                     if restore:
-                        good = self._snapshot(good)  # before the schedule moves lr
+                        self._snapshot(good)     # before the schedule moves lr
                     step0 = self.step
                     if lr_schedule is not None:
                         self.lr = schedule.lr(epoch)
@@ -399,6 +400,8 @@ class Trainer:
                         break
         finally:
             bar.close()
+            if good is not None:
+                good.close()
         return self.history
 
     def _start_loss(self, rows, order, norms):
@@ -455,29 +458,28 @@ class Trainer:
             logs["val_accuracy"] = vacc
         return logs
 
-    def _snapshot(self, snap=None):
-        """What an epoch may change (the engine's params, optimizer state and step, and the
-        shuffling generator and lr), copied into `snap` (buffers allocated once per fit,
-        not per epoch): restored when the epoch diverges. Every bit of params, m and v can
-        change in an epoch and an update cannot be undone exactly in floating point, so an
-        exact roll-back needs the whole copy: (1 + optimizer buffers) x params bytes
-        (fit(..., restore_on_divergence=False) keeps none)."""
+    def _snapshot(self, good):
+        """What an epoch may change, saved in `good` (a RollbackCopy) to be restored when
+        the epoch diverges: the engine's params, optimizer state and step, the shuffling
+        generator and lr. Every bit of params, m and v can change in an epoch and an update
+        cannot be undone exactly in floating point, so an exact roll-back needs the whole
+        copy, (1 + optimizer buffers) x params bytes: it goes to a temporary file, not the
+        process's memory (rollback.py; fit(..., restore_on_divergence=False) keeps none)."""
         try:
-            snap = self.engine.snapshot(snap)
-        except MemoryError:                   # the first epoch's: the copy is allocated
-            eng = self.engine                 # once, then reused
+            good.save(self.engine)
+        except MemoryError:                   # no file: the copy is allocated (once)
+            eng = self.engine
             size = (eng.params.nbytes + eng.m.nbytes + eng.v.nbytes) / 1e6
             raise MemoryError(f"no memory for the copy of the parameters and optimizer "
                               f"state ({size:,.1f} MB) that fit keeps to undo a divergence; "
                               "fit(..., restore_on_divergence=False) trains without "
                               "it") from None
-        snap.update(rng_state=self._rng.bit_generator.state, lr=self.lr)
-        return snap
+        good.rng_state, good.lr = self._rng.bit_generator.state, self.lr
 
-    def _restore(self, snap):
-        self.engine.set_state(snap["params"], snap["m"], snap["v"], snap["step"])
-        self._rng.bit_generator.state = snap["rng_state"]
-        self.lr = snap["lr"]
+    def _restore(self, good):
+        good.restore(self.engine)
+        self._rng.bit_generator.state = good.rng_state
+        self.lr = good.lr
 
     def _diverged(self, epoch, bad_step, on_divergence, restored=True, updates=0):
         """Raise or warn after a divergence at step `bad_step` of `epoch`; `restored`: the
@@ -610,9 +612,13 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
     """Compile (or load from Numba's on-disk cache) the kernels of every dtype and target
     for dense data ahead of time, so a later fit, loss, gradient or predict starts at once;
     the kernels serve every depth, activation, loss and optimizer. Sparse (CSR) data has kernels
-    of its own (kernels/variants.py), compiled at the first sparse fit. Returns
-    {(dtype, target): seconds}."""
+    of its own (kernels/variants.py), compiled at the first sparse fit. targets may include
+    'cuda' (the GPU kernels at the current block sizes, both product tiles; a missing GPU
+    raises CudaUnavailableError). Returns {(dtype, target): seconds}."""
     from .kernels import training_plan as _plan
+    if "cuda" in targets:                 # no GPU: say so before compiling anything
+        from .kernels import cuda_backend
+        cuda_backend.load()
     timings = {}
     rng = np.random.default_rng(0)
     for dtype in dtypes:
@@ -627,6 +633,8 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
             t.fit(X, y, validation_data=(X, y), epochs=1, progress=False)
             t.gradient(X, y)              # loss_grad: Trainer.gradient, lbfgs
             t.predict(X)
+            if target == "cuda":          # the products' larger tiles (large layers only)
+                t.engine.device().build_large_products()
             timings[(dtype, target)] = time.perf_counter() - t0
             if verbose:
                 print(f"fastbp: kernels for {dtype}/{target} ready in "

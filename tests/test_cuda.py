@@ -125,6 +125,20 @@ def test_cli_without_gpu_exits_with_the_message(monkeypatch, capsys):
     assert "no GPU here" in capsys.readouterr().err
 
 
+def test_warmup_of_the_gpu_kernels_without_gpu_says_so_before_any_work(monkeypatch, capsys):
+    from fastbp import trainer
+    from fastbp.cli import main
+
+    def no_gpu():
+        raise CudaUnavailableError("no GPU here")
+    monkeypatch.setattr(cuda_backend, "load", no_gpu)
+    built = []
+    monkeypatch.setattr(trainer, "Trainer", lambda *a, **k: built.append(a))
+    assert main(["warmup", "--targets", "cpu", "cuda"]) == 1
+    assert capsys.readouterr().err.strip() == "fastbp warmup: error: --targets cuda: no GPU here"
+    assert built == []                 # the CPU kernels were not compiled first
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(tile=0), "tile=0 is not allowed"), (dict(threads=12), "power of two"),
     (dict(tile=64), "at most 1024 threads"), (dict(per_thread=1.5), "per_thread=1.5"),

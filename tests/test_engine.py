@@ -58,19 +58,15 @@ def test_engine_trains_from_a_given_init_in_a_given_row_order(target, optimizer)
     assert engine.step == 2 * 6
 
 
-def test_state_round_trips_and_snapshots_reuse_their_buffers():
+def test_state_round_trips():
     X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=16)
     t = Trainer(SIZES, optimizer="adam", batch_size=4, dtype="float64", seed=0)
     t.fit(X, y, epochs=1, progress=False)
     engine = t.engine
     state = engine.state()
     assert state["step"] == 4 and state["m"].any() and state["v"].any()
-    snap = engine.snapshot()
-    buffers = [snap[k] for k in ("params", "m", "v")]
     t.fit(X, y, epochs=1, progress=False)
-    assert engine.snapshot(snap) is snap
-    assert all(snap[k] is b for k, b in zip(("params", "m", "v"), buffers))
-    np.testing.assert_array_equal(snap["params"], engine.params)
+    assert not np.array_equal(engine.params, state["params"])
     engine.set_state(**state)
     for key in ("params", "m", "v"):
         np.testing.assert_array_equal(getattr(engine, key), state[key])

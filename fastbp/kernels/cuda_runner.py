@@ -261,13 +261,18 @@ class CudaNetwork:
         every multiprocessor (`large_tile_min_blocks`), else the smaller ones, which keep
         more blocks busy on small layers. Both builds sum the same products in the same
         order, so the choice never changes a bit of the results."""
-        large = self._large
-        if large is None and self._large_per_thread > self.k.per_thread:
-            large = self._large = gpu.get_products(self.dtype.name, self.k.tile,
-                                                   self._large_per_thread)
+        large = self.build_large_products()
         if large is not None and blocks(large.block_tile) >= self.large_tile_min_blocks:
             return large
         return self.k
+
+    def build_large_products(self):
+        """The products at the larger tiles (compiled, or loaded from the disk cache, on
+        first use), or None where large_per_thread is not larger than per_thread."""
+        if self._large is None and self._large_per_thread > self.k.per_thread:
+            self._large = gpu.get_products(self.dtype.name, self.k.tile,
+                                           self._large_per_thread)
+        return self._large
 
     def _forward_launches(self, ws, A0, gather, a_mod, idx, training, tables, cursor, shift):
         """Every layer's Z and hidden A for the rows of step cursor[0] + shift of `tables`

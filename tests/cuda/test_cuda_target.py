@@ -477,6 +477,21 @@ def test_the_larger_tiles_run_where_their_grid_fills_the_gpu(monkeypatch):
     assert off._products(lambda bt: 10**9).per_thread == sizes["per_thread"]
 
 
+def test_warmup_builds_both_product_tiles(capsys):
+    from fastbp import warmup
+    from fastbp.cli import main
+
+    sizes = gpu.block_sizes()
+    large = ("products", "float64", sizes["tile"], sizes["large_per_thread"])
+    gpu._built.pop(large, None)           # (built by an earlier test of this process)
+    timings = warmup(dtypes=["float64"], targets=["cuda"])
+    assert list(timings) == [("float64", "cuda")]
+    assert ("float64", sizes["tile"], sizes["per_thread"], sizes["threads"]) in gpu._built
+    assert large in gpu._built
+    assert main(["warmup", "--dtypes", "float64", "--targets", "cuda"]) == 0
+    assert "float64/cuda ready" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(CUDA_SIMULATOR, reason="needs a GPU: the simulator compiles nothing")
 def test_the_kernels_are_cached_on_disk_for_the_next_process(tmp_path, block_sizes):
     """A first process compiles the kernels and saves them; a second loads every one from
