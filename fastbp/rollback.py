@@ -5,9 +5,11 @@ update cannot be undone in floating point. Held in memory, that copy is 1 + (opt
 buffers) times the parameters, more than a fit's own buffers leave room for (the README's
 memory table). So it is written to an unnamed temporary file instead (``tempfile``: in
 ``TMPDIR``, deleted when closed or when the process ends), overwritten at every epoch and
-read back only after a divergence: the process holds none of it. Where no temporary file
-can be made or written (no writable folder, a full disk), the copy is kept in memory, as
-before; either way the roll-back is the same, bit for bit.
+read back only after a divergence: the process holds none of it. FASTBP_ROLLBACK_DIR in
+the environment chooses another folder (where TMPDIR is a tmpfs, as /tmp is on some
+systems, the file's pages are memory again, only not the process's). Where no temporary
+file can be made or written (no writable folder, a full disk), the copy is kept in memory,
+as before; either way the roll-back is the same, bit for bit.
 """
 import os
 import tempfile
@@ -15,6 +17,7 @@ import tempfile
 import numpy as np
 
 PREFIX = "fastbp-rollback-"
+DIR_ENV = "FASTBP_ROLLBACK_DIR"
 
 
 class RollbackCopy:
@@ -28,14 +31,17 @@ class RollbackCopy:
     @property
     def where(self):
         """'file' or 'memory' (None before the first save)."""
-        return None if self.step is None else ("memory" if self._memory else "file")
+        if self.step is None:
+            return None
+        return "memory" if self._memory is not None else "file"
 
     def save(self, engine):
         arrays = (engine.params, engine.m, engine.v)
         if self._memory is None:
             try:
                 if self._file is None:
-                    self._file = tempfile.TemporaryFile(prefix=PREFIX, buffering=0)
+                    self._file = tempfile.TemporaryFile(prefix=PREFIX, buffering=0,
+                                                        dir=os.environ.get(DIR_ENV) or None)
                 self._file.seek(0)
                 for a in arrays:
                     _write_all(self._file, a)

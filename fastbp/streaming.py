@@ -8,6 +8,7 @@ Trainer, `history` gets one entry per pass over the data (the chunks' entries me
 losses and accuracies weighted by rows, gradient norms by steps, maxima kept, times summed),
 and the training-health checks run once per pass, each problem warned of once per call.
 """
+import contextlib
 import math
 import os
 import warnings
@@ -60,23 +61,27 @@ def train_epochs(model, chunks, epochs, *, classes=None, progress=None, total_ro
                leave=True, dynamic_ncols=True)
     warned = set()
     first = True
+    # a Trainer's chunks reuse one roll-back file per call (each chunk is a fit of its own)
+    one_file = model._one_rollback_file() if isinstance(model, Trainer) and restore else \
+        contextlib.nullcontext()
     try:
-        for epoch in range(epochs):
-            start = model.epochs_done if isinstance(model, Trainer) else None
-            rows = []
-            try:
-                for X, y in chunks(epoch):
-                    _train_chunk(model, X, y, classes if first else None, restore)
-                    first = False
-                    rows.append(X.shape[0])       # (len() refuses scipy sparse chunks)
-                    bar.update(X.shape[0])
-                    del X, y              # released before the next chunk is read
-            finally:       # also when a chunk diverged: the pass so far, as one entry
+        with one_file:
+            for epoch in range(epochs):
+                start = model.epochs_done if isinstance(model, Trainer) else None
+                rows = []
+                try:
+                    for X, y in chunks(epoch):
+                        _train_chunk(model, X, y, classes if first else None, restore)
+                        first = False
+                        rows.append(X.shape[0])       # (len() refuses scipy sparse chunks)
+                        bar.update(X.shape[0])
+                        del X, y              # released before the next chunk is read
+                finally:       # also when a chunk diverged: the pass so far, as one entry
+                    if isinstance(model, Trainer) and rows:
+                        _merge_epoch(model, start, rows)
                 if isinstance(model, Trainer) and rows:
-                    _merge_epoch(model, start, rows)
-            if isinstance(model, Trainer) and rows:
-                _warn_of_health(model, warned)
-                bar.set_postfix(loss=f"{model.history['loss'][-1]:.4g}")
+                    _warn_of_health(model, warned)
+                    bar.set_postfix(loss=f"{model.history['loss'][-1]:.4g}")
     finally:
         bar.close()
     return model

@@ -1,5 +1,6 @@
 """The Trainer: validates, schedules, handles divergence, records history and calls back;
 its Engine (fastbp.engine) holds the buffers and runs the compiled epochs."""
+import contextlib
 import time
 import warnings
 
@@ -222,9 +223,11 @@ class Trainer:
         self._hyper = self._hyper._replace(lr=float(lr))
 
     def __getstate__(self):
-        # views are rebuilt; the engine pickles its buffers, not its kernels
+        # views are rebuilt; the engine pickles its buffers, not its kernels; a stream's
+        # open roll-back file stays with this process
         state = self.__dict__.copy()
         del state["_weights"], state["_biases"]
+        state.pop("_shared_rollback", None)
         return state
 
     def __setstate__(self, state):
@@ -320,10 +323,11 @@ class Trainer:
         fastbp.DivergenceError is raised ("raise") or a TrainingHealthWarning is given and fit
         returns ("warn"). restore_on_divergence: True keeps a copy of the parameters,
         optimizer state, step, shuffling state and lr at the start of every epoch for that
-        roll-back (one params-sized buffer per optimizer buffer, plus one, allocated once
-        per fit); False keeps none and puts nothing back: the model stays as the diverging
-        epoch left it (its updates before the step whose loss was NaN or infinite; the
-        parameters may then be non-finite), for models whose copy would not fit in memory.
+        roll-back (params and each optimizer buffer, written to a temporary file: see
+        fastbp/rollback.py; in memory where no file can be written); False keeps none and
+        puts nothing back: the model stays as the diverging epoch left it (its updates
+        before the step whose loss was NaN or infinite; the parameters may then be
+        non-finite), for models whose copy costs too much time or disk.
         Vanishing, exploding or dead gradients and a loss that blew up give one
         TrainingHealthWarning each (see `health()`).
         """
@@ -352,7 +356,8 @@ class Trainer:
         order = row_order(n)
         epochs_runner = self.engine.epoch_runner(rows, order, norms, self._hyper)
         val_resident = None if val is None else self.engine.resident(val)
-        good = RollbackCopy() if restore else None    # the last good epoch (_snapshot)
+        shared = getattr(self, "_shared_rollback", None)     # (see _one_rollback_file)
+        good = (shared or RollbackCopy()) if restore else None   # the last good epoch
         warned = set()
         fresh = epochs and not self.history.get("loss") and self.step == 0
 
@@ -380,10 +385,14 @@ class Trainer:
                                              and np.isfinite(params.max())):
                         bad_step = norms.shape[0] - 1      # the epoch's last update blew up
                     if bad_step >= 0:
+                        unread = None
                         if restore:
-                            self._restore(good)
-                        self._diverged(epoch, bad_step, on_divergence, restore,
-                                       self.step - step0)
+                            try:
+                                self._restore(good)
+                            except OSError as e:       # the file could not be read back
+                                unread = f"{type(e).__name__}: {e}"
+                        self._diverged(epoch, bad_step, on_divergence,
+                                       restore and unread is None, self.step - step0, unread)
                         break
                     logs = self._epoch_logs(rows, loss_sum, correct, norms, seconds)
                     if val is not None:
@@ -400,9 +409,20 @@ class Trainer:
                         break
         finally:
             bar.close()
-            if good is not None:
+            if good is not None and good is not shared:
                 good.close()
         return self.history
+
+    @contextlib.contextmanager
+    def _one_rollback_file(self):
+        """Every fit inside reuses one roll-back copy, overwritten in place: a stream's
+        chunks, each a fit of its own, open one temporary file per pass, not one each."""
+        self._shared_rollback = RollbackCopy()
+        try:
+            yield
+        finally:
+            self._shared_rollback.close()
+            self._shared_rollback = None
 
     def _start_loss(self, rows, order, norms):
         """The mean loss of the first epoch's first batch at the initial parameters (its
@@ -481,9 +501,11 @@ class Trainer:
         self._rng.bit_generator.state = good.rng_state
         self.lr = good.lr
 
-    def _diverged(self, epoch, bad_step, on_divergence, restored=True, updates=0):
+    def _diverged(self, epoch, bad_step, on_divergence, restored=True, updates=0,
+                  unread=None):
         """Raise or warn after a divergence at step `bad_step` of `epoch`; `restored`: the
-        last good epoch was put back; otherwise the epoch made `updates` updates."""
+        last good epoch was put back; otherwise the epoch made `updates` updates, or (unread:
+        the error) the copy to restore could not be read back."""
         cfg = self._cfg
         hints = [f"a smaller lr (now {self.lr:g})"]
         if cfg["clip_norm"] is None:
@@ -492,6 +514,10 @@ class Trainer:
         if restored:
             what = (f"The parameters and optimizer state of the last good epoch "
                     f"({epoch - 1 if epoch else 'the start'}) are restored.")
+        elif unread:
+            what = (f"The copy of the last good epoch could not be read back from its "
+                    f"temporary file ({unread}): the parameters and optimizer state may be "
+                    "partly restored and should not be used; load a saved model.")
         else:
             params = self.engine.params
             finite = bool(np.isfinite(params.min()) and np.isfinite(params.max()))

@@ -30,8 +30,10 @@ def _files(monkeypatch, fail_after=None):
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    def temporary_file(**kw):
-        f = real(**kw)
+    def temporary_file(*args, **kw):
+        f = real(*args, **kw)
+        if kw.get("prefix") != rollback.PREFIX:       # (Numba's cache probes its folder)
+            return f
         opened.append(f)
         return FullDisk(f)
     monkeypatch.setattr(rollback.tempfile, "TemporaryFile", temporary_file)
@@ -58,7 +60,11 @@ def test_the_roll_back_is_exact_from_the_file_and_from_memory(monkeypatch, where
     bit, and the temporary file is closed when fit ends."""
     X, y, t, twin, blow_up = diverging_adam_run()      # (the twin's fit before the patches)
     if where == "memory":
-        def no_folder(**kw):
+        real = tempfile.TemporaryFile
+
+        def no_folder(*args, **kw):
+            if kw.get("prefix") != rollback.PREFIX:   # (Numba's cache probes its folder)
+                return real(*args, **kw)
             raise FileNotFoundError(errno.ENOENT, "no usable temporary directory found")
         monkeypatch.setattr(rollback.tempfile, "TemporaryFile", no_folder)
         opened = []
@@ -113,3 +119,44 @@ def test_save_and_restore_round_trip_float32_and_empty_buffers():
     np.testing.assert_array_equal(engine.params, saved.params)
     assert engine.step == 1
     copy.close()
+
+
+def test_a_copy_that_cannot_be_read_back_is_reported_not_restored(monkeypatch):
+    """An I/O error while reading the copy back (after a divergence) gives the divergence's
+    error with restored=False and says the model may be partly restored, not a bare
+    OSError."""
+    X, y, t, twin, blow_up = diverging_adam_run()
+
+    def unreadable(self, engine):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(rollback.RollbackCopy, "restore", unreadable)
+    with pytest.raises(DivergenceError, match=r"diverged at epoch 2.*could not be read back "
+                                              r"from its temporary file \(OSError: .*Input/"
+                                              r"output error\).*partly restored") as err:
+        t.fit(X, y, epochs=5, progress=False, callbacks=[blow_up])
+    assert not err.value.restored
+
+
+def test_a_streams_chunks_share_one_roll_back_file(monkeypatch):
+    """train_epochs (fit_parquet, fit_incremental) fits each chunk with a fit of its own:
+    they reuse one temporary file per call, closed at its end; the Trainer still pickles."""
+    import pickle
+
+    from conftest import make_data
+    from fastbp import Trainer
+    from fastbp.streaming import train_epochs
+
+    X, y = make_data("cross_entropy", 6, 3, n=48)
+    opened, writes = _files(monkeypatch)
+    t = Trainer([6, 8, 3], batch_size=8, seed=0)
+    seen = []
+
+    def chunks(epoch):
+        for lo in range(0, 48, 16):
+            seen.append(len(opened))
+            yield X[lo:lo + 16], y[lo:lo + 16]
+    train_epochs(t, chunks, 2, progress=False)
+    assert len(seen) == 6 and len(opened) == 1 and opened[0].closed
+    P = t.engine.params.nbytes + t.engine.m.nbytes + t.engine.v.nbytes
+    assert sum(writes) == 6 * P               # one save per chunk's epoch, in place
+    assert pickle.loads(pickle.dumps(t)).step == t.step

@@ -78,22 +78,23 @@ def compile_kernel(fn, signature, cache_key):
         _keyed_cache(fn, cache_key)
     if cache is None:
         return cuda.jit(signature)(fn)
-    from numba.cuda.core import sigutils
-
     # what cuda.jit(signature, cache=True) does, with the keyed cache in place of its own
     kernel = cuda.jit(fn)                  # a dispatcher, nothing compiled yet
     kernel._cache = cache
-    kernel.compile(sigutils.normalize_signature(signature)[0])
+    kernel.compile(signature)
     kernel._specialized = True
     kernel.disable_compile()
     return kernel
 
 
 def _keyed_cache(fn, cache_key):
-    """numba-cuda's kernel cache for `fn` with `cache_key` in every index key, or None where
-    it cannot be made (no writable cache folder, another numba-cuda layout)."""
+    """numba-cuda's kernel cache for `fn` with `cache_key` and numba-cuda's version in every
+    index key (its own keys hold the version only from some release after 0.20, which
+    fastbp allows), or None where it cannot be made (no writable cache folder, another
+    numba-cuda layout)."""
     try:
-        return _keyed_cache_class()(fn, cache_key)
+        import numba_cuda
+        return _keyed_cache_class()(fn, (cache_key, numba_cuda.__version__))
     except (ImportError, AttributeError, RuntimeError, OSError):
         return None
 

@@ -261,9 +261,9 @@ class CudaNetwork:
         every multiprocessor (`large_tile_min_blocks`), else the smaller ones, which keep
         more blocks busy on small layers. Both builds sum the same products in the same
         order, so the choice never changes a bit of the results."""
-        large = self.build_large_products()
-        if large is not None and blocks(large.block_tile) >= self.large_tile_min_blocks:
-            return large
+        if self._large_per_thread > self.k.per_thread and \
+                blocks(self.k.tile * self._large_per_thread) >= self.large_tile_min_blocks:
+            return self.build_large_products()
         return self.k
 
     def build_large_products(self):
