@@ -69,9 +69,10 @@ def diagnose(history):
     for l in np.flatnonzero(dead):
         problems.append(dict(kind="dead", layer=int(l), message=(
             f"dead layer {l}: its weight gradient was exactly 0 in every step of the epoch, "
-            "so it no longer learns (the ReLU units before or after it are inactive for "
-            f"every row, as after a blow-up). {_advice(history)}, or leaky_relu/gelu; dead "
-            "units do not come back, so start again from reset().")))
+            "so it no longer learns (the units before or after it are flat for every row: "
+            "inactive ReLU units, or tanh/sigmoid units saturated at their limits, as after "
+            f"a blow-up). {_advice(history)}, or leaky_relu/gelu; such units rarely come "
+            "back, so start again from reset().")))
     live = norms[~dead]
     median = float(np.median(live)) if live.size else 0.0
     if len(live) > 1 and median > 0 and np.isfinite(median):

@@ -6,10 +6,11 @@ buffers) times the parameters, more than a fit's own buffers leave room for (the
 memory table). So it is written to an unnamed temporary file instead (``tempfile``: in
 ``TMPDIR``, deleted when closed or when the process ends), overwritten at every epoch and
 read back only after a divergence: the process holds none of it. FASTBP_ROLLBACK_DIR in
-the environment chooses another folder (where TMPDIR is a tmpfs, as /tmp is on some
-systems, the file's pages are memory again, only not the process's). Where no temporary
-file can be made or written (no writable folder, a full disk), the copy is kept in memory,
-as before; either way the roll-back is the same, bit for bit.
+the environment chooses another folder, which must exist (fit refuses anything else before
+it trains). Where the folder is a tmpfs, as /tmp is on some systems, the file's pages are
+memory again, only not the process's. Where no temporary file can be made or written (no
+writable folder, a full disk), the copy is kept in memory, as before; either way the
+roll-back is the same, bit for bit.
 """
 import os
 import tempfile
@@ -38,10 +39,12 @@ class RollbackCopy:
     def save(self, engine):
         arrays = (engine.params, engine.m, engine.v)
         if self._memory is None:
+            if self._file is None:
+                folder = chosen_folder()
             try:
                 if self._file is None:
                     self._file = tempfile.TemporaryFile(prefix=PREFIX, buffering=0,
-                                                        dir=os.environ.get(DIR_ENV) or None)
+                                                        dir=folder)
                 self._file.seek(0)
                 for a in arrays:
                     _write_all(self._file, a)
@@ -69,6 +72,16 @@ class RollbackCopy:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def chosen_folder():
+    """FASTBP_ROLLBACK_DIR when set (it must be a folder: a typo would otherwise quietly
+    keep the copy in memory), else None (tempfile's choice)."""
+    folder = os.environ.get(DIR_ENV) or None
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(f"{DIR_ENV}={folder!r} is not a folder: set it to an existing "
+                         "folder for the divergence roll-back's temporary file, or unset it")
+    return folder
 
 
 def _write_all(f, a):

@@ -7,7 +7,7 @@ import warnings
 import numba
 import numpy as np
 
-from . import config as _config
+from . import config as _config, rollback
 from .data import check_sample_weight, check_X, check_y
 from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
@@ -342,6 +342,8 @@ class Trainer:
             progress = _config._bool("progress", progress)
         _config._choice("on_divergence", on_divergence, ("raise", "warn"))
         restore = _config._bool("restore_on_divergence", restore_on_divergence)
+        if restore:
+            rollback.chosen_folder()     # FASTBP_ROLLBACK_DIR, if set, must be a folder
         schedule = make_schedule(lr_schedule, self._cfg["lr"])
         note = schedule.check(self.epochs_done, epochs)
         if note:
@@ -642,6 +644,8 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
     'cuda' (the GPU kernels at the current block sizes, both product tiles; a missing GPU
     raises CudaUnavailableError). Returns {(dtype, target): seconds}."""
     from .kernels import training_plan as _plan
+    dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
     if "cuda" in targets:                 # no GPU: say so before compiling anything
         from .kernels import cuda_backend
         cuda_backend.load()

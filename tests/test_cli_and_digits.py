@@ -107,3 +107,8 @@ def test_warmup_compiles_every_kernel_set(capsys):
     assert set(timings) == {("float32", "cpu"), ("float32", "parallel")}
     assert main(["warmup", "--dtypes", "float64", "--targets", "cpu"]) == 0
     assert "float64/cpu ready" in capsys.readouterr().out
+
+
+def test_warmup_takes_one_name_as_well_as_a_list():
+    from fastbp import warmup
+    assert list(warmup(dtypes="float64", targets="cpu")) == [("float64", "cpu")]

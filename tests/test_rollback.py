@@ -160,3 +160,35 @@ def test_a_streams_chunks_share_one_roll_back_file(monkeypatch):
     P = t.engine.params.nbytes + t.engine.m.nbytes + t.engine.v.nbytes
     assert sum(writes) == 6 * P               # one save per chunk's epoch, in place
     assert pickle.loads(pickle.dumps(t)).step == t.step
+
+
+@pytest.mark.parametrize("where", ["missing", "a file"])
+def test_a_rollback_dir_that_is_not_a_folder_is_refused_before_training(
+        monkeypatch, tmp_path, where):
+    """FASTBP_ROLLBACK_DIR set to a folder that does not exist, or to a file, is a one-line
+    error before the first epoch (a typo would otherwise keep the copy in memory without a
+    word); the model is unchanged. An existing folder holds the file while fit runs."""
+    from conftest import make_data
+    from fastbp import Trainer
+
+    X, y = make_data("cross_entropy", 6, 3, n=48)
+    t = Trainer([6, 8, 3], batch_size=8, seed=0)
+    before = t.params.copy()
+    bad = tmp_path / "nowhere"
+    if where == "a file":
+        bad.write_text("")
+    monkeypatch.setenv(rollback.DIR_ENV, str(bad))
+    with pytest.raises(ValueError, match=rf"^FASTBP_ROLLBACK_DIR='{bad}' is not a folder"):
+        t.fit(X, y, epochs=2, progress=False)
+    np.testing.assert_array_equal(t.params, before)
+    assert t.step == 0
+    t.fit(X, y, epochs=1, progress=False, restore_on_divergence=False)   # no copy: no folder
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    monkeypatch.setenv(rollback.DIR_ENV, str(folder))
+    seen = []
+    real = rollback.tempfile.TemporaryFile
+    monkeypatch.setattr(rollback.tempfile, "TemporaryFile",
+                        lambda *a, **kw: seen.append(kw.get("dir")) or real(*a, **kw))
+    t.fit(X, y, epochs=1, progress=False)
+    assert seen == [str(folder)]
