@@ -13,7 +13,6 @@ from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .layout import Layout
-from .rollback import RollbackCopy
 from .schedules import make_schedule
 
 
@@ -359,7 +358,7 @@ class Trainer:
         epochs_runner = self.engine.epoch_runner(rows, order, norms, self._hyper)
         val_resident = None if val is None else self.engine.resident(val)
         shared = getattr(self, "_shared_rollback", None)     # (see _one_rollback_file)
-        good = (shared or RollbackCopy()) if restore else None   # the last good epoch
+        good = (shared or rollback.RollbackCopy()) if restore else None   # the last good epoch
         warned = set()
         fresh = epochs and not self.history.get("loss") and self.step == 0
 
@@ -419,7 +418,7 @@ class Trainer:
     def _one_rollback_file(self):
         """Every fit inside reuses one roll-back copy, overwritten in place: a stream's
         chunks, each a fit of its own, open one temporary file per pass, not one each."""
-        self._shared_rollback = RollbackCopy()
+        self._shared_rollback = rollback.RollbackCopy()
         try:
             yield
         finally:

@@ -69,8 +69,9 @@ def compile_kernel(fn, signature, cache_key):
     in numba-cuda's disk cache (in __pycache__ beside the kernel's module, or under
     NUMBA_CACHE_DIR), so that later processes load its machine code instead of compiling
     it. numba-cuda keys a cached kernel on its own code, the values it closes over, the
-    signature, the GPU and the numba-cuda version; `cache_key` (a string) is added to that
-    for what Numba cannot see, such as the source of device functions in other modules.
+    signature and the GPU; `cache_key` (a string) and numba-cuda's version are added to
+    that, for what Numba cannot see (such as the source of device functions in other
+    modules) and for the releases whose keys leave the version out.
     The simulator, FASTBP_CUDA_CACHE=0, or a cache that cannot be set up (no writable
     folder): compiled as before, in this process only."""
     cuda = _import_cuda()

@@ -171,10 +171,7 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
     """Compile every kernel for `dtype` with these block sizes. Returns a namespace of
     kernels (not yet configured with a grid) and the block sizes; with ptx_cc=(major,
     minor), only {kernel name: PTX} for that compute capability (needs NVVM, not a GPU)."""
-    # a module global, not a local: the simulator swaps the kernels' global `cuda` for its
-    # fake module while a kernel runs
-    global cuda
-    cuda = cuda_backend._import_cuda() if ptx_cc else cuda_backend.load()
+    _set_cuda(ptx_cc)
     c = _Context(dtype, tile, per_thread, threads, ptx_cc)
     dev = _device_functions(c)
     kernels = {**_products(c, dev), **_loss(c, dev), **_reductions(c), **_optimizer(c, dev)}
@@ -184,11 +181,18 @@ def build(dtype, tile, per_thread, threads, *, ptx_cc=None):
 
 def build_products(dtype, tile, per_thread, *, ptx_cc=None):
     """Compile linear_forward and linear_backward alone (see build)."""
-    global cuda
-    cuda = cuda_backend._import_cuda() if ptx_cc else cuda_backend.load()
+    _set_cuda(ptx_cc)
     c = _Context(dtype, tile, per_thread, 1, ptx_cc)      # (1-D blocks: none here)
     return SimpleNamespace(**_products(c, _device_functions(c)), tile=c.T, per_thread=c.R,
                            block_tile=c.BT, dtype=dtype, ptx=c.ptx)
+
+
+def _set_cuda(ptx_cc):
+    """numba.cuda as this module's global `cuda` (for PTX alone, without a GPU): a module
+    global, not a local, because the simulator swaps the kernels' global `cuda` for its
+    fake module while a kernel runs."""
+    global cuda
+    cuda = cuda_backend._import_cuda() if ptx_cc else cuda_backend.load()
 
 
 class _Context:
