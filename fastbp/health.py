@@ -43,10 +43,13 @@ def _advice(history):
             "for mse)")
 
 
-def diagnose(history):
+def diagnose(history, dead_before=()):
     """Problems seen in the last epoch of `history`: a list of dicts with 'kind'
     ('vanishing', 'exploding', 'growing', 'dead', 'loss_blowup'), 'layer' (None when not one
-    layer's) and 'message' (what is wrong and what to try)."""
+    layer's) and 'message' (what is wrong and what to try). dead_before: layers a caller
+    diagnosed as dead after an earlier epoch of this history (Trainer.fit, after every
+    epoch): one whose gradient is still 0 is still dead (it learned before, which stays
+    true), so the history is not read again for it."""
     layers = history.get("layer_grad_norms") or []
     if not layers:
         return []
@@ -59,13 +62,20 @@ def diagnose(history):
     # (fit calls this after every epoch, so neither check reads every earlier epoch each
     # time: this one only when a layer's gradient was 0 throughout the last epoch, the
     # growth check below from the window back, stopping at the first epoch that settles it)
+    # (and a layer the caller found dead after an earlier epoch only by its last entry)
     maxes = history.get("layer_grad_norms_max") or []
     total_max = (history.get("grad_norm_max") or [0.0])[-1]
     dead = np.zeros(len(norms), dtype=bool)
-    if len(maxes) > 1 and total_max > 0 and any(v == 0 for v in maxes[-1]) and \
-            all(len(m) == len(norms) for m in maxes):     # (only when a layer's max was 0)
-        maxes = np.asarray(maxes, dtype=float)
-        dead = (maxes[-1] == 0) & (maxes[:-1].max(axis=0) > 0)
+    last = maxes[-1] if maxes else []
+    unsettled = [l for l, v in enumerate(last) if v == 0 and l not in dead_before]
+    if len(maxes) > 1 and total_max > 0 and len(last) == len(norms):
+        for l in dead_before:
+            if 0 <= l < len(last):
+                dead[l] = last[l] == 0
+        if unsettled and all(len(m) == len(norms) for m in maxes):
+            earlier = np.asarray(maxes[:-1], dtype=float)
+            for l in unsettled:
+                dead[l] = earlier[:, l].max() > 0
     for l in np.flatnonzero(dead):
         problems.append(dict(kind="dead", layer=int(l), message=(
             f"dead layer {l}: its weight gradient was exactly 0 in every step of the epoch, "

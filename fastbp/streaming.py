@@ -125,7 +125,8 @@ def _merge_epoch(trainer, start, rows):
 
 
 def _warn_of_health(trainer, warned):
-    for problem in diagnose(trainer.history):
+    dead = {layer for kind, layer in warned if kind == "dead"}
+    for problem in diagnose(trainer.history, dead_before=dead):
         key = (problem["kind"], problem["layer"])
         if key not in warned:
             warned.add(key)

@@ -51,7 +51,8 @@ def finish_epoch(trainer, epoch, logs, warned, bar, callbacks):
     """After an epoch's logs are in trainer.history (Trainer.fit, fastbp.distributed.fit):
     one TrainingHealthWarning per kind of problem and layer in the fit (`warned` holds those
     given), the progress bar moved, the callbacks called. True when one asks to stop."""
-    for problem in diagnose(trainer.history):
+    dead = {layer for kind, layer in warned if kind == "dead"}
+    for problem in diagnose(trainer.history, dead_before=dead):
         key = (problem["kind"], problem["layer"])
         if key not in warned:
             warned.add(key)
