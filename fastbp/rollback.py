@@ -39,12 +39,10 @@ class RollbackCopy:
     def save(self, engine):
         arrays = (engine.params, engine.m, engine.v)
         if self._memory is None:
-            if self._file is None:
-                folder = chosen_folder()
             try:
-                if self._file is None:
-                    self._file = tempfile.TemporaryFile(prefix=PREFIX, buffering=0,
-                                                        dir=folder)
+                if self._file is None:       # (a FASTBP_ROLLBACK_DIR that is not a folder:
+                    self._file = tempfile.TemporaryFile(        # ValueError, not a fallback)
+                        prefix=PREFIX, buffering=0, dir=chosen_folder())
                 self._file.seek(0)
                 for a in arrays:
                     _write_all(self._file, a)
