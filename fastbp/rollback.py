@@ -40,9 +40,10 @@ class RollbackCopy:
         arrays = (engine.params, engine.m, engine.v)
         if self._memory is None:
             try:
-                if self._file is None:       # (a FASTBP_ROLLBACK_DIR that is not a folder:
-                    self._file = tempfile.TemporaryFile(        # ValueError, not a fallback)
-                        prefix=PREFIX, buffering=0, dir=chosen_folder())
+                if self._file is None:
+                    # (a FASTBP_ROLLBACK_DIR that is not a folder: ValueError, no fallback)
+                    self._file = tempfile.TemporaryFile(prefix=PREFIX, buffering=0,
+                                                        dir=chosen_folder())
                 self._file.seek(0)
                 for a in arrays:
                     _write_all(self._file, a)
