@@ -380,6 +380,8 @@ class _CpuEpochs:
         self.plan = safe_plan(engine.train_plan if hyper is None
                               else engine.plan_for(rows, hyper))
         self.lazy = 0.0 if hyper is None else hyper.lazy
+        # resolved here, not at every epoch: an estimator's digits epoch is 2 ms
+        self.kernel = self.plan.kernels.train_epoch_for(rows, self.lazy)
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
@@ -398,7 +400,7 @@ class _CpuEpochs:
         e = self.engine
         if hyper.lazy != self.lazy:      # the lazy update leaves its own data in the slabs
             raise ValueError("an epoch runner serves the sparse_update it was made for")
-        loss_sum, correct, e.step, bad_step = self.plan.kernels.train_epoch(
+        loss_sum, correct, e.step, bad_step = self.kernel(
             State(e.params, e.m, e.v), self.slabs, self.ws, self.rows, self.order, e._net,
             hyper, e.batch_size, e.step, dropout_seed, self.norms)
         return loss_sum, correct, bad_step

@@ -61,8 +61,12 @@ class Kernels:
         return getattr(variants.variant(variants.mode(rows, lazy)), name)
 
     def train_epoch(self, state, slabs, ws, rows, order, net, hyper, *rest):
-        return self._kernel("train_epoch", rows, hyper.lazy)(state, slabs, ws, rows, order,
-                                                             net, hyper, *rest)
+        return self.train_epoch_for(rows, hyper.lazy)(state, slabs, ws, rows, order, net,
+                                                      hyper, *rest)
+
+    def train_epoch_for(self, rows, lazy):
+        """The epoch kernel for these rows and update, resolved once for many epochs."""
+        return self._kernel("train_epoch", rows, lazy)
 
     def loss_grad(self, params, gslab, acc, ws, rows, *rest):
         return self._kernel("loss_grad", rows)(params, gslab, acc, ws, rows, *rest)
