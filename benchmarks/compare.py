@@ -501,9 +501,9 @@ def _memory_breakdown(name, opt, restore, snap, peak, P):
 def estimators(rounds):
     """fastbp.MLPClassifier against sklearn.neural_network.MLPClassifier with identical
     arguments and random_state (so identical models: the "same coefs" column compares
-    coefs_ and intercepts_, 1e-6 relative): fit time, median of `rounds` after one warm-up
-    fit of every contestant (fastbp's kernels are loaded from the disk cache then), and test
-    accuracy. float64 as scikit-learn's default; digits at scikit-learn's default settings
+    coefs_ and intercepts_, 1e-6 relative): fit time, median of `rounds` fits taken
+    round-robin across the contestants after one warm-up fit of every contestant (fastbp's
+    kernels are loaded from the disk cache then), and test accuracy. float64 as scikit-learn's default; digits at scikit-learn's default settings
     (hidden (100,), adam, up to 200 epochs with its tol stopping rule) and with 128 hidden
     units for 40 epochs; the mnist workload's shapes on 8192 synthetic samples."""
     import warnings
@@ -538,18 +538,19 @@ def estimators(rounds):
                 "fastbp cpu": lambda: MLPClassifier(target="cpu", **common),
                 "fastbp parallel": lambda: MLPClassifier(target="parallel", **common),
                 "scikit-learn": lambda: SkMLP(**common)}
-            times, fitted = {}, {}
-            for label, make in contestants.items():
-                runs = []
-                for r in range(rounds + 1):          # the first fit warms up, untimed
+            runs, fitted = {label: [] for label in contestants}, {}
+            # round-robin, so that a slow spell of the machine hits every contestant
+            for r in range(rounds + 1):              # the first fit warms up, untimed
+                for label, make in contestants.items():
+                    time.sleep(COOL_DOWN)   # the previous fit's spinning threads go idle
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", ConvergenceWarning)
                         est = make()
                         seconds = _timed(lambda: est.fit(X_tr, y_tr))
                     if r:
-                        runs.append(seconds)
-                times[label] = float(np.median(runs))
-                fitted[label] = est
+                        runs[label].append(seconds)
+                    fitted[label] = est
+            times = {label: float(np.median(t)) for label, t in runs.items()}
             sk = fitted["scikit-learn"]
             for label, est in fitted.items():
                 same = ""
