@@ -107,6 +107,19 @@ def test_bad_data_is_refused_and_model_unchanged(method, X, y, exc, match):
     assert t.history == before[2]
 
 
+def test_large_finite_values_are_accepted():
+    """X is checked for NaN and infinity by its sum first: values whose sum overflows are
+    finite all the same (and the NaN or infinity among them is still found)."""
+    big = np.full((10, 4), np.finfo(np.float32).max / 2, dtype=np.float32)
+    t = Trainer([4, 3], seed=0)
+    assert t.loss(big, Y_GOOD) >= 0
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(big.sum())       # (what the test is about)
+    big[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN at row 7, column 1"):
+        t.loss(big, Y_GOOD)
+
+
 def test_bad_validation_data_refused_before_training():
     t = Trainer([4, 5, 3], seed=0)
     p = t.params.copy()
