@@ -140,10 +140,13 @@ def test_blas_is_single_threaded_inside_the_kernels_and_restored_after(monkeypat
             return wrapped
 
         t = Trainer([8, 16, 3], seed=0)
-        for plan, names in ((t.engine.train_plan, ("train_epoch",)),
-                            (t.engine.eval_plan, ("predict", "evaluate", "loss_grad"))):
-            for name in names:
-                monkeypatch.setattr(plan.kernels, name, spy(name, getattr(plan.kernels, name)))
+        kernels = t.engine.train_plan.kernels
+        train_epoch_for = kernels.train_epoch_for     # resolved once per fit, then called
+        monkeypatch.setattr(kernels, "train_epoch_for", lambda *key: spy(
+            "train_epoch", train_epoch_for(*key)))
+        kernels = t.engine.eval_plan.kernels
+        for name in ("predict", "evaluate", "loss_grad"):
+            monkeypatch.setattr(kernels, name, spy(name, getattr(kernels, name)))
         X = np.random.default_rng(0).standard_normal((64, 8))
         y = np.arange(64) % 3
         t.fit(X, y, epochs=2, progress=False,
