@@ -11,16 +11,12 @@ the kernels run them (float32, the rows of one chunk of the automatic plan), thr
                  through oneDNN): what this CPU's bf16 instructions give, conversion
                  not included (bf16 output) -- a bound, not a candidate (torch is no
                  dependency of fastbp);
-  llvm bf16      a prototype of the panel fastbp.kernels.gemm would need: VDPBF16PS
-                 (AVX512-BF16) on 8 rows x 32 columns of float32 accumulators, written as
-                 LLVM IR and compiled by llvmlite as gemm.py's loops are, so reachable
-                 from the kernels; the operands' rounding to bf16 and the packing of the
-                 right one into pairs along the depth included. Only where this CPU has
-                 AVX512-BF16, for products of whole tiles (rows a multiple of 8, columns
-                 of 32, even depth); the others stay float32 in the totals;
-  llvm bf16 panel  the same panel on operands already in bf16 and packed: the bound for
-                 kernels that round each layer's activations once and pack the weights
-                 once per step (not per product and chunk, as the line above does).
+  fastbp bf16    fastbp's own bf16 products (precision="bf16": kernels/bf16.py's VDPBF16PS
+                 panel, reached through kernels/gemm.py's bf16 entry points as the
+                 kernels call them), the operands' rounding and packing included; only
+                 where this CPU has AVX512-BF16 (elsewhere the panel is emulated);
+  fastbp bf16 panel  the panel alone on operands already rounded and packed: what
+                 rounding once per layer and packing once per step could approach.
 
 Then it bounds what bf16 products can give a whole step: it times fastbp's serial epoch
 (target='cpu', one thread, whole-batch products) and the same step's products through
@@ -74,86 +70,6 @@ def find_mkl(path=None):
     return lib
 
 
-PANEL_ROWS, PANEL_VECTORS = 8, 2   # 16 zmm accumulators, 2 loads of B, 1 broadcast of A
-
-
-def _panel_ir():
-    """LLVM IR of bf16_nn(A, Bp, C, M, K2, N): C (M, N) float32 = A (M, 2 K2) @ B (2 K2, N)
-    for bf16 A (row-major, so a row's pairs along the depth are adjacent 32-bit words) and
-    B packed as Bp (K2, N, 2): for each pair of depths, each column's two values side by
-    side, as VDPBF16PS multiplies them. The accumulators are allocas that LLVM's O3 keeps
-    in registers."""
-    dp = "@llvm.x86.avx512bf16.dpbf16ps.512"
-    out = [f"declare <16 x float> {dp}(<16 x float>, <32 x bfloat>, <32 x bfloat>)",
-           "define void @bf16_nn(i32* noalias %A, <32 x bfloat>* noalias %Bp, "
-           "float* noalias %C, i64 %M, i64 %K2, i64 %N) {", "entry:"]
-    tiles = [(r, v) for r in range(PANEL_ROWS) for v in range(PANEL_VECTORS)]
-    out += [f"  %acc{r}_{v} = alloca <16 x float>" for r, v in tiles]
-    out += ["  %nvec = udiv i64 %N, 16", "  br label %rows", "rows:",
-            "  %i = phi i64 [0, %entry], [%inext, %cols_done]", "  br label %cols", "cols:",
-            "  %j = phi i64 [0, %rows], [%jnext, %depth_done]", "  %jv = udiv i64 %j, 16"]
-    out += [f"  store <16 x float> zeroinitializer, <16 x float>* %acc{r}_{v}"
-            for r, v in tiles]
-    out += ["  br label %depth", "depth:",
-            "  %p = phi i64 [0, %cols], [%pnext, %depth]",
-            "  %brow = mul i64 %p, %nvec", "  %bbase = add i64 %brow, %jv"]
-    for v in range(PANEL_VECTORS):
-        out += [f"  %bi{v} = add i64 %bbase, {v}",
-                f"  %bp{v} = getelementptr <32 x bfloat>, <32 x bfloat>* %Bp, i64 %bi{v}",
-                f"  %b{v} = load <32 x bfloat>, <32 x bfloat>* %bp{v}, align 2"]
-    for r in range(PANEL_ROWS):
-        out += [f"  %row{r} = add i64 %i, {r}", f"  %ao{r} = mul i64 %row{r}, %K2",
-                f"  %ai{r} = add i64 %ao{r}, %p",
-                f"  %ap{r} = getelementptr i32, i32* %A, i64 %ai{r}",
-                f"  %as{r} = load i32, i32* %ap{r}",
-                f"  %ains{r} = insertelement <16 x i32> undef, i32 %as{r}, i32 0",
-                f"  %abc{r} = shufflevector <16 x i32> %ains{r}, <16 x i32> undef, "
-                "<16 x i32> zeroinitializer",
-                f"  %av{r} = bitcast <16 x i32> %abc{r} to <32 x bfloat>"]
-        for v in range(PANEL_VECTORS):
-            out += [f"  %c{r}_{v} = load <16 x float>, <16 x float>* %acc{r}_{v}",
-                    f"  %d{r}_{v} = call <16 x float> {dp}(<16 x float> %c{r}_{v}, "
-                    f"<32 x bfloat> %av{r}, <32 x bfloat> %b{v})",
-                    f"  store <16 x float> %d{r}_{v}, <16 x float>* %acc{r}_{v}"]
-    out += ["  %pnext = add i64 %p, 1", "  %pend = icmp eq i64 %pnext, %K2",
-            "  br i1 %pend, label %depth_done, label %depth", "depth_done:"]
-    for r, v in tiles:
-        t = f"{r}_{v}"
-        out += [f"  %s{t} = load <16 x float>, <16 x float>* %acc{t}",
-                f"  %cr{t} = add i64 %i, {r}", f"  %co{t} = mul i64 %cr{t}, %N",
-                f"  %cj{t} = add i64 %j, {16 * v}", f"  %cx{t} = add i64 %co{t}, %cj{t}",
-                f"  %cp{t} = getelementptr float, float* %C, i64 %cx{t}",
-                f"  %cv{t} = bitcast float* %cp{t} to <16 x float>*",
-                f"  store <16 x float> %s{t}, <16 x float>* %cv{t}, align 4"]
-    out += [f"  %jnext = add i64 %j, {16 * PANEL_VECTORS}", "  %jend = icmp uge i64 %jnext, %N",
-            "  br i1 %jend, label %cols_done, label %cols", "cols_done:",
-            f"  %inext = add i64 %i, {PANEL_ROWS}", "  %iend = icmp uge i64 %inext, %M",
-            "  br i1 %iend, label %exit, label %rows", "exit:", "  ret void", "}"]
-    return "\n".join(out)
-
-
-def bf16_panel():
-    """The compiled prototype (a ctypes function) and its execution engine, or None where
-    this CPU has no AVX512-BF16."""
-    import llvmlite.binding as llvm
-    features = llvm.get_host_cpu_features()
-    if not features.get("avx512bf16", False):
-        return None
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    module = llvm.parse_assembly(_panel_ir())
-    module.verify()
-    machine = llvm.Target.from_default_triple().create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=features.flatten(), opt=3)
-    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(3))
-    passes.getModulePassManager().run(module, passes)
-    engine = llvm.create_mcjit_compiler(module, machine)
-    engine.finalize_object()
-    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 3)(
-        engine.get_function_address("bf16_nn"))
-    return fn, engine
-
-
 def _kernels():
     from numba import njit
 
@@ -167,26 +83,41 @@ def _kernels():
             else:
                 np.dot(A, B.T, C)
 
-    @njit(cache=True)
-    def to_bf16(a, out):                 # round to nearest even, as the hardware does
-        u, o = a.reshape(-1).view(np.uint32), out.reshape(-1)
-        for i in range(u.size):
-            x = u[i]
-            o[i] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1)))
-                             >> np.uint32(16))
+    from fastbp.kernels import bf16, gemm
 
     @njit(cache=True)
-    def pack_pairs(b, transposed, out):   # out (K/2, N, 2): b's pairs along the depth
-        K2, N = out.shape[0], out.shape[1]
-        u = b.view(np.uint32)
-        for p in range(K2):
-            for j in range(N):
-                for h in range(2):
-                    x = u[j, 2 * p + h] if transposed else u[2 * p + h, j]
-                    out[p, j, h] = np.uint16((x + np.uint32(0x7FFF) + (
-                        (x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    def fastbp_bf16(kind, C, A, B, bias, n):     # as the kernels of a bf16 model call them
+        for _ in range(n):
+            if kind == 0:
+                gemm.nn_bf16(C, A, B, bias)
+            elif kind == 1:
+                gemm.tn_bf16(C, A, B)
+            else:
+                gemm.nt_bf16(C, A, B)
 
-    return openblas, to_bf16, pack_pairs
+    @njit(cache=True)
+    def rounded(A):                              # bf16 bits of A, same shape (for MKL)
+        return bf16.rounded_rows(A)[:A.shape[0], :A.shape[1]].copy()
+
+    @njit(cache=True)
+    def panel_operands(kind, A, B):
+        """The operands of kind's panel as its entry point makes them: (left's pairs, flat;
+        sai, sap, rows) and the packed right one."""
+        if kind == 1:            # A (K, M) packed along its rows: sai = 1, sap = M'
+            Ap, Bp = bf16.packed_pairs(A, False), bf16.packed_pairs(B, False)
+            return Ap.reshape(-1), 1, Ap.shape[1], Ap.shape[1], Bp
+        if kind == 0:
+            Al, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False)
+        else:                    # nt: C^T = B A^T
+            Al, Bp = bf16.rounded_rows(B), bf16.packed_pairs(A, True)
+        return Al.reshape(-1), Al.shape[1] // 2, 1, Al.shape[0], Bp
+
+    @njit(cache=True)
+    def panel_alone(Al, sai, sap, rows, Bp, out, n):
+        for _ in range(n):
+            bf16.panel(Al, sai, sap, rows, Bp, out)
+
+    return openblas, fastbp_bf16, rounded, panel_operands, panel_alone
 
 
 def _best(fn, reps, rounds):
@@ -213,7 +144,8 @@ def step_products(layers, rows):
 
 def time_products(products, mkl, torch, panel, rounds):
     """{label: {library: seconds}} for each product."""
-    openblas, to_bf16, pack_pairs = _kernels()
+    from fastbp.kernels import gemm
+    openblas, fastbp_bf16, rounded, panel_operands, panel_alone = _kernels()
     if torch is not None:
         torch.set_num_threads(1)   # again: a fit's threadpoolctl restores OpenMP's count
     rng = np.random.default_rng(0)
@@ -229,14 +161,12 @@ def time_products(products, mkl, torch, panel, rounds):
         ta, tb = (TRANS if kind == 1 else NO_TRANS), (TRANS if kind == 2 else NO_TRANS)
         lda, ldb = A.shape[1], B.shape[1]
         if mkl is not None:
-            Ab, Bb = np.empty(A.shape, np.uint16), np.empty(B.shape, np.uint16)
             t["mkl f32"] = _best(lambda: mkl.cblas_sgemm(
                 ROW_MAJOR, ta, tb, M, N, K, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb,
                 0.0, C.ctypes.data, N), reps, rounds)
 
             def bf16():
-                to_bf16(A, Ab)
-                to_bf16(B, Bb)
+                Ab, Bb = rounded(A), rounded(B)
                 mkl.cblas_gemm_bf16bf16f32(ROW_MAJOR, ta, tb, M, N, K, 1.0, Ab.ctypes.data,
                                            lda, Bb.ctypes.data, ldb, 0.0, C.ctypes.data, N)
             t["mkl bf16"] = _best(bf16, reps, rounds)
@@ -245,25 +175,14 @@ def time_products(products, mkl, torch, panel, rounds):
             a, b = (a.T if kind == 1 else a), (b.T if kind == 2 else b)
             a16, b16 = a.bfloat16(), b.bfloat16()
             t["onednn bf16"] = _best(lambda: torch.mm(a16, b16), reps, rounds)
-        whole_tiles = (M % PANEL_ROWS == 0 and N % (16 * PANEL_VECTORS) == 0 and K % 2 == 0)
-        if panel is not None and whole_tiles:
-            # every product as the panel's nn: A^T dZ reads A (K, M) as its left operand
-            # (rounded and transposed: pairs along the batch), dZ W^T packs W's rows
-            left = np.ascontiguousarray(A.T) if kind == 1 else A
-            Al = np.empty((M, K), np.uint16)
-            Bp = np.empty((K // 2, N, 2), np.uint16)
-
-            def llvm_bf16():
-                to_bf16(left, Al)
-                pack_pairs(B, kind == 2, Bp)
-                panel(Al.ctypes.data, Bp.ctypes.data, C.ctypes.data, M, K // 2, N)
-            t["llvm bf16"] = _best(llvm_bf16, reps, rounds)
-            t["llvm bf16 panel"] = _best(lambda: panel(
-                Al.ctypes.data, Bp.ctypes.data, C.ctypes.data, M, K // 2, N), reps, rounds)
-            exact = (Al.astype(np.uint32) << 16).view(np.float32).astype(np.float64) @ (
-                (Bp.astype(np.uint32) << 16).view(np.float32).transpose(0, 2, 1)
-                .reshape(K, N).astype(np.float64))
-            assert np.abs(C - exact).max() <= 1e-5 * np.abs(exact).max(), label
+        cols = M if kind == 2 else N             # the panel's columns (nt runs as C^T)
+        if panel and gemm.bf16_product(M, K, N, cols):
+            bias = np.zeros(N, np.float32)
+            t["fastbp bf16"] = _best(lambda: fastbp_bf16(kind, C, A, B, bias, 1), reps, rounds)
+            Al, sai, sap, rows, Bp = panel_operands(kind, A, B)
+            out = np.empty((rows, Bp.shape[1]), np.float32)
+            t["fastbp bf16 panel"] = _best(lambda: panel_alone(Al, sai, sap, rows, Bp, out, 1),
+                                           reps, rounds)
         print(f"  {label:14s} {M:5d} x {K:5d} x {N:5d}  " + "  ".join(
             f"{lib} {2 * M * K * N / s / 1e9:6.1f}" for lib, s in t.items()) + "  GFLOP/s",
             flush=True)
@@ -306,8 +225,9 @@ def main():
     assert all(p["num_threads"] == 1 for p in threadpool_info()), threadpool_info()
     if torch is not None:
         torch.set_num_threads(1)             # again: threadpoolctl's limit resets PyTorch's
-    compiled = bf16_panel()
-    panel = compiled[0] if compiled else None
+    from fastbp.kernels import bf16, gemm
+    gemm.enable_bf16()
+    panel = bf16.host_has_avx512_bf16()
     print(f"AVX512-BF16: {'yes' if panel else 'no'}; MKL: {'found' if mkl is not None else 'not found (pip install mkl)'}; "
           f"PyTorch: {torch.__version__ if torch is not None else 'not installed'}")
     from fastbp.kernels import choose_strategy

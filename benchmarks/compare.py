@@ -21,7 +21,9 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
 
 Columns: samples/s; GFLOP/s (6 FLOPs per weight per sample); % of the measured float32
 GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp target's
-throughput divided by this contestant's.
+throughput divided by this contestant's. "fastbp parallel bf16" (precision='bf16', only where
+the CPU has AVX512-BF16) is not counted as the best fastbp: the summary gives it columns of
+its own.
 """
 import argparse
 import os
@@ -54,11 +56,14 @@ def workload(name):
 # Each factory returns a function that trains one whole epoch (blocking), or raises
 # ImportError when the library is missing.
 
-def fastbp_epoch(target):
+def fastbp_epoch(target, precision="full"):
     def factory(layers, batch, loss, X, y, opt):
         from fastbp import Trainer
+        from fastbp.kernels.bf16 import host_has_avx512_bf16
+        if precision == "bf16" and not host_has_avx512_bf16():
+            raise ImportError("bf16 is emulated on this CPU: left out")
         t = Trainer(layers, loss=loss, optimizer=opt, lr=LR[opt], momentum=0.9 if opt == "sgd"
-                    else 0.0, batch_size=batch, target=target, seed=0)
+                    else 0.0, batch_size=batch, target=target, seed=0, precision=precision)
         return lambda: t.fit(X, y, epochs=1, progress=False)
     return factory
 
@@ -188,6 +193,7 @@ def sklearn_epoch(layers, batch, loss, X, y, opt):
 CONTESTANTS = {
     "fastbp cpu": fastbp_epoch("cpu"),
     "fastbp parallel": fastbp_epoch("parallel"),
+    "fastbp parallel bf16": fastbp_epoch("parallel", "bf16"),   # with AVX512-BF16 only
     "torch eager foreach": torch_epoch("foreach"),
     "torch eager fused": torch_epoch("fused"),
     "jax jit+scan": jax_epoch,
@@ -244,7 +250,8 @@ def print_table(results, peak, flops):
     print("| workload | contestant | samples/s | GFLOP/s | % peak | fastbp/peer |")
     print("|---|---|---:|---:|---:|---:|")
     for name, res in results.items():
-        best_fastbp = max(v for c, v in res.items() if c.startswith("fastbp"))
+        best_fastbp = max(v for c, v in res.items()      # float32 against float32
+                          if c.startswith("fastbp") and not c.endswith("bf16"))
         for cname, sps in res.items():
             gf = sps * flops[name] / 1e9
             ratio = "" if cname.startswith("fastbp") else f"{best_fastbp / sps:.2f}x"
@@ -253,16 +260,21 @@ def print_table(results, peak, flops):
 
 
 def summary(results):
-    print("\n| workload | best fastbp | best peer | ratio |")
-    print("|---|---|---|---:|")
+    """The best float32 fastbp against the best peer (all float32), and where it ran, the
+    bf16 products' contestant against both (its own precision: a column of its own)."""
+    print("\n| workload | best fastbp | best peer | ratio | bf16 / fastbp | bf16 / peer |")
+    print("|---|---|---|---:|---:|---:|")
     for name, res in results.items():
-        fb = max((v, c) for c, v in res.items() if c.startswith("fastbp"))
+        fb = max((v, c) for c, v in res.items()
+                 if c.startswith("fastbp") and not c.endswith("bf16"))
         peers = [(v, c) for c, v in res.items() if not c.startswith("fastbp")]
         if not peers:
             continue
         pb = max(peers)
+        bf = max((v for c, v in res.items() if c.endswith("bf16")), default=None)
+        bf_cols = (f"{bf / fb[0]:.2f}x | {bf / pb[0]:.2f}x" if bf else "- | -")
         print(f"| {name} | {fb[1]} {fb[0]:,.0f}/s | {pb[1]} {pb[0]:,.0f}/s | "
-              f"{fb[0] / pb[0]:.2f}x |")
+              f"{fb[0] / pb[0]:.2f}x | {bf_cols} |")
 
 
 FIRST_EPOCH = """
@@ -310,7 +322,8 @@ def sweep(opt, rounds, skip):
             n = int(min(16384, max(4 * b, 2e9 / fps)) // b * b)   # ~0.1-1 s per epoch
             res = measure(f"w{w}-b{b}", opt, rounds, n=n, layers=layers, batch=b, skip=skip)
             cells = [f"{res[c]:,.0f}" if c in res else "-" for c in CONTESTANTS if c not in skip]
-            fb = max(v for c, v in res.items() if c.startswith("fastbp"))
+            fb = max(v for c, v in res.items()
+                     if c.startswith("fastbp") and not c.endswith("bf16"))
             peers = [v for c, v in res.items() if not c.startswith("fastbp")]
             ratio = f"{fb / max(peers):.2f}x" if peers else ""
             print(f"| {w} | {b} | " + " | ".join(cells) + f" | {ratio} |", flush=True)

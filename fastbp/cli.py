@@ -171,7 +171,7 @@ def _check_options(args):
         _config.validate([1, *args.layers, 2], activation=args.activation, loss=args.loss,
                          optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                          epochs=args.epochs, target=args.target, dtype=args.dtype,
-                         seed=args.seed, clip_norm=args.clip_norm)
+                         precision=args.precision, seed=args.seed, clip_norm=args.clip_norm)
     except (TypeError, ValueError) as e:
         raise UsageError(one_line(e)) from None
 
@@ -195,7 +195,7 @@ def _make_trainer(args, layers):
         return Trainer(layers, activation=args.activation, loss=args.loss,
                        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                        epochs=args.epochs, target=args.target, dtype=args.dtype,
-                       seed=args.seed, clip_norm=args.clip_norm)
+                       precision=args.precision, seed=args.seed, clip_norm=args.clip_norm)
     except (TypeError, ValueError) as e:
         raise UsageError(one_line(e)) from None
     except RuntimeError as e:                          # CudaUnavailableError: no GPU here
@@ -272,7 +272,8 @@ def cmd_train(args):
     print(f"fastbp: training {'-'.join(map(str, layers))} ({args.activation}, {args.loss}, "
           f"{args.optimizer} lr={args.lr}) on {source}: {Xs.shape[0]} training samples"
           f"{'' if val is None else f', {len(val[1])} test samples'}; "
-          f"target={args.target}, {args.dtype}", flush=True)
+          f"target={args.target}, {args.dtype}"
+          f"{', bf16 products' if args.precision == 'bf16' else ''}", flush=True)
     t0 = time.perf_counter()
     from .health import DivergenceError
     try:
@@ -537,6 +538,9 @@ def _add_train(sub):
                         "(needs the cuda extra)")
     t.add_argument("--dtype", default="float32", choices=list(_config.DTYPES),
                    help="floating-point type of the model")
+    t.add_argument("--precision", default="full", choices=list(_config.PRECISIONS),
+                   help="bf16: training's large matrix products from bfloat16 operands "
+                        "with float32 sums (float32 on the CPU; fast with AVX512-BF16)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--scale", default="standard", choices=["standard", "none"],
                    help="standardise features (and mse targets); mean/std are saved with the "

@@ -21,12 +21,14 @@ TARGETS = ("cpu", "parallel", "cuda")
 DTYPES = ("float32", "float64")
 INITS = ("auto", "he", "glorot")
 SPARSE_UPDATES = ("dense", "lazy")
+PRECISIONS = ("full", "bf16")
 
 DEFAULTS = dict(activation="relu", loss="cross_entropy", optimizer="adam", lr=1e-3,
                 batch_size=32, epochs=10, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
                 eps=1e-8, alpha=0.99, weight_decay=0.0, decay_per_weight=False, clip_norm=None,
                 dropout=0.0, init="auto", sparse_update="dense",
-                shuffle=True, target="cpu", dtype="float32", seed=None, n_threads=None)
+                shuffle=True, target="cpu", dtype="float32", precision="full", seed=None,
+                n_threads=None)
 
 
 def _fail(name, value, allowed, exc=ValueError):
@@ -153,6 +155,10 @@ def validate(layers, **kwargs):
     if isinstance(dtype, (type, np.dtype)):
         dtype = np.dtype(dtype).name
     cfg["dtype"] = _choice("dtype", dtype, DTYPES)
+    cfg["precision"] = _choice("precision", kw["precision"], PRECISIONS)
+    if cfg["precision"] == "bf16" and (cfg["dtype"] != "float32" or cfg["target"] == "cuda"):
+        _fail("precision", "bf16", "'full' unless dtype='float32' and target='cpu' or "
+              "'parallel' (bf16 products need float32 sums, and exist on the CPU only)")
     seed = kw["seed"]
     if seed is not None and (not _is_int(seed) or seed < 0):
         _fail("seed", seed, "None or an integer >= 0", TypeError if not _is_int(seed) else ValueError)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .kernels import Plan, evaluation_plan, safe_plan, training_plan
+from .kernels import Plan, evaluation_plan, gemm, safe_plan, training_plan
 # Hyper and Rows are imported for the Trainer, which builds them
 from .kernels.args import Hyper, Network, Rows, Slabs, State, Workspace  # noqa: F401
 from .layout import Layout
@@ -43,6 +43,7 @@ class NetworkSpec(NamedTuple):
     opt_code: int
     has_m: bool              # the optimizer keeps a first moment (or momentum) buffer
     has_v: bool              # ... and a second moment buffer
+    bf16: bool = False       # training steps' large products from bf16 operands
 
 
 SPARSE_CPU_ONLY = ("sparse input is supported on the CPU targets only for now "
@@ -143,8 +144,11 @@ class Engine:
         self.step = 0
         lay = network.layout
         self._net = Network(lay.sizes, lay.w_off, lay.b_off, network.act, network.dropout,
-                            network.loss_code, network.opt_code)
-        self._net_eval = self._net._replace(dropout=np.empty(0, dtype=np.float64))
+                            network.loss_code, network.opt_code, int(network.bf16))
+        # evaluation (loss, gradient, predictions) in full precision
+        self._net_eval = self._net._replace(dropout=np.empty(0, dtype=np.float64), bf16=0)
+        if network.bf16:
+            gemm.enable_bf16()       # before any kernel runs: the bf16 products' code
         self._make_plans()
 
     def _make_plans(self):

@@ -12,6 +12,7 @@ from .data import check_sample_weight, check_X, check_y
 from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
+from .kernels.bf16 import host_has_avx512_bf16
 from .layout import Layout
 from .schedules import make_schedule
 
@@ -102,6 +103,12 @@ class Trainer:
         step's batch has stored entries in, as torch.optim.SparseAdam: much faster for wide
         inputs, a different optimizer (see the README's sparse section).
     dtype : {'float32', 'float64'}
+    precision : {'full', 'bf16'}
+        'bf16' (float32 models on the CPU targets): the large matrix products of training
+        steps take their operands rounded to bfloat16 and sum in float32 (AVX512-BF16's
+        dot products, about twice float32's work per instruction; emulated, slowly, on
+        CPUs without them). Parameters, optimizer state, the other operations and every
+        evaluation (predict, loss, gradient, validation) stay float32.
     n_threads : int or None
         Threads for target='parallel' (None: Numba's default, all cores).
     """
@@ -111,15 +118,15 @@ class Trainer:
                  lr=1e-3, batch_size=32, epochs=10, *, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=1e-8, alpha=0.99, weight_decay=0.0,
                  decay_per_weight=False, clip_norm=None, dropout=0.0, init="auto",
-                 sparse_update="dense", shuffle=True, target="cpu", dtype="float32", seed=None,
-                 n_threads=None):
+                 sparse_update="dense", shuffle=True, target="cpu", dtype="float32",
+                 precision="full", seed=None, n_threads=None):
         cfg = _config.validate(
             layers, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
             batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
             betas=betas, eps=eps, alpha=alpha, weight_decay=weight_decay,
             decay_per_weight=decay_per_weight, clip_norm=clip_norm,
-            dropout=dropout, init=init, sparse_update=sparse_update, shuffle=shuffle, target=target, dtype=dtype, seed=seed,
-            n_threads=n_threads)
+            dropout=dropout, init=init, sparse_update=sparse_update, shuffle=shuffle,
+            target=target, dtype=dtype, precision=precision, seed=seed, n_threads=n_threads)
         if cfg["n_threads"] is not None and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"n_threads={cfg['n_threads']} is not allowed: at most "
                              f"{numba.config.NUMBA_NUM_THREADS} threads are available")
@@ -144,7 +151,11 @@ class Trainer:
             dropout=np.array(rates if any(rates) else [], dtype=np.float64),
             loss_code=_config.LOSSES[cfg["loss"]], opt_code=_config.OPTIMIZERS[opt],
             has_m=opt in ("adam", "adamw") or cfg["momentum"] > 0,
-            has_v=opt in ("adam", "adamw", "rmsprop"))
+            has_v=opt in ("adam", "adamw", "rmsprop"), bf16=cfg["precision"] == "bf16")
+        if cfg["precision"] == "bf16" and not host_has_avx512_bf16():
+            warnings.warn("this CPU has no AVX512-BF16 instructions: precision='bf16' is "
+                          "emulated here, slower than precision='full'", UserWarning,
+                          stacklevel=3)
         # a model saved or pickled on a larger machine uses at most the threads here
         threads = 1 if cfg["target"] != "parallel" else min(
             cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)

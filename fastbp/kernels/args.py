@@ -13,7 +13,9 @@ import numpy as np
 class Network(NamedTuple):
     """The network as the kernels see it: layer sizes (L + 1,), offsets of W_l and b_l in
     the flat buffers (L,), activation codes (L - 1,), dropout rates (L - 1,) float64 (empty:
-    none, and always empty to evaluate), loss and optimizer codes."""
+    none, and always empty to evaluate), loss and optimizer codes; bf16 1 where the large
+    products of training steps take bfloat16 operands (precision="bf16"; always 0 to
+    evaluate), else 0."""
     sizes: np.ndarray
     w_off: np.ndarray
     b_off: np.ndarray
@@ -21,6 +23,7 @@ class Network(NamedTuple):
     dropout: np.ndarray
     loss_code: int
     opt_code: int
+    bf16: int = 0
 
 
 _NO_INDEX = np.empty(0, dtype=np.int64)

@@ -37,6 +37,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
+from . import bf16
 from .codes import FASTMATH, host_has_avx512, jit
 
 
@@ -376,9 +377,75 @@ def _nt_entry(c, a, b, unused, M, K, N):
         np.dot(A, B.T, C)
 
 
+# precision="bf16" (kernels/bf16.py): the products BLAS would take, where they have a whole
+# tile's columns, from operands rounded to bf16 into padded buffers; float32 sums. The
+# small products and the narrow ones (the output layer's) stay as above.
+
+# The depth below which a bf16 product's rounding and packing (~ M K + K N + M N) cost more
+# than its faster sums save: wide's 128 x 10 x 1024 input gradient ran at 24 GFLOP/s in
+# bf16 against BLAS's 34 on a Zen 4 (`benchmarks/bf16_products.py`).
+BF16_MIN_DEPTH = 64
+
+
+@jit
+def bf16_product(M, K, N, cols):
+    """Whether the (M, K) x (K, N) product of a bf16 model runs in bf16 (kernels/bf16.py):
+    one BLAS would take, deep enough, whose panel has at least a tile's `cols` columns."""
+    return not small(M, K, N) and K >= BF16_MIN_DEPTH and cols >= bf16.TILE_COLS
+
+
+def _nn_bf16_entry(c, a, b, bias, M, K, N):
+    """nn with bf16 operands (see bf16_product)."""
+    C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (K, N))
+    bias_ = carray(bias, (N,))
+    if not bf16_product(M, K, N, N):
+        nn(C, A, B, bias_)
+        return
+    Ab, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False)
+    out = np.empty((Ab.shape[0], Bp.shape[1]), dtype=np.float32)
+    bf16.panel(Ab, Ab.shape[1] // 2, 1, Ab.shape[0], Bp, out)
+    for r in range(M):
+        for j in range(N):
+            C[r, j] = out[r, j] + bias_[j]
+
+
+def _tn_bf16_entry(c, a, b, unused, M, K, N):
+    """tn with bf16 operands: A (K, M) packed in pairs along its rows, as B is, gives A^T's
+    pairs along the depth without a transposition."""
+    C, A, B = carray(c, (M, N)), carray(a, (K, M)), carray(b, (K, N))
+    if not bf16_product(M, K, N, N):
+        tn(C, A, B)
+        return
+    Ap, Bp = bf16.packed_pairs(A, False), bf16.packed_pairs(B, False)
+    out = np.empty((Ap.shape[1], Bp.shape[1]), dtype=np.float32)
+    bf16.panel(Ap, 1, Ap.shape[1], Ap.shape[1], Bp, out)
+    C[:, :] = out[:M, :N]
+
+
+def _nt_bf16_entry(c, a, b, unused, M, K, N):
+    """nt with bf16 operands, as C^T (N, M) = B (N, K) A^T: B's rows are pairs along the depth
+    as they are, and A (M, K), the smaller (a chunk's rows), is the one packed transposed
+    (packing B^T, all of W, took as long as the product; measured on a Zen 4)."""
+    C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
+    if not bf16_product(M, K, N, M):
+        nt(C, A, B)
+        return
+    Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True)
+    out = np.empty((Bb.shape[0], Ap.shape[1]), dtype=np.float32)      # C^T, padded
+    bf16.panel(Bb, Bb.shape[1] // 2, 1, Bb.shape[0], Ap, out)
+    for j0 in range(0, N, bf16.BLOCK):                                  # C = out^T
+        for r in range(M):
+            for j in range(j0, min(j0 + bf16.BLOCK, N)):
+                C[r, j] = out[j, r]
+
+
 _ENTRIES = {"nn": _nn_entry, "tn": _tn_entry, "nt": _nt_entry}
+_BF16_ENTRIES = {"nn_bf16": _nn_bf16_entry, "tn_bf16": _tn_bf16_entry,
+                 "nt_bf16": _nt_bf16_entry}     # float32 only: see enable_bf16
 _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
-_registered = set()            # dtype names whose three symbols are known
+_registered = set()            # dtype names whose entry points' symbols are known
+_registering = set()           # ... being compiled now
+_bf16_targets = []             # the bf16 stand-ins' pointers (ctypes.c_void_p), nn, tn, nt
 
 
 def _symbol(kind, dtype_name):
@@ -388,6 +455,14 @@ def _symbol(kind, dtype_name):
     return f"fastbp_gemm_{kind}_{dtype_name}"
 
 
+def _compile_entry(kind, dtype_name, body):
+    ptr = types.CPointer(getattr(types, dtype_name))
+    sig = types.void(ptr, ptr, ptr, ptr, types.intp, types.intp, types.intp)
+    entry = cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
+    _compiled[kind, dtype_name] = entry
+    return entry
+
+
 def register(dtype_name):
     """Compile (or load from Numba's cache) the entry points of a dtype ('float32',
     'float64') and make their symbols known to the JIT's linker. It must run before any
@@ -395,22 +470,51 @@ def register(dtype_name):
     engine (kernels.Kernels) and compiled_forward do it before running a kernel of a dtype,
     and a kernel loaded from the cache runs a reload hook (_register_float32/64) that does
     it, where Numba kept the hook (a caller compiled against callees that came from the
-    cache loses it, hence the engine's call)."""
+    cache loses it, hence the engine's call).
+
+    float32 kernels also call the bf16 entry points (in a branch only bf16 models take):
+    their symbols are stand-ins (bf16.trampolines) that call the plain entry points until
+    enable_bf16 compiles the real ones (6 s cold) and points the stand-ins at them, so
+    only a process that trains a bf16 model pays for them."""
     if dtype_name in _registered:
         return
     # Numba's compiler lock, not one of ours: this runs inside compilations (typing), which
     # hold it already, and compiles itself; a second lock taken in the other order by
     # another thread would deadlock
     with global_compiler_lock:
-        for kind, body in _ENTRIES.items():
-            if (kind, dtype_name) in _compiled:
-                continue
-            ptr = types.CPointer(getattr(types, dtype_name))
-            sig = types.void(ptr, ptr, ptr, ptr, types.intp, types.intp, types.intp)
-            entry = cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
-            llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
-            _compiled[kind, dtype_name] = entry
-        _registered.add(dtype_name)
+        if dtype_name in _registered or dtype_name in _registering:
+            return    # done meanwhile, or re-entered: the bf16 entries call the plain ones
+        _registering.add(dtype_name)
+        try:
+            for kind, body in _ENTRIES.items():
+                entry = _compile_entry(kind, dtype_name, body)
+                llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
+            if dtype_name == "float32":
+                for kind, (address, target) in bf16.trampolines(
+                        [_symbol(k + "_bf16", "float32") for k in _ENTRIES]).items():
+                    llvm_binding.add_symbol(kind, address)
+                    _bf16_targets.append(target)
+                for target, kind in zip(_bf16_targets, _ENTRIES):
+                    target.value = _compiled[kind, "float32"].address
+            _registered.add(dtype_name)
+        finally:
+            _registering.discard(dtype_name)
+
+
+def enable_bf16():
+    """Compile (or load) the bf16 entry points and point their stand-ins at them: before a
+    bf16 model's first kernel runs (the engine of a precision='bf16' model does it)."""
+    register("float32")
+    if ("nn_bf16", "float32") in _compiled:
+        return
+    with global_compiler_lock:
+        if ("nn_bf16", "float32") in _compiled:
+            return
+        bf16.register_panel()                       # the bf16 entry points call it
+        addresses = [_compile_entry(kind, "float32", body).address
+                     for kind, body in _BF16_ENTRIES.items()]
+        for target, address in zip(_bf16_targets, addresses):
+            target.value = address
 
 
 def _register_float32():
@@ -442,10 +546,13 @@ def _entry_call(kind, with_bias):
             data += [data[0]] * (4 - len(data))                 # (no bias)
             M, N = cgutils.unpack_tuple(builder, arrays[0].shape, 2)
             a_rows, a_cols = cgutils.unpack_tuple(builder, arrays[1].shape, 2)
+            # bf16 products exist for float32 only: a float64 kernel's (never taken)
+            # bf16 branch calls the plain entry point
+            name = kind if dtype_name == "float32" else kind.replace("_bf16", "")
             fn = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 4 + [i64] * 3),
-                _symbol(kind, dtype_name))
-            builder.call(fn, data + [M, a_rows if kind == "tn" else a_cols, N])
+                _symbol(name, dtype_name))
+            builder.call(fn, data + [M, a_rows if kind.startswith("tn") else a_cols, N])
             # a kernel loaded from the cache in a new process registers the symbols first
             context.active_code_library._reload_init.add(_RELOAD[dtype_name])
             return context.get_dummy_value()
@@ -467,3 +574,6 @@ def _entry_call(kind, with_bias):
 nn = _entry_call("nn", True)     # nn(C, A, B, bias): C (M, N) = A (M, K) @ B (K, N) + bias (N,)
 tn = _entry_call("tn", False)    # tn(C, A, B): C (M, N) = A^T @ B for A (K, M), B (K, N)
 nt = _entry_call("nt", False)    # nt(C, A, B): C (M, N) = A @ B^T for A (M, K), B (N, K)
+nn_bf16 = _entry_call("nn_bf16", True)    # the same three with bf16 operands (float32;
+tn_bf16 = _entry_call("tn_bf16", False)   # float64 arrays take the plain ones)
+nt_bf16 = _entry_call("nt_bf16", False)

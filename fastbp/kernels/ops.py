@@ -51,25 +51,35 @@ def layer_bias(flat, b_off, sizes, l):
 # --------------------------------------------------------------------------- linear
 
 @jit
-def linear_forward(Z, A, W, b):
+def linear_forward(Z, A, W, b, bf16):
     """Z (B, n_out) = A (B, n_in) @ W (n_in, n_out) + b (n_out,) (gemm.py: its own loops for a
-    small product, BLAS for a large one)."""
-    gemm.nn(Z, A, W, b)
+    small product, BLAS for a large one; with bf16 (a bf16 model's training step) a large
+    product from operands rounded to bfloat16, kernels/bf16.py)."""
+    if bf16:
+        gemm.nn_bf16(Z, A, W, b)
+    else:
+        gemm.nn(Z, A, W, b)
 
 
 @jit
-def linear_backward(dA, dW, db, dZ, A, W, need_dA):
+def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16):
     """dW (n_in, n_out) = A^T dZ; db (n_out,) = column sums of dZ (B, n_out);
     dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False). The products as
     linear_forward's."""
-    gemm.tn(dW, A, dZ)
+    if bf16:
+        gemm.tn_bf16(dW, A, dZ)
+    else:
+        gemm.tn(dW, A, dZ)
     B, n_out = dZ.shape
     db[:] = 0
     for r in range(B):
         for j in range(n_out):
             db[j] += dZ[r, j]
     if need_dA:
-        gemm.nt(dA, dZ, W)
+        if bf16:
+            gemm.nt_bf16(dA, dZ, W)
+        else:
+            gemm.nt(dA, dZ, W)
 
 
 @jit
@@ -352,7 +362,7 @@ def forward(params, ws, c, rows, A0, idx, net, seed, step):
         if SPARSE and l == 0:
             sparse_linear_forward(Z, rows, idx, W, b)
         else:
-            linear_forward(Z, A, W, b)
+            linear_forward(Z, A, W, b, net.bf16)
         if l < L - 1:
             A = matrix(work, ws.a_off[l + 1], B, sizes[l + 1])
             activation_forward(A, Z, net.act[l])
@@ -407,7 +417,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
         dA = matrix(work, d_off[(L - l) % 2], B, sizes[l])   # ping-pong delta buffers
         linear_backward(dA, layer_weight(grads, w_off, sizes, l),
                         layer_bias(grads, b_off, sizes, l), dZ, A,
-                        layer_weight(params, w_off, sizes, l), True)
+                        layer_weight(params, w_off, sizes, l), True, net.bf16)
         dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
         if dropped:
             dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
@@ -419,5 +429,6 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
         sparse_linear_backward(ws, c, db, dZ, rows, idx)
     else:
         W = layer_weight(params, w_off, sizes, 0)
-        linear_backward(dZ, layer_weight(grads, w_off, sizes, 0), db, dZ, A0, W, False)
+        linear_backward(dZ, layer_weight(grads, w_off, sizes, 0), db, dZ, A0, W, False,
+                        net.bf16)
     return loss_sum, n_correct

@@ -1,0 +1,286 @@
+"""bfloat16 products with float32 sums, for Trainer(precision="bf16").
+
+A product C (M, N) = A (M, K) @ B (K, N) in float32 is computed from A and B rounded to
+bfloat16 (float32's sign, exponent and top 7 mantissa bits, rounded to nearest even), with
+the products summed in float32: on a CPU with AVX512-BF16 one VDPBF16PS instruction
+multiplies 16 pairs of bf16 values and adds them to 16 float32 sums, twice the float32
+FMA's work per instruction. The parameters, the optimizer state and every other operation
+stay float32.
+
+The panel that does it is LLVM IR (`panel_ir`), compiled by llvmlite and reached by symbol
+(PANEL_SYMBOL) from gemm.py's bf16 entry points, like those entry points themselves:
+8 rows x 32 columns of float32 accumulators in 16 vector registers; each step of the depth
+broadcasts a row's pair of A values (adjacent in a row-major bf16 A) and loads the pairs of
+B's columns, packed (K/2, N, 2) so that each column's two values of a depth pair sit side by
+side. It needs whole tiles: the entry points round and pack into buffers padded with zeros
+to a multiple of 8 rows, 32 columns and an even depth (`rounded_rows`, `packed_pairs`).
+`llvmlite.ir` has no bfloat type, hence IR text.
+
+Where the CPU has no AVX512-BF16 the same symbol is an emulation (`_emulated_panel`): the
+same rounded operands and float32 sums, scalar, so precision="bf16" trains alike everywhere
+(only slower than float32 there; the Trainer warns).
+"""
+import ctypes
+
+import llvmlite.binding as llvm_binding
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, types
+from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.extending import intrinsic
+
+from .codes import FASTMATH, jit
+
+PANEL_ROWS = 8                 # rows of a tile: 8 x 2 accumulators, 2 loads, 1 broadcast
+PANEL_VECTORS = 2              # vectors of 16 float32 columns
+TILE_COLS = 16 * PANEL_VECTORS
+PANEL_SYMBOL = "fastbp_bf16_panel"
+
+
+def host_has_avx512_bf16():
+    """Whether this CPU has the bf16 dot-product instructions (llvmlite's host features)."""
+    return bool(llvm_binding.get_host_cpu_features().get("avx512bf16", False))
+
+
+def panel_ir(name=PANEL_SYMBOL):
+    """LLVM IR of name(A, Bp, C, M, K2, N, sai, sap): C (M, N) float32 = A (M, 2 K2) @
+    B (2 K2, N) for bf16 A whose pair (a[i, 2p], a[i, 2p + 1]) is the i32 at A[i sai + p sap]
+    (a row-major A: sai = K2, sap = 1; A packed in pairs as packed_pairs makes B: sai = 1,
+    sap = its padded width) and Bp (K2, N, 2) bf16; M a multiple of PANEL_ROWS, N of
+    TILE_COLS, K2 >= 1. The accumulators are allocas that LLVM's O3 keeps in registers."""
+    dp = "@llvm.x86.avx512bf16.dpbf16ps.512"
+    out = [f"declare <16 x float> {dp}(<16 x float>, <32 x bfloat>, <32 x bfloat>)",
+           f"define void @{name}(i32* noalias %A, <32 x bfloat>* noalias %Bp, "
+           "float* noalias %C, i64 %M, i64 %K2, i64 %N, i64 %sai, i64 %sap) {", "entry:"]
+    tiles = [(r, v) for r in range(PANEL_ROWS) for v in range(PANEL_VECTORS)]
+    out += [f"  %acc{r}_{v} = alloca <16 x float>" for r, v in tiles]
+    out += ["  %nvec = udiv i64 %N, 16", "  br label %rows", "rows:",
+            "  %i = phi i64 [0, %entry], [%inext, %cols_done]", "  br label %cols", "cols:",
+            "  %j = phi i64 [0, %rows], [%jnext, %depth_done]", "  %jv = udiv i64 %j, 16"]
+    out += [f"  store <16 x float> zeroinitializer, <16 x float>* %acc{r}_{v}"
+            for r, v in tiles]
+    out += ["  br label %depth", "depth:",
+            "  %p = phi i64 [0, %cols], [%pnext, %depth]",
+            "  %brow = mul i64 %p, %nvec", "  %bbase = add i64 %brow, %jv",
+            "  %pa = mul i64 %p, %sap"]
+    for v in range(PANEL_VECTORS):
+        out += [f"  %bi{v} = add i64 %bbase, {v}",
+                f"  %bp{v} = getelementptr <32 x bfloat>, <32 x bfloat>* %Bp, i64 %bi{v}",
+                f"  %b{v} = load <32 x bfloat>, <32 x bfloat>* %bp{v}, align 2"]
+    for r in range(PANEL_ROWS):
+        out += [f"  %row{r} = add i64 %i, {r}", f"  %ao{r} = mul i64 %row{r}, %sai",
+                f"  %ai{r} = add i64 %ao{r}, %pa",
+                f"  %ap{r} = getelementptr i32, i32* %A, i64 %ai{r}",
+                f"  %as{r} = load i32, i32* %ap{r}",
+                f"  %ains{r} = insertelement <16 x i32> undef, i32 %as{r}, i32 0",
+                f"  %abc{r} = shufflevector <16 x i32> %ains{r}, <16 x i32> undef, "
+                "<16 x i32> zeroinitializer",
+                f"  %av{r} = bitcast <16 x i32> %abc{r} to <32 x bfloat>"]
+        for v in range(PANEL_VECTORS):
+            out += [f"  %c{r}_{v} = load <16 x float>, <16 x float>* %acc{r}_{v}",
+                    f"  %d{r}_{v} = call <16 x float> {dp}(<16 x float> %c{r}_{v}, "
+                    f"<32 x bfloat> %av{r}, <32 x bfloat> %b{v})",
+                    f"  store <16 x float> %d{r}_{v}, <16 x float>* %acc{r}_{v}"]
+    out += ["  %pnext = add i64 %p, 1", "  %pend = icmp eq i64 %pnext, %K2",
+            "  br i1 %pend, label %depth_done, label %depth", "depth_done:"]
+    for r, v in tiles:
+        t = f"{r}_{v}"
+        out += [f"  %s{t} = load <16 x float>, <16 x float>* %acc{t}",
+                f"  %cr{t} = add i64 %i, {r}", f"  %co{t} = mul i64 %cr{t}, %N",
+                f"  %cj{t} = add i64 %j, {16 * v}", f"  %cx{t} = add i64 %co{t}, %cj{t}",
+                f"  %cp{t} = getelementptr float, float* %C, i64 %cx{t}",
+                f"  %cv{t} = bitcast float* %cp{t} to <16 x float>*",
+                f"  store <16 x float> %s{t}, <16 x float>* %cv{t}, align 4"]
+    out += [f"  %jnext = add i64 %j, {TILE_COLS}", "  %jend = icmp uge i64 %jnext, %N",
+            "  br i1 %jend, label %cols_done, label %cols", "cols_done:",
+            f"  %inext = add i64 %i, {PANEL_ROWS}", "  %iend = icmp uge i64 %inext, %M",
+            "  br i1 %iend, label %exit, label %rows", "exit:", "  ret void", "}"]
+    return "\n".join(out)
+
+
+def compile_native_panel():
+    """(address, execution engine) of the panel compiled for this CPU (AVX512-BF16); the
+    engine owns the code and must be kept."""
+    engine = _jit_module(panel_ir())
+    return engine.get_function_address(PANEL_SYMBOL), engine
+
+
+def _emulated_panel(a, bp, c, M, K2, N, sai, sap):
+    """The panel's sums without the instruction: each pair of bf16 products (exact in
+    float32) added to a float32 sum."""
+    n_pairs = (M - 1) * sai + (K2 - 1) * sap + 1
+    A = widened(carray(a, (2 * n_pairs,)))
+    Bp = widened(carray(bp, (K2, N, 2)))
+    C = carray(c, (M, N))
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = np.float32(0)
+        for p in range(K2):
+            at = 2 * (i * sai + p * sap)
+            a0, a1 = A[at], A[at + 1]
+            for j in range(N):
+                C[i, j] += a0 * Bp[p, j, 0] + a1 * Bp[p, j, 1]
+
+
+_owners = {}                   # what owns the code of the registered panel and stand-ins
+
+
+def register_panel():
+    """Make PANEL_SYMBOL known to the JIT's linker (before gemm's bf16 entry points are
+    compiled or loaded): the native panel on a CPU with AVX512-BF16, else the emulation.
+    Also the reload hook of the callers Numba loads from its cache."""
+    if "panel" in _owners:
+        return
+    with global_compiler_lock:          # as gemm.register: runs inside compilations
+        if host_has_avx512_bf16():
+            address, owner = compile_native_panel()
+        else:
+            u16p = types.CPointer(types.uint16)
+            owner = cfunc(types.void(u16p, u16p, types.CPointer(types.float32),
+                                     *[types.intp] * 5),
+                          cache=True, fastmath=FASTMATH, error_model="numpy")(_emulated_panel)
+            address = owner.address
+        llvm_binding.add_symbol(PANEL_SYMBOL, address)
+        _owners["panel"] = owner
+
+
+def _jit_module(text):
+    """(MCJIT engine, which owns the code) of LLVM IR text, compiled for this CPU at O3."""
+    llvm_binding.initialize_native_target()
+    llvm_binding.initialize_native_asmprinter()
+    module = llvm_binding.parse_assembly(text)
+    module.verify()
+    machine = llvm_binding.Target.from_default_triple().create_target_machine(
+        cpu=llvm_binding.get_host_cpu_name(),
+        features=llvm_binding.get_host_cpu_features().flatten(), opt=3)
+    passes = llvm_binding.create_pass_builder(
+        machine, llvm_binding.create_pipeline_tuning_options(3))
+    passes.getModulePassManager().run(module, passes)
+    engine = llvm_binding.create_mcjit_compiler(module, machine)
+    engine.finalize_object()
+    return engine
+
+
+def trampolines(names):
+    """{name: (address, pointer)}: for each name a C function of the entry points' signature
+    (4 pointers, 3 int64) that calls whatever function `pointer` (a ctypes.c_void_p living
+    in the compiled module) holds: the symbols float32 kernels link against for the bf16
+    products, pointed at the real ones only once a bf16 model needs them (gemm.py)."""
+    fn = "void (i8*, i8*, i8*, i8*, i64, i64, i64)"
+    args = "i8* %c, i8* %a, i8* %b, i8* %d, i64 %m, i64 %k, i64 %n"
+    text = []
+    for name in names:
+        text += [f"@{name}_target = global {fn}* null",
+                 f"define void @{name}({args}) {{",
+                 f"  %f = load {fn}*, {fn}** @{name}_target",
+                 f"  tail call void %f({args})", "  ret void", "}"]
+    engine = _jit_module("\n".join(text))
+    _owners.setdefault("trampolines", []).append(engine)
+    return {name: (engine.get_function_address(name), ctypes.c_void_p.from_address(
+        engine.get_global_value_address(f"{name}_target"))) for name in names}
+
+
+# ------------------------------------------------------------------ rounding and packing
+
+@jit
+def bf16_bits(u):
+    """The bf16 bits (uint16) of the float32 whose bits are u (uint32), rounded to nearest
+    even; a NaN stays a NaN (the rounding could carry it into the sign bit)."""
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+                     >> np.uint32(16))
+
+
+@jit
+def widened(H):
+    """float32 copy of the bf16 bits H (uint16, C-contiguous)."""
+    U = np.empty(H.shape, dtype=np.uint32)
+    u, h = U.reshape(-1), H.reshape(-1)
+    for i in range(h.shape[0]):
+        u[i] = np.uint32(h[i]) << np.uint32(16)
+    return U.view(np.float32)
+
+
+BLOCK = 16    # rows read side by side when transposing: 16 sequential streams, 64-byte writes
+
+
+@jit
+def rounded_rows(A):
+    """A (M, K) rounded to bf16, padded with zeros to (M', K'): M' a multiple of PANEL_ROWS,
+    K' even. Its rows' pairs along the depth are the panel's i32 (sai = K'/2, sap = 1)."""
+    M, K = A.shape
+    out = np.empty((-(-M // PANEL_ROWS) * PANEL_ROWS, K + K % 2), dtype=np.uint16)
+    U = A.view(np.uint32)
+    for i in range(M):
+        row, u = out[i], U[i]
+        for p in range(K):
+            row[p] = bf16_bits(u[p])
+        for p in range(K, out.shape[1]):
+            row[p] = 0
+    for i in range(M, out.shape[0]):
+        for p in range(out.shape[1]):
+            out[i, p] = 0
+    return out
+
+
+@jit
+def packed_pairs(B, transposed):
+    """The right operand rounded to bf16 and packed for the panel: (K'/2, N', 2) with K'
+    even and N' a multiple of TILE_COLS, zero padded; [p, j, h] holds B[2p + h, j] for B
+    (K, N), or B[j, 2p + h] for B (N, K) given transposed (the product takes B^T). Each
+    pair is written as one uint32, its first value in the low half (little-endian)."""
+    K, N = (B.shape[1], B.shape[0]) if transposed else (B.shape[0], B.shape[1])
+    K2, N_ = (K + 1) // 2, -(-N // TILE_COLS) * TILE_COLS
+    out = np.empty((K2, N_, 2), dtype=np.uint16)
+    pairs = out.reshape(K2, 2 * N_).view(np.uint32)          # (K2, N_)
+    U = B.view(np.uint32)
+    even = K // 2                            # pairs with both values (an odd K's last: one)
+    sixteen = np.uint32(16)
+    if transposed:
+        for j0 in range(0, N, BLOCK):
+            j1 = min(j0 + BLOCK, N)
+            for p in range(even):
+                for j in range(j0, j1):
+                    pairs[p, j] = (np.uint32(bf16_bits(U[j, 2 * p]))
+                                   | (np.uint32(bf16_bits(U[j, 2 * p + 1])) << sixteen))
+        if K % 2:
+            for j in range(N):
+                pairs[even, j] = np.uint32(bf16_bits(U[j, K - 1]))
+    else:
+        for p in range(even):
+            lo, hi, row = U[2 * p], U[2 * p + 1], pairs[p]
+            for j in range(N):
+                row[j] = (np.uint32(bf16_bits(lo[j]))
+                          | (np.uint32(bf16_bits(hi[j])) << sixteen))
+        if K % 2:
+            last = U[K - 1]
+            for j in range(N):
+                pairs[even, j] = np.uint32(bf16_bits(last[j]))
+    for p in range(K2):                     # the zero padding
+        for j in range(N, N_):
+            pairs[p, j] = 0
+    return out
+
+
+@intrinsic
+def panel(typingctx, A, sai, sap, M, Bp, C):
+    """C (M', N') float32 = A @ B for the panel's padded operands: A the left one's pairs
+    (rounded_rows: sai = K'/2, sap = 1; packed_pairs: sai = 1, sap = N'), M its rows, Bp
+    (K'/2, N', 2) as packed_pairs makes it (callable from compiled code only)."""
+    def codegen(context, builder, sig, args):
+        a, sai_, sap_, m, bp, c = args
+        arrays = [cgutils.create_struct_proxy(t)(context, builder, value=v)
+                  for t, v in ((sig.args[0], a), (sig.args[4], bp), (sig.args[5], c))]
+        i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+        data = [builder.bitcast(x.data, i8p) for x in arrays]
+        K2, N = cgutils.unpack_tuple(builder, arrays[1].shape, 3)[:2]
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 3 + [i64] * 5),
+            PANEL_SYMBOL)
+        builder.call(fn, data + [m, K2, N, sai_, sap_])
+        context.active_code_library._reload_init.add(register_panel)
+        return context.get_dummy_value()
+
+    return types.void(A, types.intp, types.intp, types.intp, Bp, C), codegen

@@ -1,0 +1,240 @@
+"""precision="bf16": the large products of training steps from operands rounded to bfloat16,
+float32 sums (kernels/bf16.py, gemm.py's bf16 entry points). The products are checked
+against the exact product of the rounded operands (the maths they promise), the Trainer
+against precision="full" (close, never equal; evaluation identical)."""
+import warnings
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastbp import Trainer
+from fastbp.kernels import bf16, gemm
+
+
+def _round(x):
+    """float32 x rounded to bf16, to nearest even, as float64 (NumPy, not the kernels')."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+@njit
+def _bits(U):
+    out = np.empty(U.shape, np.uint16)
+    for i in range(U.shape[0]):
+        out[i] = bf16.bf16_bits(U[i])
+    return out
+
+
+def test_rounding_is_to_nearest_even_and_keeps_nan_and_inf():
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001,   # ties to even, else nearest
+                     0x7F800000, 0xFF800000, 0x7F7FFFFF,               # inf, -inf, max -> inf
+                     0x7FFFFFFF, 0xFFC00001, 0x7F800001], np.uint32)   # NaNs stay NaN
+    out = _bits(bits)
+    assert out[:7].tolist() == [0x3F80, 0x3F82, 0x3F80, 0x3F81, 0x7F80, 0xFF80, 0x7F80]
+    back = (out.astype(np.uint32) << 16).view(np.float32)
+    assert np.isnan(back[7:]).all()
+
+
+def test_operands_are_padded_with_zeros_to_whole_tiles():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((13, 7)).astype(np.float32)         # odd depth, rows not of 8
+    R = bf16.rounded_rows(A)
+    assert R.shape == (16, 8)
+    assert not R[13:].any() and not R[:, 7].any()
+    assert np.array_equal((R[:13, :7].astype(np.uint32) << 16).view(np.float32),
+                          _round(A).astype(np.float32))
+    B = rng.standard_normal((7, 40)).astype(np.float32)         # K = 7, N = 40 -> (4, 64, 2)
+    P = bf16.packed_pairs(B, False)
+    assert P.shape == (4, 64, 2)
+    expect = np.zeros((8, 64))
+    expect[:7, :40] = _round(B)
+    got = (P.astype(np.uint32) << 16).view(np.float32).transpose(0, 2, 1).reshape(8, 64)
+    assert np.array_equal(got, expect)
+    assert np.array_equal(bf16.packed_pairs(np.ascontiguousarray(B.T), True), P)
+
+
+@pytest.fixture(autouse=True)
+def _bf16_entry_points():
+    gemm.enable_bf16()          # as a bf16 model's engine does before its first kernel
+
+
+@njit
+def _product(kind, C, A, B, bias):
+    if kind == 0:
+        gemm.nn_bf16(C, A, B, bias)
+    elif kind == 1:
+        gemm.tn_bf16(C, A, B)
+    else:
+        gemm.nt_bf16(C, A, B)
+
+
+@njit
+def _plain(kind, C, A, B, bias):
+    if kind == 0:
+        gemm.nn(C, A, B, bias)
+    elif kind == 1:
+        gemm.tn(C, A, B)
+    else:
+        gemm.nt(C, A, B)
+
+
+@pytest.mark.parametrize("kind, M, K, N", [
+    (0, 100, 130, 70), (0, 64, 784, 256),          # nn: partial tiles; mnist's first layer
+    (1, 77, 129, 96), (1, 256, 64, 128),           # tn: odd depth (the batch)
+    (2, 100, 65 + 64, 200), (2, 40, 256, 64)])     # nt: runs as C^T, A packed transposed
+def test_bf16_products_equal_the_exact_product_of_the_rounded_operands(kind, M, K, N):
+    rng = np.random.default_rng(M * K + N)
+    A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(np.float32)
+    B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) if kind == 0 else np.zeros(N, np.float32)
+    assert gemm.bf16_product(M, K, N, M if kind == 2 else N)
+    C = np.full((M, N), np.nan, np.float32)
+    _product(kind, C, A, B, bias)
+    a, b = _round(A.T if kind == 1 else A), _round(B.T if kind == 2 else B)
+    exact = a @ b + bias
+    scale = np.abs(a) @ np.abs(b)           # float32 sums: rounding relative to sum of |terms|
+    assert np.all(np.abs(C - exact) <= 4 * K * 2.0 ** -24 * scale + 1e-30)
+    # and the rounding shows: not the float32 product
+    full = np.empty_like(C)
+    _plain(kind, full, A, B, bias)
+    assert not np.allclose(C, full, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("kind, M, K, N", [(0, 8, 16, 16), (0, 128, 10, 1024),
+                                           (2, 16, 300, 300), (1, 128, 128, 10)])
+def test_small_shallow_and_narrow_products_stay_full_precision(kind, M, K, N):
+    assert not gemm.bf16_product(M, K, N, M if kind == 2 else N)
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(np.float32)
+    B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    C, full = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+    _product(kind, C, A, B, bias)
+    _plain(kind, full, A, B, bias)
+    assert np.array_equal(C, full)
+
+
+def test_the_panel_compiles_to_vdpbf16ps_for_an_avx512_bf16_cpu():
+    """Cross-compiled for a Zen 4, so it runs on any host."""
+    import llvmlite.binding as llvm
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    module = llvm.parse_assembly(bf16.panel_ir())
+    module.verify()
+    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
+        cpu="znver4", opt=3)
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(3))
+    passes.getModulePassManager().run(module, passes)
+    n = machine.emit_assembly(module).count("vdpbf16ps")
+    assert n and n % (bf16.PANEL_ROWS * bf16.PANEL_VECTORS) == 0, n   # 16 per depth step
+
+
+@pytest.mark.skipif(not bf16.host_has_avx512_bf16(),
+                    reason="running the native panel needs AVX512-BF16 (the emulation, "
+                           "which other CPUs register, is checked by the tests above)")
+def test_the_native_panel_and_the_emulation_agree():
+    import ctypes
+
+    from numba import cfunc, types
+    u16p = types.CPointer(types.uint16)
+    emulated = cfunc(types.void(u16p, u16p, types.CPointer(types.float32),
+                                *[types.intp] * 5))(bf16._emulated_panel)
+    address, _engine = bf16.compile_native_panel()
+    rng = np.random.default_rng(2)
+    A = bf16.rounded_rows(rng.standard_normal((24, 98)).astype(np.float32))
+    Bp = bf16.packed_pairs(rng.standard_normal((98, 64)).astype(np.float32), False)
+    outs = []
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 5)
+    for fn in (signature(address), signature(emulated.address)):
+        C = np.full((24, 64), np.nan, np.float32)
+        fn(A.ctypes.data, Bp.ctypes.data, C.ctypes.data, 24, 49, 64, 49, 1)
+        outs.append(C)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def _data(n=512, n_in=64, k=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)).astype(np.float32), rng.integers(0, k, n)
+
+
+LAYERS = [64, 256, 128, 10]   # at batch 128 (64-row chunks) the hidden products take bf16
+
+
+def _trainer(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)      # the emulation's, on other CPUs
+        return Trainer(LAYERS, optimizer="sgd", lr=0.1, batch_size=128, seed=0, **kw)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_bf16_training_is_close_to_full_and_evaluation_is_full_precision(target):
+    X, y = _data()
+    full, half = _trainer(target=target), _trainer(target=target, precision="bf16")
+    assert np.array_equal(full.engine.params, half.engine.params)   # same initialisation
+    # evaluation is the same code in both: loss, gradient and predictions equal
+    assert full.loss(X, y) == half.loss(X, y)
+    assert np.array_equal(full.predict_proba(X), half.predict_proba(X))
+    for t in (full, half):
+        t.fit(X, y, epochs=2, shuffle=False, progress=False)
+    a, b = full.engine.params, half.engine.params
+    assert not np.array_equal(a, b)                            # bf16 products were used
+    assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()       # ... and are close
+    assert abs(full.history["loss"][-1] - half.history["loss"][-1]) < 0.02
+
+
+def test_parallel_bf16_matches_cpu_bf16_to_float32_rounding():
+    X, y = _data()
+    fits = []
+    for target in ("cpu", "parallel"):
+        t = _trainer(target=target, precision="bf16")
+        t.fit(X, y, epochs=1, shuffle=False, progress=False)
+        fits.append(t.engine.params.copy())
+    np.testing.assert_allclose(fits[0], fits[1], rtol=0, atol=1e-5)
+
+
+def test_precision_survives_save_and_load_and_training_resumes_alike(tmp_path):
+    X, y = _data()
+    t = _trainer(precision="bf16")
+    t.fit(X, y, epochs=1, shuffle=False, progress=False)
+    t.save(tmp_path / "m.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        u = Trainer.load(tmp_path / "m.npz")
+    assert u.config["precision"] == "bf16"
+    for m in (t, u):
+        m.fit(X, y, epochs=1, shuffle=False, progress=False)
+    assert np.array_equal(t.engine.params, u.engine.params)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(precision="bf16", dtype="float64"), "precision='bf16' is not allowed"),
+    (dict(precision="bf16", target="cuda"), "precision='bf16' is not allowed"),
+    (dict(precision="fp8"), "one of 'full', 'bf16'")])
+def test_bad_precision_is_refused_before_any_work(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(LAYERS, **kw)
+
+
+def test_a_cpu_without_the_instructions_gets_a_warning(monkeypatch):
+    import fastbp.trainer
+    monkeypatch.setattr(fastbp.trainer, "host_has_avx512_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no AVX512-BF16.*emulated"):
+        Trainer(LAYERS, precision="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(LAYERS)                                  # precision='full': no warning
+
+
+def test_the_command_line_trains_in_bf16(tmp_path, capsys):
+    from fastbp.cli import main
+    out = tmp_path / "m.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["train", "--precision", "bf16", "--epochs", "2", "--batch-size", "128",
+                     "--layers", "128,64", "--out", str(out)]) in (0, None)
+    assert "bf16 products" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert Trainer.load(out).config["precision"] == "bf16"
