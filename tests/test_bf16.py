@@ -238,3 +238,54 @@ def test_the_command_line_trains_in_bf16(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         assert Trainer.load(out).config["precision"] == "bf16"
+
+
+EMULATED = """
+import numpy as np
+from numba import njit
+from fastbp.kernels import bf16
+bf16.host_has_avx512_bf16 = lambda: False       # as on a CPU without the instructions
+from fastbp import Trainer
+from fastbp.kernels import gemm
+gemm.enable_bf16()
+assert bf16._owners["panel"].__class__.__name__ == "CFunc"      # the emulation
+
+@njit
+def nn(C, A, B, bias):
+    gemm.nn_bf16(C, A, B, bias)
+
+def r(x):
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return ((((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32)
+            .view(np.float32).astype(np.float64))
+
+rng = np.random.default_rng(0)
+A = rng.standard_normal((100, 130)).astype(np.float32)
+B = rng.standard_normal((130, 70)).astype(np.float32)
+bias = rng.standard_normal(70).astype(np.float32)
+C = np.empty((100, 70), np.float32)
+nn(C, A, B, bias)
+exact = r(A) @ r(B) + bias
+assert np.all(np.abs(C - exact) <= 4 * 130 * 2.0 ** -24 * (np.abs(r(A)) @ np.abs(r(B))))
+X = rng.standard_normal((256, 64)).astype(np.float32)
+y = rng.integers(0, 10, 256)
+losses = []
+for precision in ("full", "bf16"):
+    t = Trainer([64, 256, 128, 10], batch_size=128, seed=0, precision=precision)
+    t.fit(X, y, epochs=2, shuffle=False, progress=False)
+    losses.append(t.history["loss"][-1])
+print(*losses)
+"""
+
+
+def test_without_avx512_bf16_the_emulation_computes_the_same_products():
+    """A CPU without AVX512-BF16 (CI's may be one) registers the emulated panel: the same
+    products to float32 rounding, and a bf16 fit runs on it (a new process: the panel's
+    symbol is chosen once per process)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", EMULATED], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    full, half = map(float, done.stdout.split()[-2:])
+    assert full != half and abs(full - half) < 0.02 * full
