@@ -104,12 +104,13 @@ def _kernels():
         """The operands of kind's panel as its entry point makes them: (left's pairs, flat;
         sai, sap, rows) and the packed right one."""
         if kind == 1:            # A (K, M) packed along its rows: sai = 1, sap = M'
-            Ap, Bp = bf16.packed_pairs(A, False), bf16.packed_pairs(B, False)
+            Ap = bf16.packed_pairs(A, False, bf16.PANEL_ROWS)
+            Bp = bf16.packed_pairs(B, False, bf16.TILE_COLS)
             return Ap.reshape(-1), 1, Ap.shape[1], Ap.shape[1], Bp
         if kind == 0:
-            Al, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False)
+            Al, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False, bf16.TILE_COLS)
         else:                    # nt: C^T = B A^T
-            Al, Bp = bf16.rounded_rows(B), bf16.packed_pairs(A, True)
+            Al, Bp = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
         return Al.reshape(-1), Al.shape[1] // 2, 1, Al.shape[0], Bp
 
     @njit(cache=True)

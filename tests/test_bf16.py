@@ -46,13 +46,14 @@ def test_operands_are_padded_with_zeros_to_whole_tiles():
     assert np.array_equal((R[:13, :7].astype(np.uint32) << 16).view(np.float32),
                           _round(A).astype(np.float32))
     B = rng.standard_normal((7, 40)).astype(np.float32)         # K = 7, N = 40 -> (4, 64, 2)
-    P = bf16.packed_pairs(B, False)
+    P = bf16.packed_pairs(B, False, bf16.TILE_COLS)
     assert P.shape == (4, 64, 2)
     expect = np.zeros((8, 64))
     expect[:7, :40] = _round(B)
     got = (P.astype(np.uint32) << 16).view(np.float32).transpose(0, 2, 1).reshape(8, 64)
     assert np.array_equal(got, expect)
-    assert np.array_equal(bf16.packed_pairs(np.ascontiguousarray(B.T), True), P)
+    assert np.array_equal(bf16.packed_pairs(np.ascontiguousarray(B.T), True, bf16.TILE_COLS), P)
+    assert bf16.packed_pairs(B, False, bf16.PANEL_ROWS).shape == (4, 40, 2)   # a left operand
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +83,7 @@ def _plain(kind, C, A, B, bias):
 
 @pytest.mark.parametrize("kind, M, K, N", [
     (0, 100, 130, 70), (0, 64, 784, 256),          # nn: partial tiles; mnist's first layer
-    (1, 77, 129, 96), (1, 256, 64, 128),           # tn: odd depth (the batch)
+    (1, 77, 129, 96), (1, 256, 64, 128), (1, 784, 64, 100),   # tn: odd depth (the batch)
     (2, 100, 65 + 64, 200), (2, 40, 256, 64)])     # nt: runs as C^T, A packed transposed
 def test_bf16_products_equal_the_exact_product_of_the_rounded_operands(kind, M, K, N):
     rng = np.random.default_rng(M * K + N)
@@ -144,7 +145,8 @@ def test_the_native_panel_and_the_emulation_agree():
     address, _engine = bf16.compile_native_panel()
     rng = np.random.default_rng(2)
     A = bf16.rounded_rows(rng.standard_normal((24, 98)).astype(np.float32))
-    Bp = bf16.packed_pairs(rng.standard_normal((98, 64)).astype(np.float32), False)
+    Bp = bf16.packed_pairs(rng.standard_normal((98, 64)).astype(np.float32), False,
+                           bf16.TILE_COLS)
     outs = []
     signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 5)
     for fn in (signature(address), signature(emulated.address)):

@@ -226,13 +226,14 @@ def rounded_rows(A):
 
 
 @jit
-def packed_pairs(B, transposed):
-    """The right operand rounded to bf16 and packed for the panel: (K'/2, N', 2) with K'
-    even and N' a multiple of TILE_COLS, zero padded; [p, j, h] holds B[2p + h, j] for B
-    (K, N), or B[j, 2p + h] for B (N, K) given transposed (the product takes B^T). Each
-    pair is written as one uint32, its first value in the low half (little-endian)."""
+def packed_pairs(B, transposed, multiple):
+    """An operand rounded to bf16 and packed in pairs along the depth: (K'/2, N', 2) with K'
+    even and N' a multiple of `multiple` (TILE_COLS for the panel's right operand,
+    PANEL_ROWS for a left one read with strides), zero padded; [p, j, h] holds B[2p + h, j]
+    for B (K, N), or B[j, 2p + h] for B (N, K) given transposed (the product takes B^T).
+    Each pair is written as one uint32, its first value in the low half (little-endian)."""
     K, N = (B.shape[1], B.shape[0]) if transposed else (B.shape[0], B.shape[1])
-    K2, N_ = (K + 1) // 2, -(-N // TILE_COLS) * TILE_COLS
+    K2, N_ = (K + 1) // 2, -(-N // multiple) * multiple
     out = np.empty((K2, N_, 2), dtype=np.uint16)
     pairs = out.reshape(K2, 2 * N_).view(np.uint32)          # (K2, N_)
     U = B.view(np.uint32)

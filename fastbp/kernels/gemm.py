@@ -394,6 +394,12 @@ def bf16_product(M, K, N, cols):
     return not small(M, K, N) and K >= BF16_MIN_DEPTH and cols >= bf16.TILE_COLS
 
 
+@jit
+def _whole_tiles(M, N):
+    """Whether an (M, N) output is the panel's own shape, so it can write C directly."""
+    return M % bf16.PANEL_ROWS == 0 and N % bf16.TILE_COLS == 0
+
+
 def _nn_bf16_entry(c, a, b, bias, M, K, N):
     """nn with bf16 operands (see bf16_product)."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (K, N))
@@ -401,7 +407,13 @@ def _nn_bf16_entry(c, a, b, bias, M, K, N):
     if not bf16_product(M, K, N, N):
         nn(C, A, B, bias_)
         return
-    Ab, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False)
+    Ab, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False, bf16.TILE_COLS)
+    if _whole_tiles(M, N):
+        bf16.panel(Ab, Ab.shape[1] // 2, 1, M, Bp, C)
+        for r in range(M):
+            for j in range(N):
+                C[r, j] += bias_[j]
+        return
     out = np.empty((Ab.shape[0], Bp.shape[1]), dtype=np.float32)
     bf16.panel(Ab, Ab.shape[1] // 2, 1, Ab.shape[0], Bp, out)
     for r in range(M):
@@ -416,9 +428,14 @@ def _tn_bf16_entry(c, a, b, unused, M, K, N):
     if not bf16_product(M, K, N, N):
         tn(C, A, B)
         return
-    Ap, Bp = bf16.packed_pairs(A, False), bf16.packed_pairs(B, False)
-    out = np.empty((Ap.shape[1], Bp.shape[1]), dtype=np.float32)
-    bf16.panel(Ap, 1, Ap.shape[1], Ap.shape[1], Bp, out)
+    Ap = bf16.packed_pairs(A, False, bf16.PANEL_ROWS)
+    Bp = bf16.packed_pairs(B, False, bf16.TILE_COLS)
+    rows = Ap.shape[1]
+    if _whole_tiles(M, N):
+        bf16.panel(Ap, 1, rows, M, Bp, C)
+        return
+    out = np.empty((rows, Bp.shape[1]), dtype=np.float32)
+    bf16.panel(Ap, 1, rows, rows, Bp, out)
     C[:, :] = out[:M, :N]
 
 
@@ -430,7 +447,7 @@ def _nt_bf16_entry(c, a, b, unused, M, K, N):
     if not bf16_product(M, K, N, M):
         nt(C, A, B)
         return
-    Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True)
+    Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
     out = np.empty((Bb.shape[0], Ap.shape[1]), dtype=np.float32)      # C^T, padded
     bf16.panel(Bb, Bb.shape[1] // 2, 1, Bb.shape[0], Ap, out)
     for j0 in range(0, N, bf16.BLOCK):                                  # C = out^T
