@@ -147,8 +147,6 @@ class Engine:
                             network.loss_code, network.opt_code, int(network.bf16))
         # evaluation (loss, gradient, predictions) in full precision
         self._net_eval = self._net._replace(dropout=np.empty(0, dtype=np.float64), bf16=0)
-        if network.bf16:
-            gemm.enable_bf16()       # before any kernel runs: the bf16 products' code
         self._make_plans()
 
     def _make_plans(self):
@@ -386,6 +384,8 @@ class _CpuEpochs:
         self.lazy = 0.0 if hyper is None else hyper.lazy
         # resolved here, not at every epoch: an estimator's digits epoch is 2 ms
         self.kernel = self.plan.kernels.train_epoch_for(rows, self.lazy)
+        if engine._net.bf16:       # the only kernels that run the training net (Network.bf16)
+            gemm.enable_bf16()     # the bf16 products' code, compiled once a process needs it
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)

@@ -191,6 +191,13 @@ def load_trainer(cls, path, target=None):
     cfg = dict(data["config"])
     if target is not None:
         cfg["target"] = _config._choice("target", target, _config.TARGETS)
+        if cfg["target"] == "cuda" and cfg.get("precision") == "bf16":
+            import warnings
+            warnings.warn(f"{path!s} was trained with precision='bf16', which exists on the "
+                          "CPU targets only: loaded for target='cuda' with precision='full' "
+                          "(predictions are full precision either way)", UserWarning,
+                          stacklevel=3)
+            cfg["precision"] = "full"
     import numba
     if cfg.get("n_threads") and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
         cfg["n_threads"] = numba.config.NUMBA_NUM_THREADS   # saved on a larger machine

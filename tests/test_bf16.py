@@ -56,11 +56,6 @@ def test_operands_are_padded_with_zeros_to_whole_tiles():
     assert bf16.packed_pairs(B, False, bf16.PANEL_ROWS).shape == (4, 40, 2)   # a left operand
 
 
-@pytest.fixture(autouse=True)
-def _bf16_entry_points():
-    gemm.enable_bf16()          # as a bf16 model's engine does before its first kernel
-
-
 @njit
 def _product(kind, C, A, B, bias):
     if kind == 0:
@@ -84,8 +79,10 @@ def _plain(kind, C, A, B, bias):
 @pytest.mark.parametrize("kind, M, K, N", [
     (0, 100, 130, 70), (0, 64, 784, 256),          # nn: partial tiles; mnist's first layer
     (1, 77, 129, 96), (1, 256, 64, 128), (1, 784, 64, 100),   # tn: odd depth (the batch)
-    (2, 100, 65 + 64, 200), (2, 40, 256, 64)])     # nt: runs as C^T, A packed transposed
+    (2, 100, 65 + 64, 200), (2, 40, 256, 64),      # nt: runs as C^T, A packed transposed,
+    (2, 64, 128, 256)])                            # ... stored transposed (whole tiles)
 def test_bf16_products_equal_the_exact_product_of_the_rounded_operands(kind, M, K, N):
+    gemm.enable_bf16()          # as a bf16 model's first training epoch does
     rng = np.random.default_rng(M * K + N)
     A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(np.float32)
     B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(np.float32)
@@ -106,6 +103,7 @@ def test_bf16_products_equal_the_exact_product_of_the_rounded_operands(kind, M, 
 @pytest.mark.parametrize("kind, M, K, N", [(0, 8, 16, 16), (0, 128, 10, 1024),
                                            (2, 16, 300, 300), (1, 128, 128, 10)])
 def test_small_shallow_and_narrow_products_stay_full_precision(kind, M, K, N):
+    gemm.enable_bf16()
     assert not gemm.bf16_product(M, K, N, M if kind == 2 else N)
     rng = np.random.default_rng(1)
     A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(np.float32)
@@ -122,7 +120,7 @@ def test_the_panel_compiles_to_vdpbf16ps_for_an_avx512_bf16_cpu():
     import llvmlite.binding as llvm
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    module = llvm.parse_assembly(bf16.panel_ir())
+    module = llvm.parse_assembly(bf16.panel_module())      # both panels
     module.verify()
     machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
         cpu="znver4", opt=3)
@@ -135,25 +133,34 @@ def test_the_panel_compiles_to_vdpbf16ps_for_an_avx512_bf16_cpu():
 @pytest.mark.skipif(not bf16.host_has_avx512_bf16(),
                     reason="running the native panel needs AVX512-BF16 (the emulation, "
                            "which other CPUs register, is checked by the tests above)")
-def test_the_native_panel_and_the_emulation_agree():
+def test_the_native_panels_and_the_emulation_agree():
     import ctypes
 
     from numba import cfunc, types
     u16p = types.CPointer(types.uint16)
-    emulated = cfunc(types.void(u16p, u16p, types.CPointer(types.float32),
-                                *[types.intp] * 5))(bf16._emulated_panel)
-    address, _engine = bf16.compile_native_panel()
+    sig = types.void(u16p, u16p, types.CPointer(types.float32), *[types.intp] * 5)
+    addresses, _engine = bf16.compile_native_panels()
     rng = np.random.default_rng(2)
     A = bf16.rounded_rows(rng.standard_normal((24, 98)).astype(np.float32))
     Bp = bf16.packed_pairs(rng.standard_normal((98, 64)).astype(np.float32), False,
                            bf16.TILE_COLS)
-    outs = []
     signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 5)
-    for fn in (signature(address), signature(emulated.address)):
-        C = np.full((24, 64), np.nan, np.float32)
-        fn(A.ctypes.data, Bp.ctypes.data, C.ctypes.data, 24, 49, 64, 49, 1)
-        outs.append(C)
-    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for symbol, body, shape in ((bf16.PANEL_SYMBOL, bf16._emulated_panel, (24, 64)),
+                                (bf16.PANEL_T_SYMBOL, bf16._emulated_panel_t, (64, 24))):
+        outs = []
+        for address in (addresses[symbol], cfunc(sig)(body).address):
+            C = np.full(shape, np.nan, np.float32)
+            signature(address)(A.ctypes.data, Bp.ctypes.data, C.ctypes.data, 24, 49, 64, 49, 1)
+            outs.append(C)
+        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[0].T, _round_product(A, Bp), rtol=1e-5, atol=1e-5)
+
+
+def _round_product(A, Bp):
+    """float64 product of bf16 bits A (M, K) and packed Bp (K/2, N, 2)."""
+    K2, N = Bp.shape[:2]
+    widen = lambda h: (h.astype(np.uint32) << 16).view(np.float32).astype(np.float64)  # noqa: E731
+    return widen(A) @ widen(Bp.transpose(0, 2, 1).reshape(2 * K2, N))
 
 
 def _data(n=512, n_in=64, k=10, seed=0):
@@ -250,11 +257,16 @@ bf16.host_has_avx512_bf16 = lambda: False       # as on a CPU without the instru
 from fastbp import Trainer
 from fastbp.kernels import gemm
 gemm.enable_bf16()
-assert bf16._owners["panel"].__class__.__name__ == "CFunc"      # the emulation
+assert all(f.__class__.__name__ == "CFunc" for f in bf16._owners["panel"])  # emulated
 
 @njit
-def nn(C, A, B, bias):
-    gemm.nn_bf16(C, A, B, bias)
+def product(kind, C, A, B, bias):
+    if kind == 0:
+        gemm.nn_bf16(C, A, B, bias)
+    elif kind == 1:
+        gemm.tn_bf16(C, A, B)
+    else:
+        gemm.nt_bf16(C, A, B)
 
 def r(x):
     u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
@@ -262,13 +274,16 @@ def r(x):
             .view(np.float32).astype(np.float64))
 
 rng = np.random.default_rng(0)
-A = rng.standard_normal((100, 130)).astype(np.float32)
-B = rng.standard_normal((130, 70)).astype(np.float32)
-bias = rng.standard_normal(70).astype(np.float32)
-C = np.empty((100, 70), np.float32)
-nn(C, A, B, bias)
-exact = r(A) @ r(B) + bias
-assert np.all(np.abs(C - exact) <= 4 * 130 * 2.0 ** -24 * (np.abs(r(A)) @ np.abs(r(B))))
+for kind, M, K, N in ((0, 100, 130, 70), (0, 64, 256, 64), (1, 77, 129, 96),
+                      (1, 256, 64, 128), (2, 100, 129, 200), (2, 64, 128, 256)):
+    assert gemm.bf16_product(M, K, N, M if kind == 2 else N)
+    A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(np.float32)
+    B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) * (kind == 0)
+    C = np.full((M, N), np.nan, np.float32)
+    product(kind, C, A, B, bias)
+    a, b = r(A.T if kind == 1 else A), r(B.T if kind == 2 else B)
+    assert np.all(np.abs(C - (a @ b + bias)) <= 4 * K * 2.0 ** -24 * (np.abs(a) @ np.abs(b)))
 X = rng.standard_normal((256, 64)).astype(np.float32)
 y = rng.integers(0, 10, 256)
 losses = []
@@ -291,3 +306,52 @@ def test_without_avx512_bf16_the_emulation_computes_the_same_products():
     assert done.returncode == 0, done.stderr[-3000:]
     full, half = map(float, done.stdout.split()[-2:])
     assert full != half and abs(full - half) < 0.02 * full
+
+
+FRESH = """
+import pickle, sys
+import numpy as np
+from fastbp import Trainer
+rng = np.random.default_rng(0)
+X = rng.standard_normal((256, 64)).astype(np.float32)
+y = rng.integers(0, 10, 256)
+if sys.argv[1] == "fit":          # no explicit gemm.enable_bf16(): the Trainer's fit does it
+    t = Trainer([64, 256, 128, 10], batch_size=128, seed=0, precision="bf16")
+    with open(sys.argv[2], "wb") as f:
+        pickle.dump(t, f)
+    fits = {}
+    for precision in ("full", "bf16"):
+        u = Trainer([64, 256, 128, 10], batch_size=128, seed=0, precision=precision)
+        u.fit(X, y, epochs=1, shuffle=False, progress=False)
+        fits[precision] = u.engine.params
+    np.savez(sys.argv[3], **fits)
+else:                             # a new process: the unpickled model trains in bf16 too
+    with open(sys.argv[2], "rb") as f:
+        t = pickle.load(f)
+    t.fit(X, y, epochs=1, shuffle=False, progress=False)
+    np.save(sys.argv[3], t.engine.params)
+"""
+
+
+def test_a_bf16_model_trains_in_bf16_in_a_new_process_also_when_unpickled(tmp_path):
+    import subprocess
+    import sys
+    model, fits, again = tmp_path / "t.pkl", tmp_path / "fits.npz", tmp_path / "again.npy"
+    for args in (["fit", model, fits], ["unpickle", model, again]):
+        done = subprocess.run([sys.executable, "-c", FRESH, *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    fits = np.load(fits)
+    assert not np.array_equal(fits["full"], fits["bf16"])
+    assert np.array_equal(np.load(again), fits["bf16"])
+
+
+def test_loading_a_bf16_model_for_the_gpu_falls_back_to_full_precision(tmp_path):
+    from fastbp.kernels.cuda_backend import CudaUnavailableError
+    _trainer(precision="bf16").save(tmp_path / "m.npz")
+    with pytest.warns(UserWarning, match="precision='bf16'.*precision='full'"):
+        try:
+            t = Trainer.load(tmp_path / "m.npz", target="cuda")
+        except CudaUnavailableError:      # no GPU here: the precision was not the problem
+            return
+    assert t.config["precision"] == "full"

@@ -28,6 +28,7 @@ from llvmlite import ir
 from numba import carray, cfunc, types
 from numba.core import cgutils
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
 from .codes import FASTMATH, jit
@@ -36,6 +37,7 @@ PANEL_ROWS = 8                 # rows of a tile: 8 x 2 accumulators, 2 loads, 1 
 PANEL_VECTORS = 2              # vectors of 16 float32 columns
 TILE_COLS = 16 * PANEL_VECTORS
 PANEL_SYMBOL = "fastbp_bf16_panel"
+PANEL_T_SYMBOL = "fastbp_bf16_panel_t"        # the same, its output stored transposed
 
 
 def host_has_avx512_bf16():
@@ -43,15 +45,17 @@ def host_has_avx512_bf16():
     return bool(llvm_binding.get_host_cpu_features().get("avx512bf16", False))
 
 
-def panel_ir(name=PANEL_SYMBOL):
+def panel_ir(name=PANEL_SYMBOL, transposed=False, declare=True):
     """LLVM IR of name(A, Bp, C, M, K2, N, sai, sap): C (M, N) float32 = A (M, 2 K2) @
     B (2 K2, N) for bf16 A whose pair (a[i, 2p], a[i, 2p + 1]) is the i32 at A[i sai + p sap]
     (a row-major A: sai = K2, sap = 1; A packed in pairs as packed_pairs makes B: sai = 1,
     sap = its padded width) and Bp (K2, N, 2) bf16; M a multiple of PANEL_ROWS, N of
-    TILE_COLS, K2 >= 1. The accumulators are allocas that LLVM's O3 keeps in registers."""
+    TILE_COLS, K2 >= 1. The accumulators are allocas that LLVM's O3 keeps in registers.
+    transposed: C is stored transposed, (N, M), element (i, j) at C[j M + i], 16 scalar
+    stores a vector (once per tile, after its whole depth)."""
     dp = "@llvm.x86.avx512bf16.dpbf16ps.512"
-    out = [f"declare <16 x float> {dp}(<16 x float>, <32 x bfloat>, <32 x bfloat>)",
-           f"define void @{name}(i32* noalias %A, <32 x bfloat>* noalias %Bp, "
+    out = [f"declare <16 x float> {dp}(<16 x float>, <32 x bfloat>, <32 x bfloat>)"] * declare
+    out += [f"define void @{name}(i32* noalias %A, <32 x bfloat>* noalias %Bp, "
            "float* noalias %C, i64 %M, i64 %K2, i64 %N, i64 %sai, i64 %sap) {", "entry:"]
     tiles = [(r, v) for r in range(PANEL_ROWS) for v in range(PANEL_VECTORS)]
     out += [f"  %acc{r}_{v} = alloca <16 x float>" for r, v in tiles]
@@ -86,12 +90,31 @@ def panel_ir(name=PANEL_SYMBOL):
             "  br i1 %pend, label %depth_done, label %depth", "depth_done:"]
     for r, v in tiles:
         t = f"{r}_{v}"
-        out += [f"  %s{t} = load <16 x float>, <16 x float>* %acc{t}",
-                f"  %cr{t} = add i64 %i, {r}", f"  %co{t} = mul i64 %cr{t}, %N",
-                f"  %cj{t} = add i64 %j, {16 * v}", f"  %cx{t} = add i64 %co{t}, %cj{t}",
-                f"  %cp{t} = getelementptr float, float* %C, i64 %cx{t}",
-                f"  %cv{t} = bitcast float* %cp{t} to <16 x float>*",
-                f"  store <16 x float> %s{t}, <16 x float>* %cv{t}, align 4"]
+        out += [f"  %s{t} = load <16 x float>, <16 x float>* %acc{t}"]
+        if not transposed:
+            out += [f"  %cr{t} = add i64 %i, {r}", f"  %cj{t} = add i64 %j, {16 * v}",
+                    f"  %co{t} = mul i64 %cr{t}, %N", f"  %cx{t} = add i64 %co{t}, %cj{t}",
+                    f"  %cp{t} = getelementptr float, float* %C, i64 %cx{t}",
+                    f"  %cv{t} = bitcast float* %cp{t} to <16 x float>*",
+                    f"  store <16 x float> %s{t}, <16 x float>* %cv{t}, align 4"]
+    if transposed:
+        # column j + 16 v + lane of the tile is PANEL_ROWS consecutive floats of C's row
+        # j + 16 v + lane: gathered from the accumulators' lanes, stored as one vector
+        R = PANEL_ROWS
+        for v in range(PANEL_VECTORS):
+            for lane in range(16):
+                e = f"{v}_{lane}"
+                prev = "undef"
+                for r in range(R):
+                    out += [f"  %x{e}_{r} = extractelement <16 x float> %s{r}_{v}, i32 {lane}",
+                            f"  %w{e}_{r} = insertelement <{R} x float> {prev}, "
+                            f"float %x{e}_{r}, i32 {r}"]
+                    prev = f"%w{e}_{r}"
+                out += [f"  %tj{e} = add i64 %j, {16 * v + lane}",
+                        f"  %to{e} = mul i64 %tj{e}, %M", f"  %tx{e} = add i64 %to{e}, %i",
+                        f"  %tp{e} = getelementptr float, float* %C, i64 %tx{e}",
+                        f"  %tv{e} = bitcast float* %tp{e} to <{R} x float>*",
+                        f"  store <{R} x float> {prev}, <{R} x float>* %tv{e}, align 4"]
     out += [f"  %jnext = add i64 %j, {TILE_COLS}", "  %jend = icmp uge i64 %jnext, %N",
             "  br i1 %jend, label %cols_done, label %cols", "cols_done:",
             f"  %inext = add i64 %i, {PANEL_ROWS}", "  %iend = icmp uge i64 %inext, %M",
@@ -99,49 +122,66 @@ def panel_ir(name=PANEL_SYMBOL):
     return "\n".join(out)
 
 
-def compile_native_panel():
-    """(address, execution engine) of the panel compiled for this CPU (AVX512-BF16); the
-    engine owns the code and must be kept."""
-    engine = _jit_module(panel_ir())
-    return engine.get_function_address(PANEL_SYMBOL), engine
+def panel_module():
+    """LLVM IR of both panels (PANEL_SYMBOL, PANEL_T_SYMBOL)."""
+    return panel_ir() + "\n" + panel_ir(PANEL_T_SYMBOL, transposed=True, declare=False)
 
 
-def _emulated_panel(a, bp, c, M, K2, N, sai, sap):
-    """The panel's sums without the instruction: each pair of bf16 products (exact in
-    float32) added to a float32 sum."""
+def compile_native_panels():
+    """({symbol: address}, execution engine) of both panels compiled for this CPU
+    (AVX512-BF16); the engine owns the code and must be kept."""
+    engine = _jit_module(panel_module())
+    return {name: engine.get_function_address(name)
+            for name in (PANEL_SYMBOL, PANEL_T_SYMBOL)}, engine
+
+
+@jit
+def _emulated_product(a, bp, M, K2, N, sai, sap):
+    """The panels' sums without the instruction: each pair of bf16 products (exact in
+    float32) added to a float32 sum. -> C (M, N)."""
     n_pairs = (M - 1) * sai + (K2 - 1) * sap + 1
     A = widened(carray(a, (2 * n_pairs,)))
     Bp = widened(carray(bp, (K2, N, 2)))
-    C = carray(c, (M, N))
+    C = np.zeros((M, N), dtype=np.float32)
     for i in range(M):
-        for j in range(N):
-            C[i, j] = np.float32(0)
         for p in range(K2):
             at = 2 * (i * sai + p * sap)
             a0, a1 = A[at], A[at + 1]
             for j in range(N):
                 C[i, j] += a0 * Bp[p, j, 0] + a1 * Bp[p, j, 1]
+    return C
+
+
+def _emulated_panel(a, bp, c, M, K2, N, sai, sap):
+    carray(c, (M, N))[:, :] = _emulated_product(a, bp, M, K2, N, sai, sap)
+
+
+def _emulated_panel_t(a, bp, c, M, K2, N, sai, sap):
+    carray(c, (N, M))[:, :] = _emulated_product(a, bp, M, K2, N, sai, sap).T
 
 
 _owners = {}                   # what owns the code of the registered panel and stand-ins
 
 
 def register_panel():
-    """Make PANEL_SYMBOL known to the JIT's linker (before gemm's bf16 entry points are
-    compiled or loaded): the native panel on a CPU with AVX512-BF16, else the emulation.
-    Also the reload hook of the callers Numba loads from its cache."""
+    """Make the panels' symbols known to the JIT's linker (before gemm's bf16 entry points
+    are compiled or loaded): the native panels on a CPU with AVX512-BF16, else the
+    emulation. Also the reload hook of the callers Numba loads from its cache."""
     if "panel" in _owners:
         return
     with global_compiler_lock:          # as gemm.register: runs inside compilations
+        if "panel" in _owners:
+            return
         if host_has_avx512_bf16():
-            address, owner = compile_native_panel()
+            addresses, owner = compile_native_panels()
         else:
             u16p = types.CPointer(types.uint16)
-            owner = cfunc(types.void(u16p, u16p, types.CPointer(types.float32),
-                                     *[types.intp] * 5),
-                          cache=True, fastmath=FASTMATH, error_model="numpy")(_emulated_panel)
-            address = owner.address
-        llvm_binding.add_symbol(PANEL_SYMBOL, address)
+            sig = types.void(u16p, u16p, types.CPointer(types.float32), *[types.intp] * 5)
+            owner = [cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
+                     for body in (_emulated_panel, _emulated_panel_t)]
+            addresses = dict(zip((PANEL_SYMBOL, PANEL_T_SYMBOL), (f.address for f in owner)))
+        for name, address in addresses.items():
+            llvm_binding.add_symbol(name, address)
         _owners["panel"] = owner
 
 
@@ -265,23 +305,38 @@ def packed_pairs(B, transposed, multiple):
     return out
 
 
-@intrinsic
-def panel(typingctx, A, sai, sap, M, Bp, C):
-    """C (M', N') float32 = A @ B for the panel's padded operands: A the left one's pairs
-    (rounded_rows: sai = K'/2, sap = 1; packed_pairs: sai = 1, sap = N'), M its rows, Bp
-    (K'/2, N', 2) as packed_pairs makes it (callable from compiled code only)."""
-    def codegen(context, builder, sig, args):
-        a, sai_, sap_, m, bp, c = args
-        arrays = [cgutils.create_struct_proxy(t)(context, builder, value=v)
-                  for t, v in ((sig.args[0], a), (sig.args[4], bp), (sig.args[5], c))]
-        i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
-        data = [builder.bitcast(x.data, i8p) for x in arrays]
-        K2, N = cgutils.unpack_tuple(builder, arrays[1].shape, 3)[:2]
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 3 + [i64] * 5),
-            PANEL_SYMBOL)
-        builder.call(fn, data + [m, K2, N, sai_, sap_])
-        context.active_code_library._reload_init.add(register_panel)
-        return context.get_dummy_value()
+def _panel_call(symbol):
+    def typer(typingctx, A, sai, sap, M, Bp, C):
+        # the panel reads and writes raw memory: only the buffers rounded_rows and
+        # packed_pairs make, and a C-contiguous float32 output (shapes: the callers')
+        for name, arr, dtype, ndim in (("A", A, types.uint16, None), ("Bp", Bp, types.uint16, 3),
+                                       ("C", C, types.float32, 2)):
+            if (not isinstance(arr, types.Array) or arr.dtype != dtype or arr.layout != "C"
+                    or (ndim is not None and arr.ndim != ndim)):
+                raise TypingError(f"bf16 panel: {name} must be a C-contiguous {dtype} "
+                                  f"array{f' of {ndim} dimensions' if ndim else ''}, not {arr}")
 
-    return types.void(A, types.intp, types.intp, types.intp, Bp, C), codegen
+        def codegen(context, builder, sig, args):
+            a, sai_, sap_, m, bp, c = args
+            arrays = [cgutils.create_struct_proxy(t)(context, builder, value=v)
+                      for t, v in ((sig.args[0], a), (sig.args[4], bp), (sig.args[5], c))]
+            i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+            data = [builder.bitcast(x.data, i8p) for x in arrays]
+            K2, N = cgutils.unpack_tuple(builder, arrays[1].shape, 3)[:2]
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 3 + [i64] * 5), symbol)
+            builder.call(fn, data + [m, K2, N, sai_, sap_])
+            context.active_code_library._reload_init.add(register_panel)
+            return context.get_dummy_value()
+
+        return types.void(A, types.intp, types.intp, types.intp, Bp, C), codegen
+    return intrinsic(typer)
+
+
+# callable from compiled code only:
+# panel(A, sai, sap, M, Bp, C): C (M, N') float32 = A @ B for the panel's padded operands:
+# A the left one's pairs (rounded_rows: sai = K'/2, sap = 1; packed_pairs: sai = 1, sap = its
+# width), M its rows (a multiple of PANEL_ROWS), Bp (K'/2, N', 2) from packed_pairs
+panel = _panel_call(PANEL_SYMBOL)
+# panel_t(...): the same product stored transposed into C (N', M)
+panel_t = _panel_call(PANEL_T_SYMBOL)

@@ -448,6 +448,9 @@ def _nt_bf16_entry(c, a, b, unused, M, K, N):
         nt(C, A, B)
         return
     Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
+    if _whole_tiles(N, M):
+        bf16.panel_t(Bb, Bb.shape[1] // 2, 1, N, Ap, C)                 # C^T stored as C
+        return
     out = np.empty((Bb.shape[0], Ap.shape[1]), dtype=np.float32)      # C^T, padded
     bf16.panel(Bb, Bb.shape[1] // 2, 1, Bb.shape[0], Ap, out)
     for j0 in range(0, N, bf16.BLOCK):                                  # C = out^T
@@ -463,6 +466,7 @@ _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code
 _registered = set()            # dtype names whose entry points' symbols are known
 _registering = set()           # ... being compiled now
 _bf16_targets = []             # the bf16 stand-ins' pointers (ctypes.c_void_p), nn, tn, nt
+_bf16_enabled = []             # [True] once they point at the bf16 entry points
 
 
 def _symbol(kind, dtype_name):
@@ -520,18 +524,19 @@ def register(dtype_name):
 
 def enable_bf16():
     """Compile (or load) the bf16 entry points and point their stand-ins at them: before a
-    bf16 model's first kernel runs (the engine of a precision='bf16' model does it)."""
-    register("float32")
-    if ("nn_bf16", "float32") in _compiled:
+    bf16 model's first training kernel runs (engine._CpuEpochs does it)."""
+    if _bf16_enabled:
         return
+    register("float32")
     with global_compiler_lock:
-        if ("nn_bf16", "float32") in _compiled:
+        if _bf16_enabled:
             return
         bf16.register_panel()                       # the bf16 entry points call it
         addresses = [_compile_entry(kind, "float32", body).address
                      for kind, body in _BF16_ENTRIES.items()]
         for target, address in zip(_bf16_targets, addresses):
             target.value = address
+        _bf16_enabled.append(True)                  # only now: every stand-in points right
 
 
 def _register_float32():
