@@ -143,7 +143,7 @@ def step_products(layers, rows):
     return out
 
 
-def time_products(products, mkl, torch, panel, rounds):
+def measure_products(products, mkl, torch, panel, rounds):
     """{label: {library: seconds}} for each product."""
     from fastbp.kernels import gemm
     openblas, fastbp_bf16, rounded, panel_operands, panel_alone = _kernels()
@@ -238,7 +238,7 @@ def main():
         rows = batch if plan == "serial" else -(-batch // os.cpu_count())
         print(f"\n{name} {'-'.join(map(str, layers))}, batch {batch}: one chunk's "
               f"products ({rows} rows), one thread")
-        chunk = time_products(step_products(layers, rows), mkl, torch, panel, args.rounds)
+        chunk = measure_products(step_products(layers, rows), mkl, torch, panel, args.rounds)
         libs = list(dict.fromkeys(lib for t in chunk.values() for lib in t))
         total = {lib: sum(t.get(lib, t["openblas f32"]) for t in chunk.values())
                  for lib in libs}
@@ -246,7 +246,7 @@ def main():
             f"{lib} {total['openblas f32'] / total[lib]:.2f}x" for lib in libs[1:]))
         # the share of a whole serial step in products, for the bound
         print(f"  whole-batch products ({batch} rows), one thread:")
-        whole = time_products(step_products(layers, batch), None, None, None, args.rounds)
+        whole = measure_products(step_products(layers, batch), None, None, None, args.rounds)
         products = sum(t["openblas f32"] for t in whole.values())
         step = fastbp_step(layers, batch, loss, args.rounds)
         f = min(products / step, 1.0)
