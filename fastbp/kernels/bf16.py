@@ -13,8 +13,10 @@ The panel that does it is LLVM IR (`panel_ir`), compiled by llvmlite and reached
 broadcasts a row's pair of A values (adjacent in a row-major bf16 A) and loads the pairs of
 B's columns, packed (K/2, N, 2) so that each column's two values of a depth pair sit side by
 side. It needs whole tiles: the entry points round and pack into buffers padded with zeros
-to a multiple of 8 rows, 32 columns and an even depth (`rounded_rows`, `packed_pairs`).
-`llvmlite.ir` has no bfloat type, hence IR text.
+to a multiple of 8 rows, 32 columns and an even depth (`rounded_rows`, `packed_pairs`). A
+second build (`panel_t`) stores its output transposed, for gemm's nt product. `llvmlite.ir`
+has no bfloat type, hence IR text; the same goes for `trampolines`, the stand-ins float32
+kernels link against until a bf16 model needs the real entry points (gemm.enable_bf16).
 
 Where the CPU has no AVX512-BF16 the same symbol is an emulation (`_emulated_panel`): the
 same rounded operands and float32 sums, scalar, so precision="bf16" trains alike everywhere
