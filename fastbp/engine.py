@@ -384,8 +384,6 @@ class _CpuEpochs:
         self.lazy = 0.0 if hyper is None else hyper.lazy
         # resolved here, not at every epoch: an estimator's digits epoch is 2 ms
         self.kernel = self.plan.kernels.train_epoch_for(rows, self.lazy)
-        if engine._net.bf16:       # the only kernels that run the training net (Network.bf16)
-            gemm.enable_bf16()     # the bf16 products' code, compiled once a process needs it
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
@@ -404,6 +402,8 @@ class _CpuEpochs:
         e = self.engine
         if hyper.lazy != self.lazy:      # the lazy update leaves its own data in the slabs
             raise ValueError("an epoch runner serves the sparse_update it was made for")
+        if e._net.bf16:    # the only kernels that run the training net (Network.bf16): the
+            gemm.enable_bf16()   # bf16 products' code, compiled in the first epoch's time
         loss_sum, correct, e.step, bad_step = self.kernel(
             State(e.params, e.m, e.v), self.slabs, self.ws, self.rows, self.order, e._net,
             hyper, e.batch_size, e.step, dropout_seed, self.norms)

@@ -205,9 +205,10 @@ def load_trainer(cls, path, target=None):
     try:
         trainer = cls(cfg.pop("layers"), **cfg)
     except CudaUnavailableError as e:
-        raise CudaUnavailableError(f"{path!s} was saved from target='cuda': {e}. Pass "
-                                   "target='cpu' or 'parallel' to Trainer.load to load it "
-                                   "here") from None
+        where = ("was saved from target='cuda'" if target is None
+                 else "cannot be loaded for target='cuda' here")
+        raise CudaUnavailableError(f"{path!s} {where}: {e}. Pass target='cpu' or 'parallel' "
+                                   "to Trainer.load to load it here") from None
     trainer.set_state(params=data["params"])
     trainer.metadata = data["metadata"]
     opt = data["optimizer"]

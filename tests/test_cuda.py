@@ -108,6 +108,10 @@ def test_a_gpu_model_file_loads_elsewhere_with_a_target(tmp_path, monkeypatch):
     with pytest.raises(CudaUnavailableError, match="saved from target='cuda'.*Pass "
                                                    "target='cpu'"):
         Trainer.load(path)
+    cpu_path = tmp_path / "cpu.npz"
+    Trainer([3, 4, 2], seed=0).save(cpu_path)
+    with pytest.raises(CudaUnavailableError, match="cannot be loaded for target='cuda' here"):
+        Trainer.load(cpu_path, target="cuda")       # not "saved from target='cuda'"
     again = Trainer.load(path, target="cpu")
     assert again.config["target"] == "cpu"
     np.testing.assert_array_equal(again.params, t.params)
