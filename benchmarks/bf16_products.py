@@ -83,17 +83,7 @@ def _kernels():
             else:
                 np.dot(A, B.T, C)
 
-    from fastbp.kernels import bf16, gemm
-
-    @njit(cache=True)
-    def fastbp_bf16(kind, C, A, B, bias, n):     # as the kernels of a bf16 model call them
-        for _ in range(n):
-            if kind == 0:
-                gemm.nn_bf16(C, A, B, bias)
-            elif kind == 1:
-                gemm.tn_bf16(C, A, B)
-            else:
-                gemm.nt_bf16(C, A, B)
+    from fastbp.kernels import bf16
 
     @njit(cache=True)
     def rounded(A):                              # bf16 bits of A, same shape (for MKL)
@@ -118,7 +108,7 @@ def _kernels():
         for _ in range(n):
             bf16.panel(Al, sai, sap, rows, Bp, out)
 
-    return openblas, fastbp_bf16, rounded, panel_operands, panel_alone
+    return openblas, rounded, panel_operands, panel_alone
 
 
 def _best(fn, reps, rounds):
@@ -146,7 +136,7 @@ def step_products(layers, rows):
 def measure_products(products, mkl, torch, panel, rounds):
     """{label: {library: seconds}} for each product."""
     from fastbp.kernels import gemm
-    openblas, fastbp_bf16, rounded, panel_operands, panel_alone = _kernels()
+    openblas, rounded, panel_operands, panel_alone = _kernels()
     if torch is not None:
         torch.set_num_threads(1)   # again: a fit's threadpoolctl restores OpenMP's count
     rng = np.random.default_rng(0)
@@ -179,7 +169,9 @@ def measure_products(products, mkl, torch, panel, rounds):
         cols = M if kind == 2 else N             # the panel's columns (nt runs as C^T)
         if panel and gemm.bf16_product(M, K, N, cols):
             bias = np.zeros(N, np.float32)
-            t["fastbp bf16"] = _best(lambda: fastbp_bf16(kind, C, A, B, bias, 1), reps, rounds)
+            # as a bf16 model's kernels call it
+            t["fastbp bf16"] = _best(lambda: gemm.product(kind, C, A, B, bias, True), reps,
+                                     rounds)
             Al, sai, sap, rows, Bp = panel_operands(kind, A, B)
             out = np.empty((rows, Bp.shape[1]), np.float32)
             t["fastbp bf16 panel"] = _best(lambda: panel_alone(Al, sai, sap, rows, Bp, out, 1),

@@ -56,26 +56,6 @@ def test_operands_are_padded_with_zeros_to_whole_tiles():
     assert bf16.packed_pairs(B, False, bf16.PANEL_ROWS).shape == (4, 40, 2)   # a left operand
 
 
-@njit
-def _product(kind, C, A, B, bias):
-    if kind == 0:
-        gemm.nn_bf16(C, A, B, bias)
-    elif kind == 1:
-        gemm.tn_bf16(C, A, B)
-    else:
-        gemm.nt_bf16(C, A, B)
-
-
-@njit
-def _plain(kind, C, A, B, bias):
-    if kind == 0:
-        gemm.nn(C, A, B, bias)
-    elif kind == 1:
-        gemm.tn(C, A, B)
-    else:
-        gemm.nt(C, A, B)
-
-
 @pytest.mark.parametrize("kind, M, K, N", [
     (0, 100, 130, 70), (0, 64, 784, 256),          # nn: partial tiles; mnist's first layer
     (1, 77, 129, 96), (1, 256, 64, 128), (1, 784, 64, 100),   # tn: odd depth (the batch)
@@ -89,14 +69,14 @@ def test_bf16_products_equal_the_exact_product_of_the_rounded_operands(kind, M, 
     bias = rng.standard_normal(N).astype(np.float32) if kind == 0 else np.zeros(N, np.float32)
     assert gemm.bf16_product(M, K, N, M if kind == 2 else N)
     C = np.full((M, N), np.nan, np.float32)
-    _product(kind, C, A, B, bias)
+    gemm.product(kind, C, A, B, bias, True)
     a, b = _round(A.T if kind == 1 else A), _round(B.T if kind == 2 else B)
     exact = a @ b + bias
     scale = np.abs(a) @ np.abs(b)           # float32 sums: rounding relative to sum of |terms|
     assert np.all(np.abs(C - exact) <= 4 * K * 2.0 ** -24 * scale + 1e-30)
     # and the rounding shows: not the float32 product
     full = np.empty_like(C)
-    _plain(kind, full, A, B, bias)
+    gemm.product(kind, full, A, B, bias, False)
     assert not np.allclose(C, full, rtol=1e-4, atol=0)
 
 
@@ -110,8 +90,8 @@ def test_small_shallow_and_narrow_products_stay_full_precision(kind, M, K, N):
     B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
     C, full = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
-    _product(kind, C, A, B, bias)
-    _plain(kind, full, A, B, bias)
+    gemm.product(kind, C, A, B, bias, True)
+    gemm.product(kind, full, A, B, bias, False)
     assert np.array_equal(C, full)
 
 
@@ -251,7 +231,6 @@ def test_the_command_line_trains_in_bf16(tmp_path, capsys):
 
 EMULATED = """
 import numpy as np
-from numba import njit
 from fastbp.kernels import bf16
 bf16.host_has_avx512_bf16 = lambda: False       # as on a CPU without the instructions
 from fastbp import Trainer
@@ -259,14 +238,6 @@ from fastbp.kernels import gemm
 gemm.enable_bf16()
 assert all(f.__class__.__name__ == "CFunc" for f in bf16._owners["panel"])  # emulated
 
-@njit
-def product(kind, C, A, B, bias):
-    if kind == 0:
-        gemm.nn_bf16(C, A, B, bias)
-    elif kind == 1:
-        gemm.tn_bf16(C, A, B)
-    else:
-        gemm.nt_bf16(C, A, B)
 
 def r(x):
     u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
@@ -281,7 +252,7 @@ for kind, M, K, N in ((0, 100, 130, 70), (0, 64, 256, 64), (1, 77, 129, 96),
     B = rng.standard_normal((N, K) if kind == 2 else (K, N)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32) * (kind == 0)
     C = np.full((M, N), np.nan, np.float32)
-    product(kind, C, A, B, bias)
+    gemm.product(kind, C, A, B, bias, True)
     a, b = r(A.T if kind == 1 else A), r(B.T if kind == 2 else B)
     assert np.all(np.abs(C - (a @ b + bias)) <= 4 * K * 2.0 ** -24 * (np.abs(a) @ np.abs(b)))
 X = rng.standard_normal((256, 64)).astype(np.float32)

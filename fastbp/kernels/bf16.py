@@ -33,7 +33,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
-from .codes import FASTMATH, jit
+from .codes import FASTMATH, host_has_avx512_bf16, jit
 
 PANEL_ROWS = 8                 # rows of a tile: 8 x 2 accumulators, 2 loads, 1 broadcast
 PANEL_VECTORS = 2              # vectors of 16 float32 columns
@@ -42,19 +42,14 @@ PANEL_SYMBOL = "fastbp_bf16_panel"
 PANEL_T_SYMBOL = "fastbp_bf16_panel_t"        # the same, its output stored transposed
 
 
-def host_has_avx512_bf16():
-    """Whether this CPU has the bf16 dot-product instructions (llvmlite's host features)."""
-    return bool(llvm_binding.get_host_cpu_features().get("avx512bf16", False))
-
-
 def panel_ir(name=PANEL_SYMBOL, transposed=False, declare=True):
     """LLVM IR of name(A, Bp, C, M, K2, N, sai, sap): C (M, N) float32 = A (M, 2 K2) @
     B (2 K2, N) for bf16 A whose pair (a[i, 2p], a[i, 2p + 1]) is the i32 at A[i sai + p sap]
     (a row-major A: sai = K2, sap = 1; A packed in pairs as packed_pairs makes B: sai = 1,
     sap = its padded width) and Bp (K2, N, 2) bf16; M a multiple of PANEL_ROWS, N of
     TILE_COLS, K2 >= 1. The accumulators are allocas that LLVM's O3 keeps in registers.
-    transposed: C is stored transposed, (N, M), element (i, j) at C[j M + i], 16 scalar
-    stores a vector (once per tile, after its whole depth)."""
+    transposed: C is stored transposed, (N, M), element (i, j) at C[j M + i]: once per tile,
+    after its whole depth, each of its 32 columns as one vector of PANEL_ROWS floats."""
     dp = "@llvm.x86.avx512bf16.dpbf16ps.512"
     out = [f"declare <16 x float> {dp}(<16 x float>, <32 x bfloat>, <32 x bfloat>)"] * declare
     out += [f"define void @{name}(i32* noalias %A, <32 x bfloat>* noalias %Bp, "

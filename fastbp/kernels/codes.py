@@ -4,11 +4,20 @@ how the CPU kernels are compiled."""
 from numba import njit
 
 
+def _host_has(feature):
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get(feature, False))
+
+
 def host_has_avx512():
     """Whether this CPU has AVX-512 (llvmlite's host features): the vector width the
     kernels are tuned for."""
-    import llvmlite.binding as ll
-    return bool(ll.get_host_cpu_features().get("avx512f", False))
+    return _host_has("avx512f")
+
+
+def host_has_avx512_bf16():
+    """Whether this CPU has AVX512-BF16's dot products (kernels/bf16.py's panels)."""
+    return _host_has("avx512bf16")
 
 
 # Activation codes (hidden layers).

@@ -464,7 +464,6 @@ _BF16_ENTRIES = {"nn_bf16": _nn_bf16_entry, "tn_bf16": _tn_bf16_entry,
                  "nt_bf16": _nt_bf16_entry}     # float32 only: see enable_bf16
 _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
 _registered = set()            # dtype names whose entry points' symbols are known
-_registering = set()           # ... being compiled now
 _bf16_targets = []             # the bf16 stand-ins' pointers (ctypes.c_void_p), nn, tn, nt
 _bf16_enabled = []             # [True] once they point at the bf16 entry points
 
@@ -503,23 +502,19 @@ def register(dtype_name):
     # hold it already, and compiles itself; a second lock taken in the other order by
     # another thread would deadlock
     with global_compiler_lock:
-        if dtype_name in _registered or dtype_name in _registering:
-            return    # done meanwhile, or re-entered: the bf16 entries call the plain ones
-        _registering.add(dtype_name)
-        try:
-            for kind, body in _ENTRIES.items():
-                entry = _compile_entry(kind, dtype_name, body)
-                llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
-            if dtype_name == "float32":
-                for kind, (address, target) in bf16.trampolines(
-                        [_symbol(k + "_bf16", "float32") for k in _ENTRIES]).items():
-                    llvm_binding.add_symbol(kind, address)
-                    _bf16_targets.append(target)
-                for target, kind in zip(_bf16_targets, _ENTRIES):
-                    target.value = _compiled[kind, "float32"].address
-            _registered.add(dtype_name)
-        finally:
-            _registering.discard(dtype_name)
+        if dtype_name in _registered:
+            return                        # done meanwhile by another thread
+        for kind, body in _ENTRIES.items():
+            entry = _compile_entry(kind, dtype_name, body)
+            llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
+        if dtype_name == "float32":
+            for kind, (address, target) in bf16.trampolines(
+                    [_symbol(k + "_bf16", "float32") for k in _ENTRIES]).items():
+                llvm_binding.add_symbol(kind, address)
+                _bf16_targets.append(target)
+            for target, kind in zip(_bf16_targets, _ENTRIES):
+                target.value = _compiled[kind, "float32"].address
+        _registered.add(dtype_name)
 
 
 def enable_bf16():
@@ -599,3 +594,24 @@ nt = _entry_call("nt", False)    # nt(C, A, B): C (M, N) = A @ B^T for A (M, K),
 nn_bf16 = _entry_call("nn_bf16", True)    # the same three with bf16 operands (float32;
 tn_bf16 = _entry_call("tn_bf16", False)   # float64 arrays take the plain ones)
 nt_bf16 = _entry_call("nt_bf16", False)
+
+
+@jit
+def product(kind, C, A, B, bias, use_bf16):
+    """One product by kind (0: nn with bias, 1: tn, 2: nt; shapes as above), plain or bf16
+    (enable_bf16 first): the kernels call the intrinsics themselves (ops.py); tests and
+    benchmarks call this from Python."""
+    if kind == 0:
+        if use_bf16:
+            nn_bf16(C, A, B, bias)
+        else:
+            nn(C, A, B, bias)
+    elif kind == 1:
+        if use_bf16:
+            tn_bf16(C, A, B)
+        else:
+            tn(C, A, B)
+    elif use_bf16:
+        nt_bf16(C, A, B)
+    else:
+        nt(C, A, B)
