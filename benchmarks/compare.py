@@ -329,40 +329,44 @@ def sweep(opt, rounds, skip):
             print(f"| {w} | {b} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
 
 
-def strategies(rounds):
-    """fastbp target='parallel' with each strategy forced, over networks of growing size:
-    the measurements behind fastbp.kernels.choose_strategy's thresholds."""
+def strategies(rounds, dtypes=("float32",)):
+    """fastbp target='parallel' with each strategy forced, over networks of growing size, in
+    each dtype: the measurements behind fastbp.kernels.choose_strategy's thresholds. The
+    64-100-10 network at batch 200 is digits at scikit-learn's defaults."""
     from fastbp import Trainer
     from fastbp.kernels import choose_strategy, training_plan
     nets = [([64, 32, 10], 32), ([16, 64, 64, 2], 32), ([64, 64, 64, 10], 64),
-            ([128] * 9 + [10], 64), ([256, 128, 128, 10], 128), ([256, 256, 256, 10], 128),
+            ([64, 64, 64, 10], 128), ([64, 100, 10], 200), ([128] * 9 + [10], 64),
+            ([256, 128, 128, 10], 128), ([256, 256, 256, 10], 128),
             ([784, 256, 128, 10], 128), ([512, 512, 512, 10], 256),
             ([784, 1024, 1024, 10], 256)]
-    print("| layers | batch | MFLOP/step | serial | chunks | chosen |")
-    print("|---|---|---:|---:|---:|---|")
-    for layers, batch in nets:
-        n = int(min(16384, max(8 * batch, 3e9 / flops_per_sample(layers))) // batch * batch)
-        X, y = make_arrays(layers, "cross_entropy", n)
-        runs = {}
-        for strategy in ("serial", "chunks"):
-            t = Trainer(layers, batch_size=batch, optimizer="sgd", momentum=0.9, lr=0.01,
-                        target="parallel", seed=0)
-            t.engine.train_plan = training_plan("parallel", layers, batch, THREADS, strategy)
-            t.fit(X, y, epochs=1, progress=False)
-            runs[strategy] = t
-        times = {s: [] for s in runs}
-        for _ in range(rounds):
-            for s, t in runs.items():
-                time.sleep(COOL_DOWN)
-                times[s].append(_timed(lambda: t.fit(X, y, epochs=1, progress=False)))
-        sps = {s: n / np.median(v) for s, v in times.items()}
-        best = max(sps, key=sps.get)
-        chosen = choose_strategy(layers, batch, THREADS)
-        mark = "" if chosen == best else f" (best: {best})"
-        print(f"| {'-'.join(map(str, layers))} | {batch} | "
-              f"{flops_per_sample(layers) * batch / 1e6:.1f} | " +
-              " | ".join(f"{sps[s]:,.0f}" for s in ("serial", "chunks")) +
-              f" | {chosen}{mark} |", flush=True)
+    print("| dtype | layers | batch | MFLOP/step | serial | chunks | chosen |")
+    print("|---|---|---|---:|---:|---:|---|")
+    for dtype in dtypes:
+        for layers, batch in nets:
+            n = int(min(16384, max(8 * batch, 3e9 / flops_per_sample(layers))) // batch * batch)
+            X, y = make_arrays(layers, "cross_entropy", n, dtype)
+            runs = {}
+            for strategy in ("serial", "chunks"):
+                t = Trainer(layers, batch_size=batch, optimizer="sgd", momentum=0.9, lr=0.01,
+                            target="parallel", dtype=dtype, seed=0)
+                t.engine.train_plan = training_plan("parallel", layers, batch, THREADS,
+                                                    strategy)
+                t.fit(X, y, epochs=1, progress=False)
+                runs[strategy] = t
+            times = {s: [] for s in runs}
+            for _ in range(rounds):
+                for s, t in runs.items():
+                    time.sleep(COOL_DOWN)
+                    times[s].append(_timed(lambda: t.fit(X, y, epochs=1, progress=False)))
+            sps = {s: n / np.median(v) for s, v in times.items()}
+            best = max(sps, key=sps.get)
+            chosen = choose_strategy(layers, batch, THREADS, np.dtype(dtype).itemsize)
+            mark = "" if chosen == best else f" (best: {best})"
+            print(f"| {dtype} | {'-'.join(map(str, layers))} | {batch} | "
+                  f"{flops_per_sample(layers) * batch / 1e6:.1f} | " +
+                  " | ".join(f"{sps[s]:,.0f}" for s in ("serial", "chunks")) +
+                  f" | {chosen}{mark} |", flush=True)
 
 
 def products(rounds):
@@ -790,6 +794,8 @@ def main():
     p.add_argument("--compile", action="store_true", help="cold/warm first-epoch times instead")
     p.add_argument("--strategies", action="store_true",
                    help="fastbp's parallel strategies side by side instead")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float64"],
+                   help="with --strategies: the dtypes to measure")
     p.add_argument("--products", action="store_true",
                    help="each product of a step: gemm.py's SIMD loops vs BLAS instead")
     p.add_argument("--memory", action="store_true", help="fastbp's peak memory during fit")
@@ -821,7 +827,7 @@ def main():
     if args.compile:
         return compile_times()
     if args.strategies:
-        return strategies(args.rounds)
+        return strategies(args.rounds, args.dtypes)
     if args.products:
         return products(args.rounds)
     peak = gemm_peak()

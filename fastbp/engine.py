@@ -156,7 +156,8 @@ class Engine:
             self.train_plan = self.eval_plan = Plan("cuda", None, 1)
         else:
             sizes = [int(s) for s in self.network.layout.sizes]
-            self.train_plan = training_plan(self.target, sizes, self.batch_size, self.threads)
+            self.train_plan = training_plan(self.target, sizes, self.batch_size, self.threads,
+                                            itemsize=np.dtype(self.network.dtype).itemsize)
             self.eval_plan = evaluation_plan(self.target, self.threads)
         self._auto_plan = self.train_plan
         self._gpu = None
@@ -172,7 +173,8 @@ class Engine:
             return plan
         sizes = [int(s) for s in self.network.layout.sizes]
         sizes[0] = max(1, -(-int(rows.indptr[-1]) // rows.n))
-        return training_plan(self.target, sizes, self.batch_size, self.threads)
+        return training_plan(self.target, sizes, self.batch_size, self.threads,
+                             itemsize=np.dtype(self.network.dtype).itemsize)
 
     def __getstate__(self):
         # compiled kernels and device buffers are not pickled: rebuilt from the configuration

@@ -151,12 +151,21 @@ def test_strategy_is_chosen_from_sizes():
     assert choose_strategy([16, 64, 64, 1], 32, 2) == "serial"
     assert choose_strategy([64, 64, 64, 10], 64, 2) == ("serial" if wide_vectors else "chunks")
     assert choose_strategy([64, 100, 10], 200, 2) == ("serial" if wide_vectors else "chunks")
+    # a float64 step takes about as long as a float32 step of twice its FLOPs: digits at
+    # scikit-learn's defaults (8.9 MFLOP, float64) runs in chunks on either machine
+    assert choose_strategy([64, 100, 10], 200, 2, itemsize=8) == "chunks"
+    assert choose_strategy([64, 64, 64, 10], 64, 2, itemsize=8) == (
+        "serial" if wide_vectors else "chunks")
+    assert choose_strategy([16, 64, 64, 1], 32, 2, itemsize=8) == "serial"
     assert choose_strategy([128] * 9 + [10], 64, 2) == "chunks"
     assert choose_strategy([784, 256, 128, 10], 128, 2) == "chunks"
     assert choose_strategy([784, 1024, 1024, 10], 256, 1) == "serial"
     with pytest.raises(ValueError, match="unknown strategy"):
         training_plan("parallel", [4, 3], 8, 2, "gpu")
     assert Trainer([4, 3], loss="binary_cross_entropy").strategy == "serial"
+    # the engine passes its dtype's size
+    assert Trainer([64, 100, 10], batch_size=200, dtype="float64", n_threads=2,
+                   target="parallel").strategy == "chunks"
 
 
 def test_float32_stays_float32_and_is_close_to_float64():

@@ -32,14 +32,18 @@ class Plan(NamedTuple):
     chunks: int            # batch chunks = Numba threads
 
 
-# A step below this many FLOPs (6 x weights x batch) runs serially under target='parallel'.
-# Where the second thread starts to pay depends on how long a thread's half of the step takes,
-# i.e. on the vector width: measured with `compare.py --strategies`, the crossover lay between
-# 3.4 and 38.7 MFLOP on a 2-core AMD EPYC with AVX-512 (2026-11-24); on a 2-core AMD EPYC
-# with AVX2 only (2026-11-26) chunks won by 26% at 3.4 MFLOP and by 33% on digits at
-# scikit-learn's defaults (8.9), while at 1.0 (the regression workload) two runs disagreed
-# (chunks +11% in one, -26% in another), so 2 MFLOP keeps those serial. Fixed per machine,
-# so a given machine, sizes and thread count always choose the same plan.
+# A step below this many FLOPs (6 x weights x batch; twice that for float64, whose products
+# take about twice as long) runs serially under target='parallel'. Where the second thread
+# starts to pay depends on how long a thread's half of the step takes, i.e. on the vector
+# width: measured with `compare.py --strategies`, the crossover lay between 3.4 and 38.7
+# MFLOP on a 2-core AMD EPYC with AVX-512 (2026-11-24); on a 2-core AMD EPYC with AVX2 only
+# (2026-11-26) chunks won by 26% at 3.4 MFLOP and by 33% on digits at scikit-learn's
+# defaults (8.9), while at 1.0 (the regression workload) two runs disagreed (chunks +11% in
+# one, -26% in another), so 2 MFLOP keeps those serial. On a 2-core Zen 4 EPYC with AVX-512
+# (2026-11-27, `--dtypes float32 float64`, two runs) float64 chunks won by 16-24% at 6.8
+# MFLOP and 47-62% at 8.9 and tied at 3.4, where float32 (half the time a step) was split
+# or worse: hence the float64 factor. Fixed per machine, so a given machine, sizes, dtype
+# and thread count always choose the same plan.
 SERIAL_BELOW_FLOPS = 10e6 if host_has_avx512() else 2e6
 
 
@@ -90,19 +94,20 @@ def get_kernels(target):
     return _kernels[target]
 
 
-def choose_strategy(sizes, batch_size, threads):
-    """'serial' or 'chunks' for a training step of target='parallel'."""
+def choose_strategy(sizes, batch_size, threads, itemsize=4):
+    """'serial' or 'chunks' for a training step of target='parallel' in a dtype of
+    `itemsize` bytes."""
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    if threads <= 1 or 6 * weights * batch_size < SERIAL_BELOW_FLOPS:
+    if threads <= 1 or 6 * weights * batch_size * (itemsize // 4) < SERIAL_BELOW_FLOPS:
         return "serial"
     return "chunks"
 
 
-def training_plan(target, sizes, batch_size, threads, strategy=None):
+def training_plan(target, sizes, batch_size, threads, strategy=None, itemsize=4):
     """How fit runs: `strategy` overrides the automatic choice (tests, benchmarks)."""
     if target == "cpu":
         return Plan("serial", get_kernels("cpu"), 1)
-    strategy = strategy or choose_strategy(sizes, batch_size, threads)
+    strategy = strategy or choose_strategy(sizes, batch_size, threads, itemsize)
     if strategy == "serial":
         return Plan(strategy, get_kernels("cpu"), 1)
     if strategy == "chunks":
