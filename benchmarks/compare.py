@@ -372,12 +372,13 @@ def strategies(rounds, dtypes=("float32",)):
 def products(rounds):
     """Each product of a training step as the kernels run it (the rows of one chunk of the
     automatic plan), through fastbp.kernels.gemm's SIMD loops and through BLAS (np.dot in
-    Numba, as the kernels call it): the measurements behind gemm.SMALL_MACS and
+    Numba, as the kernels call it, on one thread): the measurements behind gemm.SMALL_MACS and
     gemm.small_nt. float32 for the workloads, float64 for scikit-learn's defaults on digits
-    (64-100-10, batch 200)."""
+    (64-100-10, batch 200) and for mnist's shapes (the estimators' float64)."""
     from numba import njit
 
-    from fastbp.kernels import choose_strategy, gemm
+    from fastbp.engine import single_threaded_blas
+    from fastbp.kernels import gemm
 
     @njit
     def simd(kind, C, A, B, bias, n):       # gemm's loops themselves (its entry points pick)
@@ -404,11 +405,18 @@ def products(rounds):
 
     nets = [(name, *WORKLOADS[name][:2], "float32") for name in WORKLOADS]
     nets.append(("digits (sklearn defaults)", [64, 100, 10], 200, "float64"))
+    nets.append(("mnist, float64", WORKLOADS["mnist"][0], WORKLOADS["mnist"][1], "float64"))
+    with single_threaded_blas():          # as the kernels run BLAS: one thread per chunk
+        _products(nets, simd, blas, rounds)
+
+
+def _products(nets, simd, blas, rounds):
+    from fastbp.kernels import choose_strategy, gemm
     rng = np.random.default_rng(0)
     print("| network | product | rows x depth x cols | BLAS us | gemm us | gemm/BLAS | rule |")
     print("|---|---|---|---:|---:|---:|---|")
     for name, layers, batch, dtype in nets:
-        plan = choose_strategy(layers, batch, THREADS)
+        plan = choose_strategy(layers, batch, THREADS, np.dtype(dtype).itemsize)
         rows = batch if plan == "serial" else -(-batch // THREADS)
         itemsize = np.dtype(dtype).itemsize
         seen = set()
