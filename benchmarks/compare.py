@@ -372,7 +372,7 @@ def strategies(rounds, dtypes=("float32",)):
 def products(rounds):
     """Each product of a training step as the kernels run it (the rows of one chunk of the
     automatic plan), through fastbp.kernels.gemm's SIMD loops and through BLAS (np.dot in
-    Numba, as the kernels call it, on one thread): the measurements behind gemm.SMALL_MACS and
+    Numba, as the kernels call it, on one thread): the measurements behind gemm.small and
     gemm.small_nt. float32 for the workloads, float64 for scikit-learn's defaults on digits
     (64-100-10, batch 200) and for mnist's shapes (the estimators' float64)."""
     from numba import njit
@@ -441,7 +441,7 @@ def _products(nets, simd, blas, rounds):
                         t = (time.perf_counter() - start) / reps
                         best[label_] = min(best.get(label_, np.inf), t)
                 rule = (gemm.small_nt(M, K, N, itemsize) if kind == 2
-                        else gemm.small(M, K, N))
+                        else gemm.small(M, K, N, itemsize))
                 print(f"| {name} | {label} | {M} x {K} x {N} | {best['blas'] * 1e6:.2f} | "
                       f"{best['simd'] * 1e6:.2f} | {best['simd'] / best['blas']:.2f} | "
                       f"{'gemm' if rule else 'BLAS'} |", flush=True)

@@ -1,5 +1,5 @@
 """gemm.py's SIMD products of small layers against NumPy in float64, and the layers that use
-them (or BLAS, above gemm.SMALL_MACS) against the float64 reference."""
+them (or BLAS, where gemm.small says) against the float64 reference."""
 from pathlib import Path
 
 import numpy as np
@@ -132,19 +132,40 @@ def test_panels_refuse_other_arrays():
         _nn(np.zeros((3, 4)), np.zeros((3, 5), np.float32), np.zeros((5, 4)), np.zeros(4))
 
 
+def test_size_rule_follows_the_vector_width():
+    """Which products the loops take (`compare.py --products`): with AVX-512 every hidden
+    product of mnist's shapes (64 x 784 x 256 at most) in either dtype, not wide's products
+    of 100M multiply-adds, and not float64 outputs narrower than 16 columns; with AVX2 up
+    to 2^19 multiply-adds. Never a single column."""
+    wide_vectors = gemm.VECTOR_BYTES == 64
+    for itemsize in (4, 8):
+        assert gemm.small(64, 784, 256, itemsize) == wide_vectors
+        assert gemm.small(784, 64, 256, itemsize) == wide_vectors
+        assert gemm.small(128, 1024, 1024, itemsize) is False
+        assert gemm.small(32, 128, 128, itemsize) is True
+        assert gemm.small(32, 64, 1, itemsize) is False
+    assert gemm.small(100, 100, 10, 8) == (not wide_vectors)
+    assert gemm.small(100, 100, 10, 4) is True
+    assert gemm.small(100, 100, 16, 8) is True
+    # bf16 keeps the products over 2^19 (the loops' float32 rule would take mnist's)
+    assert gemm.bf16_product(64, 784, 256, 256) is True
+    assert gemm.bf16_product(32, 128, 128, 128) is False
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("sizes, batch, paths", [
     # every product small: nn, tn; nt where the layer's outputs are >= 4 vectors wide (64
     # float32 are 4 vectors of AVX-512)
     ([20, 48, 64, 3], 23, {"small": True, "nt": True}),
-    # the hidden layers' products over gemm.SMALL_MACS: BLAS (the output layer's are small)
-    ([300, 260, 300, 2], 23, {"small": False, "nt": False}),
+    # the hidden layers' products over gemm.small's threshold (2^24 multiply-adds with
+    # AVX-512, 2^19 without): BLAS (the output layer's are small)
+    ([40, 1200, 800, 2], 23, {"small": False, "nt": False}),
 ])
 def test_layers_match_reference_on_both_sides_of_the_threshold(sizes, batch, paths, dtype):
     itemsize = np.dtype(dtype).itemsize
     hidden = list(zip(sizes[1:-1], sizes[2:]))         # (n_in, n_out) of layers with dA
     # the test covers the path it names (so it cannot silently stop covering it)
-    assert gemm.small(batch, sizes[1], sizes[2]) == paths["small"]
+    assert gemm.small(batch, sizes[1], sizes[2], itemsize) == paths["small"]
     assert any(gemm.small_nt(batch, n_out, n_in, itemsize) for n_in, n_out in hidden) \
         == paths["nt"]
     t = Trainer(sizes, activation="tanh", loss="cross_entropy", dtype=dtype, seed=3,

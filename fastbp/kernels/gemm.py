@@ -9,7 +9,7 @@ workload both ways). Larger products, where BLAS's packing keeps its operands in
 single-column ones (matrix-vector products) still go to BLAS: the entry points choose by
 size (`small`, `small_nt`), so the choice is fixed for given shapes.
 
-A product is computed in panels of MR rows of the output (6, then single rows) across its
+A product is computed in panels of MR rows of the output (6, then 4, 2 and 1) across its
 width: for each tile of NV vectors of columns, MR x NV accumulators stay in vector registers
 while the depth loop adds a(i, p) * b(p, j0 : j0 + NV lanes), a(i, p) broadcast and b's row
 loaded as vectors; the last, partial tile masks its last vector. With MR = 6, NV = 2 that is
@@ -49,16 +49,27 @@ NV = 2                        # vectors of columns per tile
 # ones through BLAS: on a 2-core AMD EPYC (AVX2, 2026-11-26) these loops took 0.36-0.66 of
 # OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at digits' 100 x 64 x 100
 # in float64 (640k, one run faster, one slower) and 1.2-1.3x its time at 64 x 256 x 128
-# (`compare.py --products`).
+# (`compare.py --products`; that script then timed BLAS on both cores, so the loops' share
+# may have been better than it looked).
 SMALL_MACS = 1 << 19
+# With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run it)
+# the loops took 0.74-0.91 of OpenBLAS's time on every hidden product of mnist's shapes (up
+# to 64 x 784 x 256, 12.8M, in float32 and float64) and 0.63 on wide's 128 x 1024 x 10,
+# 1.05-1.13x on wide's products of 100M and more; and 1.34-1.48x on float64 outputs
+# narrower than two vectors (digits' and mnist's 10 classes), which go to BLAS.
+SMALL_MACS_AVX512 = 1 << 24
+_LOOP_MACS = SMALL_MACS_AVX512 if VECTOR_BYTES == 64 else SMALL_MACS
 
 
 @jit
-def small(M, K, N):
-    """Whether an (M, K) x (K, N) product runs here (nn, tn) rather than through BLAS: small,
-    and more than one column (a single one is a matrix-vector product, which BLAS does
-    without packing; a tile here would compute a whole vector of columns for it)."""
-    return N > 1 and M * K * N <= SMALL_MACS
+def small(M, K, N, itemsize):
+    """Whether an (M, K) x (K, N) product of `itemsize`-byte floats runs here (nn, tn)
+    rather than through BLAS: small, and more than one column (a single one is a
+    matrix-vector product, which BLAS does without packing; a tile here would compute a
+    whole vector of columns for it)."""
+    if N <= 1 or M * K * N > _LOOP_MACS:
+        return False
+    return not (VECTOR_BYTES == 64 and itemsize == 8 and N * itemsize < 2 * VECTOR_BYTES)
 
 
 @jit
@@ -301,9 +312,13 @@ def _emit_dot_panel(builder, vec, MR, NJ, pa, pb, pc, a0, c0, K, N):
         columns(builder.add(done, loop.index), 1)
 
 
-# Panels of 6 rows, and of 1 for the rest (panels of 4 and 2 rows for the rest made no
-# difference above the noise on the workloads' shapes).
+# Panels of 6 rows, then one of 4, one of 2 and single rows for the rest. A single row's
+# panel keeps only NV accumulators, too few to hide the FMA latency: with AVX-512 (Zen 4)
+# the 4 rows left of 64, 100 or 784 in single rows made mnist's 64 x 784 x 256 take 261 us
+# against 223 with a panel of 4 (on AVX2 the panels of 4 and 2 had made no difference).
 _panel6 = panel_intrinsic(6)
+_panel4 = panel_intrinsic(4)
+_panel2 = panel_intrinsic(2)
 _panel1 = panel_intrinsic(1)
 _dot_panel3 = dot_panel_intrinsic(3, 3)
 _dot_panel1 = dot_panel_intrinsic(1, 3)
@@ -311,13 +326,19 @@ _dot_panel1 = dot_panel_intrinsic(1, 3)
 
 @jit
 def panels(C, A, sai, sap, B, K, bias, use_bias):
-    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of 6 rows, then
-    single rows."""
+    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of 6 rows, then of
+    4, 2 and 1 for the rest."""
     M, N = C.shape
     r = 0
     while r + 6 <= M:
         _panel6(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
         r += 6
+    if r + 4 <= M:
+        _panel4(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += 4
+    if r + 2 <= M:
+        _panel2(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += 2
     while r < M:
         _panel1(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
         r += 1
@@ -350,7 +371,7 @@ def _nn_entry(c, a, b, bias, M, K, N):
     """C (M, N) = A (M, K) @ B (K, N) + bias (N,)."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (K, N))
     bias_ = carray(bias, (N,))
-    if small(M, K, N):
+    if small(M, K, N, C.itemsize):
         panels(C, A, K, 1, B, K, bias_, True)
         return
     np.dot(A, B, C)
@@ -362,7 +383,7 @@ def _nn_entry(c, a, b, bias, M, K, N):
 def _tn_entry(c, a, b, unused, M, K, N):
     """C (M, N) = A^T @ B for A (K, M), B (K, N)."""
     C, A, B = carray(c, (M, N)), carray(a, (K, M)), carray(b, (K, N))
-    if small(M, K, N):
+    if small(M, K, N, C.itemsize):
         panels(C, A, 1, M, B, K, C[0], False)
     else:
         np.dot(A.T, B, C)
@@ -390,8 +411,10 @@ BF16_MIN_DEPTH = 64
 @jit
 def bf16_product(M, K, N, cols):
     """Whether the (M, K) x (K, N) product of a bf16 model runs in bf16 (kernels/bf16.py):
-    one BLAS would take, deep enough, whose panel has at least a tile's `cols` columns."""
-    return not small(M, K, N) and K >= BF16_MIN_DEPTH and cols >= bf16.TILE_COLS
+    over SMALL_MACS (the AVX2 rule: on AVX-512 the float32 loops take products up to
+    SMALL_MACS_AVX512, which bf16 runs faster still), deep enough, whose panel has at
+    least a tile's `cols` columns."""
+    return M * K * N > SMALL_MACS and K >= BF16_MIN_DEPTH and cols >= bf16.TILE_COLS
 
 
 @jit
