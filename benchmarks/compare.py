@@ -35,7 +35,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS, bag_of_words, flops_per_sample, make_arrays  # noqa: E402
+from workloads import (WORKLOADS, bag_of_words, core_sharing, flops_per_sample,  # noqa: E402
+                       make_arrays)
 
 N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "wide": 4096,
              "tiny-b1": 2048}
@@ -821,6 +822,17 @@ def main():
                    "dense copy where it fits) vs scikit-learn and PyTorch, 3 densities and 3 "
                    "widths")
     args = p.parse_args()
+    sharing = core_sharing()
+    try:
+        run(args)
+    finally:
+        # near 2.0: the two threads shared one core (workloads.core_sharing); their figures
+        # then understate a machine whose cores are its own
+        print(f"\ntwo threads' FMA time over one's (1.0: cores of their own, 2.0: one "
+              f"shared core): {sharing:.2f} before, {core_sharing():.2f} after", flush=True)
+
+
+def run(args):
     if args.sparse:
         return sparse_compare(args.rounds, args.samples or 20_000, SPARSE_SHAPES,
                               set(args.skip))

@@ -61,3 +61,50 @@ def cpu_model_and_flags():
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     return fields.get("Model name", "unknown").strip(), fields.get("Flags", "").split()
+
+
+
+_sharing_kernels = []
+
+
+def _sharing_probe():
+    """The two compiled loops of core_sharing, built once per process."""
+    if not _sharing_kernels:
+        from numba import njit, prange
+
+        @njit(fastmath=True, cache=True)
+        def dot_reps(a, b, reps):
+            s = 0.0
+            for _ in range(reps):
+                for i in range(a.shape[0]):
+                    s += a[i] * b[i]
+            return s
+
+        @njit(parallel=True, fastmath=True, cache=True)
+        def both(a, b, reps, out):
+            for c in prange(2):
+                out[c] = dot_reps(a[c], b[c], reps)
+        _sharing_kernels.extend((dot_reps, both))
+    return _sharing_kernels
+
+
+def core_sharing():
+    """Time of two threads each running an FMA-bound loop over that of one thread running
+    it alone: about 1.0 where the two threads have cores of their own, up to 2.0 where they
+    share one core's FMA units. On the 2-core VMs of development both happen, in phases of
+    minutes (the two vCPUs land on SMT siblings of one physical core, 2026-11-27): in such a
+    phase every two-thread figure (fastbp's chunks, multi-threaded BLAS) drops and a serial
+    plan can beat a parallel one, so the benchmarks print this beside their tables."""
+    import time
+    dot_reps, both = _sharing_probe()
+    a, b, out = np.ones((2, 2048)), np.ones((2, 2048)), np.zeros(2)
+    dot_reps(a[0], b[0], 1)
+    both(a, b, 1, out)
+    best = {}
+    for _ in range(3):
+        for label, run in (("one", lambda: dot_reps(a[0], b[0], 5000)),
+                           ("two", lambda: both(a, b, 5000, out))):
+            start = time.perf_counter()
+            run()
+            best[label] = min(best.get(label, np.inf), time.perf_counter() - start)
+    return best["two"] / best["one"]
