@@ -43,6 +43,8 @@ N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "w
 LR = {"sgd": 0.01, "adam": 1e-3}
 THREADS = os.cpu_count()
 COOL_DOWN = 0.3   # seconds between two contestants' epochs (not timed)
+# workloads.core_sharing above this: the round ran while the two threads shared one core
+SHARED_CORE = 1.3
 
 
 def workload(name):
@@ -529,7 +531,9 @@ def estimators(rounds):
     arguments and random_state (so identical models: the "same coefs" column compares
     coefs_ and intercepts_, 1e-6 relative): fit time, median of `rounds` fits taken
     round-robin across the contestants after one warm-up fit of every contestant (fastbp's
-    kernels are loaded from the disk cache then), and test accuracy. float64 as scikit-learn's default; digits at scikit-learn's default settings
+    kernels are loaded from the disk cache then), and test accuracy. A round that began or
+    ended with the two threads on one shared core (workloads.core_sharing > SHARED_CORE) is
+    left out of the medians, unless every round was. float64 as scikit-learn's default; digits at scikit-learn's default settings
     (hidden (100,), adam, up to 200 epochs with its tol stopping rule) and with 128 hidden
     units for 40 epochs; the mnist workload's shapes on 8192 synthetic samples."""
     import warnings
@@ -553,9 +557,9 @@ def estimators(rounds):
              ("mnist shapes", mnist, ("adam", "sgd", "lbfgs"),
               dict(hidden_layer_sizes=tuple(layers[1:-1]), batch_size=batch, max_iter=10,
                    tol=0.0))]
-    print("| data | solver | estimator | fit s (median) | epochs | test accuracy | "
-          "same coefs as scikit-learn | fastbp speed-up |")
-    print("|---|---|---|---:|---:|---:|---|---:|")
+    print("| data | solver | estimator | fit s (median) | rounds left out (shared core) | "
+          "epochs | test accuracy | same coefs as scikit-learn | fastbp speed-up |")
+    print("|---|---|---|---:|---:|---:|---:|---|---:|")
     for name, (X_tr, X_te, y_tr, y_te), solvers, kw in cases:
         for solver in solvers:
             common = dict(solver=solver, random_state=0, **kw)
@@ -564,9 +568,11 @@ def estimators(rounds):
                 "fastbp cpu": lambda: MLPClassifier(target="cpu", **common),
                 "fastbp parallel": lambda: MLPClassifier(target="parallel", **common),
                 "scikit-learn": lambda: SkMLP(**common)}
-            runs, fitted = {label: [] for label in contestants}, {}
+            runs, fitted, shared = {label: [] for label in contestants}, {}, []
             # round-robin, so that a slow spell of the machine hits every contestant
             for r in range(rounds + 1):              # the first fit warms up, untimed
+                time.sleep(COOL_DOWN)
+                sharing = core_sharing()
                 for label, make in contestants.items():
                     time.sleep(COOL_DOWN)   # the previous fit's spinning threads go idle
                     with warnings.catch_warnings():
@@ -576,7 +582,12 @@ def estimators(rounds):
                     if r:
                         runs[label].append(seconds)
                     fitted[label] = est
-            times = {label: float(np.median(t)) for label, t in runs.items()}
+                time.sleep(COOL_DOWN)
+                if r:
+                    shared.append(max(sharing, core_sharing()) > SHARED_CORE)
+            # the rounds whose two threads had cores of their own, where there are any
+            own = [i for i, s in enumerate(shared) if not s] or list(range(len(shared)))
+            times = {label: float(np.median([t[i] for i in own])) for label, t in runs.items()}
             sk = fitted["scikit-learn"]
             for label, est in fitted.items():
                 same = ""
@@ -587,7 +598,8 @@ def estimators(rounds):
                     same = "yes" if rel <= 1e-6 else f"no ({rel:.1e})"
                 speed = "" if label == "scikit-learn" else \
                     f"{times['scikit-learn'] / times[label]:.1f}x"
-                print(f"| {name} | {solver} | {label} | {times[label]:.3f} | {est.n_iter_} | "
+                print(f"| {name} | {solver} | {label} | {times[label]:.3f} | "
+                      f"{sum(shared)} of {len(shared)} | {est.n_iter_} | "
                       f"{est.score(X_te, y_te):.3f} | {same} | {speed} |", flush=True)
 
 
@@ -826,6 +838,7 @@ def main():
     try:
         run(args)
     finally:
+        time.sleep(COOL_DOWN)    # BLAS's threads spin for a while after a call
         # near 2.0: the two threads shared one core (workloads.core_sharing); their figures
         # then understate a machine whose cores are its own
         print(f"\ntwo threads' FMA time over one's (1.0: cores of their own, 2.0: one "
