@@ -135,8 +135,8 @@ def test_panels_refuse_other_arrays():
 def test_size_rule_follows_the_vector_width():
     """Which products the loops take (`compare.py --products`): with AVX-512 every hidden
     product of mnist's shapes (64 x 784 x 256 at most) in either dtype, not wide's products
-    of 100M multiply-adds, and not float64 outputs narrower than 16 columns; with AVX2 up
-    to 2^19 multiply-adds. Never a single column."""
+    of 100M multiply-adds, and not float64 outputs narrower than 16 columns or right
+    operands of 2 MiB; with AVX2 up to 2^19 multiply-adds. Never a single column."""
     wide_vectors = gemm.VECTOR_BYTES == 64
     for itemsize in (4, 8):
         assert gemm.small(64, 784, 256, itemsize) == wide_vectors
@@ -147,6 +147,9 @@ def test_size_rule_follows_the_vector_width():
     assert gemm.small(100, 100, 10, 8) == (not wide_vectors)
     assert gemm.small(100, 100, 10, 4) is True
     assert gemm.small(100, 100, 16, 8) is True
+    # a right operand (K x N) of 2 MiB or more: float64 to BLAS with AVX-512, float32 not
+    assert gemm.small(64, 512, 512, 8) is False
+    assert gemm.small(16, 1024, 1024, 4) == wide_vectors
     # bf16 keeps the products over 2^19 (the loops' float32 rule would take mnist's)
     assert gemm.bf16_product(64, 784, 256, 256) is True
     assert gemm.bf16_product(32, 128, 128, 128) is False

@@ -56,8 +56,12 @@ SMALL_MACS = 1 << 19
 # the loops took 0.74-0.91 of OpenBLAS's time on every hidden product of mnist's shapes (up
 # to 64 x 784 x 256, 12.8M, in float32 and float64) and 0.63 on wide's 128 x 1024 x 10,
 # 1.05-1.13x on wide's products of 100M and more; and 1.34-1.48x on float64 outputs
-# narrower than two vectors (digits' and mnist's 10 classes), which go to BLAS.
+# narrower than two vectors (digits' and mnist's 10 classes), which go to BLAS. Each panel
+# of rows streams the whole right operand (K x N): at 2^24 the float32 loops still took
+# 0.64-0.88 of BLAS's time with 1-8 MB of it, but the float64 ones 1.11x at 2 MiB, 1.17x at
+# 8 MiB and 2.28x at 16 MiB (mnist's 1.6 MB: 0.91), so float64 keeps it under 2 MiB.
 SMALL_MACS_AVX512 = 1 << 24
+FLOAT64_RIGHT_BYTES_AVX512 = 1 << 21
 _LOOP_MACS = SMALL_MACS_AVX512 if VECTOR_BYTES == 64 else SMALL_MACS
 
 
@@ -69,7 +73,9 @@ def small(M, K, N, itemsize):
     whole vector of columns for it)."""
     if N <= 1 or M * K * N > _LOOP_MACS:
         return False
-    return not (VECTOR_BYTES == 64 and itemsize == 8 and N * itemsize < 2 * VECTOR_BYTES)
+    if VECTOR_BYTES == 64 and itemsize == 8:
+        return N * itemsize >= 2 * VECTOR_BYTES and K * N * itemsize < FLOAT64_RIGHT_BYTES_AVX512
+    return True
 
 
 @jit
