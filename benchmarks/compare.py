@@ -12,6 +12,7 @@ out. fastbp is timed around `Trainer.fit(X, y, epochs=1)`, Python overhead inclu
     python benchmarks/compare.py --sweep              # hidden width x batch size
     python benchmarks/compare.py --compile            # cold/warm time to the first epoch
     python benchmarks/compare.py --strategies         # fastbp's parallel strategies
+    python benchmarks/compare.py --strategies --dtypes float32 float64
     python benchmarks/compare.py --products           # gemm.py's small products vs BLAS
     python benchmarks/compare.py --memory             # fastbp's peak memory during fit
     python benchmarks/compare.py --memory --breakdown # ... and where it goes, line by line
@@ -24,6 +25,10 @@ GEMM peak of this machine (NumPy matmul, all cores); fastbp/peer = best fastbp t
 throughput divided by this contestant's. "fastbp parallel bf16" (precision='bf16', only where
 the CPU has AVX512-BF16) is not counted as the best fastbp: the summary gives it columns of
 its own.
+
+Every run ends with a line saying how much two threads shared one core before and after it
+(workloads.core_sharing: 1.0 cores of their own, 2.0 one shared core); --estimators also
+leaves out of its medians the rounds run on a shared core.
 """
 import argparse
 import os
@@ -586,7 +591,10 @@ def estimators(rounds):
                 if r:
                     shared.append(max(sharing, core_sharing()) > SHARED_CORE)
             # the rounds whose two threads had cores of their own, where there are any
-            own = [i for i, s in enumerate(shared) if not s] or list(range(len(shared)))
+            own = [i for i, s in enumerate(shared) if not s]
+            left_out = f"{sum(shared)} of {len(shared)}"
+            if not own:                             # every round shared: keep them all
+                own, left_out = list(range(len(shared))), f"none (all {len(shared)} shared)"
             times = {label: float(np.median([t[i] for i in own])) for label, t in runs.items()}
             sk = fitted["scikit-learn"]
             for label, est in fitted.items():
@@ -599,7 +607,7 @@ def estimators(rounds):
                 speed = "" if label == "scikit-learn" else \
                     f"{times['scikit-learn'] / times[label]:.1f}x"
                 print(f"| {name} | {solver} | {label} | {times[label]:.3f} | "
-                      f"{sum(shared)} of {len(shared)} | {est.n_iter_} | "
+                      f"{left_out} | {est.n_iter_} | "
                       f"{est.score(X_te, y_te):.3f} | {same} | {speed} |", flush=True)
 
 

@@ -63,7 +63,6 @@ def cpu_model_and_flags():
     return fields.get("Model name", "unknown").strip(), fields.get("Flags", "").split()
 
 
-
 _sharing_kernels = []
 
 
@@ -89,9 +88,10 @@ def _sharing_probe():
 
 
 def core_sharing():
-    """Time of two threads each running an FMA-bound loop over that of one thread running
-    it alone: about 1.0 where the two threads have cores of their own, up to 2.0 where they
-    share one core's FMA units. On the 2-core VMs of development both happen, in phases of
+    """Time of two threads each running a multiply-add loop over L1-resident data over that
+    of one thread running it alone: about 1.0 where the two threads have cores of their own,
+    up to 2.0 where they share one core (its FMA units and L1), or where only one thread
+    runs (1 CPU, NUMBA_NUM_THREADS=1). On the 2-core VMs of development both happen, in phases of
     minutes (the two vCPUs land on SMT siblings of one physical core, 2026-11-27): in such a
     phase every two-thread figure (fastbp's chunks, multi-threaded BLAS) drops and a serial
     plan can beat a parallel one, so the benchmarks print this beside their tables."""

@@ -30,7 +30,7 @@ def _nt(C, A, B):
 
 # rows (panels of 6, 4, 2, 1 and every remainder), depth, columns (whole tiles of 2 vectors,
 # a partial last tile of one or two vectors, fewer columns than one vector)
-ROWS = [1, 2, 3, 5, 6, 7, 11, 13]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 10, 11, 13]
 DEPTHS = [1, 5, 17, 40, 67]        # nt's dot products from 4 vectors of AVX2 (40) and AVX-512 (67)
 COLUMNS = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 40, 67]
 SENTINEL = 7.0

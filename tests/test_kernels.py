@@ -1,5 +1,6 @@
 """fastbp's compiled kernels against the float64 reference: loss, gradient, predictions and
 training trajectories of every optimizer."""
+import numba
 import numpy as np
 import pytest
 
@@ -163,9 +164,19 @@ def test_strategy_is_chosen_from_sizes():
     with pytest.raises(ValueError, match="unknown strategy"):
         training_plan("parallel", [4, 3], 8, 2, "gpu")
     assert Trainer([4, 3], loss="binary_cross_entropy").strategy == "serial"
-    # the engine passes its dtype's size
-    assert Trainer([64, 100, 10], batch_size=200, dtype="float64", n_threads=2,
-                   target="parallel").strategy == "chunks"
+
+
+def test_engine_plans_with_its_dtype():
+    """A step of 3/4 of the threshold's FLOPs runs serially in float32 and, counting twice
+    in float64, in chunks: the engine passes its dtype's size to choose_strategy."""
+    import fastbp.kernels as kernels
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: every plan is serial")
+    hidden = int(0.75 * kernels.SERIAL_BELOW_FLOPS / (6 * 74 * 200))   # [64, hidden, 10]
+    plans = {dtype: Trainer([64, hidden, 10], batch_size=200, dtype=dtype, n_threads=2,
+                            target="parallel").strategy for dtype in ("float32", "float64")}
+    assert plans == {"float32": "serial", "float64": "chunks"}
 
 
 def test_float32_stays_float32_and_is_close_to_float64():

@@ -2,8 +2,9 @@
 
 A `Plan` says which compiled variant runs and over how many batch chunks (Numba threads);
 BLAS inside the kernels always runs single-threaded. target='cpu' is always serial.
-target='parallel' runs a training step in one of two ways, chosen from the layer sizes and
-the batch size alone (so a given seed and thread count always gives the same result):
+target='parallel' runs a training step in one of two ways, chosen from the layer sizes, the
+batch size and the dtype alone (so a given seed and thread count always gives the same
+result):
 
 - "serial":  one chunk: for small steps, where entering a parallel region (about 1.2 us
              with the omp layer, twice per step) and splitting tiny matrix products cost
@@ -98,7 +99,7 @@ def choose_strategy(sizes, batch_size, threads, itemsize=4):
     """'serial' or 'chunks' for a training step of target='parallel' in a dtype of
     `itemsize` bytes."""
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    if threads <= 1 or 6 * weights * batch_size * (itemsize // 4) < SERIAL_BELOW_FLOPS:
+    if threads <= 1 or 6 * weights * batch_size * (itemsize / 4) < SERIAL_BELOW_FLOPS:
         return "serial"
     return "chunks"
 

@@ -1,7 +1,7 @@
 """Matrix products of small layers as register-blocked SIMD loops, without BLAS.
 
 For the products of small layers (the tiny, regression and deep workloads: a few thousand
-to half a million multiply-adds), OpenBLAS spends about as long copying ("packing") its
+to half a million multiply-adds; with AVX-512 up to mnist's 12.8 million), OpenBLAS spends about as long copying ("packing") its
 operands as multiplying them: at 32 x 64 x 64 in float32 it ran at 35-50 GFLOP/s on a
 2-core AMD EPYC (AVX2) whose core peaks near 120. These loops skip the packing and run
 1.5-3x faster there (`python benchmarks/compare.py --products` times each product of every
@@ -46,15 +46,17 @@ VECTOR_BYTES = 64 if host_has_avx512() else 32
 NV = 2                        # vectors of columns per tile
 
 # Products of at most this many multiply-adds (rows x depth x columns) run here, larger
-# ones through BLAS: on a 2-core AMD EPYC (AVX2, 2026-11-26) these loops took 0.36-0.66 of
+# ones through BLAS, for nn and tn on AVX2 and for nt (small_nt) everywhere; bf16_product
+# takes the larger ones on every host. On a 2-core AMD EPYC (AVX2, 2026-11-26) these loops took 0.36-0.66 of
 # OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at digits' 100 x 64 x 100
 # in float64 (640k, one run faster, one slower) and 1.2-1.3x its time at 64 x 256 x 128
 # (`compare.py --products`; that script then timed BLAS on both cores, so the loops' share
 # may have been better than it looked).
 SMALL_MACS = 1 << 19
 # With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run it)
-# the loops took 0.74-0.91 of OpenBLAS's time on every hidden product of mnist's shapes (up
-# to 64 x 784 x 256, 12.8M, in float32 and float64) and 0.63 on wide's 128 x 1024 x 10,
+# the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products (up to
+# 64 x 784 x 256, 12.8M, in float32 and float64; its nt products, 0.88-1.05x, stay with
+# small_nt's rule) and 0.63 on wide's 128 x 1024 x 10,
 # 1.05-1.13x on wide's products of 100M and more; and 1.34-1.48x on float64 outputs
 # narrower than two vectors (digits' and mnist's 10 classes), which go to BLAS. Each panel
 # of rows streams the whole right operand (K x N): at 2^24 the float32 loops still took
