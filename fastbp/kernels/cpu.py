@@ -93,7 +93,8 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
         if rows.weights.shape[0] > 0:            # weighted mean: 1 / the batch's weight
             inv_count = batch_weight_inverse(rows.weights, order[lo:hi])
         per_chunk = (hi - lo + n_chunks - 1) // n_chunks
-        for c in prange(n_chunks):                  # each chunk: its rows, its own slab
+        for chunk in prange(n_chunks):              # each chunk: its rows, its own slab
+            c = index(chunk)
             clo = min(lo + c * per_chunk, hi)
             chi = min(clo + per_chunk, hi)
             chunk_loss[c] = 0.0
@@ -119,7 +120,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
         loss_total += step_loss
         if SPARSE and not LAZY:     # threads own column ranges of W_0's gradient
             for t in prange(n_slices):
-                gather_touched(gslab[0], ws, net, t, n_slices)
+                gather_touched(gslab[0], ws, net, index(t), n_slices)
         if LAZY:                    # the step's touched rows of W_0 and their gradient
             if n_chunks == 1:
                 n_lazy = ws.n_touched[0]
@@ -127,7 +128,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
             else:
                 n_lazy = touched_union(slabs.touched, ws)
                 for t in prange(n_slices):
-                    merge_touched(gslab[0], slabs.touched, n_lazy, ws, H, t, n_slices)
+                    merge_touched(gslab[0], slabs.touched, n_lazy, ws, H, index(t), n_slices)
                 touched, g_lazy = slabs.touched, gslab[0]
         if weight_records:
             weight_sq = weights_sum_of_squares(params, slabs, L)
@@ -145,7 +146,7 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                 clip = params.dtype.type(coef if coef < 1.0 else 1.0)
             if n_par > 0:
                 for k in prange(n_par):
-                    block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
+                    block_pass(state, slabs, index(k), L, net.opt_code, hyper, bc1, bc2, clip, decay,
                                reduce, update)
             for k in range(n_par, n_blocks):
                 block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
@@ -155,7 +156,8 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                     slabs.block_sq[0] = rows_sum_of_squares(g_lazy, n_lazy, H)
                 if update:
                     n_lazy_chunks = n_chunks if n_lazy * H >= PARALLEL_UPDATE_MIN else 1
-                    for i in prange(n_lazy_chunks):
+                    for part in prange(n_lazy_chunks):
+                        i = index(part)
                         update_rows(state, g_lazy, touched, n_lazy * i // n_lazy_chunks,
                                     n_lazy * (i + 1) // n_lazy_chunks, H, net.opt_code,
                                     hyper, bc1, bc2, clip, decay)
@@ -170,6 +172,14 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
         if weight_records:
             norms[s, L + 2] = weight_sq
     return loss_total, correct_total, step, -1
+
+
+@jit
+def index(i):
+    """A prange index as int64. In a parallel body Numba types the index as uint64 (int64 in
+    the serial one and in its own first typing of the body), so every function called with it
+    would be compiled a second time for the parallel kernel (2.4 s of a cold start)."""
+    return np.int64(i)
 
 
 @jit
@@ -387,7 +397,8 @@ def _loss_grad(params, gslab, acc, ws, rows, order, block_rows, net):
     per_chunk = (n + n_chunks - 1) // n_chunks
     chunk_loss = np.empty(n_chunks)
     chunk_correct = np.empty(n_chunks, dtype=np.int64)
-    for c in prange(n_chunks):
+    for chunk in prange(n_chunks):
+        c = index(chunk)
         clo = min(c * per_chunk, n)
         chi = min(clo + per_chunk, n)
         fill(acc[c], 0.0)
