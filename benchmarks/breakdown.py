@@ -4,8 +4,9 @@ For a workload, float32, target="parallel" with its automatic plan, this times
   - the whole step, from `Trainer.fit` epochs (Python included) divided by the steps;
   - each part of the "chunks" plan as the kernel runs it, T threads each on its chunk of
     B / T rows in a prange: every layer's forward product (A W), weight-gradient product
-    (A^T dZ) and input-gradient product (dZ W^T) through SciPy's BLAS as the kernels call
-    it; the element-wise epilogues (bias, activation and its derivative, the fused softmax
+    (A^T dZ) and input-gradient product (dZ W^T) as the kernels call
+    it (gemm's entry points: its own loops or BLAS, by gemm.small's rule; the forward product
+    adds the bias); the element-wise epilogues (activation and its derivative, the fused softmax
     loss); the sum of the T gradient slabs; the optimizer's update;
   - the same products as one whole-batch product each, multi-threaded by NumPy's BLAS on T
     threads: the "one multi-threaded product per layer" alternative.
@@ -34,39 +35,38 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workloads import WORKLOADS, cpu_model_and_flags, make_data  # noqa: E402
 
 import fastbp  # noqa: E402
-from fastbp.kernels import codes, cpu, ops, optim  # noqa: E402
+from fastbp.kernels import codes, cpu, gemm, ops, optim  # noqa: E402
 
 
+# The products through gemm's entry points, as the kernels call them: its own loops or BLAS
+# by gemm.small's rule (bias added in the forward product).
 @njit(parallel=True, cache=False)
-def _forward_products(As, Ws, Zs, reps):
+def _forward_products(As, Ws, b, Zs, reps):
     for _ in range(reps):
         for c in prange(As.shape[0]):
-            np.dot(As[c], Ws, Zs[c])
+            gemm.nn(Zs[c], As[c], Ws, b)
 
 
 @njit(parallel=True, cache=False)
 def _weight_grad_products(As, dZs, dWs, reps):
     for _ in range(reps):
         for c in prange(As.shape[0]):
-            np.dot(As[c].T, dZs[c], dWs[c])
+            gemm.tn(dWs[c], As[c], dZs[c])
 
 
 @njit(parallel=True, cache=False)
 def _input_grad_products(dZs, Ws, dAs, reps):
     for _ in range(reps):
         for c in prange(dZs.shape[0]):
-            np.dot(dZs[c], Ws.T, dAs[c])
+            gemm.nt(dAs[c], dZs[c], Ws)
 
 
 @njit(parallel=True, cache=False)
-def _epilogues(Zs, As, dAs, b, reps):
-    """bias + ReLU forward and ReLU backward over one hidden layer's chunks."""
+def _epilogues(Zs, As, dAs, reps):
+    """ReLU forward and ReLU backward over one hidden layer's chunks."""
     for _ in range(reps):
         for c in prange(Zs.shape[0]):
             Z, A = Zs[c], As[c]
-            for r in range(Z.shape[0]):
-                for j in range(Z.shape[1]):
-                    Z[r, j] += b[j]
             ops.activation_forward(A, Z, codes.RELU)
             ops.activation_backward(dAs[c], Z, A, codes.RELU, False)
 
@@ -134,6 +134,7 @@ def breakdown(name, optimizer, reps):
     layers, batch, _ = WORKLOADS[name]
     T = numba.get_num_threads()
     step, plan = whole_step(name, optimizer)
+    gemm.register("float32")                 # (the fit above has; the products below need it)
     chunks = plan.chunks
     rows = -(-batch // chunks)
     rng = np.random.default_rng(0)
@@ -147,9 +148,10 @@ def breakdown(name, optimizer, reps):
         dZs = rng.standard_normal((chunks, rows, n_out)).astype(f32)
         dWs = np.empty((chunks, n_in, n_out), f32)
         dAs = np.empty((chunks, rows, n_in), f32)
+        b = rng.standard_normal(n_out).astype(f32)
         flops = 2.0 * batch * n_in * n_out
-        parts.append((f"layer {l} forward A W ({n_in}x{n_out})",
-                      timed(_forward_products, As, W, Zs, reps=reps), flops))
+        parts.append((f"layer {l} forward A W + b ({n_in}x{n_out})",
+                      timed(_forward_products, As, W, b, Zs, reps=reps), flops))
         parts.append((f"layer {l} weight grad A^T dZ",
                       timed(_weight_grad_products, As, dZs, dWs, reps=reps), flops))
         if l > 0:
@@ -169,9 +171,8 @@ def breakdown(name, optimizer, reps):
             n_products = 3
         whole.append((l, t_whole, n_products * flops))
         if l < len(layers) - 2:
-            b = rng.standard_normal(n_out).astype(f32)
-            parts.append((f"layer {l} bias + ReLU, ReLU'",
-                          timed(_epilogues, Zs, np.empty_like(Zs), dZs.copy(), b, reps=reps),
+            parts.append((f"layer {l} ReLU, ReLU'",
+                          timed(_epilogues, Zs, np.empty_like(Zs), dZs.copy(), reps=reps),
                           0.0))
     K = layers[-1]
     Zs = rng.standard_normal((chunks, rows, K)).astype(f32)
@@ -206,10 +207,11 @@ def breakdown(name, optimizer, reps):
     for part, seconds, flops in parts:
         rate = f"{flops / seconds / 1e9:.0f}" if flops else ""
         print(f"| {part} | {seconds * 1e3:.3f} | {seconds / total:.0%} | {rate} |")
-    gemm = sum(p[1] for p in parts if p[2])
+    products = sum(p[1] for p in parts if p[2])
     gemm_flops = sum(p[2] for p in parts)
     t_numpy = sum(w[1] for w in whole)
-    print(f"\nproducts as the kernel runs them: {gemm * 1e3:.3f} ms ({gemm_flops / gemm / 1e9:.0f}"
+    print(f"\nproducts as the kernel runs them: {products * 1e3:.3f} ms "
+          f"({gemm_flops / products / 1e9:.0f}"
           f" GFLOP/s); as whole-batch NumPy products on {T} threads: {t_numpy * 1e3:.3f} ms "
           f"({gemm_flops / t_numpy / 1e9:.0f} GFLOP/s)")
 
