@@ -389,7 +389,7 @@ class _CpuEpochs:
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
-        block_lo, block_hi, block_layer = lay.blocks()
+        block_lo, block_hi, block_layer = lay.update_blocks(C)
         R = 0
         if rows.sparse:          # the lazy update's list of the step's touched rows
             R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], int(lay.sizes[0]))

@@ -47,6 +47,16 @@ class Layout:
         return (np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64),
                 np.array(layer, dtype=np.int64))
 
+    def update_blocks(self, threads):
+        """blocks() for a step reduced and updated by `threads` threads, each taking the
+        blocks that start in its 1/threads of the buffer (cpu.update_group): blocks of
+        BLOCK elements, or for a small model of about a quarter of a thread's share, so
+        that the threads' shares come out nearly equal."""
+        if threads <= 1:
+            return self.blocks()
+        share = -(-self.n_params // (4 * threads))
+        return self.blocks(min(BLOCK, max(256, share)))
+
     def workspace(self, rows, sparse=False):
         """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off) and two delta buffers (d_off)
         for `rows` rows in one chunk's workspace, and its total length. `sparse`: A_0 gets

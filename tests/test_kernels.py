@@ -125,9 +125,11 @@ def test_parallel_equals_cpu_to_rounding(optimizer, clip, strategy):
                                runs["cpu"].history["grad_norm"], rtol=1e-9)
 
 
-def test_parallel_update_of_a_large_model_equals_cpu():
-    """Above PARALLEL_UPDATE_MIN parameters the per-step update runs in parallel blocks."""
-    sizes = [300, 256, 3]                      # 77k parameters, several blocks
+@pytest.mark.parametrize("sizes", [[300, 256, 3], [64, 100, 10]])
+def test_parallel_update_equals_cpu(sizes):
+    """From PARALLEL_UPDATE_MIN parameters the per-step update runs on every thread, each
+    on its group of blocks: a model of 77k parameters (blocks of layout.BLOCK) and one of
+    digits' 7,510 (finer blocks)."""
     X, y = make_data("cross_entropy", sizes[0], sizes[-1], n=40)
     runs = []
     for target in ("cpu", "parallel"):
@@ -139,6 +141,28 @@ def test_parallel_update_of_a_large_model_equals_cpu():
         runs.append(t.params)
     assert sizes[0] * sizes[1] > PARALLEL_UPDATE_MIN
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-8, atol=1e-11)
+
+
+def test_update_blocks_share_the_parameters_evenly():
+    """layout.update_blocks: the blocks starting in each thread's 1/T of the buffer
+    (cpu.update_group's groups) hold nearly equal parameter counts, never straddle a W_l or
+    b_l, and cover the buffer once; one thread keeps blocks of layout.BLOCK."""
+    from fastbp.layout import BLOCK, Layout
+    for sizes, T in (([64, 100, 10], 2), ([300, 256, 3], 2), ([64, 100, 10], 3),
+                     ([784, 1024, 1024, 10], 2)):
+        lay = Layout(sizes)
+        lo, hi, layer = lay.update_blocks(T)
+        P = lay.n_params
+        assert lo[0] == 0 and hi[-1] == P and (lo[1:] == hi[:-1]).all()
+        shares = [int((hi - lo)[lo * T // P == g].sum()) for g in range(T)]
+        assert sum(shares) == P and max(shares) - min(shares) <= P // (2 * T), shares
+        for k in range(lo.shape[0]):
+            l = layer[k] % lay.n_layers
+            start = lay.w_off[l] if layer[k] < lay.n_layers else lay.b_off[l]
+            end = lay.b_off[l] if layer[k] < lay.n_layers else lay.b_off[l] + sizes[l + 1]
+            assert start <= lo[k] < hi[k] <= end
+    lo, hi, _ = Layout([300, 256, 3]).update_blocks(1)
+    assert (hi - lo).max() == BLOCK
 
 
 def test_strategy_is_chosen_from_sizes():
