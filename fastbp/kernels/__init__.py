@@ -10,8 +10,9 @@ result):
              with the omp layer, twice per step) and splitting tiny matrix products cost
              more than they save (the tiny and regression workloads).
 - "chunks":  the minibatch is cut into T chunks, each thread computes its chunk's gradient
-             into its own slab, the slabs are summed in a fixed order and large models are
-             then updated block-parallel.
+             into its own slab, the slabs are summed in a fixed order and models of
+             cpu.PARALLEL_UPDATE_MIN parameters or more are summed and updated by every
+             thread, each on its own group of blocks.
 
 Multi-threaded BLAS on whole-batch products was measured as a third way and dropped: it was
 never clearly faster than "chunks" here (within noise on the wide workload, 1.1-3x slower
