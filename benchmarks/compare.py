@@ -538,9 +538,10 @@ def estimators(rounds):
     round-robin across the contestants after one warm-up fit of every contestant (fastbp's
     kernels are loaded from the disk cache then), and test accuracy. A round that began or
     ended with the two threads on one shared core (workloads.core_sharing > SHARED_CORE) is
-    left out of the medians, unless every round was. float64 as scikit-learn's default; digits at scikit-learn's default settings
-    (hidden (100,), adam, up to 200 epochs with its tol stopping rule) and with 128 hidden
-    units for 40 epochs; the mnist workload's shapes on 8192 synthetic samples."""
+    left out of the medians, unless every round was. float64 as scikit-learn's default;
+    digits at scikit-learn's default settings (hidden (100,), adam, up to 200 epochs with its
+    tol stopping rule) and with 128 hidden units for 40 epochs; the mnist workload's shapes
+    on 8192 synthetic samples."""
     import warnings
 
     from sklearn.datasets import load_digits
