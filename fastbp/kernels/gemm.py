@@ -4,10 +4,11 @@ For the products of small layers (the tiny, regression and deep workloads: a few
 to half a million multiply-adds; with AVX-512 up to mnist's 12.8 million), OpenBLAS spends
 about as long copying ("packing") its operands as multiplying them: at 32 x 64 x 64 in
 float32 it ran at 35-50 GFLOP/s on a 2-core AMD EPYC (AVX2) whose core peaks near 120.
-These loops skip the packing and run 1.5-3x faster there (`python benchmarks/compare.py --products` times each product of every
-workload both ways). Larger products, where BLAS's packing keeps its operands in cache, and
-single-column ones (matrix-vector products) still go to BLAS: the entry points choose by
-size (`small`, `small_nt`), so the choice is fixed for given shapes.
+These loops skip the packing and run 1.5-3x faster there (`python benchmarks/compare.py
+--products` times each product of every workload both ways). Larger products, where BLAS's
+packing keeps its operands in cache, and single-column ones (matrix-vector products) still
+go to BLAS: the entry points choose by size (`small`, `small_nt`), so the choice is fixed
+for given shapes.
 
 A product is computed in panels of MR rows of the output (6, then 4, 2 and 1) across its
 width: for each tile of NV vectors of columns, MR x NV accumulators stay in vector registers
@@ -47,11 +48,11 @@ NV = 2                        # vectors of columns per tile
 
 # Products of at most this many multiply-adds (rows x depth x columns) run here, larger
 # ones through BLAS, for nn and tn on AVX2 and for nt (small_nt) everywhere; bf16_product
-# takes the larger ones on every host. On a 2-core AMD EPYC (AVX2, 2026-11-26) these loops
-# took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at digits'
-# 100 x 64 x 100 in float64 (640k, one run faster, one slower) and 1.2-1.3x its time at
-# 64 x 256 x 128 (`compare.py --products`; that script then timed BLAS on both cores, so the loops' share
-# may have been better than it looked).
+# takes the larger ones on every host. On a 2-core AMD EPYC (AVX2, 2026-11-26) these
+# loops took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at
+# digits' 100 x 64 x 100 in float64 (640k, one run faster, one slower) and 1.2-1.3x its
+# time at 64 x 256 x 128 (`compare.py --products`; that script then timed BLAS on both
+# cores, so the loops' share may have been better than it looked).
 SMALL_MACS = 1 << 19
 # With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run it)
 # the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products (up to
