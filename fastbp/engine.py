@@ -155,9 +155,7 @@ class Engine:
             cuda_backend.load()      # CudaUnavailableError now, not at the first fit
             self.train_plan = self.eval_plan = Plan("cuda", None, 1)
         else:
-            sizes = [int(s) for s in self.network.layout.sizes]
-            self.train_plan = training_plan(self.target, sizes, self.batch_size, self.threads,
-                                            itemsize=np.dtype(self.network.dtype).itemsize)
+            self.train_plan = self._training_plan([int(s) for s in self.network.layout.sizes])
             self.eval_plan = evaluation_plan(self.target, self.threads)
         self._auto_plan = self.train_plan
         self._gpu = None
@@ -173,6 +171,11 @@ class Engine:
             return plan
         sizes = [int(s) for s in self.network.layout.sizes]
         sizes[0] = max(1, -(-int(rows.indptr[-1]) // rows.n))
+        return self._training_plan(sizes)
+
+    def _training_plan(self, sizes):
+        """The automatic training plan for these layer sizes, this batch size, thread count
+        and dtype."""
         return training_plan(self.target, sizes, self.batch_size, self.threads,
                              itemsize=np.dtype(self.network.dtype).itemsize)
 

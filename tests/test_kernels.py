@@ -352,3 +352,37 @@ def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_parallel_kernel_compiles_its_callees_once(tmp_path):
+    """Numba types a prange index as uint64 inside a parallel body and as int64 everywhere
+    else, so a function called with the raw index compiled twice (2.4 s of a cold start):
+    the kernels pass cpu.index(c), an int64. Run with an empty Numba cache, as the test
+    above."""
+    import os
+    import subprocess
+    import sys
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: no parallel kernel to compile")
+    script = """if True:
+        import numpy as np
+        from fastbp import Trainer
+        from fastbp.kernels import training_plan
+        from fastbp.kernels.variants import variant
+        rng = np.random.default_rng(0)
+        t = Trainer([8, 16, 3], batch_size=8, dtype="float64", target="parallel",
+                    n_threads=2, seed=0)
+        t.engine.train_plan = training_plan("parallel", [8, 16, 3], 8, 2, "chunks")
+        t.fit(rng.standard_normal((32, 8)), rng.integers(0, 3, 32), epochs=1,
+              progress=False)
+        dense = variant("dense")
+        assert dense.train_epoch_parallel.signatures
+        # the chunk index is forward_backward's fourth argument
+        print(sorted({str(sig[3]) for sig in dense.forward_backward.signatures}))
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['int64']", out.stdout

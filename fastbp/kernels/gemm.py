@@ -54,15 +54,15 @@ NV = 2                        # vectors of columns per tile
 # time at 64 x 256 x 128 (`compare.py --products`; that script then timed BLAS on both
 # cores, so the loops' share may have been better than it looked).
 SMALL_MACS = 1 << 19
-# With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run it)
-# the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products (up to
-# 64 x 784 x 256, 12.8M, in float32 and float64; its nt products, 0.88-1.05x, stay with
-# small_nt's rule) and 0.63 on wide's 128 x 1024 x 10,
-# 1.05-1.13x on wide's products of 100M and more; and 1.34-1.48x on float64 outputs
-# narrower than two vectors (digits' and mnist's 10 classes), which go to BLAS. Each panel
-# of rows streams the whole right operand (K x N): at 2^24 the float32 loops still took
-# 0.64-0.88 of BLAS's time with 1-8 MB of it, but the float64 ones 1.11x at 2 MiB, 1.17x at
-# 8 MiB and 2.28x at 16 MiB (mnist's 1.6 MB: 0.91), so float64 keeps it under 2 MiB.
+# With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run
+# it) the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products
+# (up to 64 x 784 x 256, 12.8M, in float32 and float64; its nt products, 0.88-1.05x, stay
+# with small_nt's rule) and 0.63 on wide's 128 x 1024 x 10, 1.05-1.13x on wide's products
+# of 100M and more; and 1.34-1.48x on float64 outputs narrower than two vectors (digits'
+# and mnist's 10 classes), which go to BLAS. Each panel of rows streams the whole right
+# operand (K x N): at 2^24 the float32 loops still took 0.64-0.88 of BLAS's time with 1-8
+# MB of it, but the float64 ones 1.11x at 2 MiB, 1.17x at 8 MiB and 2.28x at 16 MiB
+# (mnist's 1.6 MB: 0.91), so float64 keeps it under 2 MiB.
 SMALL_MACS_AVX512 = 1 << 24
 FLOAT64_RIGHT_BYTES_AVX512 = 1 << 21
 _LOOP_MACS = SMALL_MACS_AVX512 if VECTOR_BYTES == 64 else SMALL_MACS
