@@ -226,8 +226,8 @@ def main():
     from fastbp.kernels import choose_strategy
     for name in args.workloads:
         layers, batch, loss = WORKLOADS[name]
-        plan = choose_strategy(layers, batch, os.cpu_count())
-        rows = batch if plan == "serial" else -(-batch // os.cpu_count())
+        plan = choose_strategy(layers, batch, len(os.sched_getaffinity(0)))
+        rows = batch if plan == "serial" else -(-batch // len(os.sched_getaffinity(0)))
         print(f"\n{name} {'-'.join(map(str, layers))}, batch {batch}: one chunk's "
               f"products ({rows} rows), one thread")
         chunk = measure_products(step_products(layers, rows), mkl, torch, panel, args.rounds)

@@ -46,7 +46,8 @@ from workloads import (WORKLOADS, bag_of_words, core_sharing, flops_per_sample, 
 N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "wide": 4096,
              "tiny-b1": 2048}
 LR = {"sgd": 0.01, "adam": 1e-3}
-THREADS = os.cpu_count()
+# the CPUs this process may run on (taskset and containers narrow them; os.cpu_count() does not)
+THREADS = len(os.sched_getaffinity(0))
 COOL_DOWN = 0.3   # seconds between two contestants' epochs (not timed)
 # workloads.core_sharing above this: the round ran while the two threads shared one core
 SHARED_CORE = 1.3

@@ -10,7 +10,12 @@
 # Uses the python3 that holds numba-cuda and torch there (PYTHONPATH=., nothing installed).
 # Time limits (s): GRAPHS_S (150), SUITE_S (220), BENCH_S (0: compare.py --cuda without
 # torch.compile not run), COMPILED_S (0: with it, not run), WHOLE_S (0); WORKLOADS limits
-# compare.py's workloads. The defaults fit in about 7 minutes.
+# compare.py's workloads. The defaults fit in about 7 minutes. GRAPHS_S=0 leaves out gpu_graphs.py.
+# HOST_S (0): the host CPU measured as a 2-core machine, in the background from the start:
+# compare.py --products, the five workloads against JAX and PyTorch on the CPU, and
+# --estimators, pinned to two CPUs on cores of their own (NUMBA/OpenBLAS/torch at 2 threads),
+# the GPU runs pinned to the other CPUs. CPU_TESTS_S (0): after the CUDA suite, the CPU
+# kernel tests at the host's full thread count.
 #   bash benchmarks/gpu_check.sh [pytest-args...]
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -27,11 +32,34 @@ SUITE_S=${SUITE_S:-220} BENCH_S=${BENCH_S:-0} GRAPHS_S=${GRAPHS_S:-150}
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
+HOST_S=${HOST_S:-0}; GPU_CPUS=""
+if [ "$HOST_S" != 0 ]; then
+  # two CPUs of different physical cores (SMT siblings would share one core's FMA units)
+  PAIR=$(lscpu -p=CPU,CORE | grep -v '^#' | sort -t, -k2,2n -u | head -2 | cut -d, -f1 | paste -sd,)
+  GPU_CPUS=$(lscpu -p=CPU | grep -v '^#' | grep -vxF -e "${PAIR%,*}" -e "${PAIR#*,}" | paste -sd,)
+  echo "host CPU comparison on CPUs $PAIR; the GPU runs on $GPU_CPUS"
+  (
+    export NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 JAX_PLATFORMS=cpu \
+      CUDA_VISIBLE_DEVICES=""
+    end=$((SECONDS + HOST_S))
+    left() { local r=$((end - SECONDS)); [ "$r" -gt 1 ] && echo "$r" || echo 1; }   # never 0 (no limit)
+    timeout 60 taskset -c "$PAIR" python3 benchmarks/compare.py --products > "$OUT/host_products.txt" 2>&1
+    timeout "$(left)" taskset -c "$PAIR" python3 benchmarks/compare.py --rounds 3 \
+      --workloads tiny regression deep mnist wide --skip "torch eager foreach" \
+      > "$OUT/host_compare.txt" 2>&1
+    timeout "$(left)" taskset -c "$PAIR" python3 benchmarks/compare.py --estimators \
+      --rounds 3 > "$OUT/host_estimators.txt" 2>&1
+    echo "host comparison done at ${SECONDS} s" >> "$OUT/host_compare.txt"
+  ) &
+  HOST_PID=$!
+fi
+PIN=${GPU_CPUS:+taskset -c $GPU_CPUS}
+
 echo "== first-use compile of the GPU kernels: an empty disk cache, then loaded from it"
 export NUMBA_CACHE_DIR=$(mktemp -d)
 for run in "empty cache" "cached"; do
 echo "-- $run" >> "$OUT/compile.txt"
-python3 - >> "$OUT/compile.txt" 2>&1 <<'PY'
+$PIN python3 - >> "$OUT/compile.txt" 2>&1 <<'PY'
 import time
 t0 = time.perf_counter()
 import numpy as np
@@ -55,10 +83,12 @@ done
 unset NUMBA_CACHE_DIR
 cat "$OUT/compile.txt"
 
-echo "== CUDA graphs vs plain launches vs PyTorch eager (benchmarks/gpu_graphs.py)"
-timeout "$GRAPHS_S" python3 benchmarks/gpu_graphs.py --rounds 3 ${GRAPHS_ARGS:-} > "$OUT/graphs.txt" \
-  2> "$OUT/graphs.err"
-echo "graphs exit $?"; cat "$OUT/graphs.txt"; tail -20 "$OUT/graphs.err"
+if [ "$GRAPHS_S" != 0 ]; then
+  echo "== CUDA graphs vs plain launches vs PyTorch eager (benchmarks/gpu_graphs.py)"
+  timeout "$GRAPHS_S" $PIN python3 benchmarks/gpu_graphs.py --rounds 3 ${GRAPHS_ARGS:-} \
+    > "$OUT/graphs.txt" 2> "$OUT/graphs.err"
+  echo "graphs exit $?"; cat "$OUT/graphs.txt"; tail -20 "$OUT/graphs.err"
+fi
 
 if [ "$BENCH_S" != 0 ]; then
   echo "== compare --cuda (eager PyTorch; then with torch.compile, which compiles per shape)"
@@ -74,13 +104,27 @@ if [ "${COMPILED_S:-0}" != 0 ]; then
   tail -20 "$OUT/compare_cuda_compiled.err"
 fi
 echo "== CUDA suite"
-FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" python3 -m pytest tests/cuda -q -p no:cacheprovider \
+FASTBP_CUDA_TESTS=1 timeout "$SUITE_S" $PIN python3 -m pytest tests/cuda -q -p no:cacheprovider \
   -rfE "$@" > "$OUT/cuda_suite.txt" 2>&1
 echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
+
+if [ "${CPU_TESTS_S:-0}" != 0 ]; then
+  echo "== the CPU kernel tests at the host's thread count"
+  timeout "$CPU_TESTS_S" $PIN python3 -m pytest -q -p no:cacheprovider -n 4 -rfE tests/test_gemm.py \
+    tests/test_kernels.py tests/test_engine.py tests/test_threads.py tests/test_sklearn_equivalence.py \
+    > "$OUT/cpu_tests.txt" 2>&1
+  echo "cpu tests exit $?"; tail -25 "$OUT/cpu_tests.txt"
+fi
 
 if [ "${WHOLE_S:-0}" != 0 ]; then
   echo "== the whole test suite, once (the simulator subprocess and Dask left out)"
   timeout "$WHOLE_S" python3 -m pytest -q -p no:cacheprovider -x --ignore=tests/test_distributed.py \
     --deselect tests/test_cuda.py::test_cuda_suite_passes_under_the_simulator > "$OUT/whole_suite.txt" 2>&1
   echo "whole suite exit $?"; tail -15 "$OUT/whole_suite.txt"
+fi
+
+if [ -n "${HOST_PID:-}" ]; then
+  wait "$HOST_PID"
+  echo "== host CPU as a 2-core machine"; cat "$OUT/host_products.txt" "$OUT/host_compare.txt" \
+    "$OUT/host_estimators.txt"
 fi
