@@ -396,8 +396,12 @@ def products(rounds):
                 gemm.panels(C, A, A.shape[1], 1, B, A.shape[1], bias, True)
             elif kind == 1:
                 gemm.panels(C, A, 1, A.shape[1], B, A.shape[0], C[0], False)
-            else:
+            elif kind == 2:
                 gemm.dot_panels(C, A, B)
+            else:                            # nt as nn's panels over B transposed
+                T = np.empty((A.shape[1], B.shape[0]), dtype=C.dtype)
+                gemm.transpose_into(T, B)
+                gemm.panels(C, A, A.shape[1], 1, T, A.shape[1], C[0], False)
 
     @njit
     def blas(kind, C, A, B, bias, n):
@@ -422,8 +426,9 @@ def products(rounds):
 def _products(nets, simd, blas, rounds):
     from fastbp.kernels import choose_strategy, gemm
     rng = np.random.default_rng(0)
-    print("| network | product | rows x depth x cols | BLAS us | gemm us | gemm/BLAS | rule |")
-    print("|---|---|---|---:|---:|---:|---|")
+    print("| network | product | rows x depth x cols | BLAS us | gemm us | gemm/BLAS | rule |"
+          " dZ W^T: dot products us |")
+    print("|---|---|---|---:|---:|---:|---|---:|")
     for name, layers, batch, dtype in nets:
         plan = choose_strategy(layers, batch, THREADS, np.dtype(dtype).itemsize)
         rows = batch if plan == "serial" else -(-batch // THREADS)
@@ -442,18 +447,25 @@ def _products(nets, simd, blas, rounds):
                 bias = rng.standard_normal(N).astype(dtype)
                 reps = max(3, int(2e7 / (M * K * N)))
                 best = {}
+                # gemm's loops for nt: nn's panels over B transposed; and its dot products
+                variants = ((kind, "simd"),) if kind < 2 else ((3, "simd"), (2, "dots"))
                 for _ in range(rounds):
-                    for label_, fn in (("blas", blas), ("simd", simd)):
-                        fn(kind, C, A, B, bias, 1)
+                    for label_, fn, k in (("blas", blas, kind),
+                                          *((v, simd, k) for k, v in variants)):
+                        fn(k, C, A, B, bias, 1)
                         start = time.perf_counter()
-                        fn(kind, C, A, B, bias, reps)
+                        fn(k, C, A, B, bias, reps)
                         t = (time.perf_counter() - start) / reps
                         best[label_] = min(best.get(label_, np.inf), t)
-                rule = (gemm.small_nt(M, K, N, itemsize) if kind == 2
-                        else gemm.small(M, K, N, itemsize))
+                if kind < 2:
+                    rule = "gemm" if gemm.small(M, K, N, itemsize) else "BLAS"
+                else:
+                    rule = ("gemm (transposed)" if gemm.nt_by_transpose(M, K, N, itemsize) else
+                            "gemm (dots)" if gemm.small_nt(M, K, N, itemsize) else "BLAS")
+                dots = f"{best['dots'] * 1e6:.2f}" if "dots" in best else ""
                 print(f"| {name} | {label} | {M} x {K} x {N} | {best['blas'] * 1e6:.2f} | "
                       f"{best['simd'] * 1e6:.2f} | {best['simd'] / best['blas']:.2f} | "
-                      f"{'gemm' if rule else 'BLAS'} |", flush=True)
+                      f"{rule} | {dots} |", flush=True)
 
 
 def memory(workloads, breakdown=False):

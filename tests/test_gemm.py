@@ -125,6 +125,61 @@ def test_panels_at_the_other_vector_width(dtype):
             assert _untouched(buf, MR, N)
 
 
+@njit
+def _transpose(T, B):
+    gemm.transpose_into(T, B)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_matches_numpy(dtype):
+    """transpose_into (nt's scratch for nn's panels): whole blocks of a vector's lanes,
+    partial ones at either edge, and operands smaller than one block; nothing written
+    outside T."""
+    rng = np.random.default_rng(2)
+    for N in (1, 3, 8, 10, 16, 17, 33, 64, 100):
+        for K in (1, 2, 8, 10, 16, 31, 32, 64, 67):
+            B = rng.standard_normal((N, K)).astype(dtype)
+            buf, T = _output(K, N, dtype)
+            _transpose(T, B)
+            np.testing.assert_array_equal(T, B.T, err_msg=f"{N}x{K}")
+            assert _untouched(buf, K, N), f"{N}x{K} wrote outside T"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_block_at_both_vector_widths(dtype):
+    """One block of V x V (V: the lanes of 32- and of 64-byte vectors) inside larger
+    matrices, at offsets, as transpose_into calls it."""
+    rng = np.random.default_rng(3)
+    for vector_bytes in (32, 64):
+        V = vector_bytes // np.dtype(dtype).itemsize
+        block = gemm.transpose_block_intrinsic(vector_bytes)
+        call = njit(lambda B, T, i0, p0, block=block: block(
+            B, i0 * B.shape[1] + p0, B.shape[1], T, p0 * T.shape[1] + i0, T.shape[1]))
+        B = rng.standard_normal((V + 5, V + 3)).astype(dtype)
+        T = np.zeros((V + 3, V + 5), dtype=dtype)
+        call(B, T, 4, 2)
+        expected = np.zeros_like(T)
+        expected[2:2 + V, 4:4 + V] = B[4:4 + V, 2:2 + V].T
+        np.testing.assert_array_equal(T, expected, err_msg=f"{vector_bytes} bytes")
+
+
+def test_input_gradient_rule():
+    """Which route dZ W^T takes (`compare.py --products`): nn's panels over W transposed
+    wherever nn's rule takes the product, but float64 dot products of 4 vectors or more;
+    dot products or BLAS otherwise."""
+    wide_vectors = gemm.VECTOR_BYTES == 64
+    assert gemm.nt_by_transpose(32, 64, 64, 4) is True        # regression's hidden layer
+    assert gemm.nt_by_transpose(32, 128, 128, 4) is True      # deep's
+    assert gemm.nt_by_transpose(100, 10, 100, 8) is True      # digits' output layer
+    assert gemm.nt_by_transpose(128, 10, 1024, 4) is True     # wide's output layer
+    assert gemm.nt_by_transpose(32, 1, 64, 4) is True         # one output
+    assert gemm.nt_by_transpose(32, 128, 128, 8) is False     # float64 dot products
+    assert gemm.small_nt(32, 128, 128, 8) is True
+    assert gemm.nt_by_transpose(64, 128, 256, 4) == wide_vectors   # mnist's, as nn's rule
+    assert gemm.nt_by_transpose(128, 1024, 1024, 4) is False  # wide's hidden layer: BLAS
+    assert gemm.small_nt(128, 1024, 1024, 4) is False
+
+
 def test_panels_refuse_other_arrays():
     with pytest.raises(Exception, match="C-contiguous 2-D"):
         _nn(np.zeros((3, 4)), np.zeros((5, 3)).T, np.zeros((5, 4)), np.zeros(4))
@@ -157,20 +212,27 @@ def test_size_rule_follows_the_vector_width():
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("sizes, batch, paths", [
-    # every product small: nn, tn; nt where the layer's outputs are >= 4 vectors wide (64
-    # float32 are 4 vectors of AVX-512)
-    ([20, 48, 64, 3], 23, {"small": True, "nt": True}),
+    # every product small: nn, tn; nt over W transposed, but float64's dot products where
+    # the layer's outputs are >= 4 vectors long (64 float64 are 4 vectors of AVX2, 8 of
+    # AVX-512)
+    ([20, 48, 64, 3], 23, {"small": True, "nt": {"float32": {"transposed"},
+                                                 "float64": {"dots", "transposed"}}}),
     # the hidden layers' products over gemm.small's threshold (2^24 multiply-adds with
     # AVX-512, 2^19 without): BLAS (the output layer's are small)
-    ([40, 1200, 800, 2], 23, {"small": False, "nt": False}),
+    ([40, 1200, 800, 2], 23, {"small": False, "nt": {"float32": {"BLAS", "transposed"},
+                                                     "float64": {"BLAS", "transposed"}}}),
 ])
 def test_layers_match_reference_on_both_sides_of_the_threshold(sizes, batch, paths, dtype):
     itemsize = np.dtype(dtype).itemsize
     hidden = list(zip(sizes[1:-1], sizes[2:]))         # (n_in, n_out) of layers with dA
-    # the test covers the path it names (so it cannot silently stop covering it)
+
+    def route(M, K, N):
+        return ("transposed" if gemm.nt_by_transpose(M, K, N, itemsize) else
+                "dots" if gemm.small_nt(M, K, N, itemsize) else "BLAS")
+
+    # the test covers the paths it names (so it cannot silently stop covering them)
     assert gemm.small(batch, sizes[1], sizes[2], itemsize) == paths["small"]
-    assert any(gemm.small_nt(batch, n_out, n_in, itemsize) for n_in, n_out in hidden) \
-        == paths["nt"]
+    assert {route(batch, n_out, n_in) for n_in, n_out in hidden} == paths["nt"][dtype]
     t = Trainer(sizes, activation="tanh", loss="cross_entropy", dtype=dtype, seed=3,
                 batch_size=batch)
     t.params = t.params + np.random.default_rng(4).normal(scale=0.1, size=t.n_params)

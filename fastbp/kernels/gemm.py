@@ -23,8 +23,11 @@ strides and the rows of the right operand and of the output contiguous:
   tn: C (M, N) = A^T B for A (K, M),       a(i, p) = A[p, i]: the weight gradient.
 The input gradient dZ W^T has neither operand contiguous along the output's rows:
   nt: C (M, N) = A B^T for B (N, K)
-runs as dot products along both operands' rows (`dot_panel_intrinsic`, 3 x 3 at a time),
-each ended by a horizontal sum, so only where they are at least 4 vectors long.
+transposes B into a scratch (K, N) (`transpose_into`: blocks of a vector's lanes square,
+swapped in registers by `transpose_block_intrinsic`) and runs nn's panels over it, as
+nn's rule says (`nt_by_transpose`). Float64 products with at least 4 vectors of depth
+instead run as dot products along both operands' rows (`dot_panel_intrinsic`, 3 x 3 at a
+time), each ended by a horizontal sum (`small_nt`).
 
 All arrays are C-contiguous 2-D (the kernels' views of their flat buffers). The sums run in
 another order than BLAS's: results agree with it to rounding.
@@ -47,9 +50,9 @@ VECTOR_BYTES = 64 if host_has_avx512() else 32
 NV = 2                        # vectors of columns per tile
 
 # Products of at most this many multiply-adds (rows x depth x columns) run here, larger
-# ones through BLAS, for nn and tn on AVX2 and for nt (small_nt) everywhere; bf16_product
-# takes the larger ones on every host. On a 2-core AMD EPYC (AVX2, 2026-11-26) these
-# loops took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at
+# ones through BLAS, for nn and tn on AVX2 and for nt's dot products (small_nt)
+# everywhere; bf16_product takes the larger ones on every host. On a 2-core AMD EPYC
+# (AVX2, 2026-11-26) these loops took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at
 # digits' 100 x 64 x 100 in float64 (640k, one run faster, one slower) and 1.2-1.3x its
 # time at 64 x 256 x 128 (`compare.py --products`; that script then timed BLAS on both
 # cores, so the loops' share may have been better than it looked).
@@ -87,6 +90,19 @@ def small_nt(M, K, N, itemsize):
     at least 4 vectors long (the horizontal sum that ends each one costs about as much as
     4 vectors of it)."""
     return M * K * N <= SMALL_MACS and K * itemsize >= 4 * VECTOR_BYTES
+
+
+@jit
+def nt_by_transpose(M, K, N, itemsize):
+    """Whether the (M, K) x (K, N) product A B^T runs as nn's panels over B transposed into
+    a scratch (transpose_into): wherever nn's rule (small) takes the same product, but for
+    float64 dot products of at least 4 vectors (small_nt), which kept up with it. Measured
+    on a 2-core Zen 4 (2026-11-27, `compare.py --products`): the transposition costs 0.1-0.3
+    us at 64 x 64 and nn's panels have no horizontal sums, so float32's 32 x 64 x 64 took
+    2.6 us against 3.7-3.8 in dot products (deep's 32 x 128 x 128 10.6-11.5 against 12.7-12.9)
+    and the short products behind an output layer, which went to BLAS (depth 10: digits'
+    float64 100 x 10 x 100, 4.1-4.2 against 5.8-5.9 us), 0.56-0.83 of their BLAS time."""
+    return small(M, K, N, itemsize) and not (itemsize == 8 and small_nt(M, K, N, itemsize))
 
 
 class _Vectors:
@@ -321,6 +337,70 @@ def _emit_dot_panel(builder, vec, MR, NJ, pa, pb, pc, a0, c0, K, N):
         columns(builder.add(done, loop.index), 1)
 
 
+def transpose_block_intrinsic(vector_bytes=None):
+    """The intrinsic transposing one square block of V x V elements (V: a vector's lanes):
+    transpose_block(B, b0, ldb, T, t0, ldt), for i, p < V: T[t0 + p ldt + i] = B[b0 + i ldb + p],
+    over flat element offsets. V rows are loaded as vectors and swapped in log2(V) stages
+    of two-vector shuffles (stage b exchanges the off-diagonal b x b blocks of every 2b x 2b
+    block), then stored as V rows."""
+    vector_bytes = vector_bytes or VECTOR_BYTES
+
+    @intrinsic
+    def transpose_block(typingctx, B, b0, ldb, T, t0, ldt):
+        _check_arrays(B, T)
+        sig = types.void(B, types.intp, types.intp, T, types.intp, types.intp)
+
+        def codegen(context, builder, sig, args):
+            vec = _Vectors(context, builder, sig.args[0].dtype, vector_bytes)
+            pb, pt = _data(context, builder, sig, args, (0, 3))
+            _emit_transpose_block(builder, vec, pb, pt, *(args[i] for i in (1, 2, 4, 5)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return transpose_block
+
+
+def _emit_transpose_block(builder, vec, pb, pt, b0, ldb, t0, ldt):
+    V, const = vec.lanes, vec.const
+    rows = [vec.load(pb, builder.add(b0, builder.mul(const(i), ldb))) for i in range(V)]
+    b = 1
+    while b < V:
+        low = ir.Constant(ir.VectorType(ir.IntType(32), V),
+                          [j if j & b == 0 else V + j - b for j in range(V)])
+        high = ir.Constant(ir.VectorType(ir.IntType(32), V),
+                           [j + b if j & b == 0 else V + j for j in range(V)])
+        for i in range(V):
+            if i & b == 0:
+                r0, r1 = rows[i], rows[i + b]
+                rows[i] = builder.shuffle_vector(r0, r1, low)
+                rows[i + b] = builder.shuffle_vector(r0, r1, high)
+        b *= 2
+    for p in range(V):
+        vec.store(rows[p], pt, builder.add(t0, builder.mul(const(p), ldt)))
+
+
+_transpose_block = transpose_block_intrinsic()
+
+
+@jit
+def transpose_into(T, B):
+    """T (K, N) = B (N, K)^T: whole blocks of a vector's lanes square by shuffles
+    (transpose_block), the edges element by element."""
+    N, K = B.shape
+    V = VECTOR_BYTES // B.itemsize
+    N_full, K_full = N - N % V, K - K % V
+    for i0 in range(0, N_full, V):
+        for p0 in range(0, K_full, V):
+            _transpose_block(B, i0 * K + p0, K, T, p0 * N + i0, N)
+    for p in range(K_full, K):           # the last columns of B, the last rows of T
+        for i in range(N):
+            T[p, i] = B[i, p]
+    for p in range(K_full):              # the last rows of B, the last columns of T
+        for i in range(N_full, N):
+            T[p, i] = B[i, p]
+
+
 # Panels of 6 rows, then one of 4, one of 2 and single rows for the rest. A single row's
 # panel keeps only NV accumulators, too few to hide the FMA latency: with AVX-512 (Zen 4)
 # the 4 rows left of 64, 100 or 784 in single rows made mnist's 64 x 784 x 256 take 261 us
@@ -399,9 +479,14 @@ def _tn_entry(c, a, b, unused, M, K, N):
 
 
 def _nt_entry(c, a, b, unused, M, K, N):
-    """C (M, N) = A @ B^T for A (M, K), B (N, K)."""
+    """C (M, N) = A @ B^T for A (M, K), B (N, K): B transposed into a scratch (K, N) and
+    nn's panels (nt_by_transpose), dot products (small_nt) or BLAS."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
-    if small_nt(M, K, N, C.itemsize):
+    if nt_by_transpose(M, K, N, C.itemsize):
+        T = np.empty((K, N), dtype=C.dtype)
+        transpose_into(T, B)
+        panels(C, A, K, 1, T, K, C[0], False)
+    elif small_nt(M, K, N, C.itemsize):
         dot_panels(C, A, B)
     else:
         np.dot(A, B.T, C)
