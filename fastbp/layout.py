@@ -5,6 +5,8 @@ buffer share this layout. The per-chunk workspace of the kernels is laid out her
 """
 import numpy as np
 
+from .kernels.gemm import TRANSPOSE_MAX
+
 BLOCK = 16384  # elements per block of the flat buffers in reductions and updates
 
 
@@ -58,9 +60,10 @@ class Layout:
         return self.blocks(min(BLOCK, max(256, share)))
 
     def workspace(self, rows, sparse=False):
-        """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off) and two delta buffers (d_off)
-        for `rows` rows in one chunk's workspace, and its total length. `sparse`: A_0 gets
-        no room (the first layer reads CSR rows)."""
+        """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off), two delta buffers and the input
+        gradient's scratch (d_off: the scratch last, as long as the largest W_l, l >= 1, that
+        gemm.nt transposes) for `rows` rows in one chunk's workspace, and its total length.
+        `sparse`: A_0 gets no room (the first layer reads CSR rows)."""
         sizes = [int(s) for s in self.sizes]
         if sparse:
             sizes[0] = 0
@@ -73,7 +76,9 @@ class Layout:
             if l < self.n_layers:
                 z_off.append(pos)
                 pos += rows * sizes[l + 1]
-        d_off = [pos, pos + rows * widest]
+        d_off = [pos, pos + rows * widest, pos + 2 * rows * widest]
         pos += 2 * rows * widest
+        pos += max([n_in * n_out for n_in, n_out in zip(sizes[1:-1], sizes[2:])
+                    if n_in * n_out <= TRANSPOSE_MAX], default=0)
         as_int = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
         return as_int(a_off), as_int(z_off), as_int(d_off), pos

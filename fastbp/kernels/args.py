@@ -70,8 +70,9 @@ class State(NamedTuple):
 
 class Workspace(NamedTuple):
     """work (C, W): per chunk, every layer's activations A_l at a_off[l], pre-activations
-    Z_l at z_off[l] and two delta buffers at d_off, for a fixed number of rows (A_0 has no
-    room when the data is sparse: the first layer reads the CSR rows).
+    Z_l at z_off[l], two delta buffers at d_off[0] and d_off[1], for a fixed number of rows
+    (A_0 has no room when the data is sparse: the first layer reads the CSR rows), and from
+    d_off[2] to the end the input gradient's scratch (gemm.nt's transposed W).
 
     The first layer's weight gradient of sparse data, per chunk (empty for dense data):
     touched (C, R) the rows of W_0 the chunk's rows touch (n_touched (C,) of them, each

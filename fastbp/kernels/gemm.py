@@ -50,10 +50,10 @@ VECTOR_BYTES = 64 if host_has_avx512() else 32
 NV = 2                        # vectors of columns per tile
 
 # Products of at most this many multiply-adds (rows x depth x columns) run here, larger
-# ones through BLAS, for nn and tn on AVX2 and for nt's dot products (small_nt)
-# everywhere; bf16_product takes the larger ones on every host. On a 2-core AMD EPYC
-# (AVX2, 2026-11-26) these loops took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same at
-# digits' 100 x 64 x 100 in float64 (640k, one run faster, one slower) and 1.2-1.3x its
+# ones through BLAS, for nn and tn on AVX2 and for nt's dot products (small_nt) everywhere;
+# bf16_product takes the larger ones on every host. On a 2-core AMD EPYC (AVX2, 2026-11-26)
+# these loops took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same
+# at digits' 100 x 64 x 100 in float64 (640k, one run faster, one slower) and 1.2-1.3x its
 # time at 64 x 256 x 128 (`compare.py --products`; that script then timed BLAS on both
 # cores, so the loops' share may have been better than it looked).
 SMALL_MACS = 1 << 19
@@ -92,17 +92,25 @@ def small_nt(M, K, N, itemsize):
     return M * K * N <= SMALL_MACS and K * itemsize >= 4 * VECTOR_BYTES
 
 
+# The largest B (N x K elements) of nt that is transposed: the caller's scratch (T: the
+# kernels' workspace, layout.workspace) holds that many (128 KB of float32: mnist's
+# 128 x 256; wide's 1024 x 1024 goes to BLAS anyway).
+TRANSPOSE_MAX = 1 << 15
+
+
 @jit
 def nt_by_transpose(M, K, N, itemsize):
     """Whether the (M, K) x (K, N) product A B^T runs as nn's panels over B transposed into
-    a scratch (transpose_into): wherever nn's rule (small) takes the same product, but for
-    float64 dot products of at least 4 vectors (small_nt), which kept up with it. Measured
+    the caller's scratch (transpose_into): wherever nn's rule (small) takes the same
+    product and B has at most TRANSPOSE_MAX elements, but for float64 dot products of at
+    least 4 vectors (small_nt), which kept up with it. Measured
     on a 2-core Zen 4 (2026-11-27, `compare.py --products`): the transposition costs 0.1-0.3
     us at 64 x 64 and nn's panels have no horizontal sums, so float32's 32 x 64 x 64 took
     2.6 us against 3.7-3.8 in dot products (deep's 32 x 128 x 128 10.6-11.5 against 12.7-12.9)
     and the short products behind an output layer, which went to BLAS (depth 10: digits'
     float64 100 x 10 x 100, 4.1-4.2 against 5.8-5.9 us), 0.56-0.83 of their BLAS time."""
-    return small(M, K, N, itemsize) and not (itemsize == 8 and small_nt(M, K, N, itemsize))
+    return (K * N <= TRANSPOSE_MAX and small(M, K, N, itemsize)
+            and not (itemsize == 8 and small_nt(M, K, N, itemsize)))
 
 
 class _Vectors:
@@ -478,12 +486,12 @@ def _tn_entry(c, a, b, unused, M, K, N):
         np.dot(A.T, B, C)
 
 
-def _nt_entry(c, a, b, unused, M, K, N):
-    """C (M, N) = A @ B^T for A (M, K), B (N, K): B transposed into a scratch (K, N) and
-    nn's panels (nt_by_transpose), dot products (small_nt) or BLAS."""
+def _nt_entry(c, a, b, t, M, K, N):
+    """C (M, N) = A @ B^T for A (M, K), B (N, K): B transposed into the scratch T (at least
+    K N elements where nt_by_transpose) and nn's panels, dot products (small_nt) or BLAS."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
     if nt_by_transpose(M, K, N, C.itemsize):
-        T = np.empty((K, N), dtype=C.dtype)
+        T = carray(t, (K, N))
         transpose_into(T, B)
         panels(C, A, K, 1, T, K, C[0], False)
     elif small_nt(M, K, N, C.itemsize):
@@ -556,13 +564,13 @@ def _tn_bf16_entry(c, a, b, unused, M, K, N):
     C[:, :] = out[:M, :N]
 
 
-def _nt_bf16_entry(c, a, b, unused, M, K, N):
+def _nt_bf16_entry(c, a, b, t, M, K, N):
     """nt with bf16 operands, as C^T (N, M) = B (N, K) A^T: B's rows are pairs along the depth
     as they are, and A (M, K), the smaller (a chunk's rows), is the one packed transposed
     (packing B^T, all of W, took as long as the product; measured on a Zen 4)."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
     if not bf16_product(M, K, N, M):
-        nt(C, A, B)
+        nt(C, A, B, carray(t, (K * N,)))
         return
     Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
     if _whole_tiles(N, M):
@@ -664,8 +672,9 @@ _RELOAD = {"float32": _register_float32, "float64": _register_float64}
 
 def _entry_call(kind, with_bias):
     """The intrinsic calling entry point `kind` on C-contiguous 2-D arrays: (C, A, B, bias)
-    or (C, A, B), shapes as its docstring says, taken from C and A. Like a BLAS call, the
-    shapes of B and bias are the caller's to get right (they are not checked)."""
+    (nt: its scratch T in bias's place) or (C, A, B), shapes as its docstring says, taken
+    from C and A. Like a BLAS call, the shapes of B and bias are the caller's to get right
+    (they are not checked)."""
 
     def typer(operands):
         _check_arrays(*operands)
@@ -707,10 +716,11 @@ def _entry_call(kind, with_bias):
 # callable from jit code only
 nn = _entry_call("nn", True)     # nn(C, A, B, bias): C (M, N) = A (M, K) @ B (K, N) + bias (N,)
 tn = _entry_call("tn", False)    # tn(C, A, B): C (M, N) = A^T @ B for A (K, M), B (K, N)
-nt = _entry_call("nt", False)    # nt(C, A, B): C (M, N) = A @ B^T for A (M, K), B (N, K)
+nt = _entry_call("nt", True)     # nt(C, A, B, T): C (M, N) = A @ B^T for A (M, K), B (N, K),
+#                                  T a 1-D scratch of K N elements (up to TRANSPOSE_MAX)
 nn_bf16 = _entry_call("nn_bf16", True)    # the same three with bf16 operands (float32;
 tn_bf16 = _entry_call("tn_bf16", False)   # float64 arrays take the plain ones)
-nt_bf16 = _entry_call("nt_bf16", False)
+nt_bf16 = _entry_call("nt_bf16", True)
 
 
 @jit
@@ -728,7 +738,9 @@ def product(kind, C, A, B, bias, use_bf16):
             tn_bf16(C, A, B)
         else:
             tn(C, A, B)
-    elif use_bf16:
-        nt_bf16(C, A, B)
     else:
-        nt(C, A, B)
+        T = np.empty(A.shape[1] * B.shape[0], dtype=C.dtype)     # nt's scratch
+        if use_bf16:
+            nt_bf16(C, A, B, T)
+        else:
+            nt(C, A, B, T)

@@ -62,9 +62,10 @@ def linear_forward(Z, A, W, b, bf16):
 
 
 @jit
-def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16):
+def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16, scratch):
     """dW (n_in, n_out) = A^T dZ; db (n_out,) = column sums of dZ (B, n_out);
-    dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False). The products as
+    dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False), with `scratch`
+    (1-D, the workspace's: gemm.nt transposes W into it where that pays). The products as
     linear_forward's."""
     if bf16:
         gemm.tn_bf16(dW, A, dZ)
@@ -77,9 +78,9 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16):
             db[j] += dZ[r, j]
     if need_dA:
         if bf16:
-            gemm.nt_bf16(dA, dZ, W)
+            gemm.nt_bf16(dA, dZ, W, scratch)
         else:
-            gemm.nt(dA, dZ, W)
+            gemm.nt(dA, dZ, W, scratch)
 
 
 @jit
@@ -408,6 +409,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
     L = sizes.shape[0] - 1
     n_0 = 0 if SPARSE else sizes[0]
     A0 = matrix(work, a_off[0], B, n_0)
+    scratch = work[d_off[2]:]                # nt's transposed W (layout.workspace)
     P = matrix(work, a_off[L], B, sizes[L])
     dZ = matrix(work, d_off[0], B, sizes[L])
     loss_backward(dZ, P, idx, rows.labels, rows.targets, rows.weights, net.loss_code,
@@ -417,7 +419,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
         dA = matrix(work, d_off[(L - l) % 2], B, sizes[l])   # ping-pong delta buffers
         linear_backward(dA, layer_weight(grads, w_off, sizes, l),
                         layer_bias(grads, b_off, sizes, l), dZ, A,
-                        layer_weight(params, w_off, sizes, l), True, net.bf16)
+                        layer_weight(params, w_off, sizes, l), True, net.bf16, scratch)
         dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
         if dropped:
             dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
@@ -430,5 +432,5 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
     else:
         W = layer_weight(params, w_off, sizes, 0)
         linear_backward(dZ, layer_weight(grads, w_off, sizes, 0), db, dZ, A0, W, False,
-                        net.bf16)
+                        net.bf16, scratch)
     return loss_sum, n_correct
