@@ -110,9 +110,12 @@ def read_model_file(path):
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded as npz:
                 files = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        # pickled objects, truncated archives and non-.npz files all end here; NumPy's own
-        # message would suggest allow_pickle=True, which fastbp never does
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError,
+            NotImplementedError) as e:
+        # pickled objects, truncated archives and non-.npz files all end here, and damaged
+        # zip headers that ask for features zipfile lacks (encryption, a newer zip version:
+        # NotImplementedError); NumPy's own message would suggest allow_pickle=True, which
+        # fastbp never does
         raise _bad(path, "it is not a readable .npz archive of plain arrays "
                    f"({type(e).__name__}; fastbp never loads pickled objects)") from None
     if files is None:

@@ -452,6 +452,24 @@ def test_damaged_model_files_are_refused_or_load_cleanly(tmp_path_factory):
     assert seen["refused"] >= 0.5 * sum(seen.values()) and seen["loaded"] >= 1, seen
 
 
+@pytest.mark.parametrize("offset, value, what", [
+    (8, 0x40, "strong encryption"),           # the general-purpose flags' bit 6
+    (8, 0x20, "compressed patched data"),     # bit 5
+    (6, 64, "zip file version 6.4"),          # the version needed to extract
+])
+def test_a_zip_header_asking_for_what_zipfile_lacks_is_refused(tmp_path, offset, value, what):
+    """One damaged byte in the zip's central directory (found by the fuzz test above) made
+    zipfile raise NotImplementedError, which escaped as a traceback."""
+    t = Trainer([4, 5, 3], seed=0)
+    t.save(tmp_path / "good.npz")
+    data = bytearray((tmp_path / "good.npz").read_bytes())
+    entry = data.index(b"PK\x01\x02")         # the first central-directory entry
+    data[entry + offset] |= value
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not a valid fastbp model file.*NotImplementedError"):
+        Trainer.load(tmp_path / "bad.npz")
+
+
 # ----------------------------------------------------------- constructor arguments
 
 N_HIDDEN = len(LAYERS) - 2
