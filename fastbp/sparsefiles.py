@@ -29,7 +29,7 @@ def is_sparse_file(path):
         try:
             with zipfile.ZipFile(path) as z:
                 keys = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
-        except (zipfile.BadZipFile, OSError):
+        except (zipfile.BadZipFile, OSError, NotImplementedError):   # damaged headers
             return False
         return _SCIPY_NPZ_KEYS <= keys
     return False
@@ -49,7 +49,7 @@ def read_sparse(path, n_features=None):
         else:
             from sklearn.datasets import load_svmlight_file
             X, y = load_svmlight_file(name, n_features=n_features)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, NotImplementedError) as e:
         raise ValueError(f"{name}: not a readable sparse data file ({e})") from None
     if n_features is not None and X.shape[1] != n_features:
         if X.shape[1] > n_features:
