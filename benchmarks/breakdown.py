@@ -56,7 +56,7 @@ def _weight_grad_products(As, dZs, dWs, reps):
 
 @njit(parallel=True, cache=False)
 def _input_grad_products(dZs, Ws, dAs, reps):
-    scratch = np.empty((dZs.shape[0], Ws.size), dtype=Ws.dtype)   # per chunk, as in the kernels
+    scratch = np.empty((dZs.shape[0], Ws.size + Ws.shape[0]), dtype=Ws.dtype)   # as the kernels
     for _ in range(reps):
         for c in prange(dZs.shape[0]):
             gemm.nt(dAs[c], dZs[c], Ws, scratch[c])

@@ -52,7 +52,7 @@ def _epoch(X, labels, order, B, W0t, b0, W1, b1, m, v, dW0t, dW1, db0, db1, Z, A
     t_ = X.dtype.type
     beta1, beta2, eps = t_(0.9), t_(0.999), t_(1e-8)
     Xb = np.empty((B, n_in))
-    scratch = np.empty((T, Ht * K))        # each thread's input-gradient scratch (gemm.nt)
+    scratch = np.empty((T, Ht * (K + 1)))  # each thread's input-gradient scratch (gemm.nt)
     loss = 0.0
     step = steps_done
     for lo in range(0, n - B + 1, B):

@@ -62,8 +62,9 @@ class Layout:
     def workspace(self, rows, sparse=False):
         """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off), two delta buffers and the input
         gradient's scratch (d_off: the scratch last, as long as the largest W_l, l >= 1, that
-        gemm.nt transposes) for `rows` rows in one chunk's workspace, and its total length.
-        `sparse`: A_0 gets no room (the first layer reads CSR rows)."""
+        gemm.nt transposes, and one row of it more) for `rows` rows in one chunk's
+        workspace, and its total length. `sparse`: A_0 gets no room (the first layer reads
+        CSR rows)."""
         sizes = [int(s) for s in self.sizes]
         if sparse:
             sizes[0] = 0
@@ -78,7 +79,7 @@ class Layout:
                 pos += rows * sizes[l + 1]
         d_off = [pos, pos + rows * widest, pos + 2 * rows * widest]
         pos += 2 * rows * widest
-        pos += max([n_in * n_out for n_in, n_out in zip(sizes[1:-1], sizes[2:])
+        pos += max([(n_out + 1) * n_in for n_in, n_out in zip(sizes[1:-1], sizes[2:])
                     if n_in * n_out <= TRANSPOSE_MAX], default=0)
         as_int = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
         return as_int(a_off), as_int(z_off), as_int(d_off), pos

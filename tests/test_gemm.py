@@ -25,7 +25,7 @@ def _tn(C, A, B):
 
 @njit
 def _nt(C, A, B):
-    gemm.nt(C, A, B, np.empty(A.shape[1] * B.shape[0], dtype=C.dtype))
+    gemm.nt(C, A, B, np.empty((A.shape[1] + 1) * B.shape[0], dtype=C.dtype))
 
 
 # rows (panels of 6, 4, 2, 1 and every remainder), depth, columns (whole tiles of 2 vectors,

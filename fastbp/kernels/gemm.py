@@ -93,8 +93,8 @@ def small_nt(M, K, N, itemsize):
 
 
 # The largest B (N x K elements) of nt that is transposed: the caller's scratch (T: the
-# kernels' workspace, layout.workspace) holds that many (128 KB of float32: mnist's
-# 128 x 256; wide's 1024 x 1024 goes to BLAS anyway).
+# kernels' workspace, layout.workspace) holds that many and N more (a zero bias) (128 KB of
+# float32: mnist's 128 x 256; wide's 1024 x 1024 goes to BLAS anyway).
 TRANSPOSE_MAX = 1 << 15
 
 
@@ -487,13 +487,18 @@ def _tn_entry(c, a, b, unused, M, K, N):
 
 
 def _nt_entry(c, a, b, t, M, K, N):
-    """C (M, N) = A @ B^T for A (M, K), B (N, K): B transposed into the scratch T (at least
-    K N elements where nt_by_transpose) and nn's panels, dot products (small_nt) or BLAS."""
+    """C (M, N) = A @ B^T for A (M, K), B (N, K): B transposed into the scratch t (K N + N
+    elements where nt_by_transpose) and nn's entry point over it, with the scratch's last N
+    elements as a zero bias; else dot products (small_nt) or BLAS."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
     if nt_by_transpose(M, K, N, C.itemsize):
-        T = carray(t, (K, N))
+        scratch = carray(t, (K * N + N,))
+        T = scratch[:K * N].reshape((K, N))
+        zero = scratch[K * N:]
         transpose_into(T, B)
-        panels(C, A, K, 1, T, K, C[0], False)
+        for j in range(N):
+            zero[j] = 0
+        nn(C, A, T, zero)      # by symbol: the panels' code is compiled once, in nn's entry
     elif small_nt(M, K, N, C.itemsize):
         dot_panels(C, A, B)
     else:
@@ -570,7 +575,7 @@ def _nt_bf16_entry(c, a, b, t, M, K, N):
     (packing B^T, all of W, took as long as the product; measured on a Zen 4)."""
     C, A, B = carray(c, (M, N)), carray(a, (M, K)), carray(b, (N, K))
     if not bf16_product(M, K, N, M):
-        nt(C, A, B, carray(t, (K * N,)))
+        nt(C, A, B, carray(t, (K * N + N,)))
         return
     Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
     if _whole_tiles(N, M):
@@ -589,6 +594,7 @@ _BF16_ENTRIES = {"nn_bf16": _nn_bf16_entry, "tn_bf16": _tn_bf16_entry,
                  "nt_bf16": _nt_bf16_entry}     # float32 only: see enable_bf16
 _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
 _registered = set()            # dtype names whose entry points' symbols are known
+_registering = set()           # ... being compiled, by the thread holding the compiler lock
 _bf16_targets = []             # the bf16 stand-ins' pointers (ctypes.c_void_p), nn, tn, nt
 _bf16_enabled = []             # [True] once they point at the bf16 entry points
 
@@ -627,19 +633,29 @@ def register(dtype_name):
     # hold it already, and compiles itself; a second lock taken in the other order by
     # another thread would deadlock
     with global_compiler_lock:
-        if dtype_name in _registered:
-            return                        # done meanwhile by another thread
-        for kind, body in _ENTRIES.items():
-            entry = _compile_entry(kind, dtype_name, body)
-            llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
-        if dtype_name == "float32":
-            for kind, (address, target) in bf16.trampolines(
-                    [_symbol(k + "_bf16", "float32") for k in _ENTRIES]).items():
-                llvm_binding.add_symbol(kind, address)
-                _bf16_targets.append(target)
-            for target, kind in zip(_bf16_targets, _ENTRIES):
-                target.value = _compiled[kind, "float32"].address
-        _registered.add(dtype_name)
+        if dtype_name in _registered or dtype_name in _registering:
+            # done meanwhile by another thread, or under way in this one: nt's entry point
+            # calls nn's, compiled and its symbol added before it (the lock is reentrant)
+            return
+        _registering.add(dtype_name)
+        try:
+            _register_entries(dtype_name)
+        finally:
+            _registering.discard(dtype_name)
+
+
+def _register_entries(dtype_name):
+    for kind, body in _ENTRIES.items():         # nn first: nt calls it
+        entry = _compile_entry(kind, dtype_name, body)
+        llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
+    if dtype_name == "float32":
+        for kind, (address, target) in bf16.trampolines(
+                [_symbol(k + "_bf16", "float32") for k in _ENTRIES]).items():
+            llvm_binding.add_symbol(kind, address)
+            _bf16_targets.append(target)
+        for target, kind in zip(_bf16_targets, _ENTRIES):
+            target.value = _compiled[kind, "float32"].address
+    _registered.add(dtype_name)
 
 
 def enable_bf16():
@@ -717,7 +733,7 @@ def _entry_call(kind, with_bias):
 nn = _entry_call("nn", True)     # nn(C, A, B, bias): C (M, N) = A (M, K) @ B (K, N) + bias (N,)
 tn = _entry_call("tn", False)    # tn(C, A, B): C (M, N) = A^T @ B for A (K, M), B (K, N)
 nt = _entry_call("nt", True)     # nt(C, A, B, T): C (M, N) = A @ B^T for A (M, K), B (N, K),
-#                                  T a 1-D scratch of K N elements (up to TRANSPOSE_MAX)
+#                                  T a 1-D scratch of K N + N elements (K N up to TRANSPOSE_MAX)
 nn_bf16 = _entry_call("nn_bf16", True)    # the same three with bf16 operands (float32;
 tn_bf16 = _entry_call("tn_bf16", False)   # float64 arrays take the plain ones)
 nt_bf16 = _entry_call("nt_bf16", True)
@@ -739,7 +755,7 @@ def product(kind, C, A, B, bias, use_bf16):
         else:
             tn(C, A, B)
     else:
-        T = np.empty(A.shape[1] * B.shape[0], dtype=C.dtype)     # nt's scratch
+        T = np.empty((A.shape[1] + 1) * B.shape[0], dtype=C.dtype)     # nt's scratch
         if use_bf16:
             nt_bf16(C, A, B, T)
         else:
