@@ -358,3 +358,9 @@ def test_sparse_files_are_read_without_densifying(tmp_path):
     (tmp_path / "bad.svm").write_text("1 x:y\n")
     with pytest.raises(ValueError, match="bad.svm"):
         read_sparse(tmp_path / "bad.svm")
+    # a damaged zip header that asks for a feature zipfile lacks (NotImplementedError)
+    data = bytearray((tmp_path / "d.npz").read_bytes())
+    data[data.index(b"PK\x01\x02") + 8] |= 0x40        # "strong encryption"
+    (tmp_path / "damaged.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.npz: not a readable sparse data file"):
+        read_sparse(tmp_path / "damaged.npz")
