@@ -258,10 +258,10 @@ class Engine:
         return self.device().data(*rows[:4], batch_size)
 
     def _workspace(self, block_rows, n_chunks, rows, backward=True):
-        """Per chunk: the activations of block_rows rows, and for CSR `rows` when the
-        backward pass runs the touched rows of W_0 (args.Workspace)."""
+        """Per chunk: the activations of block_rows rows, and for a backward pass the input
+        gradient's scratch and, for CSR `rows`, the touched rows of W_0 (args.Workspace)."""
         lay, dtype = self.network.layout, self.network.dtype
-        a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse)
+        a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse, backward)
         R, n_0, n_1 = 0, 0, int(lay.sizes[1])
         if rows.sparse and backward:
             n_0 = int(lay.sizes[0])

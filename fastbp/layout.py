@@ -59,12 +59,12 @@ class Layout:
         share = -(-self.n_params // (4 * threads))
         return self.blocks(min(BLOCK, max(256, share)))
 
-    def workspace(self, rows, sparse=False):
-        """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off), two delta buffers and the input
-        gradient's scratch (d_off: the scratch last, as long as the largest W_l, l >= 1, that
-        gemm.nt transposes, and one row of it more) for `rows` rows in one chunk's
-        workspace, and its total length. `sparse`: A_0 gets no room (the first layer reads
-        CSR rows)."""
+    def workspace(self, rows, sparse=False, backward=True):
+        """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off), two delta buffers and, for a
+        `backward` pass, the input gradient's scratch (d_off: the scratch last, as long as
+        the largest W_l, l >= 1, that gemm.nt may transpose, and one row of it more) for
+        `rows` rows in one chunk's workspace, and its total length. `sparse`: A_0 gets no
+        room (the first layer reads CSR rows)."""
         sizes = [int(s) for s in self.sizes]
         if sparse:
             sizes[0] = 0
@@ -79,7 +79,8 @@ class Layout:
                 pos += rows * sizes[l + 1]
         d_off = [pos, pos + rows * widest, pos + 2 * rows * widest]
         pos += 2 * rows * widest
-        pos += max([(n_out + 1) * n_in for n_in, n_out in zip(sizes[1:-1], sizes[2:])
-                    if n_in * n_out <= TRANSPOSE_MAX], default=0)
+        if backward:
+            pos += max([(n_out + 1) * n_in for n_in, n_out in zip(sizes[1:-1], sizes[2:])
+                        if n_in * n_out <= TRANSPOSE_MAX], default=0)
         as_int = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
         return as_int(a_off), as_int(z_off), as_int(d_off), pos

@@ -75,6 +75,7 @@ def test_the_input_gradients_transposed_weights_live_in_the_workspace():
     assert later < t.params.nbytes / 4, (later, t.params.nbytes)
     a_off, z_off, d_off, size = t._layout.workspace(16)
     assert size - d_off[2] == 129 * 128          # the largest W_l (l >= 1) it takes, + a row
+    assert t._layout.workspace(16, backward=False)[3] == d_off[2]    # none for evaluation
 
 
 def test_building_a_trainer_holds_no_second_copy_of_params():

@@ -7,8 +7,8 @@ float32 it ran at 35-50 GFLOP/s on a 2-core AMD EPYC (AVX2) whose core peaks nea
 These loops skip the packing and run 1.5-3x faster there (`python benchmarks/compare.py
 --products` times each product of every workload both ways). Larger products, where BLAS's
 packing keeps its operands in cache, and single-column ones (matrix-vector products) still
-go to BLAS: the entry points choose by size (`small`, `small_nt`), so the choice is fixed
-for given shapes.
+go to BLAS: the entry points choose by size (`small`, `nt_by_transpose`, `small_nt`), so
+the choice is fixed for given shapes.
 
 A product is computed in panels of MR rows of the output (6, then 4, 2 and 1) across its
 width: for each tile of NV vectors of columns, MR x NV accumulators stay in vector registers
@@ -59,8 +59,8 @@ NV = 2                        # vectors of columns per tile
 SMALL_MACS = 1 << 19
 # With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run
 # it) the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products
-# (up to 64 x 784 x 256, 12.8M, in float32 and float64; its nt products, 0.88-1.05x, stay
-# with small_nt's rule) and 0.63 on wide's 128 x 1024 x 10, 1.05-1.13x on wide's products
+# (up to 64 x 784 x 256, 12.8M, in float32 and float64; nt takes the same rule through
+# nt_by_transpose) and 0.63 on wide's 128 x 1024 x 10, 1.05-1.13x on wide's products
 # of 100M and more; and 1.34-1.48x on float64 outputs narrower than two vectors (digits'
 # and mnist's 10 classes), which go to BLAS. Each panel of rows streams the whole right
 # operand (K x N): at 2^24 the float32 loops still took 0.64-0.88 of BLAS's time with 1-8
@@ -103,12 +103,12 @@ def nt_by_transpose(M, K, N, itemsize):
     """Whether the (M, K) x (K, N) product A B^T runs as nn's panels over B transposed into
     the caller's scratch (transpose_into): wherever nn's rule (small) takes the same
     product and B has at most TRANSPOSE_MAX elements, but for float64 dot products of at
-    least 4 vectors (small_nt), which kept up with it. Measured
-    on a 2-core Zen 4 (2026-11-27, `compare.py --products`): the transposition costs 0.1-0.3
-    us at 64 x 64 and nn's panels have no horizontal sums, so float32's 32 x 64 x 64 took
-    2.6 us against 3.7-3.8 in dot products (deep's 32 x 128 x 128 10.6-11.5 against 12.7-12.9)
-    and the short products behind an output layer, which went to BLAS (depth 10: digits'
-    float64 100 x 10 x 100, 4.1-4.2 against 5.8-5.9 us), 0.56-0.83 of their BLAS time."""
+    least 4 vectors (small_nt), which kept up with it. Measured on a 2-core Zen 4
+    (2026-11-27, `compare.py --products`): the transposition costs 0.1-0.3 us at 64 x 64
+    and nn's panels have no horizontal sums, so float32's 32 x 64 x 64 took 2.6 us against
+    3.7-3.8 in dot products (deep's 32 x 128 x 128 10.6-11.5 against 12.7-12.9), and the
+    short products behind an output layer, which went to BLAS (depth 10: digits' float64
+    100 x 10 x 100, 4.1-4.2 against 5.8-5.9 us), took 0.56-0.83 of their BLAS time."""
     return (K * N <= TRANSPOSE_MAX and small(M, K, N, itemsize)
             and not (itemsize == 8 and small_nt(M, K, N, itemsize)))
 
