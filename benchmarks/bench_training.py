@@ -202,7 +202,8 @@ class Startup:
 
     def track_cold_compile_seconds(self, target):
         with tempfile.TemporaryDirectory() as cache:
-            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            # compiled here, even where the package ships compiled kernels (kernels/prebuilt.py)
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTBP_PREBUILT="0")
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", _FIRST_FIT.format(target=target)],
                            check=True, env=env)

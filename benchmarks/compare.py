@@ -301,20 +301,30 @@ print(time.perf_counter() - t0, h["time"][0])
 
 
 def compile_times(targets=("cpu", "parallel")):
-    """Time to the end of the first epoch in a new process, cold (empty Numba cache) and
-    warm (cached), for 2 and 16 layers: compile time must not grow with depth."""
-    print("| layers | target | cold: first epoch done (s) | warm (s) | epoch itself (s) |")
-    print("|---|---|---:|---:|---:|")
+    """Time from `import fastbp` to the end of the first epoch in a new process with an empty
+    Numba cache: with the kernels the package ships compiled (kernels/prebuilt.py; "-" where
+    it ships none for this CPU) and compiling them here; then warm (cached), for 2 and 16
+    layers: compile time must not grow with depth."""
+    from fastbp.kernels.prebuilt import shipped_dir
+    ships = shipped_dir() is not None
+    print("| layers | target | cold, shipped kernels (s) | cold, compiled here (s) | warm (s) | "
+          "epoch itself (s) |")
+    print("|---|---|---:|---:|---:|---:|")
     for depth in (2, 16):
         layers = [64] + [64] * (depth - 1) + [10]
         for target in targets:
-            with tempfile.TemporaryDirectory() as cache:
-                env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-                code = FIRST_EPOCH.format(layers=layers, target=target)
-                cold = subprocess.check_output([sys.executable, "-c", code], env=env).split()
-                warm = subprocess.check_output([sys.executable, "-c", code], env=env).split()
-            print(f"| {depth} | {target} | {float(cold[0]):.2f} | {float(warm[0]):.2f} | "
-                  f"{float(warm[1]):.3f} |", flush=True)
+            code = FIRST_EPOCH.format(layers=layers, target=target)
+            times = {}
+            for shipped in ("", "0") if ships else ("0",):
+                with tempfile.TemporaryDirectory() as cache:
+                    env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTBP_PREBUILT=shipped)
+                    run = lambda: subprocess.check_output([sys.executable, "-c", code], env=env)
+                    times[shipped] = run().split()
+                    if shipped == "0":
+                        times["warm"] = run().split()
+            cold_shipped = f"{float(times[''][0]):.2f}" if ships else "-"
+            print(f"| {depth} | {target} | {cold_shipped} | {float(times['0'][0]):.2f} | "
+                  f"{float(times['warm'][0]):.2f} | {float(times['warm'][1]):.3f} |", flush=True)
 
 
 def sweep(opt, rounds, skip):

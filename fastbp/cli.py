@@ -453,7 +453,7 @@ def cmd_warmup(args):
     from .kernels.cuda_backend import CudaUnavailableError
     from .trainer import warmup
     try:
-        warmup(dtypes=args.dtypes, targets=args.targets, verbose=True)
+        warmup(dtypes=args.dtypes, targets=args.targets, verbose=True, sparse=args.sparse)
     except CudaUnavailableError as e:
         raise CLIError(f"--targets cuda: {one_line(e)}") from None
     return 0
@@ -616,6 +616,8 @@ def _add_warmup(sub):
     w.add_argument("--targets", nargs="+", default=["cpu", "parallel"],
                    choices=["cpu", "parallel", "cuda"],
                    help="targets ('cuda': the GPU kernels, which need a GPU)")
+    w.add_argument("--sparse", action="store_true",
+                   help="also the kernels of sparse (CSR) data (both sparse_update modes)")
     w.set_defaults(func=cmd_warmup)
 
 

@@ -647,13 +647,15 @@ def _iota(order):
         np.cumsum(order, out=order)
 
 
-def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False):
-    """Compile (or load from Numba's on-disk cache) the kernels of every dtype and target
-    for dense data ahead of time, so a later fit, loss, gradient or predict starts at once;
-    the kernels serve every depth, activation, loss and optimizer. Sparse (CSR) data has kernels
-    of its own (kernels/variants.py), compiled at the first sparse fit. targets may include
-    'cuda' (the GPU kernels at the current block sizes, both product tiles; a missing GPU
-    raises CudaUnavailableError). Returns {(dtype, target): seconds}."""
+def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=False,
+           sparse=False):
+    """Compile (or load from Numba's on-disk cache or the kernels the package ships) the
+    kernels of every dtype and target for dense data ahead of time, so a later fit, loss,
+    gradient or predict starts at once; the kernels serve every depth, activation, loss and
+    optimizer. Sparse (CSR) data has kernels of its own (kernels/variants.py), compiled at
+    the first sparse fit, or here with sparse=True (both sparse_update modes). targets may
+    include 'cuda' (the GPU kernels at the current block sizes, both product tiles; a
+    missing GPU raises CudaUnavailableError). Returns {(dtype, target): seconds}."""
     from .kernels import training_plan as _plan
     dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
@@ -667,13 +669,18 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
         y = np.arange(8) % 2
         for target in targets:
             t0 = time.perf_counter()
-            t = Trainer([3, 4, 2], target=target, dtype=dtype, batch_size=4, seed=0)
-            if target == "parallel":      # the parallel variant runs the "chunks" plan
-                t.engine.train_plan = _plan(target, [3, 4, 2], 4,
-                                            max(2, t.engine.eval_plan.chunks), "chunks")
-            t.fit(X, y, validation_data=(X, y), epochs=1, progress=False)
-            t.gradient(X, y)              # loss_grad: Trainer.gradient, lbfgs
-            t.predict(X)
+            inputs = [X] + ([scipy_sparse().csr_matrix(X)] if sparse and target != "cuda"
+                            else [])
+            for data in inputs:
+                for update in ("dense", "lazy") if data is not X else ("dense",):
+                    t = Trainer([3, 4, 2], target=target, dtype=dtype, batch_size=4, seed=0,
+                                sparse_update=update)
+                    if target == "parallel":      # the parallel variant: the "chunks" plan
+                        t.engine.train_plan = _plan(target, [3, 4, 2], 4,
+                                                    max(2, t.engine.eval_plan.chunks), "chunks")
+                    t.fit(data, y, validation_data=(data, y), epochs=1, progress=False)
+                    t.gradient(data, y)   # loss_grad: Trainer.gradient, lbfgs
+                    t.predict(data)
             if target == "cuda":          # the products' larger tiles (large layers only)
                 t.engine.device().build_large_products()
             timings[(dtype, target)] = time.perf_counter() - t0
@@ -681,3 +688,8 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
                 print(f"fastbp: kernels for {dtype}/{target} ready in "
                       f"{timings[(dtype, target)]:.1f} s", flush=True)
     return timings
+
+
+def scipy_sparse():
+    import scipy.sparse
+    return scipy.sparse

@@ -109,6 +109,18 @@ def test_warmup_compiles_every_kernel_set(capsys):
     assert "float64/cpu ready" in capsys.readouterr().out
 
 
+def test_warmup_of_sparse_data_compiles_the_csr_variants(capsys):
+    """Sparse data's kernels are variants of their own (kernels/variants.py); the release's
+    prebuild ships them through warmup(sparse=True)."""
+    from fastbp.kernels.variants import variant
+    assert main(["warmup", "--dtypes", "float64", "--targets", "cpu", "--sparse"]) == 0
+    for mode in ("csr", "csr_lazy"):
+        args = [sig for sig in variant(mode).train_epoch_serial.signatures
+                if "float64" in str(sig)]
+        assert args, mode
+    assert any("float64" in str(sig) for sig in variant("csr").predict.signatures)
+
+
 def test_warmup_takes_one_name_as_well_as_a_list():
     from fastbp import warmup
     assert list(warmup(dtypes="float64", targets="cpu")) == [("float64", "cpu")]

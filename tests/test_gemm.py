@@ -276,7 +276,8 @@ def test_a_kernel_loaded_from_the_cache_finds_the_entry_points(tmp_path):
     import subprocess
     import sys
     (tmp_path / "caller.py").write_text(CALLER)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT),
+               FASTBP_PREBUILT="0")
     hits = []
     for _ in range(2):
         run = subprocess.run([sys.executable, str(tmp_path / "caller.py")], env=env,
@@ -309,7 +310,8 @@ def test_kernels_compiled_against_cached_callees_find_the_entry_points(tmp_path)
     import subprocess
     import sys
     (tmp_path / "step.py").write_text(STEP)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT),
+               FASTBP_PREBUILT="0")
     for what in ("gradient", "fit", "fit"):
         run = subprocess.run([sys.executable, str(tmp_path / "step.py"), what], env=env,
                              capture_output=True, text=True, timeout=900)

@@ -348,7 +348,7 @@ def test_a_dense_fit_compiles_none_of_the_csr_code(tmp_path):
         assert variant("csr").train_epoch_serial.signatures == []
         print("ok")
     """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTBP_PREBUILT="0")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
@@ -381,7 +381,7 @@ def test_the_parallel_kernel_compiles_its_callees_once(tmp_path):
         # the chunk index is forward_backward's fourth argument
         print(sorted({str(sig[3]) for sig in dense.forward_backward.signatures}))
     """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTBP_PREBUILT="0")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -27,13 +27,14 @@ import ctypes
 import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
+from numba import carray, types
 from numba.core import cgutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
 from .codes import FASTMATH, host_has_avx512_bf16, jit
+from .prebuilt import cfunc
 
 PANEL_ROWS = 8                 # rows of a tile: 8 x 2 accumulators, 2 loads, 1 broadcast
 PANEL_VECTORS = 2              # vectors of 16 float32 columns
@@ -174,7 +175,7 @@ def register_panel():
         else:
             u16p = types.CPointer(types.uint16)
             sig = types.void(u16p, u16p, types.CPointer(types.float32), *[types.intp] * 5)
-            owner = [cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
+            owner = [cfunc(sig, fastmath=FASTMATH, error_model="numpy")(body)
                      for body in (_emulated_panel, _emulated_panel_t)]
             addresses = dict(zip((PANEL_SYMBOL, PANEL_T_SYMBOL), (f.address for f in owner)))
         for name, address in addresses.items():

@@ -2,11 +2,36 @@
 and optimizers (fastbp/config.py maps the public names to them), the maths constants, and
 how the CPU kernels are compiled."""
 from numba import njit
+from numba.core import config
+
+# x86-64 microarchitecture levels (llvmlite's feature names), as the shipped kernels are
+# compiled for them (kernels/prebuilt.py).
+_V2 = frozenset({"cmov", "cx8", "fxsr", "mmx", "sse", "sse2", "cx16", "sahf", "popcnt",
+                 "sse3", "sse4.1", "sse4.2", "ssse3"})
+_V3 = _V2 | {"avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave"}
+LEVELS = {"x86-64-v3": _V3,
+          "x86-64-v4": _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}}
+
+
+def target_features():
+    """The CPU features the kernels are compiled for: the host's, or a level's where Numba
+    is told to compile for one (NUMBA_CPU_NAME, as `python -m fastbp.prebuild` does)."""
+    if config.CPU_NAME in LEVELS:
+        return LEVELS[config.CPU_NAME]
+    import llvmlite.binding as ll
+    return frozenset(name for name, has in ll.get_host_cpu_features().items() if has)
+
+
+def target_level():
+    """The level whose shipped kernels this process can use, or None: the one the kernels'
+    vector width is tuned for (AVX-512 or AVX2), if the CPU has every feature of it."""
+    features = target_features()
+    level = "x86-64-v4" if "avx512f" in features else "x86-64-v3"
+    return level if LEVELS[level] <= features else None
 
 
 def _host_has(feature):
-    import llvmlite.binding as ll
-    return bool(ll.get_host_cpu_features().get(feature, False))
+    return feature in target_features()
 
 
 def host_has_avx512():
@@ -37,7 +62,16 @@ GELU_K = 0.044715
 # zero-divisor check it saves is what kept loops with a division (Adam, sigmoid) from
 # vectorising.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-# scalar.py's functions are inlined into their callers in Numba's IR instead of each going
-# through a compile pipeline of its own (per dtype and signature)
-jit_inline = njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+
+
+def jit(fn):
+    """njit with the kernels' options, cached on disk (kernels/prebuilt.py's cache)."""
+    from .prebuilt import cached
+    return cached(njit(fastmath=FASTMATH, error_model="numpy")(fn))
+
+
+def jit_inline(fn):
+    """jit for scalar.py's functions: inlined into their callers in Numba's IR instead of
+    each going through a compile pipeline of its own (per dtype and signature)."""
+    from .prebuilt import cached
+    return cached(njit(fastmath=FASTMATH, error_model="numpy", inline="always")(fn))

@@ -25,6 +25,7 @@ from numba import njit, prange
 from .ops import (FASTMATH, forward, forward_backward, forward_loss, jit, layer_weight,
                   output_forward, touched_release, touched_scatter)
 from .optim import bias_corrections, step_decay, update_segment
+from .prebuilt import cached
 
 # From this many parameters the per-step reduction and update run on every chunk's thread,
 # each on a contiguous group of blocks holding about 1/T of the parameters (update_group;
@@ -487,8 +488,8 @@ def _compile(body, name, parallel, nogil=False):
                             body.__closure__)
     fn.__qualname__ = name
     fn.__doc__ = body.__doc__
-    return njit(cache=True, parallel=parallel, nogil=nogil, fastmath=FASTMATH,
-                error_model="numpy")(fn)
+    return cached(njit(parallel=parallel, nogil=nogil, fastmath=FASTMATH,
+                       error_model="numpy")(fn))
 
 
 train_epoch_serial = _compile(_train_epoch, "train_epoch_serial", False)

@@ -35,7 +35,7 @@ another order than BLAS's: results agree with it to rounding.
 import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc
+from numba import carray
 from numba.core import cgutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
@@ -43,6 +43,7 @@ from numba.core.extending import intrinsic
 
 from . import bf16
 from .codes import FASTMATH, host_has_avx512, jit
+from .prebuilt import cfunc
 
 
 # The width the LLVM vectors are built for: 32 bytes (AVX2: 8 float32 lanes) or 64 (AVX-512).
@@ -609,7 +610,7 @@ def _symbol(kind, dtype_name):
 def _compile_entry(kind, dtype_name, body):
     ptr = types.CPointer(getattr(types, dtype_name))
     sig = types.void(ptr, ptr, ptr, ptr, types.intp, types.intp, types.intp)
-    entry = cfunc(sig, cache=True, fastmath=FASTMATH, error_model="numpy")(body)
+    entry = cfunc(sig, fastmath=FASTMATH, error_model="numpy")(body)
     _compiled[kind, dtype_name] = entry
     return entry
 

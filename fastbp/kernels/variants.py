@@ -21,6 +21,7 @@ from numba import njit
 from numba.core.registry import CPUDispatcher
 
 from . import cpu, ops, optim
+from .prebuilt import cached
 
 MODES = ("dense", "csr", "csr_lazy")
 _SETTINGS = {"dense": {"SPARSE": False, "LAZY": False},
@@ -74,7 +75,7 @@ def _build(name):
             assert fn_name not in names, f"two kernel functions named {fn_name}"
             names.add(fn_name)
             options = {k: v for k, v in template.targetoptions.items() if k != "nopython"}
-            copies[id(template)] = (fn_name, njit(cache=True, **options)(fn))
+            copies[id(template)] = (fn_name, cached(njit(**options)(fn)))
     # every copy's globals name the variant's copies of its callees, whichever module
     # defines them (cpu.py calls ops.py's and optim.py's functions)
     for _, copy in copies.values():

@@ -1,0 +1,154 @@
+"""Kernels compiled ahead of time for an x86-64 level and shipped in the package
+(kernels/prebuilt.py, `python -m fastbp.prebuild`): a first fit with an empty Numba cache
+loads them and compiles none of the kernels, and they train as the kernels compiled here."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastbp import Trainer, prebuild
+from fastbp.kernels import codes, prebuilt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A fit with the kernels of float32 / cpu: how many of fastbp's functions Numba compiled
+# (its compile events, and the products' C entry points, which compile when made), and
+# the per-epoch losses.
+FIRST_FIT = """
+import json
+import numpy as np
+from numba.core import event
+
+compiled = []
+class Listener(event.Listener):
+    def on_start(self, ev):
+        fn = getattr(ev.data["dispatcher"], "py_func", None)
+        if fn is not None and fn.__module__.startswith("fastbp"):
+            compiled.append(fn.__qualname__)
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", Listener())
+
+from fastbp import Trainer
+from fastbp.kernels import codes, gemm, prebuilt
+rng = np.random.default_rng(0)
+X, y = rng.standard_normal((96, 6)).astype(np.float32), rng.integers(0, 3, 96)
+history = Trainer([6, 16, 3], target="cpu", batch_size=16, seed=0).fit(
+    X, y, epochs=3, progress=False)
+entries = [f.cache_hits for f in gemm._compiled.values()]
+print(json.dumps({"compiled": compiled, "entries_loaded": entries,
+                  "level": codes.target_level(), "loss": history["loss"],
+                  "shipped": str(prebuilt.shipped_dir())}))
+"""
+
+
+def first_fit(tmp_path, shipped, level=None):
+    """FIRST_FIT in a new process with an empty Numba cache, using the shipped code in
+    `shipped` ("0": none), as a CPU of `level` if given."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"),
+               FASTBP_PREBUILT=str(shipped), PYTHONPATH=str(ROOT))
+    if level is not None:
+        env.update(NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="")
+    run = subprocess.run([sys.executable, "-c", FIRST_FIT], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """float32 / cpu kernels built for every level this CPU can run, as a release would
+    build them into the package (only one dtype and target, to keep the test short)."""
+    out = tmp_path_factory.mktemp("prebuilt")
+    levels = prebuild.runnable_levels()
+    if not levels:
+        pytest.skip("not an x86-64-v3 CPU: no level to build")
+    for level in levels:
+        prebuild.build(level, out, dtypes=("float32",), targets=("cpu",), verbose=False)
+    return out, levels
+
+
+def host_losses():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((96, 6)).astype(np.float32), rng.integers(0, 3, 96)
+    return Trainer([6, 16, 3], target="cpu", batch_size=16, seed=0).fit(
+        X, y, epochs=3, progress=False)["loss"]
+
+
+def test_a_first_fit_with_an_empty_cache_compiles_no_kernel(shipped, tmp_path):
+    """Without the shipped code the same fit compiles the epoch kernel and its callees
+    (about 12 s on 2 cores); with it, it loads them."""
+    out, levels = shipped
+    run = first_fit(tmp_path, out)
+    assert run["level"] in levels and run["shipped"] == str(out / run["level"])
+    assert run["compiled"] == []
+    assert run["entries_loaded"] and all(hits == 1 for hits in run["entries_loaded"])
+    # compiled for a generic CPU of the level instead of this one: the same maths
+    np.testing.assert_allclose(run["loss"], host_losses(), rtol=1e-5)
+
+
+def test_without_shipped_code_the_kernels_compile_as_before(shipped, tmp_path):
+    """FASTBP_PREBUILT=0 turns the shipped code off (and a CPU short of a level's features
+    never gets it: target_level)."""
+    run = first_fit(tmp_path, "0")
+    assert run["shipped"] == "None"
+    assert "train_epoch_serial__dense" in run["compiled"]
+    np.testing.assert_allclose(run["loss"], host_losses(), rtol=1e-5)
+
+
+def test_each_level_runs_as_a_cpu_of_that_level(shipped, tmp_path):
+    """The AVX2 level's code, built on this CPU, run in a process that compiles for that
+    level (so the products are tuned for 32-byte vectors, as on an AVX2 CPU)."""
+    out, levels = shipped
+    for level in levels:
+        run = first_fit(tmp_path / level, out, level=level)
+        assert run["level"] == level
+        assert run["compiled"] == [], level
+        np.testing.assert_allclose(run["loss"], host_losses(), rtol=1e-5)
+
+
+def test_the_stamp_follows_every_kernel_source(tmp_path):
+    """A kernel's cached code holds its callees' code: a change in any kernel source file
+    (not only the function's own, which is all Numba's cache looks at) makes the shipped
+    code stale."""
+    copy = tmp_path / "kernels"
+    copy.mkdir()
+    for path in prebuilt.KERNELS_DIR.glob("*.py"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert prebuilt.sources_stamp(copy) == prebuilt.sources_stamp()
+    scalar = copy / "scalar.py"
+    scalar.write_text(scalar.read_text() + "\n# edited\n")
+    assert prebuilt.sources_stamp(copy)[0] != prebuilt.sources_stamp()[0]
+
+
+def test_the_level_is_the_vector_width_the_kernels_are_tuned_for(monkeypatch):
+    v3, v4 = codes.LEVELS["x86-64-v3"], codes.LEVELS["x86-64-v4"]
+    monkeypatch.setattr(codes, "target_features", lambda: v4 | {"avx512bf16"})
+    assert codes.target_level() == "x86-64-v4" and codes.host_has_avx512()
+    monkeypatch.setattr(codes, "target_features", lambda: v3)
+    assert codes.target_level() == "x86-64-v3" and not codes.host_has_avx512()
+    # an AVX-512 CPU short of a v4 feature must not run AVX2 code tuned for other widths
+    monkeypatch.setattr(codes, "target_features", lambda: v4 - {"avx512vl"})
+    assert codes.target_level() is None
+    monkeypatch.setattr(codes, "target_features", lambda: v3 - {"fma"})
+    assert codes.target_level() is None
+
+
+def test_numba_told_to_compile_for_a_level_makes_it_the_target(monkeypatch):
+    from numba.core import config
+    monkeypatch.setattr(config, "CPU_NAME", "x86-64-v3")
+    assert codes.target_features() == codes.LEVELS["x86-64-v3"]
+    assert codes.target_level() == "x86-64-v3"
+
+
+def test_building_a_level_this_cpu_lacks_is_refused(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="level must be one of"):
+        prebuild.build("x86-64-v9", tmp_path)
+    monkeypatch.setattr(prebuild, "runnable_levels", lambda: ["x86-64-v3"])
+    with pytest.raises(ValueError, match="'x86-64-v4': this CPU lacks"):
+        prebuild.build("x86-64-v4", tmp_path)
+    assert list(tmp_path.iterdir()) == []
