@@ -3,16 +3,21 @@ tuned for, so that a first fit loads them instead of compiling (kernels/prebuilt
 
     python -m fastbp.prebuild                      # every level this CPU can run
     python -m fastbp.prebuild --levels x86-64-v4
+    python -m fastbp.prebuild --check              # is what the package ships current?
 
 Run it before building a wheel (the code goes to fastbp/_prebuilt/<level>/, which the wheel
-carries), once per Python version the wheel is for (each version's files are its own). Each level compiles in a process of its
-own with Numba told to compile for that level (NUMBA_CPU_NAME) and an empty Numba cache, and
-runs `fastbp.warmup` there: dense and sparse (CSR) data, both dtypes, targets cpu and
-parallel. Compiling a
-level runs its code, so the machine must have the level's features.
+carries), once per Python version the wheel is for (each version's files are its own), and
+`--check` before uploading it: a wheel built without it ships nothing, and code built from
+other sources is never loaded. Each level compiles in a process of its own with Numba told
+to compile for that level (NUMBA_CPU_NAME=<level>, NUMBA_CPU_FEATURES=""), an empty Numba
+cache and none of the caller's other NUMBA_ settings (Intel's SVML off, whose symbols a
+user's Numba may lack), and runs `fastbp.warmup` there: dense and sparse (CSR) data, both
+dtypes, targets cpu and parallel. Compiling a level runs its code, so the machine must have
+the level's features.
 """
 import argparse
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -20,7 +25,9 @@ import time
 from pathlib import Path
 
 from .kernels.codes import LEVELS
-from .kernels.prebuilt import BUILD_ENV, PACKAGE_DIR
+from .kernels.prebuilt import BUILD_ENV, PACKAGE_DIR, USE_ENV, sources_stamp
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent      # the fastbp being built
 
 
 def runnable_levels():
@@ -28,6 +35,22 @@ def runnable_levels():
     import llvmlite.binding as ll
     host = {name for name, has in ll.get_host_cpu_features().items() if has}
     return [level for level, features in LEVELS.items() if features <= host]
+
+
+def _python_files(folder):
+    """This Python's cache files in a level's folder (Numba names them ...pyXY<abiflags>...)."""
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+    return sorted(Path(folder).glob(f"*.{tag}.*"))
+
+
+def _build_env(level, target, numba_cache):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUMBA_") and k not in (BUILD_ENV, USE_ENV)}
+    env.update(NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="", NUMBA_DISABLE_INTEL_SVML="1",
+               NUMBA_CACHE_DIR=numba_cache, PYTHONPATH=os.pathsep.join(
+                   [str(PACKAGE_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]),
+               **{BUILD_ENV: str(target)})
+    return env
 
 
 def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
@@ -40,19 +63,37 @@ def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
         raise ValueError(f"level {level!r}: this CPU lacks some of its features, and "
                          "compiling a level runs its code; build it on a CPU that has them")
     target = Path(out_dir) / level
-    for old in target.glob(f"*.py{sys.version_info[0]}{sys.version_info[1]}*"):
+    for old in _python_files(target):
         old.unlink()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as numba_cache:
-        env = dict(os.environ, NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="",
-                   NUMBA_CACHE_DIR=numba_cache, **{BUILD_ENV: target})
         code = (f"import fastbp; fastbp.warmup(dtypes={tuple(dtypes)!r}, "
                 f"targets={tuple(targets)!r}, verbose={verbose!r}, sparse={sparse!r})")
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        subprocess.run([sys.executable, "-c", code], check=True,
+                       env=_build_env(level, target, numba_cache))
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"fastbp: {level} built into {target} in {seconds:.1f} s", flush=True)
     return seconds
+
+
+def check(out_dir=PACKAGE_DIR):
+    """{level: 'current' | 'stale' | 'missing'}: whether out_dir holds this Python's code of
+    each level, stamped with the sources and settings of this process (sources_stamp)."""
+    import numba
+    states = {}
+    for level in LEVELS:
+        indexes = [p for p in _python_files(Path(out_dir) / level) if p.suffix == ".nbi"]
+        state = "current" if indexes else "missing"
+        for path in indexes:
+            with open(path, "rb") as f:
+                version = pickle.load(f)
+                stamp = pickle.loads(f.read())[0] if version == numba.__version__ else None
+            if stamp != sources_stamp():
+                state = "stale"
+                break
+        states[level] = state
+    return states
 
 
 def main(argv=None):
@@ -62,10 +103,20 @@ def main(argv=None):
                         help="default: every level this CPU can run")
     parser.add_argument("--out", default=str(PACKAGE_DIR),
                         help="folder of the levels' folders (default: the package's)")
+    parser.add_argument("--check", action="store_true",
+                        help="build nothing: exit 1 unless every level (or --levels) is "
+                             "current for this Python")
     args = parser.parse_args(argv)
+    if args.check:
+        states = check(args.out)
+        wanted = args.levels or sorted(LEVELS)
+        for level in wanted:
+            print(f"{level}: {states[level]}")
+        return 0 if all(states[level] == "current" for level in wanted) else 1
     for level in args.levels or runnable_levels():
         build(level, args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,8 @@
 loads them and compiles none of the kernels, and they train as the kernels compiled here."""
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +114,103 @@ def test_each_level_runs_as_a_cpu_of_that_level(shipped, tmp_path):
         np.testing.assert_allclose(run["loss"], host_losses(), rtol=1e-5)
 
 
+# The products' C entry points compile (or load) when registered: a quick probe of which
+# code a process takes
+ENTRIES = """
+import json
+from fastbp.kernels import gemm
+gemm.register("float32")
+print(json.dumps([f.cache_hits for f in gemm._compiled.values()]))
+"""
+
+
+def entries_loaded(tmp_path, shipped, level=None):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"),
+               FASTBP_PREBUILT=str(shipped), PYTHONPATH=str(ROOT))
+    if level is not None:
+        env.update(NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="")
+    run = subprocess.run([sys.executable, "-c", ENTRIES], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hits = json.loads(run.stdout.strip().splitlines()[-1])
+    assert hits
+    return set(hits)
+
+
+def restamp(folder, stamp):
+    """Rewrite the stamp of every index in folder, as code built from other sources has."""
+    for path in folder.glob("*.nbi"):
+        with open(path, "rb") as f:
+            version = pickle.load(f)
+            _, overloads = pickle.loads(f.read())
+        with open(path, "wb") as f:
+            pickle.dump(version, f, protocol=-1)
+            f.write(pickle.dumps((stamp, overloads), protocol=-1))
+
+
+def test_stale_or_foreign_shipped_code_is_never_loaded(shipped, tmp_path):
+    out, levels = shipped
+    assert entries_loaded(tmp_path / "a", out) == {1}
+    assert all(prebuild.check(out)[level] == "current" for level in levels)
+    # built from other sources or settings: compiled here instead
+    stale = tmp_path / "stale"
+    shutil.copytree(out, stale)
+    for level in levels:
+        restamp(stale / level, ("another source",) + prebuilt.sources_stamp()[1:])
+    assert entries_loaded(tmp_path / "b", stale) == {0}
+    assert all(prebuild.check(stale)[level] == "stale" for level in levels)
+    assert prebuild.check(tmp_path / "nothing") == {level: "missing" for level in codes.LEVELS}
+    # one level's files under another level's name: their keys name their own level
+    if len(levels) == 2:
+        swapped = tmp_path / "swapped"
+        shutil.copytree(out / levels[0], swapped / levels[1])
+        shutil.copytree(out / levels[1], swapped / levels[0])
+        for level in levels:
+            assert entries_loaded(tmp_path / f"c{level}", swapped, level=level) == {0}
+            assert entries_loaded(tmp_path / f"d{level}", out, level=level) == {1}
+
+
+def test_numba_without_avx_gets_no_shipped_code(monkeypatch):
+    """NUMBA_ENABLE_AVX=0 (Numba's default on CPUs that virtual machines misreport) and
+    NUMBA_CPU_FEATURES are what Numba compiles for: the shipped AVX code must not run."""
+    from numba.core import config
+    monkeypatch.setattr(config, "ENABLE_AVX", 0)
+    assert codes.target_level() is None and not codes.host_has_avx512()
+    monkeypatch.setattr(config, "ENABLE_AVX", 1)
+    monkeypatch.setattr(config, "CPU_FEATURES", "+sse2,+sse4.2")
+    assert codes.target_level() is None
+
+
+def test_numba_s_own_cache_is_stamped_with_every_kernel_source():
+    """Editing a callee's file (ops.py, scalar.py) used to leave its callers' cached code in
+    place; the kernels' own cache now follows every kernel source too."""
+    cache = prebuilt.KernelCache(prebuilt.sources_stamp)
+    assert cache._cache_file._source_stamp[1] == prebuilt.sources_stamp()
+
+
+def test_with_no_writable_cache_folder_nothing_is_saved(monkeypatch):
+    """Numba raises at import where no cache folder is writable; the kernels' cache then
+    saves nothing (and can still load shipped code)."""
+    monkeypatch.setattr(prebuilt._KernelCacheImpl, "_locator_classes",
+                        [prebuilt._NowhereToWrite])
+    cache = prebuilt.KernelCache(prebuilt.sources_stamp)
+    assert not cache._writable
+    assert cache._save_overload(None, object()) is None
+    assert cache._cache_file.load(("any", "key")) is None
+
+
+def test_importing_without_the_jit_and_building_outside_prebuild(tmp_path):
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", "import fastbp"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # the build's switch alone, without Numba compiling for a level: refused
+    env = dict(os.environ, FASTBP_PREBUILD=str(tmp_path), PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", "import fastbp"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "must compile for a level" in run.stderr
+
+
 def test_the_stamp_follows_every_kernel_source(tmp_path):
     """A kernel's cached code holds its callees' code: a change in any kernel source file
     (not only the function's own, which is all Numba's cache looks at) makes the shipped
@@ -142,6 +241,7 @@ def test_the_level_is_the_vector_width_the_kernels_are_tuned_for(monkeypatch):
 def test_numba_told_to_compile_for_a_level_makes_it_the_target(monkeypatch):
     from numba.core import config
     monkeypatch.setattr(config, "CPU_NAME", "x86-64-v3")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
     assert codes.target_features() == codes.LEVELS["x86-64-v3"]
     assert codes.target_level() == "x86-64-v3"
 

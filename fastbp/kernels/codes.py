@@ -14,20 +14,26 @@ LEVELS = {"x86-64-v3": _V3,
 
 
 def target_features():
-    """The CPU features the kernels are compiled for: the host's, or a level's where Numba
-    is told to compile for one (NUMBA_CPU_NAME, as `python -m fastbp.prebuild` does)."""
-    if config.CPU_NAME in LEVELS:
+    """The CPU features Numba compiles the kernels for in this process: a level's where it
+    is told to compile for one (NUMBA_CPU_NAME=<level>, NUMBA_CPU_FEATURES="", as `python -m
+    fastbp.prebuild` does), else NUMBA_CPU_FEATURES or the host's as Numba sees them
+    (NUMBA_ENABLE_AVX=0, its default on CPUs that virtual machines misreport, turns AVX off)."""
+    if config.CPU_NAME in LEVELS and config.CPU_FEATURES == "":
         return LEVELS[config.CPU_NAME]
-    import llvmlite.binding as ll
-    return frozenset(name for name, has in ll.get_host_cpu_features().items() if has)
+    from numba.core.codegen import get_host_cpu_features
+    text = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return frozenset(f[1:] for f in text.split(",") if f.startswith("+"))
 
 
 def target_level():
     """The level whose shipped kernels this process can use, or None: the one the kernels'
-    vector width is tuned for (AVX-512 or AVX2), if the CPU has every feature of it."""
+    vector width is tuned for (AVX-512 or AVX2), if Numba compiles for every feature of it
+    here and the CPU itself has them all."""
+    import llvmlite.binding as ll
     features = target_features()
     level = "x86-64-v4" if "avx512f" in features else "x86-64-v3"
-    return level if LEVELS[level] <= features else None
+    hardware = {name for name, has in ll.get_host_cpu_features().items() if has}
+    return level if LEVELS[level] <= features and LEVELS[level] <= hardware else None
 
 
 def _host_has(feature):

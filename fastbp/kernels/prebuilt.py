@@ -2,20 +2,21 @@
 machine code instead of compiling it (about 12 s on 2 cores).
 
 Numba's own on-disk cache cannot be shipped: it keys each function on the exact CPU it was
-compiled on (LLVM's CPU name and feature list) and on its source file's modification time,
-so a cache made on one machine misses on every other. The code here is compiled for an
-x86-64 microarchitecture level instead (`python -m fastbp.prebuild`: x86-64-v3 is AVX2 and
-FMA, x86-64-v4 adds AVX-512) and keyed on that level and on a hash of the kernels' sources
-and of the Numba and llvmlite versions. A process uses the level its vector width is tuned
-for (`codes.target_level`) when its CPU has every feature of that level; the code is then the
-same the process would have compiled, for a generic CPU of the level rather than its own
-model.
+compiled on (LLVM's CPU name and feature list), so a cache made on one machine misses on
+nearly every other. The code here is compiled for an x86-64 microarchitecture level instead
+(`python -m fastbp.prebuild`: x86-64-v3 is AVX2 and FMA, x86-64-v4 adds AVX-512) and keyed
+on that level, and stamped with `sources_stamp` (every kernel source, the compiler's and
+NumPy's versions, Numba's code-changing settings). A process uses the level its vector width
+is tuned for (`codes.target_level`) when Numba compiles for every feature of that level there
+and the CPU has them; the code is then what the process would have compiled, for a generic
+CPU of the level rather than its own model.
 
 Every kernel function's dispatcher gets a `KernelCache` (`cached`): it looks in Numba's
 usual cache first (code compiled on this machine, e.g. by `fastbp warmup`), then in the
-shipped one, and saves what it compiles in Numba's usual cache. Under `python -m
-fastbp.prebuild` (the FASTBP_PREBUILD environment variable names the level's folder) it
-reads and writes the shipped folder only.
+shipped one, and saves what it compiles in Numba's usual cache, whose stamp it extends with
+`sources_stamp` too (Numba's covers the function's own file, not its callees'). Under
+`python -m fastbp.prebuild` (the FASTBP_PREBUILD environment variable names the level's
+folder) it reads and writes the shipped folder only.
 """
 import functools
 import hashlib
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from numba.core import config, sigutils
 from numba.core.ccallback import CFunc
-from numba.core.caching import FunctionCache, IndexDataCacheFile
+from numba.core.caching import (CompileResultCacheImpl, FunctionCache, IndexDataCacheFile,
+                                _CacheLocator)
 
 from .codes import LEVELS, target_level
 
@@ -37,15 +39,21 @@ KERNELS_DIR = Path(__file__).resolve().parent
 
 
 def sources_stamp(folder=KERNELS_DIR):
-    """What the shipped code was compiled from: every source file of the kernels (a cached
-    kernel holds its callees' code, which Numba's own cache does not notice change) and the
-    compiler's versions. The Python version is in each cache file's name."""
+    """What compiled code was compiled from: every source file of the kernels (a cached
+    kernel holds its callees' code, which Numba's own cache does not notice change), the
+    compiler's and NumPy's versions, and the Numba settings that change the code made
+    (optimisation level, vectorisers, bounds checks, debug info). The Python version is in
+    each cache file's name; the CPU in its index key."""
     import llvmlite
     import numba
+    import numpy
     digest = hashlib.sha256()
     for path in sorted(Path(folder).glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return (digest.hexdigest(), numba.__version__, llvmlite.__version__)
+    settings = (str(config.OPT), config.LOOP_VECTORIZE, config.SLP_VECTORIZE,
+                config.BOUNDSCHECK, config.DEBUGINFO_DEFAULT)
+    return (digest.hexdigest(), numba.__version__, llvmlite.__version__,
+            ".".join(numpy.__version__.split(".")[:2]), repr(settings))
 
 
 _this_stamp = functools.lru_cache(maxsize=None)(sources_stamp)    # hashed once a process
@@ -72,16 +80,53 @@ def _level_key(key):
     return sig, ("fastbp-level", magic[0], level), code
 
 
+class _NowhereToWrite(_CacheLocator):
+    """The last resort of KernelCache's locators: no cache folder is writable (a read-only
+    installation and home, as in some containers). Nothing is saved; the shipped code can
+    still be loaded. (Numba's FunctionCache raises instead.)"""
+
+    def __init__(self, py_func, py_file):
+        self._lineno = py_func.__code__.co_firstlineno
+
+    def ensure_cache_path(self):
+        raise OSError("no writable folder for Numba's cache")
+
+    def get_cache_path(self):
+        return str(KERNELS_DIR / "__nowhere__")          # never created: every lookup misses
+
+    def get_source_stamp(self):
+        return None
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return cls(py_func, py_file)
+
+
+class _KernelCacheImpl(CompileResultCacheImpl):
+    _locator_classes = CompileResultCacheImpl._locator_classes + [_NowhereToWrite]
+
+
 class KernelCache(FunctionCache):
     """Numba's cache of a kernel function, with the shipped code as a second place to look."""
+    _impl_class = _KernelCacheImpl
 
     def __init__(self, py_func):
         super().__init__(py_func)
+        # Numba's stamp covers the function's own file only, not its callees' code
+        self._cache_file._source_stamp = (self._cache_file._source_stamp, _this_stamp())
+        self._writable = not isinstance(self._impl.locator, _NowhereToWrite)
         self._folder = folder = shipped_dir()
         self._shipped = None if folder is None else IndexDataCacheFile(
             cache_path=str(folder), filename_base=self._impl.filename_base,
             source_stamp=_this_stamp())
         self._building = bool(os.environ.get(BUILD_ENV))
+        if self._building and not (config.CPU_NAME in LEVELS and config.CPU_FEATURES == ""):
+            raise RuntimeError(f"{BUILD_ENV} is set: Numba must compile for a level "
+                               "(NUMBA_CPU_NAME=<level>, NUMBA_CPU_FEATURES=''); run "
+                               "python -m fastbp.prebuild")
 
     def _load_overload(self, sig, target_context):
         if not self._enabled:
@@ -94,7 +139,7 @@ class KernelCache(FunctionCache):
 
     def _save_overload(self, sig, data):
         if not self._building:
-            return super()._save_overload(sig, data)
+            return super()._save_overload(sig, data) if self._writable else None
         if not (self._enabled and self._impl.check_cachable(data)):
             return None
         self._folder.mkdir(parents=True, exist_ok=True)
@@ -105,8 +150,9 @@ class KernelCache(FunctionCache):
 
 def cached(dispatcher):
     """Give an njit dispatcher the KernelCache: what ``cache=True`` does with Numba's
-    FunctionCache."""
-    dispatcher._cache = KernelCache(dispatcher.py_func)
+    FunctionCache. (Under NUMBA_DISABLE_JIT=1 njit gives back the Python function.)"""
+    if hasattr(dispatcher, "py_func"):
+        dispatcher._cache = KernelCache(dispatcher.py_func)
     return dispatcher
 
 
