@@ -12,8 +12,8 @@ other sources is never loaded. Each level compiles in a process of its own with 
 to compile for that level (NUMBA_CPU_NAME=<level>, NUMBA_CPU_FEATURES=""), an empty Numba
 cache and none of the caller's other NUMBA_ settings (Intel's SVML off, whose symbols a
 user's Numba may lack), and runs `fastbp.warmup` there: dense and sparse (CSR) data, both
-dtypes, targets cpu and parallel. Compiling a level runs its code, so the machine must have
-the level's features.
+dtypes, targets cpu and parallel, and the entry points of bf16 models' products. Compiling
+a level runs its code, so the machine must have the level's features.
 """
 import argparse
 import os
@@ -54,7 +54,7 @@ def _build_env(level, target, numba_cache):
 
 
 def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
-          targets=("cpu", "parallel"), sparse=True, verbose=True):
+          targets=("cpu", "parallel"), sparse=True, bf16=True, verbose=True):
     """Compile one level's kernels for this Python into out_dir/level (replacing what this
     Python's version left there, keeping other versions'); returns the seconds it took."""
     if level not in LEVELS:
@@ -69,6 +69,8 @@ def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
     with tempfile.TemporaryDirectory() as numba_cache:
         code = (f"import fastbp; fastbp.warmup(dtypes={tuple(dtypes)!r}, "
                 f"targets={tuple(targets)!r}, verbose={verbose!r}, sparse={sparse!r})")
+        if bf16 and "float32" in dtypes:        # bf16 models' products (their rounding, packing)
+            code += "; from fastbp.kernels import gemm; gemm.enable_bf16()"
         subprocess.run([sys.executable, "-c", code], check=True,
                        env=_build_env(level, target, numba_cache))
     seconds = time.perf_counter() - t0

@@ -70,7 +70,7 @@ def shipped(tmp_path_factory):
     if not levels:
         pytest.skip("not an x86-64-v3 CPU: no level to build")
     for level in levels:
-        prebuild.build(level, out, dtypes=("float32",), targets=("cpu",), sparse=False,
+        prebuild.build(level, out, dtypes=("float32",), targets=("cpu",), sparse=False, bf16=False,
                        verbose=False)
     return out, levels
 
