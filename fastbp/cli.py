@@ -451,7 +451,9 @@ def cmd_export(args):
 
 def cmd_warmup(args):
     from .kernels.cuda_backend import CudaUnavailableError
+    from .kernels.prebuilt import describe
     from .trainer import warmup
+    print(f"fastbp: {describe()}", flush=True)
     try:
         warmup(dtypes=args.dtypes, targets=args.targets, verbose=True, sparse=args.sparse)
     except CudaUnavailableError as e:

@@ -17,7 +17,6 @@ a level runs its code, so the machine must have the level's features.
 """
 import argparse
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from .kernels.codes import LEVELS
-from .kernels.prebuilt import BUILD_ENV, PACKAGE_DIR, USE_ENV, sources_stamp
+from .kernels.prebuilt import BUILD_ENV, PACKAGE_DIR, USE_ENV, python_files, state
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent      # the fastbp being built
 
@@ -35,12 +34,6 @@ def runnable_levels():
     import llvmlite.binding as ll
     host = {name for name, has in ll.get_host_cpu_features().items() if has}
     return [level for level, features in LEVELS.items() if features <= host]
-
-
-def _python_files(folder):
-    """This Python's cache files in a level's folder (Numba names them ...pyXY<abiflags>...)."""
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
-    return sorted(Path(folder).glob(f"*.{tag}.*"))
 
 
 def _build_env(level, target, numba_cache):
@@ -63,7 +56,7 @@ def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
         raise ValueError(f"level {level!r}: this CPU lacks some of its features, and "
                          "compiling a level runs its code; build it on a CPU that has them")
     target = Path(out_dir) / level
-    for old in _python_files(target):
+    for old in python_files(target):
         old.unlink()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as numba_cache:
@@ -82,20 +75,7 @@ def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
 def check(out_dir=PACKAGE_DIR):
     """{level: 'current' | 'stale' | 'missing'}: whether out_dir holds this Python's code of
     each level, stamped with the sources and settings of this process (sources_stamp)."""
-    import numba
-    states = {}
-    for level in LEVELS:
-        indexes = [p for p in _python_files(Path(out_dir) / level) if p.suffix == ".nbi"]
-        state = "current" if indexes else "missing"
-        for path in indexes:
-            with open(path, "rb") as f:
-                version = pickle.load(f)
-                stamp = pickle.loads(f.read())[0] if version == numba.__version__ else None
-            if stamp != sources_stamp():
-                state = "stale"
-                break
-        states[level] = state
-    return states
+    return {level: state(Path(out_dir) / level) for level in LEVELS}
 
 
 def main(argv=None):

@@ -106,7 +106,9 @@ def test_warmup_compiles_every_kernel_set(capsys):
     timings = warmup(dtypes=["float32"], targets=["cpu", "parallel"])
     assert set(timings) == {("float32", "cpu"), ("float32", "parallel")}
     assert main(["warmup", "--dtypes", "float64", "--targets", "cpu"]) == 0
-    assert "float64/cpu ready" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "float64/cpu ready" in out
+    assert "kernels compile on first use" in out or "kernels shipped compiled for" in out
 
 
 def test_warmup_of_sparse_data_compiles_the_csr_variants(capsys):

@@ -170,6 +170,23 @@ def test_stale_or_foreign_shipped_code_is_never_loaded(shipped, tmp_path):
             assert entries_loaded(tmp_path / f"d{level}", out, level=level) == {1}
 
 
+def test_warmup_says_which_kernels_a_process_uses(shipped, monkeypatch, tmp_path):
+    out, levels = shipped
+    stale = tmp_path / "stale"
+    shutil.copytree(out, stale)
+    for level in levels:
+        restamp(stale / level, ("another source",) + prebuilt.sources_stamp()[1:])
+    cases = [(str(out), "kernels shipped compiled for"), (str(stale), "are stale"),
+             (str(tmp_path / "none"), "ships no kernels for"), ("0", "turned off")]
+    try:
+        for setting, said in cases:
+            monkeypatch.setenv("FASTBP_PREBUILT", setting)
+            prebuilt.shipped_dir.cache_clear()
+            assert said in prebuilt.describe(), setting
+    finally:
+        prebuilt.shipped_dir.cache_clear()      # recomputed from the restored environment
+
+
 def test_numba_without_avx_gets_no_shipped_code(monkeypatch):
     """NUMBA_ENABLE_AVX=0 (Numba's default on CPUs that virtual machines misreport) and
     NUMBA_CPU_FEATURES are what Numba compiles for: the shipped AVX code must not run."""

@@ -21,6 +21,8 @@ folder) it reads and writes the shipped folder only.
 import functools
 import hashlib
 import os
+import pickle
+import sys
 from pathlib import Path
 
 from numba.core import config, sigutils
@@ -71,6 +73,43 @@ def shipped_dir():
         return None
     folder = (Path(choice) if choice else PACKAGE_DIR) / level
     return folder if folder.is_dir() else None
+
+
+def python_files(folder):
+    """This Python's cache files in a level's folder (Numba names them ...pyXY<abiflags>...)."""
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+    return sorted(Path(folder).glob(f"*.{tag}.*"))
+
+
+def state(folder):
+    """'current', 'stale' (built from other sources, settings or versions) or 'missing':
+    this Python's code in a level's folder."""
+    import numba
+    indexes = [p for p in python_files(folder) if p.suffix == ".nbi"]
+    for path in indexes:
+        with open(path, "rb") as f:
+            version = pickle.load(f)
+            stamp = pickle.loads(f.read())[0] if version == numba.__version__ else None
+        if stamp != _this_stamp():
+            return "stale"
+    return "current" if indexes else "missing"
+
+
+def describe():
+    """One line: which shipped code this process loads, or why none."""
+    folder = shipped_dir()
+    if folder is not None:
+        status = state(folder)
+        if status == "current":
+            return f"kernels shipped compiled for {folder.name} are used ({folder})"
+        return (f"the shipped kernels for {folder.name} are {status} ({folder}): kernels "
+                "compile on first use")
+    if os.environ.get(USE_ENV) == "0":
+        return f"shipped kernels turned off ({USE_ENV}=0): kernels compile on first use"
+    level = target_level()
+    if level is None:
+        return "no shipped kernels for this CPU: kernels compile on first use"
+    return f"this installation ships no kernels for {level}: kernels compile on first use"
 
 
 def _level_key(key):
