@@ -48,17 +48,21 @@ print(json.dumps({"compiled": compiled, "entries_loaded": entries,
 """
 
 
-def first_fit(tmp_path, shipped, level=None):
-    """FIRST_FIT in a new process with an empty Numba cache, using the shipped code in
-    `shipped` ("0": none), as a CPU of `level` if given."""
+def probe(script, tmp_path, shipped, level=None):
+    """What `script` prints last (JSON), run in a new process with an empty Numba cache,
+    using the shipped code in `shipped` ("0": none), as a CPU of `level` if given."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"),
                FASTBP_PREBUILT=str(shipped), PYTHONPATH=str(ROOT))
     if level is not None:
         env.update(NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="")
-    run = subprocess.run([sys.executable, "-c", FIRST_FIT], env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def first_fit(tmp_path, shipped, level=None):
+    return probe(FIRST_FIT, tmp_path, shipped, level)
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +129,8 @@ print(json.dumps([f.cache_hits for f in gemm._compiled.values()]))
 
 
 def entries_loaded(tmp_path, shipped, level=None):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"),
-               FASTBP_PREBUILT=str(shipped), PYTHONPATH=str(ROOT))
-    if level is not None:
-        env.update(NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="")
-    run = subprocess.run([sys.executable, "-c", ENTRIES], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    hits = json.loads(run.stdout.strip().splitlines()[-1])
+    """{cache hits} of the float32 entry points: {1} loaded, {0} compiled."""
+    hits = probe(ENTRIES, tmp_path, shipped, level)
     assert hits
     return set(hits)
 
