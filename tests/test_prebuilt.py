@@ -268,3 +268,35 @@ def test_building_a_level_this_cpu_lacks_is_refused(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="'x86-64-v4': this CPU lacks"):
         prebuild.build("x86-64-v4", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wheel_with_shipped_code_is_tagged_for_its_python_and_platform(tmp_path):
+    """setup.py: the wheel carries machine code for one CPython on x86-64 Linux only when
+    the prebuild ran; otherwise it stays the plain py3-none-any wheel."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "_prebuilt", "*.nbi", "*.nbc", "*.egg-info")
+    shutil.copytree(ROOT / "fastbp", source / "fastbp", ignore=ignore)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+
+    def wheel(out):
+        run = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
+                              "--no-build-isolation", "-q", "-w", str(out)],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        shutil.rmtree(source / "build", ignore_errors=True)
+        (built,) = out.glob("*.whl")
+        return built.name
+
+    assert wheel(tmp_path / "plain").endswith("-py3-none-any.whl")
+    level = source / "fastbp" / "_prebuilt" / "x86-64-v4"
+    level.mkdir(parents=True)
+    python = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+    (level / f"cpu.train_epoch_serial-1.{python}.nbi").write_bytes(b"index")
+    (level / f"cpu.train_epoch_serial-1.{python}.1.nbc").write_bytes(b"code")
+    name = wheel(tmp_path / "shipped")
+    assert name.endswith(f"-cp{sys.version_info[0]}{sys.version_info[1]}-none-"
+                         "manylinux2014_x86_64.whl"), name
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "shipped" / name) as whl:
+        assert f"fastbp/_prebuilt/x86-64-v4/cpu.train_epoch_serial-1.{python}.nbi" in whl.namelist()
