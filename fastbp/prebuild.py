@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .kernels.codes import LEVELS
+from .kernels.codes import LEVELS, hardware_features
 from .kernels.prebuilt import BUILD_ENV, PACKAGE_DIR, USE_ENV, python_files, state
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent      # the fastbp being built
@@ -31,8 +31,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent      # the fastbp being bu
 
 def runnable_levels():
     """The levels this CPU has every feature of."""
-    import llvmlite.binding as ll
-    host = {name for name, has in ll.get_host_cpu_features().items() if has}
+    host = hardware_features()
     return [level for level, features in LEVELS.items() if features <= host]
 
 

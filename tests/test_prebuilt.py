@@ -194,6 +194,14 @@ def test_numba_without_avx_gets_no_shipped_code(monkeypatch):
     monkeypatch.setattr(config, "ENABLE_AVX", 1)
     monkeypatch.setattr(config, "CPU_FEATURES", "+sse2,+sse4.2")
     assert codes.target_level() is None
+    # where LLVM cannot tell the CPU's features (Numba then compiles for none): nothing
+    import llvmlite.binding as ll
+
+    def unknown():
+        raise RuntimeError("no features")
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    monkeypatch.setattr(ll, "get_host_cpu_features", unknown)
+    assert codes.hardware_features() == frozenset() and codes.target_level() is None
 
 
 def test_numba_s_own_cache_is_stamped_with_every_kernel_source():

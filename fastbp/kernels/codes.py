@@ -25,15 +25,23 @@ def target_features():
     return frozenset(f[1:] for f in text.split(",") if f.startswith("+"))
 
 
+def hardware_features():
+    """The features the CPU itself reports (llvmlite's; none where LLVM cannot tell)."""
+    import llvmlite.binding as ll
+    try:
+        return frozenset(name for name, has in ll.get_host_cpu_features().items() if has)
+    except RuntimeError:
+        return frozenset()
+
+
 def target_level():
     """The level whose shipped kernels this process can use, or None: the one the kernels'
     vector width is tuned for (AVX-512 or AVX2), if Numba compiles for every feature of it
     here and the CPU itself has them all."""
-    import llvmlite.binding as ll
     features = target_features()
     level = "x86-64-v4" if "avx512f" in features else "x86-64-v3"
-    hardware = {name for name, has in ll.get_host_cpu_features().items() if has}
-    return level if LEVELS[level] <= features and LEVELS[level] <= hardware else None
+    ok = LEVELS[level] <= features and LEVELS[level] <= hardware_features()
+    return level if ok else None
 
 
 def _host_has(feature):
