@@ -17,6 +17,7 @@ a level runs its code, so the machine must have the level's features.
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,23 +49,31 @@ def _build_env(level, target, numba_cache):
 def build(level, out_dir=PACKAGE_DIR, dtypes=("float32", "float64"),
           targets=("cpu", "parallel"), sparse=True, bf16=True, verbose=True):
     """Compile one level's kernels for this Python into out_dir/level (replacing what this
-    Python's version left there, keeping other versions'); returns the seconds it took."""
+    Python's version left there, keeping other versions', once the build has succeeded);
+    returns the seconds it took. A failed build raises RuntimeError and changes nothing."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
     if level not in runnable_levels():
         raise ValueError(f"level {level!r}: this CPU lacks some of its features, and "
                          "compiling a level runs its code; build it on a CPU that has them")
     target = Path(out_dir) / level
-    for old in python_files(target):
-        old.unlink()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as numba_cache:
+    with tempfile.TemporaryDirectory() as scratch:
+        built = Path(scratch) / level
         code = (f"import fastbp; fastbp.warmup(dtypes={tuple(dtypes)!r}, "
                 f"targets={tuple(targets)!r}, verbose={verbose!r}, sparse={sparse!r})")
         if bf16 and "float32" in dtypes:        # bf16 models' products (their rounding, packing)
             code += "; from fastbp.kernels import gemm; gemm.enable_bf16()"
-        subprocess.run([sys.executable, "-c", code], check=True,
-                       env=_build_env(level, target, numba_cache))
+        run = subprocess.run([sys.executable, "-c", code],
+                             env=_build_env(level, built, str(Path(scratch) / "numba")))
+        if run.returncode != 0 or not python_files(built):
+            raise RuntimeError(f"building {level} failed (exit status {run.returncode}; "
+                               f"its output is above); {target} is unchanged")
+        target.mkdir(parents=True, exist_ok=True)
+        for old in python_files(target):
+            old.unlink()
+        for new in python_files(built):
+            shutil.move(str(new), target / new.name)
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"fastbp: {level} built into {target} in {seconds:.1f} s", flush=True)
@@ -94,8 +103,17 @@ def main(argv=None):
         for level in wanted:
             print(f"{level}: {states[level]}")
         return 0 if all(states[level] == "current" for level in wanted) else 1
-    for level in args.levels or runnable_levels():
-        build(level, args.out)
+    levels = args.levels or runnable_levels()
+    if not levels:
+        print(f"{parser.prog}: this CPU has none of the levels {sorted(LEVELS)} (their "
+              "code runs while it is built)", file=sys.stderr)
+        return 2
+    for level in levels:
+        try:
+            build(level, args.out)
+        except (ValueError, RuntimeError) as e:
+            print(f"{parser.prog}: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

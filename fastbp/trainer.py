@@ -669,18 +669,19 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
         y = np.arange(8) % 2
         for target in targets:
             t0 = time.perf_counter()
-            inputs = [X] + ([scipy_sparse().csr_matrix(X)] if sparse and target != "cuda"
-                            else [])
-            for data in inputs:
-                for update in ("dense", "lazy") if data is not X else ("dense",):
-                    t = Trainer([3, 4, 2], target=target, dtype=dtype, batch_size=4, seed=0,
-                                sparse_update=update)
-                    if target == "parallel":      # the parallel variant: the "chunks" plan
-                        t.engine.train_plan = _plan(target, [3, 4, 2], 4,
-                                                    max(2, t.engine.eval_plan.chunks), "chunks")
-                    t.fit(data, y, validation_data=(data, y), epochs=1, progress=False)
-                    t.gradient(data, y)   # loss_grad: Trainer.gradient, lbfgs
-                    t.predict(data)
+            runs = [(X, "dense")]
+            if sparse and target != "cuda":   # CSR rows: variants of their own, each update
+                import scipy.sparse
+                runs += [(scipy.sparse.csr_matrix(X), update) for update in ("dense", "lazy")]
+            for data, update in runs:
+                t = Trainer([3, 4, 2], target=target, dtype=dtype, batch_size=4, seed=0,
+                            sparse_update=update)
+                if target == "parallel":      # the parallel variant runs the "chunks" plan
+                    t.engine.train_plan = _plan(target, [3, 4, 2], 4,
+                                                max(2, t.engine.eval_plan.chunks), "chunks")
+                t.fit(data, y, validation_data=(data, y), epochs=1, progress=False)
+                t.gradient(data, y)           # loss_grad: Trainer.gradient, lbfgs
+                t.predict(data)
             if target == "cuda":          # the products' larger tiles (large layers only)
                 t.engine.device().build_large_products()
             timings[(dtype, target)] = time.perf_counter() - t0
@@ -688,8 +689,3 @@ def warmup(dtypes=("float32", "float64"), targets=("cpu", "parallel"), verbose=F
                 print(f"fastbp: kernels for {dtype}/{target} ready in "
                       f"{timings[(dtype, target)]:.1f} s", flush=True)
     return timings
-
-
-def scipy_sparse():
-    import scipy.sparse
-    return scipy.sparse

@@ -168,6 +168,46 @@ def test_stale_or_foreign_shipped_code_is_never_loaded(shipped, tmp_path):
             assert entries_loaded(tmp_path / f"d{level}", out, level=level) == {1}
 
 
+def test_damaged_shipped_code_is_compiled_here_with_a_warning(shipped, tmp_path):
+    """A damaged installation costs the compile, not the fit: each damaged function warns
+    once and compiles; a damaged index counts as stale."""
+    out, levels = shipped
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    for path in damaged.glob("*/*.nbc"):
+        path.write_bytes(b"not a pickle")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"),
+               FASTBP_PREBUILT=str(damaged), PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", ENTRIES], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(json.loads(run.stdout.strip().splitlines()[-1])) == {0}
+    assert "cannot be loaded" in run.stderr and "compiling it here" in run.stderr
+    for path in damaged.glob("*/*.nbi"):
+        path.write_bytes(b"not an index")
+    assert all(prebuild.check(damaged)[level] == "stale" for level in levels)
+
+
+def test_a_failed_build_changes_nothing_and_says_so(monkeypatch, tmp_path, capsys):
+    level = prebuild.runnable_levels()[-1] if prebuild.runnable_levels() else None
+    if level is None:
+        pytest.skip("not an x86-64-v3 CPU: no level to build")
+    (tmp_path / level).mkdir()
+    python = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+    kept = tmp_path / level / f"cpu.x-1.{python}.nbi"
+    kept.write_bytes(b"the last good build")
+    monkeypatch.setattr(prebuild.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1))
+    with pytest.raises(RuntimeError, match="is unchanged"):
+        prebuild.build(level, tmp_path)
+    assert kept.read_bytes() == b"the last good build"
+    assert prebuild.main(["--levels", level, "--out", str(tmp_path)]) == 2
+    assert "failed (exit status 1" in capsys.readouterr().err
+    monkeypatch.setattr(prebuild, "runnable_levels", lambda: [])
+    assert prebuild.main(["--out", str(tmp_path)]) == 2
+    assert "this CPU has none of the levels" in capsys.readouterr().err
+
+
 def test_warmup_says_which_kernels_a_process_uses(shipped, monkeypatch, tmp_path):
     out, levels = shipped
     stale = tmp_path / "stale"

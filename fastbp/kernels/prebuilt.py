@@ -23,6 +23,7 @@ import hashlib
 import os
 import pickle
 import sys
+import warnings
 from pathlib import Path
 
 from numba.core import config, sigutils
@@ -87,9 +88,12 @@ def state(folder):
     import numba
     indexes = [p for p in python_files(folder) if p.suffix == ".nbi"]
     for path in indexes:
-        with open(path, "rb") as f:
-            version = pickle.load(f)
-            stamp = pickle.loads(f.read())[0] if version == numba.__version__ else None
+        try:
+            with open(path, "rb") as f:
+                version = pickle.load(f)
+                stamp = pickle.loads(f.read())[0] if version == numba.__version__ else None
+        except Exception:  # noqa: BLE001 - a damaged index: never loaded either
+            stamp = None
         if stamp != _this_stamp():
             return "stale"
     return "current" if indexes else "missing"
@@ -172,9 +176,18 @@ class KernelCache(FunctionCache):
             return None
         codegen = target_context.codegen()
         data = None if self._building else self._cache_file.load(self._index_key(sig, codegen))
-        if data is None and self._shipped is not None:
+        if data is not None:
+            return self._impl.rebuild(target_context, data)
+        if self._shipped is None:
+            return None
+        try:
             data = self._shipped.load(_level_key(self._index_key(sig, codegen)))
-        return None if data is None else self._impl.rebuild(target_context, data)
+            return None if data is None else self._impl.rebuild(target_context, data)
+        except Exception as e:  # noqa: BLE001 - a damaged installation: compile instead
+            warnings.warn(f"fastbp: the shipped code of {self._py_func.__qualname__} in "
+                          f"{self._folder} cannot be loaded ({type(e).__name__}: {e}); "
+                          "compiling it here", RuntimeWarning, stacklevel=2)
+            return None
 
     def _save_overload(self, sig, data):
         if not self._building:
