@@ -18,11 +18,11 @@ Compiled with codes.jit (fast-math without nnan/ninf, error_model="numpy": see c
 """
 import numpy as np
 
-from . import gemm, scalar
+from . import gemm, scalar, vexp
 from .codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, FASTMATH, GELU, GELU_C,  # noqa: F401
                     GELU_K, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID,
                     TANH, jit, jit_inline)
-from .scalar import output_term, softmax_row
+from .scalar import output_term
 
 # Whether the rows are CSR (args.Rows): a compile-time constant, set per variant by
 # variants.py, which compiles a dense and a CSR copy of these functions (the module's own
@@ -262,15 +262,49 @@ def dropout_backward(dA, idx, rate, seed, step, layer):
 # ------------------------------------------------------------ loss (fused output)
 
 @jit
+def row_max(Z, r):
+    """(the max of row r of Z, its first index)."""
+    mx = Z[r, 0]
+    arg = 0
+    for j in range(1, Z.shape[1]):
+        if Z[r, j] > mx:
+            mx = Z[r, j]
+            arg = j
+    return mx, arg
+
+
+@jit
+def row_sum(P, r):
+    """The sum of row r of P, in column order."""
+    s = P.dtype.type(0)
+    for j in range(P.shape[1]):
+        s += P[r, j]
+    return s
+
+
+@jit
+def shifted_exp(P, Z):
+    """P (B, K) <- exp(Z - each row's max): softmax before its division by the row sums.
+    The exps run in one pass over the whole block (vexp: vector code; a row of 10 logits
+    alone would leave most of each row to scalar code)."""
+    B, K = Z.shape
+    for r in range(B):
+        mx, _ = row_max(Z, r)
+        for j in range(K):
+            P[r, j] = Z[r, j] - mx
+    vexp.exp_inplace(P.reshape(B * K))
+
+
+@jit
 def output_forward(P, Z, loss_code):
     """P (B, K) = output activation of the logits Z (B, K): softmax (cross_entropy),
     sigmoid (binary_cross_entropy), identity (mse) or exp (poisson)."""
     B, K = Z.shape
     k = scalar.constants(Z)
     if loss_code == CROSS_ENTROPY:
+        shifted_exp(P, Z)
         for r in range(B):
-            _, _, s = softmax_row(Z, r, P, k)
-            inv = k[scalar.ONE] / s
+            inv = k[scalar.ONE] / row_sum(P, r)
             for j in range(K):
                 P[r, j] *= inv
     else:
@@ -295,11 +329,14 @@ def loss_forward(P, Z, idx, labels, targets, row_weight, loss_code):
     weighted = row_weight.shape[0] > 0
     total = zero
     correct = 0
+    if loss_code == CROSS_ENTROPY:
+        shifted_exp(P, Z)
     for r in range(B):
         row = zero
         if loss_code == CROSS_ENTROPY:
             y = labels[idx[r]]
-            mx, arg, s = softmax_row(Z, r, P, k)
+            mx, arg = row_max(Z, r)
+            s = row_sum(P, r)
             inv = one / s
             for j in range(K):
                 P[r, j] *= inv
