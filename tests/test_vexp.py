@@ -71,6 +71,33 @@ def test_exp_loop_is_vector_code(dtype):
     assert "exp" not in " ".join(re.findall(r"call\w*\s+\S+", asm))
 
 
+@njit(fastmath=codes.FASTMATH, error_model="numpy")    # as the kernels: reassoc included
+def _tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vexp.tanh1(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tanh_within_a_few_ulps_signed_zeros_and_specials(dtype):
+    """Against NumPy's float64 tanh; small arguments keep their relative accuracy (expm1, not
+    1 - exp), and the function is odd."""
+    rng = np.random.default_rng(2)
+    small = np.geomspace(1e-30, 1.0, 50_000)
+    grid = np.linspace(0, 40, 200_001)
+    x = np.concatenate([grid, -grid, small, -small, rng.uniform(-3, 3, 100_000),
+                        [np.nan, np.inf, -np.inf, 0.0, -0.0, 400.0, -800.0]]).astype(dtype)
+    out = np.empty_like(x)
+    _tanh(x, out)
+    want = np.tanh(x.astype(np.float64)).astype(dtype)
+    nonzero = np.isfinite(want) & (want != 0)
+    ulps = (np.abs(out[nonzero].astype(np.float64) - want[nonzero])
+            / np.spacing(np.abs(want[nonzero])).astype(np.float64))
+    assert ulps.max() <= (3 if dtype == np.float64 else 2)
+    assert np.array_equal(out[200_001:400_002], -out[:200_001])
+    assert np.isnan(out[-7]) and list(out[-6:-3]) == [1, -1, 0] and np.signbit(out[-3])
+    assert list(out[-2:]) == [1, -1]
+
+
 @njit
 def _loss(P, Z, labels):
     idx = np.arange(Z.shape[0])

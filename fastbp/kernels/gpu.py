@@ -42,7 +42,7 @@ a cursor that stays 0 and the block's index as the shift.
 import functools
 import hashlib
 import math
-from types import SimpleNamespace
+from types import FunctionType, ModuleType, SimpleNamespace
 
 import numpy as np
 
@@ -222,13 +222,25 @@ class _Context:
         return decorate
 
 
+# scalar.py's `vexp` on the GPU: its vector-code exp and tanh are the CPU's (built from
+# LLVM intrinsics); the device has its own exp and tanh
+_DEVICE_MATH = ModuleType("vexp_on_device")
+_DEVICE_MATH.exp1, _DEVICE_MATH.tanh1 = math.exp, math.tanh
+
+
+def _with_math(fn):
+    """A copy of scalar.py's function fn whose `vexp` is _DEVICE_MATH."""
+    env = dict(fn.__globals__, vexp=_DEVICE_MATH)
+    return FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 def _device_functions(c):
     """The element-wise maths of scalar.py and ops.keep_unit, as device functions."""
     device = c.device
     names = ("relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "tanh", "tanh_grad",
              "sigmoid", "sigmoid_grad", "gelu", "gelu_grad", "output_term", "output_scale",
              "softmax_row", "sgd_rule", "adam_rule", "rmsprop_rule")
-    dev = SimpleNamespace(**{n: device(getattr(scalar, n).py_func) for n in names})
+    dev = SimpleNamespace(**{n: device(_with_math(getattr(scalar, n).py_func)) for n in names})
     relu, leaky_relu, tanh, sigmoid, gelu = dev.relu, dev.leaky_relu, dev.tanh, dev.sigmoid, \
         dev.gelu
     relu_grad, leaky_relu_grad, tanh_grad, sigmoid_grad, gelu_grad = \

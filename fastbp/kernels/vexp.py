@@ -1,27 +1,35 @@
-"""exp over a whole array in a loop LLVM vectorises (the CPU kernels' softmax).
+"""exp and tanh in arithmetic that LLVM vectorises (the CPU kernels' softmax and
+activations).
 
-Numba lowers ``math.exp`` to a call of the C library's scalar exp unless Intel's SVML is
-installed (it is not, by default, and the shipped kernels are built without it), so a loop
-of exps runs one element at a time: about 5 ns each in float64 on a Zen 4, most of a
-softmax loss's time. `exp_inplace` computes the same function with arithmetic only, so the
-loop becomes vector code (about 1 ns an element, AVX-512 or AVX2):
+Numba lowers ``math.exp`` and ``math.tanh`` to calls of the C library's scalar functions
+unless Intel's SVML is installed (it is not, by default, and the shipped kernels are built
+without it), so a loop over them runs one element at a time: about 5 ns an exp and 16 ns a
+tanh in float64 on a Zen 4, most of a softmax loss's time and three quarters of a tanh
+network's step. Here they are arithmetic only, and a loop over them becomes vector code
+(about 1 ns an element with AVX-512):
 
-    exp(x) = 2^k * exp(r),  k = round(x / ln 2),  r = x - k ln 2 (Cody and Waite: ln 2 in
-    two parts, so r is exact to the last bits),  |r| <= ln 2 / 2
+    exp(x) = 2^k (1 + q),  k = round(x / ln 2),  r = x - k ln 2 (Cody and Waite: ln 2 in
+    two parts, so r is exact to the last bits),  |r| <= ln 2 / 2,  q = exp(r) - 1
 
-with exp(r) by its Taylor series (degree 13 in float64, 7 in float32: the first omitted
-term is below half an ulp) and 2^k built in the exponent bits. k is rounded by adding and
+with q by its Taylor series (degree 13 in float64, 7 in float32: the first omitted term is
+below half an ulp) and 2^k built in the exponent bits. k is rounded by adding and
 subtracting 1.5 * 2^52 (2^23), whose low bits then hold k as an integer.
+tanh(x) = sign(x) (-m) / (2 + m) with m = expm1(-2|x|) = 2^k q + (2^k - 1), which keeps its
+relative accuracy for small |x|, where 1 - exp(-2|x|) would cancel.
 
-Accuracy: within 2 ulps of NumPy's exp in float64 and 1 ulp in float32 (tests check the
-whole range); NaN gives NaN, results beyond the largest float give inf, and arguments below
--708 (float32: -86), whose results are below 3.3e-308 (4.5e-38), give 0: a difference
-smaller than the smallest normal float.
+Accuracy: exp within 2 ulps of NumPy's in float64 and 1 ulp in float32, tanh within 3 and 2
+(tests check the whole range); NaN gives NaN, exp beyond the largest float inf, tanh keeps
+the sign of zero; exp of arguments below -708 (float32: -86), whose results are below
+3.3e-308 (4.5e-38), gives 0: a difference smaller than the smallest normal float.
 
 The functions are compiled without ``reassoc``: reassociation would fold the rounding trick
-(x + c - c) and the two parts of ln 2 back into plain arithmetic. LLVM still inlines them
-into the calling loop, where each instruction keeps its own flags.
+(x + c - c) and the two parts of ln 2 back into plain arithmetic (the tests fail with it).
+LLVM still inlines them into the calling loop, where each instruction keeps its own flags.
+`exp1` and `tanh1` are plain Python functions (math's) outside Numba, so scalar.py's code
+still runs as Python in the CUDA simulator; gpu.py binds them to math's for the device.
 """
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -60,34 +68,40 @@ def _bits_float(typingctx, i, like):
     return sig, codegen
 
 
-def _scalar_exp(t, c, degree):
-    """exp(x) for one float of numpy type t (np.float64 or np.float32) with its constants
-    `c` and Taylor degree (see the module docstring)."""
+def _functions(t, c, degree):
+    """(exp, tanh) of one float of numpy type t (np.float64 or np.float32), from its
+    constants `c` and Taylor degree (see the module docstring)."""
     coefs = [1.0]
     for n in range(1, degree + 1):
         coefs.append(coefs[-1] / n)
     coefs = tuple(t(a) for a in reversed(coefs))          # Horner: highest power first
     log2e, ln2_hi, ln2_lo, shift = (t(c[k]) for k in ("log2e", "ln2_hi", "ln2_lo", "shift"))
     lowest, highest = t(c["lowest"]), t(c["highest"])
-    zero, two, inf = t(0), t(2), t(np.inf)
+    zero, one, two, inf = t(0), t(1), t(2), t(np.inf)
     exponent_of_half = c["bias"] - 1               # 2^(k-1): see below
     mantissa = c["mantissa"]
     itype = np.int64 if t is np.float64 else np.int32      # the float's width
     shift_bits = itype(np.array(shift).view(itype))
 
     @njit(fastmath=_FLAGS, error_model="numpy")
-    def exp1(x):
-        xc = min(max(x, lowest), highest)      # keeps 2^(k-1) a normal float
-        big = xc * log2e + shift
-        k = _float_bits(big) - shift_bits      # round(xc / ln 2), from big's low bits
+    def reduced(x):
+        """(h, q) with exp(x) = 2 h (1 + q) for x in [lowest, highest]: h = 2^(k-1) (k
+        reaches the exponent bias + 1 just below the overflow threshold, so 2^k itself may
+        not be a float), and q = exp(r) - 1 by its series, accurate relative to itself."""
+        big = x * log2e + shift
+        k = _float_bits(big) - shift_bits      # round(x / ln 2), from big's low bits
         kf = big - shift
-        r = xc - kf * ln2_hi
+        r = x - kf * ln2_hi
         r = r - kf * ln2_lo
-        p = coefs[0]
-        for a in coefs[1:]:
-            p = p * r + a
-        # 2^(k-1) * 2: k reaches the exponent bias + 1 just below the overflow threshold
-        y = p * _bits_float(itype((k + exponent_of_half) << mantissa), zero) * two
+        q = coefs[0]
+        for a in coefs[1:-1]:
+            q = q * r + a
+        return _bits_float(itype((k + exponent_of_half) << mantissa), zero), q * r
+
+    @njit(fastmath=_FLAGS, error_model="numpy")
+    def exp_(x):
+        h, q = reduced(min(max(x, lowest), highest))   # clamped: 2^(k-1) stays normal
+        y = (h + h * q) * two
         if x < lowest:
             y = zero
         if x > highest:
@@ -95,15 +109,35 @@ def _scalar_exp(t, c, degree):
         if x != x:
             y = x
         return y
-    return exp1
+
+    @njit(fastmath=_FLAGS, error_model="numpy")
+    def tanh_(x):
+        """sign(x) (1 - e) / (1 + e), e = exp(-2|x|), with 1 - e = -expm1(-2|x|) taken as
+        s q + (s - 1) (exact for small |x|, where 1 - e would cancel)."""
+        y = max(-two * abs(x), lowest)         # below: tanh is 1 to the last bit
+        h, q = reduced(y)
+        s = h * two                            # 2^k, k <= 0
+        m = s * q + (s - one)                  # expm1(y), in (-1, 0]
+        result = math.copysign(-m / (two + m), x)
+        if x != x:
+            result = x
+        return result
+    return exp_, tanh_
 
 
-_exp64 = _scalar_exp(np.float64, _F64, 13)
-_exp32 = _scalar_exp(np.float32, _F32, 7)
+_exp64, _tanh64 = _functions(np.float64, _F64, 13)
+_exp32, _tanh32 = _functions(np.float32, _F32, 7)
 
 
 def exp1(x):
-    """exp of one float64 or float32 (see the module docstring); Numba only."""
+    """exp of one float64 or float32 in vector code (see the module docstring); in
+    Python (the CUDA simulator runs scalar.py's functions so), math.exp."""
+    return math.exp(x)
+
+
+def tanh1(x):
+    """tanh of one float64 or float32 in vector code; in Python, math.tanh."""
+    return math.tanh(x)
 
 
 @overload(exp1, jit_options={"fastmath": _FLAGS, "error_model": "numpy"})
@@ -112,6 +146,14 @@ def _exp1_typed(x):
         return lambda x: _exp64(x)
     if x == types.float32:
         return lambda x: _exp32(x)
+
+
+@overload(tanh1, jit_options={"fastmath": _FLAGS, "error_model": "numpy"})
+def _tanh1_typed(x):
+    if x == types.float64:
+        return lambda x: _tanh64(x)
+    if x == types.float32:
+        return lambda x: _tanh32(x)
 
 
 @cached
