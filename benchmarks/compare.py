@@ -563,8 +563,8 @@ def estimators(rounds):
     ended with the two threads on one shared core (workloads.core_sharing > SHARED_CORE) is
     left out of the medians, unless every round was. float64 as scikit-learn's default;
     digits at scikit-learn's default settings (hidden (100,), adam, up to 200 epochs with its
-    tol stopping rule) and with 128 hidden units for 40 epochs; the mnist workload's shapes
-    on 8192 synthetic samples."""
+    tol stopping rule), with 128 hidden units for 40 epochs, and with tanh and logistic
+    hidden units; the mnist workload's shapes on 8192 synthetic samples."""
     import warnings
 
     from sklearn.datasets import load_digits
@@ -583,6 +583,9 @@ def estimators(rounds):
     cases = [("digits, defaults", digits, ("adam", "sgd", "lbfgs"), {}),
              ("digits, 128 hidden, 40 epochs", digits, ("adam",),
               dict(hidden_layer_sizes=(128,), max_iter=40, tol=0.0)),
+             # activations whose maths calls exp or tanh (kernels/vexp.py)
+             ("digits, tanh", digits, ("adam",), dict(activation="tanh")),
+             ("digits, logistic", digits, ("adam",), dict(activation="logistic")),
              ("mnist shapes", mnist, ("adam", "sgd", "lbfgs"),
               dict(hidden_layer_sizes=tuple(layers[1:-1]), batch_size=batch, max_iter=10,
                    tol=0.0))]
