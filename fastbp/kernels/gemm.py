@@ -1,7 +1,8 @@
 """Matrix products of small layers as register-blocked SIMD loops, without BLAS.
 
 For the products of small layers (the tiny, regression and deep workloads: a few thousand
-to half a million multiply-adds; with AVX-512 up to mnist's 12.8 million), OpenBLAS spends
+to half a million multiply-adds; up to 4 million with AVX2, and with AVX-512 up to mnist's
+12.8 million), OpenBLAS spends
 about as long copying ("packing") its operands as multiplying them: at 32 x 64 x 64 in
 float32 it ran at 35-50 GFLOP/s on a 2-core AMD EPYC (AVX2) whose core peaks near 120.
 These loops skip the packing and run 1.5-3x faster there (`python benchmarks/compare.py
@@ -50,14 +51,19 @@ from .prebuilt import cfunc
 VECTOR_BYTES = 64 if host_has_avx512() else 32
 NV = 2                        # vectors of columns per tile
 
-# Products of at most this many multiply-adds (rows x depth x columns) run here, larger
-# ones through BLAS, for nn and tn on AVX2 and for nt's dot products (small_nt) everywhere;
-# bf16_product takes the larger ones on every host. On a 2-core AMD EPYC (AVX2, 2026-11-26)
-# these loops took 0.36-0.66 of OpenBLAS's time up to 32 x 128 x 128 (524k), about the same
-# at digits' 100 x 64 x 100 in float64 (640k, one run faster, one slower) and 1.2-1.3x its
-# time at 64 x 256 x 128 (`compare.py --products`; that script then timed BLAS on both
-# cores, so the loops' share may have been better than it looked).
+# Products of at most this many multiply-adds (rows x depth x columns) run as nt's dot
+# products (small_nt) rather than through BLAS, and bf16_product takes the larger ones on
+# every host. It was the AVX2 rule of nn and tn too, set on a 2-core AMD EPYC (AVX2,
+# 2026-11-26) against BLAS on both cores, where the kernels run it on one.
 SMALL_MACS = 1 << 19
+# nn and tn on AVX2, measured again with BLAS on one thread (2026-11-27, fifth session,
+# `compare.py --products` on a Zen 4 compiling for x86-64-v3, NUMBA_CPU_NAME=x86-64-v3
+# NUMBA_CPU_FEATURES="", with OpenBLAS's AVX2 kernels, OPENBLAS_CORETYPE=Haswell: no AVX2
+# machine was at hand): the loops took 0.45-0.94 of BLAS's time from 524k to 2.1M
+# multiply-adds (digits' float64 100 x 64 x 100: 0.82-0.83; mnist's 64 x 256 x 128: 0.72
+# in float32, 0.94 in float64; wide's 128 x 1024 x 10: 0.90-0.92), and at 12.8M (mnist's
+# 64 x 784 x 256) 0.91 in float32 but 1.38 in float64.
+SMALL_MACS_AVX2 = 1 << 22
 # With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run
 # it) the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products
 # (up to 64 x 784 x 256, 12.8M, in float32 and float64; nt takes the same rule through
@@ -69,7 +75,7 @@ SMALL_MACS = 1 << 19
 # (mnist's 1.6 MB: 0.91), so float64 keeps it under 2 MiB.
 SMALL_MACS_AVX512 = 1 << 24
 FLOAT64_RIGHT_BYTES_AVX512 = 1 << 21
-_LOOP_MACS = SMALL_MACS_AVX512 if VECTOR_BYTES == 64 else SMALL_MACS
+_LOOP_MACS = SMALL_MACS_AVX512 if VECTOR_BYTES == 64 else SMALL_MACS_AVX2
 
 
 @jit
@@ -519,9 +525,9 @@ BF16_MIN_DEPTH = 64
 @jit
 def bf16_product(M, K, N, cols):
     """Whether the (M, K) x (K, N) product of a bf16 model runs in bf16 (kernels/bf16.py):
-    over SMALL_MACS (the AVX2 rule: on AVX-512 the float32 loops take products up to
-    SMALL_MACS_AVX512, which bf16 runs faster still), deep enough, whose panel has at
-    least a tile's `cols` columns."""
+    over SMALL_MACS (on AVX-512 the float32 loops take products up to SMALL_MACS_AVX512,
+    which bf16 runs faster still; bf16 needs AVX-512, so SMALL_MACS_AVX2 never meets it),
+    deep enough, whose panel has at least a tile's `cols` columns."""
     return M * K * N > SMALL_MACS and K >= BF16_MIN_DEPTH and cols >= bf16.TILE_COLS
 
 
