@@ -11,7 +11,7 @@ from numba import njit
 
 import reference as ref
 from fastbp import Trainer
-from fastbp.kernels import gemm
+from fastbp.kernels import codes, gemm
 
 DTYPES = [np.float32, np.float64]
 
@@ -193,7 +193,8 @@ def test_size_rule_follows_the_vector_width():
     """Which products the loops take (`compare.py --products`): with AVX-512 every hidden
     product of mnist's shapes (64 x 784 x 256 at most) in either dtype, not wide's products
     of 100M multiply-adds, and not float64 outputs narrower than 16 columns or right
-    operands of 2 MiB; with AVX2 up to 2^22 multiply-adds. Never a single column."""
+    operands of 2 MiB; with AVX2 up to 2^22 multiply-adds (float64: 2^21). Never a single
+    column."""
     wide_vectors = gemm.VECTOR_BYTES == 64
     for itemsize in (4, 8):
         assert gemm.small(64, 784, 256, itemsize) == wide_vectors
@@ -212,11 +213,13 @@ def test_size_rule_follows_the_vector_width():
     assert gemm.bf16_product(32, 128, 128, 128) is False
 
 
+@pytest.mark.skipif("avx2" not in codes.hardware_features(),
+                    reason="code for x86-64-v3 needs a CPU with AVX2")
 def test_size_rule_of_an_avx2_cpu():
     """The AVX2 rule, in a process compiling for x86-64-v3 (as on a CPU without AVX-512):
-    the loops take products up to 2^22 multiply-adds (digits' 100 x 64 x 100, mnist's
-    64 x 256 x 128, wide's 128 x 1024 x 10), not mnist's 64 x 784 x 256; nt's dot products
-    and bf16 keep 2^19."""
+    the loops take products up to 2^22 multiply-adds in float32 and 2^21 in float64
+    (digits' 100 x 64 x 100, mnist's 64 x 256 x 128, wide's 128 x 1024 x 10), not mnist's
+    64 x 784 x 256; nt's dot products and bf16 keep 2^19."""
     code = ("from fastbp.kernels import gemm\n"
             "assert gemm.VECTOR_BYTES == 32, gemm.VECTOR_BYTES\n"
             "for itemsize in (4, 8):\n"
@@ -225,6 +228,7 @@ def test_size_rule_of_an_avx2_cpu():
             "    assert gemm.small(128, 1024, 10, itemsize)\n"
             "    assert not gemm.small(64, 784, 256, itemsize)\n"
             "    assert not gemm.small(32, 64, 1, itemsize)\n"
+            "assert gemm.small(64, 256, 256, 4) and not gemm.small(64, 256, 256, 8)\n"
             "assert not gemm.small_nt(64, 128, 256, 8)\n"
             "print('ok')\n")
     env = {**os.environ, "NUMBA_CPU_NAME": "x86-64-v3", "NUMBA_CPU_FEATURES": "",

@@ -9,9 +9,11 @@ from numba import njit
 from fastbp.kernels import codes, ops, vexp
 from fastbp.kernels.codes import CROSS_ENTROPY
 
-# below these arguments the result (under 3.3e-308, float32 4.5e-38) is flushed to 0
-LOWEST = {np.float64: -708.0, np.float32: -86.0}
+# below these arguments exp rounds to 0 (under half the smallest subnormal), as libm's
+LOWEST = {np.float64: -745.1332191019412, np.float32: -103.97208}
 ULPS = {np.float64: 2, np.float32: 1}
+# a call of the C library's function in Numba's assembly: `movabsq $exp, %reg; callq *%reg`
+LIBM = re.compile(r"\$(exp|expf|tanh|tanhf|__svml\w*)\b")
 
 
 def _arguments(dtype):
@@ -25,22 +27,24 @@ def _arguments(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_exp_within_an_ulp_or_two_over_the_normal_range(dtype):
-    """Against NumPy's float64 exp (float32: rounded from float64, so correctly rounded)."""
+def test_exp_within_an_ulp_or_two_over_the_whole_range(dtype):
+    """Against NumPy's float64 exp (float32: rounded from float64, so correctly rounded),
+    subnormal results included."""
     x = _arguments(dtype)
     out = x.copy()
     vexp.exp_inplace(out)
     with np.errstate(over="ignore"):
         want = np.exp(x.astype(np.float64)).astype(dtype)
-    normal = np.isfinite(want) & (x >= LOWEST[dtype])
-    ulps = (np.abs(out[normal].astype(np.float64) - want[normal])
-            / np.spacing(want[normal]).astype(np.float64))
+    inside = np.isfinite(want) & (x >= LOWEST[dtype])
+    ulps = (np.abs(out[inside].astype(np.float64) - want[inside])
+            / np.spacing(want[inside]).astype(np.float64))
     assert ulps.max() <= ULPS[dtype]
     assert out.dtype == dtype
+    subnormal = inside & (want < np.finfo(dtype).tiny) & (want > 0)
+    assert subnormal.sum() > 100 and np.all(out[subnormal] > 0)
     assert np.array_equal(np.isinf(out), np.isinf(want))        # overflow where NumPy's is
-    flushed = x < LOWEST[dtype]
-    assert np.all(out[flushed] == 0)
-    assert np.all(want[flushed] < (3.3e-308 if dtype == np.float64 else 4.6e-38))
+    below = x < LOWEST[dtype]
+    assert np.all(out[below] == 0) and np.all(want[below] <= np.finfo(dtype).smallest_subnormal)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -68,7 +72,27 @@ def test_exp_loop_is_vector_code(dtype):
     asm = fresh.inspect_asm(fresh.signatures[0])
     suffix = "pd" if dtype == np.float64 else "ps"
     assert re.search(rf"vfmadd\d+{suffix}\s+%[yz]mm", asm)
-    assert "exp" not in " ".join(re.findall(r"call\w*\s+\S+", asm))
+    assert not LIBM.search(asm)
+
+
+@pytest.mark.skipif("avx2" not in codes.target_features(), reason="no AVX2: no vector code")
+@pytest.mark.parametrize("code", [codes.TANH, codes.SIGMOID, codes.GELU])
+def test_activation_loops_call_no_libm_and_are_vector_code(code):
+    """scalar.py's tanh, sigmoid and GELU, as the kernels' activation loops compile them
+    (both directions): no call of the C library's exp or tanh, packed arithmetic."""
+    fresh = [njit(fastmath=codes.FASTMATH, error_model="numpy")(f.py_func)
+             for f in (ops.activation_forward, ops.activation_backward)]
+    Z = np.linspace(-3, 3, 64).reshape(8, 8)
+    A, dA = np.empty_like(Z), np.ones_like(Z)
+    fresh[0](A, Z, code)
+    fresh[1](dA, Z, A, code, True)                   # from z: the activation recomputed
+    for f in fresh:
+        asm = f.inspect_asm(f.signatures[0])
+        assert not LIBM.search(asm), f.__name__
+        assert re.search(r"v(fmadd\d+|mul|div)pd\s+%[yz]mm", asm), f.__name__
+    want = {codes.TANH: np.tanh(Z), codes.SIGMOID: 1 / (1 + np.exp(-Z)),
+            codes.GELU: 0.5 * Z * (1 + np.tanh(codes.GELU_C * (Z + codes.GELU_K * Z ** 3)))}
+    np.testing.assert_allclose(A, want[code], rtol=1e-14, atol=1e-15)
 
 
 @njit(fastmath=codes.FASTMATH, error_model="numpy")    # as the kernels: reassoc included

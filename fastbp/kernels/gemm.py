@@ -62,8 +62,11 @@ SMALL_MACS = 1 << 19
 # machine was at hand): the loops took 0.45-0.94 of BLAS's time from 524k to 2.1M
 # multiply-adds (digits' float64 100 x 64 x 100: 0.82-0.83; mnist's 64 x 256 x 128: 0.72
 # in float32, 0.94 in float64; wide's 128 x 1024 x 10: 0.90-0.92), and at 12.8M (mnist's
-# 64 x 784 x 256) 0.91 in float32 but 1.38 in float64.
+# 64 x 784 x 256) 0.91 in float32 but 1.38 in float64. At 4.2M (64 x 256 x 256, 128 x 256 x
+# 128, 100 x 200 x 200, 64 x 512 x 128, 128 x 128 x 256) float32 took 0.70-0.87, float64
+# 0.94-1.16: float64 stops at 2^21.
 SMALL_MACS_AVX2 = 1 << 22
+SMALL_MACS_AVX2_FLOAT64 = 1 << 21
 # With AVX-512 (a 2-core Zen 4 EPYC, 2026-11-27, BLAS on one thread as the kernels run
 # it) the nn and tn loops took 0.74-0.91 of OpenBLAS's time on mnist's hidden products
 # (up to 64 x 784 x 256, 12.8M, in float32 and float64; nt takes the same rule through
@@ -88,6 +91,8 @@ def small(M, K, N, itemsize):
         return False
     if VECTOR_BYTES == 64 and itemsize == 8:
         return N * itemsize >= 2 * VECTOR_BYTES and K * N * itemsize < FLOAT64_RIGHT_BYTES_AVX512
+    if itemsize == 8:
+        return M * K * N <= SMALL_MACS_AVX2_FLOAT64
     return True
 
 
@@ -526,8 +531,9 @@ BF16_MIN_DEPTH = 64
 def bf16_product(M, K, N, cols):
     """Whether the (M, K) x (K, N) product of a bf16 model runs in bf16 (kernels/bf16.py):
     over SMALL_MACS (on AVX-512 the float32 loops take products up to SMALL_MACS_AVX512,
-    which bf16 runs faster still; bf16 needs AVX-512, so SMALL_MACS_AVX2 never meets it),
-    deep enough, whose panel has at least a tile's `cols` columns."""
+    which bf16 runs faster still; without AVX512-BF16 the panel is emulated, slowly, and
+    takes the same products), deep enough, whose panel has at least a tile's `cols`
+    columns."""
     return M * K * N > SMALL_MACS and K >= BF16_MIN_DEPTH and cols >= bf16.TILE_COLS
 
 

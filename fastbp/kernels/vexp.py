@@ -18,9 +18,9 @@ tanh(x) = sign(x) (-m) / (2 + m) with m = expm1(-2|x|) = 2^k q + (2^k - 1), whic
 relative accuracy for small |x|, where 1 - exp(-2|x|) would cancel.
 
 Accuracy: exp within 2 ulps of NumPy's in float64 and 1 ulp in float32, tanh within 3 and 2
-(tests check the whole range); NaN gives NaN, exp beyond the largest float inf, tanh keeps
-the sign of zero; exp of arguments below -708 (float32: -86), whose results are below
-3.3e-308 (4.5e-38), gives 0: a difference smaller than the smallest normal float.
+(tests check the whole range, subnormal results included: 2^k is built as two normal
+factors); NaN gives NaN, exp beyond the largest float inf and below half the smallest
+subnormal 0, and tanh keeps the sign of zero.
 
 The functions are compiled without ``reassoc``: reassociation would fold the rounding trick
 (x + c - c) and the two parts of ln 2 back into plain arithmetic (the tests fail with it).
@@ -39,12 +39,16 @@ from .prebuilt import cached
 
 _FLAGS = {"nsz", "arcp", "contract", "afn"}       # the kernels' FASTMATH without reassoc
 
+# lowest: below it exp rounds to 0 (half the smallest subnormal); highest: above it, inf;
+# tanh_lowest: exp(-2|x|) below it leaves tanh at +-1 to the last bit (|x| > 19 in float64,
+# 9 in float32)
 _F64 = dict(log2e=1.4426950408889634, ln2_hi=0.6931471803691238,
             ln2_lo=1.9082149292705877e-10, shift=6755399441055744.0,   # 1.5 * 2**52
-            lowest=-708.0, highest=709.782712893384, bias=1023, mantissa=52)
+            lowest=-745.1332191019412, highest=709.782712893384, tanh_lowest=-80.0,
+            bias=1023, mantissa=52)
 _F32 = dict(log2e=1.4426950408889634, ln2_hi=0.693359375, ln2_lo=-2.12194440e-4,
-            shift=12582912.0, lowest=-86.0, highest=88.72283935546875,      # 1.5 * 2**23
-            bias=127, mantissa=23)
+            shift=12582912.0, lowest=-103.97208, highest=88.72283935546875,  # 1.5 * 2**23
+            tanh_lowest=-80.0, bias=127, mantissa=23)
 
 
 @intrinsic
@@ -76,18 +80,16 @@ def _functions(t, c, degree):
         coefs.append(coefs[-1] / n)
     coefs = tuple(t(a) for a in reversed(coefs))          # Horner: highest power first
     log2e, ln2_hi, ln2_lo, shift = (t(c[k]) for k in ("log2e", "ln2_hi", "ln2_lo", "shift"))
-    lowest, highest = t(c["lowest"]), t(c["highest"])
+    lowest, highest, tanh_lowest = t(c["lowest"]), t(c["highest"]), t(c["tanh_lowest"])
     zero, one, two, inf = t(0), t(1), t(2), t(np.inf)
-    exponent_of_half = c["bias"] - 1               # 2^(k-1): see below
-    mantissa = c["mantissa"]
+    bias, mantissa = c["bias"], c["mantissa"]
     itype = np.int64 if t is np.float64 else np.int32      # the float's width
     shift_bits = itype(np.array(shift).view(itype))
 
     @njit(fastmath=_FLAGS, error_model="numpy")
     def reduced(x):
-        """(h, q) with exp(x) = 2 h (1 + q) for x in [lowest, highest]: h = 2^(k-1) (k
-        reaches the exponent bias + 1 just below the overflow threshold, so 2^k itself may
-        not be a float), and q = exp(r) - 1 by its series, accurate relative to itself."""
+        """(k, q) with exp(x) = 2^k (1 + q): k = round(x / ln 2) and q = exp(r) - 1 by its
+        series, accurate relative to itself."""
         big = x * log2e + shift
         k = _float_bits(big) - shift_bits      # round(x / ln 2), from big's low bits
         kf = big - shift
@@ -96,12 +98,21 @@ def _functions(t, c, degree):
         q = coefs[0]
         for a in coefs[1:-1]:
             q = q * r + a
-        return _bits_float(itype((k + exponent_of_half) << mantissa), zero), q * r
+        return k, q * r
+
+    @njit(fastmath=_FLAGS, error_model="numpy")
+    def power_of_two(k):
+        """2^k for a normal exponent k."""
+        return _bits_float(itype((k + bias) << mantissa), zero)
 
     @njit(fastmath=_FLAGS, error_model="numpy")
     def exp_(x):
-        h, q = reduced(min(max(x, lowest), highest))   # clamped: 2^(k-1) stays normal
-        y = (h + h * q) * two
+        k, q = reduced(min(max(x, lowest), highest))
+        # 2^k in two factors, each a normal float: k runs from below the smallest
+        # subnormal's exponent to one past the largest normal one
+        half = k >> 1
+        s = power_of_two(half)
+        y = (s + s * q) * power_of_two(k - half)
         if x < lowest:
             y = zero
         if x > highest:
@@ -114,9 +125,9 @@ def _functions(t, c, degree):
     def tanh_(x):
         """sign(x) (1 - e) / (1 + e), e = exp(-2|x|), with 1 - e = -expm1(-2|x|) taken as
         s q + (s - 1) (exact for small |x|, where 1 - e would cancel)."""
-        y = max(-two * abs(x), lowest)         # below: tanh is 1 to the last bit
-        h, q = reduced(y)
-        s = h * two                            # 2^k, k <= 0
+        y = max(-two * abs(x), tanh_lowest)    # below: tanh is 1 to the last bit
+        k, q = reduced(y)
+        s = power_of_two(k)                    # k <= 0, a normal float
         m = s * q + (s - one)                  # expm1(y), in (-1, 0]
         result = math.copysign(-m / (two + m), x)
         if x != x:
