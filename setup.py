@@ -12,6 +12,8 @@ from setuptools import setup
 from setuptools.command.bdist_wheel import bdist_wheel
 
 SHIPPED = Path(__file__).resolve().parent / "fastbp" / "_prebuilt"
+# the cache files' Python tag, as fastbp.kernels.prebuilt.python_files matches it (not
+# imported: the build environment has no Numba)
 PYTHON = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
 
 

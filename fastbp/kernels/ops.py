@@ -335,7 +335,7 @@ def loss_forward(P, Z, idx, labels, targets, row_weight, loss_code):
         row = zero
         if loss_code == CROSS_ENTROPY:
             y = labels[idx[r]]
-            mx, arg = row_max(Z, r)
+            mx, arg = row_max(Z, r)       # again (shifted_exp's): P holds the exps now
             s = row_sum(P, r)
             inv = one / s
             for j in range(K):

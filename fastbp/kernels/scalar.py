@@ -1,14 +1,15 @@
 """The element-wise maths of training, written once for both targets.
 
 Every function here is a pure function of scalars (plus one row of an array for the
-softmax) that calls no other compiled function but vexp's exp1 and tanh1 (so that its
-Python compiles for the GPU as it is, with math.exp and math.tanh in their place). The CPU
-ops (ops.py, optim.py) call them in their loops, compiled by Numba for the CPU (`jit`),
-where vexp's versions keep the loops vector code (the C library's exp and tanh are scalar
-calls, about 5 and 16 ns each); gpu.py compiles the same Python bodies (`fn.py_func`, their
-`vexp` bound to math's functions) as CUDA device functions. So an activation, its derivative, a loss
-term or an optimizer rule cannot drift apart between the targets, and the CUDA simulator
-suite checks the GPU's copies against the CPU's.
+softmax, which only the GPU uses now: the CPU's is ops.shifted_exp) that calls no other
+compiled function but vexp's exp1 and tanh1 (so that its Python compiles for the GPU as it
+is, with math.exp and math.tanh in their place). The CPU ops (ops.py, optim.py) call them in
+their loops, compiled by Numba for the CPU (`jit`), where vexp's versions keep the loops
+vector code (the C library's exp and tanh are scalar calls, about 5 and 16 ns each); gpu.py
+compiles the same Python bodies (`fn.py_func`, their `vexp` bound to math's functions) as
+CUDA device functions. So an activation, its derivative, a loss term or an optimizer rule
+cannot drift apart between the targets, and the CUDA simulator suite checks the GPU's
+copies against the CPU's.
 
 Constants arrive in `k`, a tuple in the data's dtype built once per kernel (`constants` on
 the CPU; gpu.py builds its own): a bare float literal would make float32 code compute in

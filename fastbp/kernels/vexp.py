@@ -151,20 +151,19 @@ def tanh1(x):
     return math.tanh(x)
 
 
-@overload(exp1, jit_options={"fastmath": _FLAGS, "error_model": "numpy"})
-def _exp1_typed(x):
-    if x == types.float64:
-        return lambda x: _exp64(x)
-    if x == types.float32:
-        return lambda x: _exp32(x)
+def _overload_by_dtype(stub, f64, f32):
+    """Numba's implementation of the Python function `stub`: f64 or f32 by the argument's
+    type (no other type is typed)."""
+    @overload(stub, jit_options={"fastmath": _FLAGS, "error_model": "numpy"})
+    def typed(x):
+        if x == types.float64:
+            return lambda x: f64(x)
+        if x == types.float32:
+            return lambda x: f32(x)
 
 
-@overload(tanh1, jit_options={"fastmath": _FLAGS, "error_model": "numpy"})
-def _tanh1_typed(x):
-    if x == types.float64:
-        return lambda x: _tanh64(x)
-    if x == types.float32:
-        return lambda x: _tanh32(x)
+_overload_by_dtype(exp1, _exp64, _exp32)
+_overload_by_dtype(tanh1, _tanh64, _tanh32)
 
 
 @cached
