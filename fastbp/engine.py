@@ -259,15 +259,19 @@ class Engine:
 
     def _workspace(self, block_rows, n_chunks, rows, backward=True):
         """Per chunk: the activations of block_rows rows, and for a backward pass the input
-        gradient's scratch and, for CSR `rows`, the touched rows of W_0 (args.Workspace)."""
+        gradient's scratch and the touched rows of W_0: for CSR `rows`, and for dense ones
+        where the first layer skips zero columns (args.Workspace)."""
         lay, dtype = self.network.layout, self.network.dtype
         a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse, backward)
         R, n_0, n_1 = 0, 0, int(lay.sizes[1])
+        touched = 0
         if rows.sparse and backward:
             n_0 = int(lay.sizes[0])
-            R = touched_capacity(rows.indptr, block_rows, n_0)
+            R = touched = touched_capacity(rows.indptr, block_rows, n_0)
+        elif lay.skips_zero_columns(rows.sparse, backward):
+            touched = int(lay.sizes[0])   # dense: the chunk's nonzero columns, W_0's rows
         return Workspace(np.empty((n_chunks, size), dtype=dtype), a_off, z_off, d_off,
-                         np.empty((n_chunks, R), dtype=np.int64),
+                         np.empty((n_chunks, touched), dtype=np.int64),
                          np.zeros(n_chunks, dtype=np.int64),
                          np.empty((n_chunks, R * n_1), dtype=dtype),
                          np.full((n_chunks, n_0), -1, dtype=np.int32))

@@ -59,12 +59,21 @@ class Layout:
         share = -(-self.n_params // (4 * threads))
         return self.blocks(min(BLOCK, max(256, share)))
 
+    def skips_zero_columns(self, sparse=False, backward=True):
+        """Whether a training step's first layer leaves out the columns of dense X that are
+        zero in all of a chunk's rows (ops.skip_zero_columns): for dense rows, in a
+        backward pass, where W_0 fits the scratch that holds its touched rows (TRANSPOSE_MAX
+        elements, as nt's transposed W: a larger copy per chunk would cost memory)."""
+        return (not sparse and backward
+                and int(self.sizes[0]) * int(self.sizes[1]) <= TRANSPOSE_MAX)
+
     def workspace(self, rows, sparse=False, backward=True):
         """Offsets of A_0..A_L (a_off), Z_0..Z_{L-1} (z_off), two delta buffers and, for a
-        `backward` pass, the input gradient's scratch (d_off: the scratch last, as long as
-        the largest W_l, l >= 1, that gemm.nt may transpose, and one row of it more) for
-        `rows` rows in one chunk's workspace, and its total length. `sparse`: A_0 gets no
-        room (the first layer reads CSR rows)."""
+        `backward` pass, the scratch (d_off: the scratch last, as long as the largest W_l,
+        l >= 1, that gemm.nt may transpose, and one row of it more; at least as long as
+        W_0 where the first layer skips zero columns, skips_zero_columns) for `rows` rows
+        in one chunk's workspace, and its total length. `sparse`: A_0 gets no room (the
+        first layer reads CSR rows)."""
         sizes = [int(s) for s in self.sizes]
         if sparse:
             sizes[0] = 0
@@ -80,7 +89,10 @@ class Layout:
         d_off = [pos, pos + rows * widest, pos + 2 * rows * widest]
         pos += 2 * rows * widest
         if backward:
-            pos += max([(n_out + 1) * n_in for n_in, n_out in zip(sizes[1:-1], sizes[2:])
-                        if n_in * n_out <= TRANSPOSE_MAX], default=0)
+            scratch = max([(n_out + 1) * n_in for n_in, n_out in zip(sizes[1:-1], sizes[2:])
+                           if n_in * n_out <= TRANSPOSE_MAX], default=0)
+            if self.skips_zero_columns(sparse, backward):
+                scratch = max(scratch, sizes[0] * sizes[1])
+            pos += scratch
         as_int = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
         return as_int(a_off), as_int(z_off), as_int(d_off), pos

@@ -77,7 +77,10 @@ class Workspace(NamedTuple):
     The first layer's weight gradient of sparse data, per chunk (empty for dense data):
     touched (C, R) the rows of W_0 the chunk's rows touch (n_touched (C,) of them, each
     once), touched_grad (C, R * n_1) their gradient rows, in the same order, and
-    touched_slot (C, n_0) each row of W_0's position in touched (-1: not touched)."""
+    touched_slot (C, n_0) each row of W_0's position in touched (-1: not touched).
+    Dense data whose first layer skips zero columns (Layout.skips_zero_columns) has
+    touched (C, n_0): the columns of the chunk's rows that are not all zero, n_touched of
+    them (n_0 where the skip did not pay), and touched_grad and touched_slot empty."""
     work: np.ndarray
     a_off: np.ndarray
     z_off: np.ndarray

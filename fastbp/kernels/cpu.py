@@ -477,7 +477,8 @@ def _predict(params, ws, c, rows, out, lo, hi, block_rows, net):
     index = np.arange(lo, hi)
     for blo in range(lo, hi, block_rows):
         bhi = min(blo + block_rows, hi)
-        Z = forward(params, ws, c, rows, X[blo:bhi], index[blo - lo:bhi - lo], net, 0, 0)
+        Z = forward(params, ws, c, rows, X[blo:bhi], layer_weight(params, net.w_off,
+                    net.sizes, 0), index[blo - lo:bhi - lo], net, 0, 0)
         output_forward(out[blo:bhi], Z, net.loss_code)
 
 
