@@ -262,13 +262,15 @@ class Engine:
         gradient's scratch and the touched rows of W_0: for CSR `rows`, and for dense ones
         where the first layer skips zero columns (args.Workspace)."""
         lay, dtype = self.network.layout, self.network.dtype
-        a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse, backward)
+        skip = lay.skips_zero_columns(n_chunks, np.dtype(dtype).itemsize, rows.X.nbytes,
+                                      rows.sparse, backward)
+        a_off, z_off, d_off, size = lay.workspace(block_rows, rows.sparse, backward, skip)
         R, n_0, n_1 = 0, 0, int(lay.sizes[1])
         touched = 0
         if rows.sparse and backward:
             n_0 = int(lay.sizes[0])
             R = touched = touched_capacity(rows.indptr, block_rows, n_0)
-        elif lay.skips_zero_columns(rows.sparse, backward):
+        elif skip:
             touched = int(lay.sizes[0])   # dense: the chunk's nonzero columns, W_0's rows
         return Workspace(np.empty((n_chunks, size), dtype=dtype), a_off, z_off, d_off,
                          np.empty((n_chunks, touched), dtype=np.int64),

@@ -66,13 +66,43 @@ def test_skip_pays_for_many_zero_columns_only():
 
 def test_the_workspace_makes_room_for_w0_only_where_the_skip_runs():
     small, large = Layout([64, 100, 10]), Layout([784, 256, 10])
-    assert small.skips_zero_columns() and not large.skips_zero_columns()
     assert 64 * 100 <= TRANSPOSE_MAX < 784 * 256
-    assert not small.skips_zero_columns(sparse=True)
-    assert not small.skips_zero_columns(backward=False)
-    a_off, z_off, d_off, size = small.workspace(100)
+    assert small.skips_zero_columns(2, 8, data_bytes=0)
+    assert not small.skips_zero_columns(2, 8, 10**9, sparse=True)
+    assert not small.skips_zero_columns(2, 8, 10**9, backward=False)
+    # a large W_0 is copied where the copies take at most a tenth of the data's memory
+    copies = 2 * 784 * 256 * 4
+    assert large.skips_zero_columns(2, 4, data_bytes=copies * 10)
+    assert not large.skips_zero_columns(2, 4, data_bytes=copies * 10 - 1)
+    a_off, z_off, d_off, size = small.workspace(100, skip_zero_columns=True)
     assert size - d_off[2] >= 64 * 100                     # W_0's touched rows fit
-    assert Layout([64, 100, 10]).workspace(100, backward=False)[3] == d_off[2]
+    assert small.workspace(100)[3] < size
+    assert small.workspace(100, backward=False)[3] == small.workspace(100)[2][2]
+
+
+def _large_first_layer_data(n=8000):
+    """n rows of 784 pixels, a fifth of them zero in every row."""
+    rng = np.random.default_rng(0)
+    X = rng.random((n, 784)).astype(np.float32)
+    X[:, ::5] = 0.0
+    return X, rng.integers(0, 10, size=n)
+
+
+def test_a_large_first_layer_skips_where_the_data_pays_for_the_copies(monkeypatch):
+    X, y = _large_first_layer_data()
+    kw = dict(target="parallel", batch_size=128, seed=0)
+    t, plain = Trainer([784, 256, 10], **kw), Trainer([784, 256, 10], **kw)
+    runner = _epoch_runner(t, X, y)
+    assert runner.ws.touched.shape[1] == 784             # 1.6 MB of copies for 25 MB of data
+    runner.run(t._hyper, 0)
+    assert list(runner.ws.n_touched) == [784 - 157] * runner.ws.n_touched.size
+    with monkeypatch.context() as m:
+        m.setattr(Layout, "skips_zero_columns", lambda self, *a, **k: False)
+        _epoch_runner(plain, X, y).run(plain._hyper, 0)
+    np.testing.assert_array_equal(t.params, plain.params)
+    few = _epoch_runner(Trainer([784, 256, 10], target="parallel", batch_size=128, seed=0),
+                        X[:1000], y[:1000])
+    assert few.ws.touched.shape[1] == 0                  # 1.6 MB for 3.1 MB: no
 
 
 def _epoch_runner(t, X, y):
