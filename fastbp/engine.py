@@ -24,7 +24,8 @@ import numpy as np
 from .kernels import Plan, evaluation_plan, gemm, safe_plan, training_plan
 # Hyper and Rows are imported for the Trainer, which builds them
 from .kernels.args import Hyper, Network, Rows, Slabs, State, Workspace  # noqa: F401
-from .layout import Layout
+from .layout import (M_OFFSET, PAGE, PARAMS_OFFSET, V_OFFSET, Layout, free_offset,
+                     page_placed)
 
 EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
 # Below this much forward work (2 x rows x weights FLOPs) predict and evaluate stay on the
@@ -138,9 +139,11 @@ class Engine:
         self.threads = threads
         self.batch_size = batch_size
         P = network.layout.n_params
-        self.params = np.zeros(P, dtype=network.dtype)
-        self.m = np.zeros(P if network.has_m else 0, dtype=network.dtype)
-        self.v = np.zeros(P if network.has_v else 0, dtype=network.dtype)
+        # each at its own offset in a page (layout.page_placed: mmap would start them all
+        # at the same one)
+        self.params = page_placed(P, network.dtype, PARAMS_OFFSET, zero=True)
+        self.m = page_placed(P if network.has_m else 0, network.dtype, M_OFFSET, zero=True)
+        self.v = page_placed(P if network.has_v else 0, network.dtype, V_OFFSET, zero=True)
         self.step = 0
         lay = network.layout
         self._net = Network(lay.sizes, lay.w_off, lay.b_off, network.act, network.dropout,
@@ -188,7 +191,26 @@ class Engine:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._place_buffers(self.params, self.m, self.v)
         self._make_plans()
+
+    def _place_buffers(self, params, m, v):
+        """params, m and v (unpickled) copied into buffers placed as __init__ places them."""
+        self.params, self.m, self.v = (
+            page_placed(a.shape, a.dtype, offset)
+            for a, offset in ((params, PARAMS_OFFSET), (m, M_OFFSET), (v, V_OFFSET)))
+        for buf, a in ((self.params, params), (self.m, m), (self.v, v)):
+            buf[:] = a
+
+    def _placed(self, shape, zero=False, avoid=()):
+        """An empty (or zeroed) buffer of the network's dtype for the rows of a 2-D
+        `shape`, each row starting away from params, m, v, the rows of the 2-D arrays
+        `avoid` and its other rows in the page (layout.free_offset)."""
+        dtype = np.dtype(self.network.dtype)
+        taken = [PARAMS_OFFSET, M_OFFSET, V_OFFSET]
+        taken += [row.ctypes.data % PAGE for a in avoid for row in a]
+        offset = free_offset(taken, shape[0], shape[1] * dtype.itemsize)
+        return page_placed(shape, dtype, offset, zero)
 
     def set_batch_size(self, batch_size):
         """Train with `batch_size` rows per step from now on (the plan follows it)."""
@@ -272,7 +294,7 @@ class Engine:
             R = touched = touched_capacity(rows.indptr, block_rows, n_0)
         elif skip:
             touched = int(lay.sizes[0])   # dense: the chunk's nonzero columns, W_0's rows
-        return Workspace(np.empty((n_chunks, size), dtype=dtype), a_off, z_off, d_off,
+        return Workspace(self._placed((n_chunks, size)), a_off, z_off, d_off,
                          np.empty((n_chunks, touched), dtype=np.int64),
                          np.zeros(n_chunks, dtype=np.int64),
                          np.empty((n_chunks, R * n_1), dtype=dtype),
@@ -315,8 +337,8 @@ class Engine:
             loss_sum = sum(s[0] for s in sums)             # in chunk order
             return loss_sum / rows.weight_total, sum(s[1] for s in sums), None
         P = self.network.layout.n_params
-        gslab = np.empty((C, P), dtype=self.network.dtype)
-        acc = np.empty((C, P), dtype=self.network.dtype)
+        gslab = self._placed((C, P), avoid=(ws.work,))
+        acc = self._placed((C, P), avoid=(ws.work, gslab))
         with self.compute(plan):
             loss_sum, correct = plan.kernels.loss_grad(
                 self.params, gslab, acc, ws, rows, row_order(rows.n), block_rows,
@@ -402,7 +424,8 @@ class _CpuEpochs:
         R = 0
         if rows.sparse:          # the lazy update's list of the step's touched rows
             R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], int(lay.sizes[0]))
-        self.slabs = Slabs(np.zeros((C, lay.n_params), dtype=dtype), block_lo, block_hi,
+        self.slabs = Slabs(engine._placed((C, lay.n_params), zero=True, avoid=(self.ws.work,)),
+                           block_lo, block_hi,
                            block_layer, np.empty(block_lo.shape[0]), np.empty(C),
                            np.empty(C, dtype=np.int64), np.empty(R, dtype=np.int64))
 

@@ -34,6 +34,14 @@ def test_the_helpers():
     assert ops.nonzero_columns(cols, A) == 3
     assert list(cols[:3]) == [1, 3, 4]                     # NaN counts as nonzero
     assert ops.nonzero_columns(cols, np.zeros((3, 5))) == 0
+    dense = np.ones((40, 5))
+    assert ops.nonzero_columns(cols, dense) == 5 and list(cols) == [0, 1, 2, 3, 4]
+    late = np.zeros((40, 5))
+    late[:, 1:] = 1.0
+    late[37, 0] = -2.0                 # column 0's only nonzero, after the early checks
+    assert ops.nonzero_columns(cols, late) == 5
+    late[37, 0] = 0.0
+    assert ops.nonzero_columns(cols, late) == 4 and list(cols[:4]) == [1, 2, 3, 4]
 
     flat = np.arange(12.0)                                 # a (3, 4) matrix
     cols = np.array([1, 3, 0, 0])
