@@ -42,16 +42,13 @@ def free_offset(taken, rows, row_bytes):
     `row_bytes` each whose rows start farthest from the `taken` offsets (the least
     circular distance, largest; the lowest offset on a tie). Where its rows fall
     relative to each other is fixed by row_bytes."""
-    def distance(a, b):
-        d = (a - b) % PAGE
-        return min(d, PAGE - d)
-    best, best_gap = 0, -1
-    for base in range(0, PAGE, LINE):
-        starts = [(base + r * row_bytes) % PAGE for r in range(rows)]
-        gap = min([distance(a, b) for a in starts for b in taken], default=PAGE)
-        if gap > best_gap:
-            best, best_gap = base, gap
-    return best
+    bases = np.arange(0, PAGE, LINE)
+    starts = (bases[:, None] + np.arange(rows) * (row_bytes % PAGE)) % PAGE
+    if len(taken) == 0:
+        return 0
+    d = (starts[:, :, None] - np.asarray(taken)) % PAGE
+    gap = np.minimum(d, PAGE - d).min(axis=(1, 2))
+    return int(bases[np.argmax(gap)])
 
 
 class Layout:
