@@ -203,9 +203,9 @@ class Engine:
             buf[:] = a
 
     def _placed(self, shape, zero=False, avoid=()):
-        """An empty (or zeroed) buffer of the network's dtype for the rows of a 2-D
-        `shape`, each row starting away from params, m, v, the rows of the 2-D arrays
-        `avoid` and its other rows in the page (layout.free_offset)."""
+        """An empty (or zeroed) buffer of the network's dtype of a 2-D `shape`, its rows
+        starting as far as can be from params, m, v and the rows of the 2-D arrays `avoid`
+        in the page (layout.free_offset)."""
         dtype = np.dtype(self.network.dtype)
         taken = [PARAMS_OFFSET, M_OFFSET, V_OFFSET]
         taken += [row.ctypes.data % PAGE for a in avoid for row in a]

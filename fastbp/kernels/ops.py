@@ -145,7 +145,7 @@ def skip_zero_columns(ws, c, A0, W0):
     workspace at a_off[0]) and W0 (n_0, n_1): A0 compacted in place to its nonzero
     columns and their rows of W0 gathered into the scratch, where skip_pays, else A0 and
     W0 themselves. ws.touched[c][:n] keeps the columns, ws.n_touched[c] their count n
-    (n_0: not compacted) for the backward pass (first_layer_gradient)."""
+    (n_0: not compacted) for the backward pass (forward_backward)."""
     B, n_0 = A0.shape
     n_1 = W0.shape[1]
     cols = ws.touched[c]
