@@ -12,10 +12,10 @@
 # torch.compile not run), COMPILED_S (0: with it, not run), WHOLE_S (0); WORKLOADS limits
 # compare.py's workloads. The defaults fit in about 7 minutes. GRAPHS_S=0 leaves out gpu_graphs.py.
 # HOST_S (0): the host CPU measured as a 2-core machine, in the background from the start:
-# compare.py --products, the five workloads against JAX and PyTorch on the CPU, and
-# --estimators, pinned to two CPUs on cores of their own (NUMBA/OpenBLAS/torch at 2 threads),
-# the GPU runs pinned to the other CPUs. CPU_TESTS_S (0): after the CUDA suite, the CPU
-# kernel tests at the host's full thread count.
+# compare.py --products, the five workloads against JAX and PyTorch on the CPU (HOST_ADAM=1:
+# mnist and wide with Adam too), and --estimators, pinned to two CPUs on cores of their own
+# (NUMBA/OpenBLAS/torch at 2 threads), the GPU runs pinned to the other CPUs. CPU_TESTS_S (0): after the CUDA suite, the CPU
+# kernel tests at the host's full thread count (CPU_TESTS: which files).
 #   bash benchmarks/gpu_check.sh [pytest-args...]
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -47,6 +47,10 @@ if [ "$HOST_S" != 0 ]; then
     timeout "$(left)" taskset -c "$PAIR" python3 benchmarks/compare.py --rounds 3 \
       --workloads tiny regression deep mnist wide --skip "torch eager foreach" \
       > "$OUT/host_compare.txt" 2>&1
+    if [ "${HOST_ADAM:-0}" != 0 ]; then
+      timeout "$(left)" taskset -c "$PAIR" python3 benchmarks/compare.py --rounds 3 --optimizer adam \
+        --workloads mnist wide --skip "torch eager foreach" > "$OUT/host_compare_adam.txt" 2>&1
+    fi
     timeout "$(left)" taskset -c "$PAIR" python3 benchmarks/compare.py --estimators \
       --rounds 3 > "$OUT/host_estimators.txt" 2>&1
     echo "host comparison done at ${SECONDS} s" >> "$OUT/host_compare.txt"
@@ -110,8 +114,9 @@ echo "suite exit $?"; tail -40 "$OUT/cuda_suite.txt"
 
 if [ "${CPU_TESTS_S:-0}" != 0 ]; then
   echo "== the CPU kernel tests at the host's thread count"
-  timeout "$CPU_TESTS_S" $PIN python3 -m pytest -q -p no:cacheprovider -n 4 -rfE tests/test_gemm.py \
-    tests/test_kernels.py tests/test_engine.py tests/test_threads.py tests/test_sklearn_equivalence.py \
+  CPU_TESTS=${CPU_TESTS:-tests/test_gemm.py tests/test_kernels.py tests/test_engine.py tests/test_threads.py
+    tests/test_sklearn_equivalence.py tests/test_zero_columns.py tests/test_memory.py}
+  timeout "$CPU_TESTS_S" $PIN python3 -m pytest -q -p no:cacheprovider -n 4 -rfE $CPU_TESTS \
     > "$OUT/cpu_tests.txt" 2>&1
   echo "cpu tests exit $?"; tail -25 "$OUT/cpu_tests.txt"
 fi
@@ -126,5 +131,5 @@ fi
 if [ -n "${HOST_PID:-}" ]; then
   wait "$HOST_PID"
   echo "== host CPU as a 2-core machine"; cat "$OUT/host_products.txt" "$OUT/host_compare.txt" \
-    "$OUT/host_estimators.txt"
+    "$OUT/host_compare_adam.txt" "$OUT/host_estimators.txt" 2>/dev/null
 fi
