@@ -98,7 +98,8 @@ def _large_first_layer_data(n=8000):
 
 def test_a_large_first_layer_skips_where_the_data_pays_for_the_copies(monkeypatch):
     X, y = _large_first_layer_data()
-    kw = dict(target="parallel", batch_size=128, seed=0)
+    # two threads, so two chunks a step (with 16, the copies would be 12.8 MB: no skip)
+    kw = dict(target="parallel", batch_size=128, seed=0, n_threads=2)
     t, plain = Trainer([784, 256, 10], **kw), Trainer([784, 256, 10], **kw)
     runner = _epoch_runner(t, X, y)
     assert runner.ws.touched.shape[1] == 784             # 1.6 MB of copies for 25 MB of data
@@ -108,8 +109,7 @@ def test_a_large_first_layer_skips_where_the_data_pays_for_the_copies(monkeypatc
         m.setattr(Layout, "skips_zero_columns", lambda self, *a, **k: False)
         _epoch_runner(plain, X, y).run(plain._hyper, 0)
     np.testing.assert_array_equal(t.params, plain.params)
-    few = _epoch_runner(Trainer([784, 256, 10], target="parallel", batch_size=128, seed=0),
-                        X[:1000], y[:1000])
+    few = _epoch_runner(Trainer([784, 256, 10], **kw), X[:1000], y[:1000])
     assert few.ws.touched.shape[1] == 0                  # 1.6 MB for 3.1 MB: no
 
 
