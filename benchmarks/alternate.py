@@ -5,8 +5,9 @@ measurement of a change (this machine's slow phases hit both sides alike).
     python benchmarks/alternate.py /tmp/before . --runs 3
 
 Each run prints one line per checkout:
-- `Trainer` epochs of the tiny and mnist workloads: float32, target="parallel", SGD with
-  momentum and Adam; samples/s, median of 7 epochs after one untimed;
+- `Trainer` epochs of the tiny, deep and mnist workloads: float32 (and mnist in float64,
+  the estimators' dtype), target="parallel", SGD with momentum and Adam; samples/s, median
+  of 7 epochs after one untimed;
 - `MLPClassifier(random_state=0)` on digits (scikit-learn's defaults, 200 epochs) with relu,
   tanh and logistic hidden units; seconds, median of 5 fits after one untimed.
 
@@ -33,20 +34,24 @@ from fastbp import MLPClassifier, Trainer
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 out = []
-for name, n in (("tiny", 65536), ("mnist", 16384)):
+runs = [("tiny", 65536, "sgd", "float32"), ("tiny", 65536, "adam", "float32"),
+        ("deep", 16384, "adam", "float32"), ("mnist", 16384, "sgd", "float32"),
+        ("mnist", 16384, "adam", "float32"), ("mnist", 16384, "adam", "float64")]
+for name, n, opt, dtype in runs:
     layers, batch, loss = WORKLOADS[name]
     X, y = make_data(name, n)
-    for opt in ("sgd", "adam"):
-        t = Trainer(layers, loss=loss, optimizer=opt, lr=0.01,
-                    momentum=0.9 if opt == "sgd" else 0.0, batch_size=batch,
-                    target="parallel", seed=0)
+    X = X.astype(dtype)
+    t = Trainer(layers, loss=loss, optimizer=opt, lr=0.01,
+                momentum=0.9 if opt == "sgd" else 0.0, batch_size=batch,
+                target="parallel", dtype=dtype, seed=0)
+    t.fit(X, y, epochs=1, progress=False)
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
         t.fit(X, y, epochs=1, progress=False)
-        times = []
-        for _ in range(7):
-            start = time.perf_counter()
-            t.fit(X, y, epochs=1, progress=False)
-            times.append(time.perf_counter() - start)
-        out.append(f"{name}/{opt} {n / np.median(times):,.0f}/s")
+        times.append(time.perf_counter() - start)
+    f64 = " f64" if dtype == "float64" else ""
+    out.append(f"{name}/{opt}{f64} {n / np.median(times):,.0f}/s")
 X, y = load_digits(return_X_y=True)
 X_train, _, y_train, _ = train_test_split(X / 16.0, y, random_state=0, stratify=y)
 for activation in ("relu", "tanh", "logistic"):

@@ -128,6 +128,37 @@ def test_panels_at_the_other_vector_width(dtype):
             assert _untouched(buf, MR, N)
 
 
+_panel_4x3 = gemm.panel_intrinsic(4, nv=3)
+_panel_2x4 = gemm.panel_intrinsic(2, nv=4)
+
+
+@njit
+def _wide_tiles(C, A, B, bias, nv):
+    if nv == 3:
+        _panel_4x3(A, 0, A.shape[1], 1, B, C, 0, A.shape[1], C.shape[1], bias, True)
+    else:
+        _panel_2x4(A, 0, A.shape[1], 1, B, C, 0, A.shape[1], C.shape[1], bias, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panels_of_more_vectors_per_tile(dtype):
+    """Tiles of 3 and 4 vectors of columns (benchmarks/panel_probe.py's other blocks): whole
+    tiles, and a last tile of each possible number of vectors, its last one partial or whole."""
+    lanes = gemm.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(2)
+    for MR, nv in ((4, 3), (2, 4)):
+        for N in sorted({1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 3 * lanes,
+                         nv * lanes, nv * lanes + 1, (nv + 2) * lanes - 1, 2 * nv * lanes}):
+            A = rng.standard_normal((MR, 7)).astype(dtype)
+            B = rng.standard_normal((7, N)).astype(dtype)
+            bias = rng.standard_normal(N).astype(dtype)
+            buf, C = _output(MR, N, dtype)
+            _wide_tiles(C, A, B, bias, nv)
+            np.testing.assert_allclose(C, A.astype(np.float64) @ B + bias, **_tolerance(dtype),
+                                       err_msg=f"{MR}x{nv}, {N} columns")
+            assert _untouched(buf, MR, N)
+
+
 @njit
 def _transpose(T, B):
     gemm.transpose_into(T, B)

@@ -216,11 +216,12 @@ def _data(context, builder, sig, args, positions):
             for i in positions]
 
 
-def panel_intrinsic(MR, vector_bytes=None):
+def panel_intrinsic(MR, vector_bytes=None, nv=NV):
     """The intrinsic computing MR rows of C (see the module docstring):
     panel(A, a0, sai, sap, B, C, c0, K, N, bias, use_bias), for i < MR, j < N:
         C[c0 + i N + j] = (bias[j] if use_bias else 0) + sum_p<K A[a0 + i sai + p sap] B[p N + j]
-    over flat element offsets of the arrays' data. `vector_bytes` defaults to the host's."""
+    over flat element offsets of the arrays' data, in tiles of `nv` vectors of columns.
+    `vector_bytes` defaults to the host's."""
     vector_bytes = vector_bytes or VECTOR_BYTES
 
     @intrinsic
@@ -231,7 +232,7 @@ def panel_intrinsic(MR, vector_bytes=None):
 
         def codegen(context, builder, sig, args):
             vec = _Vectors(context, builder, sig.args[0].dtype, vector_bytes)
-            _emit_panel(builder, vec, MR, *_data(context, builder, sig, args, (0, 4, 5, 9)),
+            _emit_panel(builder, vec, MR, nv, *_data(context, builder, sig, args, (0, 4, 5, 9)),
                         *(args[i] for i in (1, 2, 3, 6, 7, 8, 10)))
             return context.get_dummy_value()
 
@@ -240,7 +241,7 @@ def panel_intrinsic(MR, vector_bytes=None):
     return panel
 
 
-def _emit_panel(builder, vec, MR, pa, pb, pc, pbias, a0, sai, sap, c0, K, N, use_bias):
+def _emit_panel(builder, vec, MR, NV, pa, pb, pc, pbias, a0, sai, sap, c0, K, N, use_bias):
     const, lanes = vec.const, vec.lanes
     acc = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(NV)]
            for _ in range(MR)]
@@ -285,12 +286,20 @@ def _emit_panel(builder, vec, MR, pa, pb, pc, pbias, a0, sai, sap, c0, K, N, use
         tile(builder.mul(loop.index, width), NV, None)
     done = builder.mul(full, width)
     rest = builder.sub(N, done)
+
+    def last_tile(n_vectors):        # the rest's columns in n_vectors vectors, or fewer
+        if n_vectors == 1:
+            tile(done, 1, rest)
+            return
+        more = builder.icmp_signed(">", rest, const((n_vectors - 1) * lanes))
+        with builder.if_else(more) as (whole, fewer):
+            with whole:
+                tile(done, n_vectors, rest)
+            with fewer:
+                last_tile(n_vectors - 1)
+
     with builder.if_then(builder.icmp_signed(">", rest, const(0))):
-        with builder.if_else(builder.icmp_signed(">", rest, const(lanes))) as (two, one):
-            with two:
-                tile(done, NV, rest)
-            with one:
-                tile(done, 1, rest)
+        last_tile(NV)
 
 
 def dot_panel_intrinsic(MR, NJ, vector_bytes=None):
@@ -425,6 +434,9 @@ def transpose_into(T, B):
 # panel keeps only NV accumulators, too few to hide the FMA latency: with AVX-512 (Zen 4)
 # the 4 rows left of 64, 100 or 784 in single rows made mnist's 64 x 784 x 256 take 261 us
 # against 223 with a panel of 4 (on AVX2 the panels of 4 and 2 had made no difference).
+# Other blocks (8 x 2, 8 x 3, 6 x 4, 4 x 4, 4 x 6 with AVX-512's 32 registers) ran at the
+# same speed on a Zen 4, and panels of 10 or 12 rows 1.3-2.5x slower in nn
+# (`benchmarks/panel_probe.py`, README "Notes for kernel developers").
 _panel6 = panel_intrinsic(6)
 _panel4 = panel_intrinsic(4)
 _panel2 = panel_intrinsic(2)
