@@ -12,7 +12,8 @@
 # torch.compile not run), COMPILED_S (0: with it, not run), WHOLE_S (0); WORKLOADS limits
 # compare.py's workloads. The defaults fit in about 7 minutes. GRAPHS_S=0 leaves out gpu_graphs.py.
 # HOST_S (0): the host CPU measured as a 2-core machine, in the background from the start:
-# compare.py --products, the five workloads against JAX and PyTorch on the CPU (HOST_ADAM=1:
+# (HOST_PANELS=1: benchmarks/panel_probe.py first, on one of its two CPUs) compare.py
+# --products, the five workloads against JAX and PyTorch on the CPU (HOST_ADAM=1:
 # mnist and wide with Adam too), and --estimators, pinned to two CPUs on cores of their own
 # (NUMBA/OpenBLAS/torch at 2 threads), the GPU runs pinned to the other CPUs. CPU_TESTS_S (0): after the CUDA suite, the CPU
 # kernel tests at the host's full thread count (CPU_TESTS: which files).
@@ -43,6 +44,11 @@ if [ "$HOST_S" != 0 ]; then
       CUDA_VISIBLE_DEVICES=""
     end=$((SECONDS + HOST_S))
     left() { local r=$((end - SECONDS)); [ "$r" -gt 1 ] && echo "$r" || echo 1; }   # never 0 (no limit)
+    if [ "${HOST_PANELS:-0}" != 0 ]; then      # register blocks of gemm's panels, one thread
+      NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 timeout 120 taskset -c "${PAIR%,*}" python3 \
+        benchmarks/panel_probe.py --rounds 7 --blocks 6x2 8x2 8x3 6x4 4x4 4x6 \
+        > "$OUT/host_panels.txt" 2>&1
+    fi
     timeout 60 taskset -c "$PAIR" python3 benchmarks/compare.py --products > "$OUT/host_products.txt" 2>&1
     timeout "$(left)" taskset -c "$PAIR" python3 benchmarks/compare.py --rounds 3 \
       --workloads tiny regression deep mnist wide --skip "torch eager foreach" \
@@ -130,6 +136,6 @@ fi
 
 if [ -n "${HOST_PID:-}" ]; then
   wait "$HOST_PID"
-  echo "== host CPU as a 2-core machine"; cat "$OUT/host_products.txt" "$OUT/host_compare.txt" \
+  echo "== host CPU as a 2-core machine"; cat "$OUT/host_panels.txt" "$OUT/host_products.txt" "$OUT/host_compare.txt" \
     "$OUT/host_compare_adam.txt" "$OUT/host_estimators.txt" 2>/dev/null
 fi
