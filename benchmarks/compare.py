@@ -40,8 +40,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import (WORKLOADS, bag_of_words, core_sharing, flops_per_sample,  # noqa: E402
-                       make_arrays)
+from workloads import (WORKLOADS, bag_of_words, blas_products, core_sharing,  # noqa: E402
+                       flops_per_sample, make_arrays)
 
 N_SAMPLES = {"tiny": 16384, "regression": 16384, "deep": 8192, "mnist": 8192, "wide": 4096,
              "tiny-b1": 2048}
@@ -413,18 +413,7 @@ def products(rounds):
                 gemm.transpose_into(T, B)
                 gemm.panels(C, A, A.shape[1], 1, T, A.shape[1], C[0], False)
 
-    @njit
-    def blas(kind, C, A, B, bias, n):
-        for _ in range(n):
-            if kind == 0:
-                np.dot(A, B, C)
-                for r in range(C.shape[0]):
-                    for j in range(C.shape[1]):
-                        C[r, j] += bias[j]
-            elif kind == 1:
-                np.dot(A.T, B, C)
-            else:
-                np.dot(A, B.T, C)
+    blas = blas_products()
 
     nets = [(name, *WORKLOADS[name][:2], "float32") for name in WORKLOADS]
     nets.append(("digits (sklearn defaults)", [64, 100, 10], 200, "float64"))

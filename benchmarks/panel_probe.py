@@ -25,7 +25,7 @@ import numpy as np
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(BENCHMARKS), BENCHMARKS]     # this checkout's fastbp
-from workloads import cpu_model_and_flags  # noqa: E402
+from workloads import blas_products, cpu_model_and_flags  # noqa: E402
 
 # (label, kind, M, K, N, dtype): kind "nn" C = A B + b, "tn" C = A^T B; the rows are one
 # chunk's of the automatic plan on two threads (mnist and deep: 64 and 32 rows; digits at
@@ -83,8 +83,6 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--blocks", nargs="+", default=["6x2", "12x2", "8x3", "6x4", "4x4"])
     args = p.parse_args()
-    from numba import njit
-
     from fastbp.engine import single_threaded_blas
     from fastbp.kernels.gemm import VECTOR_BYTES
 
@@ -95,16 +93,7 @@ def main():
     t0 = time.perf_counter()
     runs = {b: driver(*b) for b in blocks}
 
-    @njit
-    def blas(kind, C, A, B, bias, n):
-        for _ in range(n):
-            if kind == 0:
-                np.dot(A, B, C)
-                for r in range(C.shape[0]):
-                    for j in range(C.shape[1]):
-                        C[r, j] += bias[j]
-            else:
-                np.dot(A.T, B, C)
+    blas = blas_products()
 
     rng = np.random.default_rng(0)
     head = " | ".join(f"{b[0]}x{b[1]}" for b in blocks)

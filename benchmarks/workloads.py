@@ -56,6 +56,27 @@ def bag_of_words(n, n_features, per_row, n_classes=10, seed=0, dtype="float32"):
     return X, y
 
 
+def blas_products():
+    """A jitted blas(kind, C, A, B, bias, n): n times C = A B + bias (kind 0), A^T B (1) or
+    A B^T (2) through np.dot in Numba, as the kernels call BLAS (on the threads that
+    single_threaded_blas leaves it)."""
+    from numba import njit
+
+    @njit
+    def blas(kind, C, A, B, bias, n):
+        for _ in range(n):
+            if kind == 0:
+                np.dot(A, B, C)
+                for r in range(C.shape[0]):
+                    for j in range(C.shape[1]):
+                        C[r, j] += bias[j]
+            elif kind == 1:
+                np.dot(A.T, B, C)
+            else:
+                np.dot(A, B.T, C)
+    return blas
+
+
 def cpu_model_and_flags():
     """(`lscpu`'s model name, its CPU flags): every figure is reported with its machine."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
