@@ -29,6 +29,7 @@ from . import config as _config
 from .io import atomic_write
 from .datafiles import (DataFileError, LabelColumnError, class_codes, digits,
                         numeric_targets, one_line, read_features, read_labelled)
+from .scaling import scale_features
 
 DEFAULT_OUT = "fastbp-model.npz"
 TARGETS = ["cpu", "parallel", "cuda"]
@@ -69,13 +70,7 @@ def _scaling(X, y, mode, loss):
 
 def _scale_features(X, meta, n_features):
     scale = meta.get("scale") or {"mean": [0.0] * n_features, "std": [1.0] * n_features}
-    mean, std = np.array(scale["mean"]), np.array(scale["std"])
-    if sparse.issparse(X):
-        if np.any(mean != 0):                    # a model trained on dense, centred data
-            X = X.toarray()
-        else:
-            return (X @ sparse.diags(1.0 / std)).tocsr()
-    return (X - mean) / std
+    return scale_features(X, np.array(scale["mean"]), np.array(scale["std"]))
 
 
 def _scale_targets(y, meta):
@@ -288,7 +283,7 @@ def cmd_train(args):
     saved = _save_model(trainer, args.out)             # first, so nothing below can lose it
     times = history["time"]
     if val is not None:
-        result = trainer.evaluate(*val)
+        result = trainer.evaluate(*val, scaling=False)     # val is standardised already
         line = f"test loss: {result['loss']:.4f}"
         if "accuracy" in result:
             line = f"test accuracy: {result['accuracy']:.4f}   " + line
@@ -357,9 +352,9 @@ def cmd_predict(args):
                       meta.get("label_position"))
     X = _scale_features(X, meta, n_features)
     if args.proba:
-        out, header = trainer.predict_proba(X), _class_names(trainer, meta)
+        out, header = trainer.predict_proba(X, scaling=False), _class_names(trainer, meta)
     else:
-        out, header = trainer.predict(X), None
+        out, header = trainer.predict(X, scaling=False), None
         if "classes" in meta:
             out = np.asarray(meta["classes"], dtype=object)[out]
         out = _unscale_targets(out, meta)
@@ -405,7 +400,7 @@ def cmd_evaluate(args):
     if loss == "cross_entropy":
         classes = meta.get("classes", list(range(trainer.layers[-1])))
         _, codes = class_codes(data.y, where, classes)
-        result = trainer.evaluate(X, codes)
+        result = trainer.evaluate(X, codes, scaling=False)
         print(f"accuracy: {result['accuracy']:.4f}   loss: {result['loss']:.4f}   "
               f"({n} samples of {args.data})")
         return 0
@@ -414,11 +409,11 @@ def cmd_evaluate(args):
         raise CLIError(f"{args.data}: the model has {trainer.layers[-1]} outputs; the data "
                        f"{1 if y.ndim == 1 else y.shape[1]} target column(s)")
     if loss == "binary_cross_entropy":
-        result = trainer.evaluate(X, y)
+        result = trainer.evaluate(X, y, scaling=False)
         print(f"accuracy: {result['accuracy']:.4f}   loss: {result['loss']:.4f}   "
               f"({n} samples of {args.data})")
         return 0
-    pred = _unscale_targets(trainer.predict(X), meta).reshape(y.shape)
+    pred = _unscale_targets(trainer.predict(X, scaling=False), meta).reshape(y.shape)
     rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

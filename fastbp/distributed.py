@@ -332,7 +332,8 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
                 results += done
             logs = _epoch_logs(results, B, trainer.lr, time.perf_counter() - t0)
             if val is not None:
-                logs.update({"val_" + k: v for k, v in trainer.evaluate(*val).items()})
+                logs.update({"val_" + k: v for k, v in   # the network's inputs, as fit's
+                             trainer.evaluate(*val, scaling=False).items()})
             for key, value in logs.items():
                 trainer.history.setdefault(key, []).append(value)
             starts = [r["initial_loss"] for r in results if r["initial_loss"] is not None]

@@ -5,8 +5,9 @@ Both compute what `predict_proba` (cross_entropy, binary_cross_entropy) or `pred
 poisson) returns, from the same parameters, and both take the raw features a model saved by
 `fastbp train` was trained on: the standardisation that command stores in the model's
 metadata ("scale": feature mean and std; "target_scale": mse target mean and std, see
-fastbp/cli.py) is part of the exported function, as `fastbp predict` applies it
-(`scaling=False` leaves it out). A Trainer built in Python has no such metadata.
+fastbp/cli.py and fastbp/scaling.py) is part of the exported function, as `fastbp predict`
+and `Trainer.predict` apply it (`scaling=False` leaves it out). A Trainer built in Python
+has no such metadata.
 
 The ONNX graph uses only standard operators of opset 17 (MatMul, Add, Relu, Tanh, Sigmoid,
 Softmax, Exp, Mul, Sub, Div, Max), in the model's dtype; gelu is written out as the kernel's
@@ -20,6 +21,7 @@ import numpy as np
 from . import config as _config
 from .io import atomic_write
 from .kernels.codes import GELU_C, GELU_K, LEAKY_SLOPE
+from .scaling import scaling_arrays
 
 ONNX_OPSET = 17
 INPUT_NAME = "X"
@@ -40,40 +42,6 @@ def _check_trainer(trainer, who):
     if not (np.isfinite(params.min()) and np.isfinite(params.max())):
         raise ValueError(f"{who}: the model's params contain NaN or infinity; there is no "
                          "model to export")
-
-
-def scaling_arrays(trainer, scaling=True):
-    """(x_shift, x_scale, y_scale, y_shift) in the model's dtype from the standardisation
-    `fastbp train` stores in trainer.metadata ((X - x_shift) / x_scale in, out * y_scale +
-    y_shift out), each empty where there is none or scaling is False."""
-    dtype = trainer.dtype
-    n_in, n_out = trainer.layers[0], trainer.layers[-1]
-    empty = np.empty(0, dtype=dtype)
-    if not isinstance(scaling, (bool, np.bool_)):
-        raise TypeError(f"scaling must be True or False; got {scaling!r}")
-    meta = trainer.metadata or {}
-    if not scaling:
-        return empty, empty, empty, empty
-
-    def pair(key, n):
-        entry = meta.get(key)
-        if entry is None:
-            return empty, empty
-        try:
-            mean = np.asarray(entry["mean"], dtype=np.float64).reshape(-1)
-            std = np.asarray(entry["std"], dtype=np.float64).reshape(-1)
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(f"the model's metadata[{key!r}] is not a {{'mean': [...], "
-                             "'std': [...]}} pair of number lists") from None
-        if mean.shape != (n,) or std.shape != (n,) or not (
-                np.isfinite(mean).all() and np.isfinite(std).all() and (std != 0).all()):
-            raise ValueError(f"the model's metadata[{key!r}] must hold {n} finite means and "
-                             f"{n} finite, non-zero stds")
-        return mean.astype(dtype), std.astype(dtype)
-
-    x_shift, x_scale = pair("scale", n_in)
-    y_shift, y_scale = pair("target_scale", n_out)
-    return x_shift, x_scale, y_scale, y_shift
 
 
 # ----------------------------------------------------------------- compiled_forward

@@ -6,6 +6,7 @@ import warnings
 
 import numba
 import numpy as np
+import scipy.sparse
 
 from . import config as _config, rollback
 from .data import check_sample_weight, check_X, check_y
@@ -14,6 +15,7 @@ from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
 from .kernels.bf16 import host_has_avx512_bf16
 from .layout import Layout
+from .scaling import scale_features, scaling_arrays
 from .schedules import make_schedule
 
 
@@ -269,7 +271,10 @@ class Trainer:
         """(X, y, sample_weight) checked as `fit` checks them (ValueError/TypeError naming
         the argument) and converted once to the `Rows` the engine takes (X C-contiguous in
         the model's dtype, or CSR for scipy sparse X; labels or targets, row weights)."""
-        Xc = self._check_X(X, names[0])
+        return self._rows(self._check_X(X, names[0]), y, sample_weight, names)
+
+    def _rows(self, Xc, y, sample_weight, names=("X", "y", "sample_weight")):
+        """check_data for an X already checked (_check_X)."""
         labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
                                   self._dtype, names[1])
         weights = check_sample_weight(sample_weight, Xc.shape[0], self._dtype, names[2])
@@ -565,11 +570,15 @@ class Trainer:
         rows = self.check_data(X, y, sample_weight)
         return self.engine.loss_grad(rows, want_grad=True)[2]
 
-    def evaluate(self, X, y, sample_weight=None):
+    def evaluate(self, X, y, sample_weight=None, *, scaling=True):
         """{'loss': mean loss, 'accuracy': ...} (accuracy for the classification losses:
         the fraction of correct classes, or of correct 0/1 outputs for binary_cross_entropy;
-        unweighted)."""
-        rows = self.check_data(X, y, sample_weight)
+        unweighted). scaling: as for predict_proba; mse targets are standardised too where
+        `metadata` says how, so the loss is the one training reported."""
+        Xc, y_scale, y_shift = self._inputs(X, scaling)
+        rows = self._rows(Xc, y, sample_weight)
+        if y_scale.size:
+            rows = rows._replace(targets=(rows.targets - y_shift) / y_scale)
         loss, correct, _ = self.engine.loss_grad(rows, want_grad=False)
         out = {"loss": float(loss)}
         acc = self._accuracy(correct, rows.n)
@@ -577,28 +586,45 @@ class Trainer:
             out["accuracy"] = float(acc)
         return out
 
-    def _output(self, X):
-        return self.engine.predict(self._check_X(X))
+    def _inputs(self, X, scaling):
+        """X checked and, with scaling, standardised as the model's metadata says
+        (fastbp.scaling: a model saved by `fastbp train --scale standard`), and the
+        (y_scale, y_shift) between the network's mse outputs and the targets' units."""
+        Xc = self._check_X(X)
+        x_shift, x_scale, y_scale, y_shift = scaling_arrays(self, scaling)
+        if x_shift.size:       # sparse X is scaled as it came (checked: Xc, the kernels' CSR)
+            Xc = self._check_X(scale_features(X if scipy.sparse.issparse(X) else Xc,
+                                              x_shift, x_scale))
+        return Xc, y_scale, y_shift
 
-    def predict_proba(self, X):
+    def _output(self, X, scaling):
+        Xc, y_scale, y_shift = self._inputs(X, scaling)
+        return self.engine.predict(Xc), y_scale, y_shift
+
+    def predict_proba(self, X, *, scaling=True):
         """Class probabilities (N, K): softmax (cross_entropy) or sigmoid per output
-        (binary_cross_entropy)."""
+        (binary_cross_entropy). scaling: apply the feature standardisation stored in
+        `metadata` by `fastbp train --scale standard`, as `fastbp predict`, the ONNX export
+        and `compiled_forward` do (a model built in Python has none); False: X is what the
+        network takes, as for `fit`."""
         if self._cfg["loss"] in ("mse", "poisson"):
             raise AttributeError("predict_proba is defined for the classification losses "
                                  f"only; this Trainer has loss={self._cfg['loss']!r} "
                                  "(use predict)")
-        return self._output(X)
+        return self._output(X, scaling)[0]
 
-    def predict(self, X):
+    def predict(self, X, *, scaling=True):
         """Class indices (N,) for cross_entropy, 0/1 (N, K) for binary_cross_entropy,
-        values (N, K) for mse."""
-        out = self._output(X)
+        values (N, K) for mse and poisson. scaling: as for predict_proba; for mse, the
+        outputs are also taken back to the targets' units where `metadata` holds their
+        standardisation."""
+        out, y_scale, y_shift = self._output(X, scaling)
         loss = self._cfg["loss"]
         if loss == "cross_entropy":
             return out.argmax(axis=1)
         if loss == "binary_cross_entropy":
             return (out >= 0.5).astype(np.int64)
-        return out
+        return out * y_scale + y_shift if y_scale.size else out
 
     def save(self, path, *, include_optimizer=True, metadata=None):
         """Write the model (and by default the optimizer state, step count, shuffling

@@ -297,10 +297,14 @@ def test_evaluate_classifier_accuracy(tmp_path, capsys):
     assert code == 0, err
     acc = float(out.split("accuracy:")[1].split()[0])
     t = Trainer.load(model)
-    scale = t.metadata["scale"]
-    X = (test[["f0", "f1", "f2"]].to_numpy() - scale["mean"]) / np.array(scale["std"])
-    expected = np.mean(np.array(t.metadata["classes"])[t.predict(X)] == test["kind"])
+    raw = test[["f0", "f1", "f2"]].to_numpy()
+    expected = np.mean(np.array(t.metadata["classes"])[t.predict(raw)] == test["kind"])
     assert acc == pytest.approx(expected, abs=1e-4) and acc > 0.9
+    scale = t.metadata["scale"]             # the network's own inputs: scaling=False
+    X = (raw - scale["mean"]) / np.array(scale["std"])
+    np.testing.assert_array_equal(t.predict(X, scaling=False), t.predict(raw))
+    _, codes = np.unique(test["kind"], return_inverse=True)   # classes are sorted
+    assert t.evaluate(raw, codes)["accuracy"] == pytest.approx(acc, abs=1e-4)
 
 
 def test_evaluate_regression_in_the_targets_units(tmp_path, capsys):
@@ -321,6 +325,47 @@ def test_evaluate_regression_in_the_targets_units(tmp_path, capsys):
     assert r2 == pytest.approx(1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2),
                                abs=1e-4)
     assert r2 > 0.9 and 1 < rmse < 0.3 * y.std()               # units of price, not std units
+
+
+def test_a_saved_model_predicts_in_python_as_fastbp_predict(tmp_path, capsys):
+    """`fastbp train` stores its standardisation with the model: Trainer.load(...).predict
+    and predict_proba take the raw features and give mse targets in their own units, as
+    `fastbp predict`, the ONNX graph and compiled_forward do (they took the network's
+    standardised inputs, so a model trained on the command line gave other numbers in
+    Python)."""
+    df = classes_frame(200)
+    df["f1"] = df["f1"] * 50 + 300                      # far from standardised
+    df.to_csv(tmp_path / "d.csv", index=False)
+    model = tmp_path / "m.npz"
+    assert run(["train", tmp_path / "d.csv", "--epochs", "30", "--no-progress", "--out",
+                model], capsys)[0] == 0
+    assert run(["predict", model, tmp_path / "d.csv", "--proba", "--out",
+                tmp_path / "p.csv"], capsys)[0] == 0
+    t, raw = Trainer.load(model), df[["f0", "f1", "f2"]].to_numpy()
+    cli = pd.read_csv(tmp_path / "p.csv").to_numpy()
+    np.testing.assert_allclose(t.predict_proba(raw), cli, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.compiled_forward()(raw.astype(t.dtype)), cli, rtol=1e-5,
+                               atol=1e-6)
+    assert np.mean(np.array(t.metadata["classes"])[t.predict(raw)] == df["kind"]) > 0.9
+
+    regression_frame(300).to_csv(tmp_path / "r.csv", index=False)
+    assert run(["train", tmp_path / "r.csv", "--loss", "mse", "--epochs", "5",
+                "--no-progress", "--out", model], capsys)[0] == 0
+    code, pred, _ = run(["predict", model, tmp_path / "r.csv"], capsys)
+    t, raw = Trainer.load(model), regression_frame(300)[["p", "q", "r"]].to_numpy()
+    np.testing.assert_allclose(t.predict(raw).ravel(), np.array(pred.split(), dtype=float),
+                               rtol=1e-5)
+
+
+def test_the_main_jobs_model_takes_raw_digits_in_python(tmp_path, capsys):
+    """The README's main job (digits, pixels 0..16 divided by 16 in training): loaded in
+    Python, its model takes the pixels as they come."""
+    from sklearn.datasets import load_digits
+    model = tmp_path / "m.npz"
+    assert run(["train", "--epochs", "3", "--no-progress", "--out", model], capsys)[0] == 0
+    t, (X, y) = Trainer.load(model), load_digits(return_X_y=True)
+    np.testing.assert_array_equal(t.predict(X), t.predict(X / 16.0, scaling=False))
+    assert np.mean(t.predict(X) == y) > 0.8
 
 
 def test_evaluate_refuses_unknown_labels(tmp_path, capsys):

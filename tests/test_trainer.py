@@ -142,3 +142,40 @@ def test_predict_many_rows_in_blocks_matches_row_by_row():
         whole = t.predict_proba(X)
         assert np.allclose(whole[::97], np.vstack([t.predict_proba(X[i:i + 1]) for i in
                                                    range(0, 1000, 97)]), rtol=1e-12)
+
+
+def test_predictions_apply_the_standardisation_stored_in_metadata():
+    """metadata's "scale" (and mse's "target_scale"), as `fastbp train --scale standard`
+    stores them: predict and predict_proba take raw features (dense or sparse; sparse
+    features with non-zero means are densified first) and give mse targets in their own
+    units; scaling=False gives the network's own outputs; anything but True/False for it
+    is refused by name."""
+    import scipy.sparse
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 6)) * 5 + 3
+    X[X < 4] = 0.0                                     # sparse-looking
+    std = rng.random(6) + 0.5
+    t = Trainer(SIZES, seed=0, dtype="float64")
+    plain = t.predict_proba(X / std)
+    t.metadata = {"scale": {"mean": [0.0] * 6, "std": std.tolist()}}
+    np.testing.assert_allclose(t.predict_proba(X), plain, rtol=1e-12)
+    np.testing.assert_allclose(t.predict_proba(scipy.sparse.csr_matrix(X)), plain, rtol=1e-12)
+    np.testing.assert_array_equal(t.predict_proba(X / std, scaling=False), plain)
+    mean = X.mean(axis=0)
+    t.metadata["scale"]["mean"] = mean.tolist()
+    centred = t.predict_proba((X - mean) / std, scaling=False)
+    np.testing.assert_allclose(t.predict_proba(scipy.sparse.csr_matrix(X)), centred, rtol=1e-12)
+
+    r = Trainer([6, 5, 2], loss="mse", seed=0, dtype="float64")
+    out = r.predict((X - mean) / std)
+    r.metadata = {"scale": {"mean": mean.tolist(), "std": std.tolist()},
+                  "target_scale": {"mean": [100.0, -3.0], "std": [30.0, 0.5]}}
+    np.testing.assert_allclose(r.predict(X), out * [30.0, 0.5] + [100.0, -3.0], rtol=1e-12)
+    y = rng.normal(size=(30, 2)) * [30.0, 0.5] + [100.0, -3.0]     # in the targets' units
+    network = r.evaluate((X - mean) / std, (y - [100.0, -3.0]) / [30.0, 0.5], scaling=False)
+    assert r.evaluate(X, y)["loss"] == pytest.approx(network["loss"], rel=1e-12)
+    assert t.evaluate(X, np.zeros(30, dtype=int))["accuracy"] == np.mean(t.predict(X) == 0)
+    with pytest.raises(TypeError, match="scaling must be True or False"):
+        r.predict(X, scaling="yes")
+    with pytest.raises(TypeError, match="scaling must be True or False"):
+        t.evaluate(X, np.zeros(30, dtype=int), scaling=None)
