@@ -2,7 +2,8 @@
 "scale" (the features' mean and std: the network takes (X - mean) / std) and, for mse,
 "target_scale" (the targets' mean and std: the network's outputs times std plus mean are in
 the targets' own units). Read here once for everything that takes a model's raw features:
-`Trainer.predict`/`predict_proba`, `compiled_forward`, the ONNX graph and the CLI."""
+`Trainer.predict`, `predict_proba` and `evaluate`, `compiled_forward`, the ONNX graph and the
+CLI."""
 import numpy as np
 from scipy import sparse
 
