@@ -208,7 +208,8 @@ class Engine:
         in the page (layout.free_offset)."""
         dtype = np.dtype(self.network.dtype)
         taken = [PARAMS_OFFSET, M_OFFSET, V_OFFSET]
-        taken += [row.ctypes.data % PAGE for a in avoid for row in a]
+        taken += [(a.ctypes.data + i * a.strides[0]) % PAGE for a in avoid
+                  for i in range(a.shape[0])]
         offset = free_offset(taken, shape[0], shape[1] * dtype.itemsize)
         return page_placed(shape, dtype, offset, zero)
 

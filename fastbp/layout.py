@@ -3,6 +3,9 @@
 params = [W_0 (n_0, n_1) C order, b_0 (n_1,), W_1, b_1, ...]; grads and every optimizer state
 buffer share this layout. The per-chunk workspace of the kernels is laid out here too.
 """
+import functools
+import math
+
 import numpy as np
 
 from .kernels.gemm import TRANSPOSE_MAX
@@ -18,8 +21,8 @@ SKIP_COPIES_SHARE = 0.1
 # boundary, so params, m, v and the gradient slabs of an update all map to the same sets of
 # the L1 cache (its set is picked by bits 6-11 of an address), and Adam's five streams
 # thrash them: mnist's Adam epoch took 0.24 s against 0.18 s with the buffers staggered
-# (2-core Zen 4, 2026-11-27). The engine places each large buffer (and each row of a 2-D
-# one) at its own offset in the page instead.
+# (2-core Zen 4, 2026-11-27). The engine places each large buffer at its own offset in the
+# page instead (the rows of a 2-D one fall where its row length puts them).
 PAGE = 4096
 LINE = 64
 PARAMS_OFFSET, M_OFFSET, V_OFFSET = 0, 1024, 2048
@@ -31,7 +34,7 @@ def page_placed(shape, dtype, offset, zero=False):
     larger."""
     dtype = np.dtype(dtype)
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
     raw = (np.zeros if zero else np.empty)(nbytes + PAGE, dtype=np.uint8)
     start = (offset - raw.ctypes.data) % PAGE
     return raw[start:start + nbytes].view(dtype).reshape(shape)
@@ -42,6 +45,13 @@ def free_offset(taken, rows, row_bytes):
     `row_bytes` each whose rows start farthest from the `taken` offsets (the least
     circular distance, largest; the lowest offset on a tie). Where its rows fall
     relative to each other is fixed by row_bytes."""
+    return _free_offset(tuple(int(t) for t in taken), int(rows), int(row_bytes) % PAGE)
+
+
+@functools.lru_cache(maxsize=256)
+def _free_offset(taken, rows, row_bytes):
+    # cached: the engine places the same shapes at the same offsets every call (a
+    # loss-and-gradient call of lbfgs places three buffers; 25 us each uncached)
     bases = np.arange(0, PAGE, LINE)
     starts = (bases[:, None] + np.arange(rows) * (row_bytes % PAGE)) % PAGE
     if len(taken) == 0:
