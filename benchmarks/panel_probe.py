@@ -11,10 +11,10 @@ NV + 1 of them at most.
 This times, on one thread, each product of the steps the kernels run in gemm's loops
 (forward A W + b as nn, the weight gradient A^T dZ as tn, the input gradient as nn over W
 transposed) through BLAS and through panels of each (MR, NV) below (the rows left over in
-panels of 8, 6, 4, 2 and 1 rows, as gemm.panels does), checks each against NumPy, and
-prints microseconds and the ratio to the current block (6, 2).
+panels of 4, 2 and 1 rows, as gemm.panels does), checks each against NumPy, and
+prints microseconds and the ratio to the block gemm.py uses on this host (gemm.block).
 
-    python benchmarks/panel_probe.py [--rounds 5] [--blocks 6x2 12x2 8x3 6x4]
+    python benchmarks/panel_probe.py [--rounds 5] [--blocks 6x2 8x3 6x4 14x2]
 """
 import argparse
 import os
@@ -46,7 +46,7 @@ PRODUCTS = [
     ("mnist f64 A^T dZ", "tn", 784, 64, 256, "float64"),
     ("mnist f64 hidden A W + b", "nn", 64, 256, 128, "float64"),
 ]
-REST = (8, 6, 4, 2, 1)
+REST = (4, 2, 1)
 
 
 def driver(MR, nv):
@@ -81,10 +81,10 @@ def driver(MR, nv):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--blocks", nargs="+", default=["6x2", "12x2", "8x3", "6x4", "4x4"])
+    p.add_argument("--blocks", nargs="+", default=["6x2", "8x3", "6x4", "4x4", "14x2"])
     args = p.parse_args()
     from fastbp.engine import single_threaded_blas
-    from fastbp.kernels.gemm import VECTOR_BYTES
+    from fastbp.kernels.gemm import MR, NV, VECTOR_BYTES
 
     blocks = [tuple(map(int, b.split("x"))) for b in args.blocks]
     model, flags = cpu_model_and_flags()
@@ -97,7 +97,7 @@ def main():
 
     rng = np.random.default_rng(0)
     head = " | ".join(f"{b[0]}x{b[1]}" for b in blocks)
-    print(f"| product | kind | rows x depth x cols | dtype | BLAS | {head} | best/6x2 |")
+    print(f"| product | kind | rows x depth x cols | dtype | BLAS | {head} | best/{MR}x{NV} |")
     print("|---|---|---|---|---:|" + "---:|" * len(blocks) + "---:|")
     with single_threaded_blas():
         for label, kind, M, K, N, dtype in PRODUCTS:
@@ -125,7 +125,7 @@ def main():
             ours = min(blocks, key=lambda b: best[b])
             cells = " | ".join(("**%.2f**" if b == ours else "%.2f") % (best[b] * 1e6)
                                for b in blocks)
-            base = best.get((6, 2), best[blocks[0]])
+            base = best.get((MR, NV), best[blocks[0]])
             print(f"| {label} | {kind} | {M} x {K} x {N} | {dtype} | {best['blas'] * 1e6:.2f}"
                   f" | {cells} | {best[ours] / base:.2f} |", flush=True)
     print(f"\n{time.perf_counter() - t0:.0f} s in all, compiling included")

@@ -86,7 +86,8 @@ def test_products_match_numpy(dtype):
 
 def _wrappers(vector_bytes):
     """Compiled calls of one panel of every kind at `vector_bytes` (not the host's)."""
-    panels = {MR: gemm.panel_intrinsic(MR, vector_bytes) for MR in (6, 4, 2, 1)}
+    main = gemm.block(vector_bytes)[0]
+    panels = {MR: gemm.panel_intrinsic(MR, vector_bytes) for MR in (main, 4, 2, 1)}
     dots = {MR: gemm.dot_panel_intrinsic(MR, 3, vector_bytes) for MR in (3, 2, 1)}
     calls = {}
     for MR, panel in panels.items():

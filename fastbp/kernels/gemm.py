@@ -11,14 +11,14 @@ packing keeps its operands in cache, and single-column ones (matrix-vector produ
 go to BLAS: the entry points choose by size (`small`, `nt_by_transpose`, `small_nt`), so
 the choice is fixed for given shapes.
 
-A product is computed in panels of MR rows of the output (6, then 4, 2 and 1) across its
-width: for each tile of NV vectors of columns, MR x NV accumulators stay in vector registers
-while the depth loop adds a(i, p) * b(p, j0 : j0 + NV lanes), a(i, p) broadcast and b's row
-loaded as vectors; the last, partial tile masks its last vector. With MR = 6, NV = 2 that is
-12 accumulators, 2 loads and a broadcast: 15 of AVX2's 16 vector registers (with AVX-512
-the vectors are twice as wide). The loops are LLVM vector IR written in Numba intrinsics
-(`panel_intrinsic`): Numba's own loops of the same maths were slower than BLAS (LLVM kept
-the accumulators in memory). Two products fit this panel, the left operand read through
+A product is computed in panels of MR rows of the output (then 4, 2 and 1 for the rest)
+across its width: for each tile of NV vectors of columns, MR x NV accumulators stay in vector
+registers while the depth loop adds a(i, p) * b(p, j0 : j0 + NV lanes), a(i, p) broadcast
+and b's row loaded as vectors; the last, partial tile masks its last vector. With AVX2,
+MR = 6, NV = 2: 12 accumulators, 2 loads and a broadcast, 15 of its 16 vector registers;
+with AVX-512, MR = 8, NV = 3: 24 accumulators and 4 more of its 32 (`block`). The loops
+are LLVM vector IR written in Numba intrinsics (`panel_intrinsic`): Numba's own loops of
+the same maths were slower than BLAS (LLVM kept the accumulators in memory). Two products fit this panel, the left operand read through
 strides and the rows of the right operand and of the output contiguous:
   nn: C (M, N) = A (M, K) B (K, N) + bias, a(i, p) = A[i, p]: the forward product;
   tn: C (M, N) = A^T B for A (K, M),       a(i, p) = A[p, i]: the weight gradient.
@@ -49,7 +49,18 @@ from .prebuilt import cfunc
 
 # The width the LLVM vectors are built for: 32 bytes (AVX2: 8 float32 lanes) or 64 (AVX-512).
 VECTOR_BYTES = 64 if host_has_avx512() else 32
-NV = 2                        # vectors of columns per tile
+
+
+def block(vector_bytes):
+    """The register block (MR rows, NV vectors of columns) of the panels at a vector width.
+    AVX-512's 32 registers hold 8 x 3 accumulators: an Intel core issuing two 512-bit FMAs a
+    cycle needs more of them, and fewer loads of B per multiply-add, than 6 x 2 gives; the
+    Zen 4 (one a cycle) runs both blocks at its FMA rate (measured: the comment at
+    _panel_main). AVX2's 16 registers hold 6 x 2."""
+    return (8, 3) if vector_bytes == 64 else (6, 2)
+
+
+MR, NV = block(VECTOR_BYTES)
 
 # Products of at most this many multiply-adds (rows x depth x columns) run as nt's dot
 # products (small_nt) rather than through BLAS, and bf16_product takes the larger ones on
@@ -216,13 +227,14 @@ def _data(context, builder, sig, args, positions):
             for i in positions]
 
 
-def panel_intrinsic(MR, vector_bytes=None, nv=NV):
+def panel_intrinsic(MR, vector_bytes=None, nv=None):
     """The intrinsic computing MR rows of C (see the module docstring):
     panel(A, a0, sai, sap, B, C, c0, K, N, bias, use_bias), for i < MR, j < N:
         C[c0 + i N + j] = (bias[j] if use_bias else 0) + sum_p<K A[a0 + i sai + p sap] B[p N + j]
     over flat element offsets of the arrays' data, in tiles of `nv` vectors of columns.
-    `vector_bytes` defaults to the host's."""
+    `vector_bytes` defaults to the host's, `nv` to its block's."""
     vector_bytes = vector_bytes or VECTOR_BYTES
+    nv = nv or block(vector_bytes)[1]
 
     @intrinsic
     def panel(typingctx, A, a0, sai, sap, B, C, c0, K, N, bias, use_bias):
@@ -430,14 +442,19 @@ def transpose_into(T, B):
             T[p, i] = B[i, p]
 
 
-# Panels of 6 rows, then one of 4, one of 2 and single rows for the rest. A single row's
+# Panels of MR rows, then one of 4, one of 2 and single rows for the rest. A single row's
 # panel keeps only NV accumulators, too few to hide the FMA latency: with AVX-512 (Zen 4)
 # the 4 rows left of 64, 100 or 784 in single rows made mnist's 64 x 784 x 256 take 261 us
 # against 223 with a panel of 4 (on AVX2 the panels of 4 and 2 had made no difference).
-# Other blocks (8 x 2, 8 x 3, 6 x 4, 4 x 4, 4 x 6 with AVX-512's 32 registers) ran at the
-# same speed on a Zen 4, and panels of 10 or 12 rows 1.3-2.5x slower in nn
-# (`benchmarks/panel_probe.py`, README "Notes for kernel developers").
-_panel6 = panel_intrinsic(6)
+# The block (`python benchmarks/panel_probe.py`, one thread, best of 7; README "Notes for
+# kernel developers"): on a Zen 4 (one 512-bit FMA a cycle) 6 x 2, 8 x 2, 8 x 3, 6 x 4, 4 x 4
+# and 4 x 6 ran at the same speed, panels of 10 or 12 rows 1.3-2.5x slower in nn. On an
+# Intel Xeon with AMX (two a cycle; 2026-11-27, eighth session) 8 x 3 took 0.69-0.96 of
+# 6 x 2's time on mnist's, deep's and digits' products (mnist's float32 64 x 784 x 256:
+# 284 against 337 us forward, 188 against 230 weight gradient; float64 384 against 530),
+# where it had been 1.0-1.3x slower than OpenBLAS; 14 x 2 gained as much but is the kind of
+# tall panel the Zen 4 runs slower. So AVX-512 takes 8 x 3 on every CPU.
+_panel_main = panel_intrinsic(MR)
 _panel4 = panel_intrinsic(4)
 _panel2 = panel_intrinsic(2)
 _panel1 = panel_intrinsic(1)
@@ -447,13 +464,13 @@ _dot_panel1 = dot_panel_intrinsic(1, 3)
 
 @jit
 def panels(C, A, sai, sap, B, K, bias, use_bias):
-    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of 6 rows, then of
+    """C (M, N) = a B [+ bias], a(i, p) = A.flat[i sai + p sap]: panels of MR rows, then of
     4, 2 and 1 for the rest."""
     M, N = C.shape
     r = 0
-    while r + 6 <= M:
-        _panel6(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
-        r += 6
+    while r + MR <= M:
+        _panel_main(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
+        r += MR
     if r + 4 <= M:
         _panel4(A, r * sai, sai, sap, B, C, r * N, K, N, bias, use_bias)
         r += 4
