@@ -46,7 +46,7 @@ if [ "$HOST_S" != 0 ]; then
     left() { local r=$((end - SECONDS)); [ "$r" -gt 1 ] && echo "$r" || echo 1; }   # never 0 (no limit)
     if [ "${HOST_PANELS:-0}" != 0 ]; then      # register blocks of gemm's panels, one thread
       NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 timeout 120 taskset -c "${PAIR%,*}" python3 \
-        benchmarks/panel_probe.py --rounds 7 --blocks 6x2 8x2 8x3 6x4 4x4 4x6 \
+        benchmarks/panel_probe.py --rounds 7 --blocks 6x2 8x2 8x3 6x4 4x6 12x2 14x2 \
         > "$OUT/host_panels.txt" 2>&1
     fi
     timeout 60 taskset -c "$PAIR" python3 benchmarks/compare.py --products > "$OUT/host_products.txt" 2>&1

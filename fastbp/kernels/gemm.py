@@ -449,11 +449,11 @@ def transpose_into(T, B):
 # The block (`python benchmarks/panel_probe.py`, one thread, best of 7; README "Notes for
 # kernel developers"): on a Zen 4 (one 512-bit FMA a cycle) 6 x 2, 8 x 2, 8 x 3, 6 x 4, 4 x 4
 # and 4 x 6 ran at the same speed, panels of 10 or 12 rows 1.3-2.5x slower in nn. On an
-# Intel Xeon with AMX (two a cycle; 2026-11-27, eighth session) 8 x 3 took 0.69-0.96 of
+# Intel Xeon with AMX (two a cycle; 2026-11-27, eighth session) 8 x 3 took 0.72-0.95 of
 # 6 x 2's time on mnist's, deep's and digits' products (mnist's float32 64 x 784 x 256:
 # 284 against 337 us forward, 188 against 230 weight gradient; float64 384 against 530),
-# where it had been 1.0-1.3x slower than OpenBLAS; 14 x 2 gained as much but is the kind of
-# tall panel the Zen 4 runs slower. So AVX-512 takes 8 x 3 on every CPU.
+# where 6 x 2 had been 1.0-1.4x slower than OpenBLAS; 14 x 2 gained as much but is the kind
+# of tall panel the Zen 4 runs slower. So AVX-512 takes 8 x 3 on every CPU.
 _panel_main = panel_intrinsic(MR)
 _panel4 = panel_intrinsic(4)
 _panel2 = panel_intrinsic(2)
