@@ -285,7 +285,7 @@ def _load_npz(path):
 
 def _array_table(a, path, what):
     pd = _pandas()
-    if a.ndim == 1 and what == "y":
+    if a.ndim == 1 and what in ("y", "y_test"):
         a = a[:, None]
     if a.ndim != 2:
         raise DataFileError(f"{path}: {what} must be a 2-D table (rows, columns); "
@@ -495,6 +495,8 @@ def class_codes(y, where, classes=None):
     them distinct) is refused: it is almost surely a regression target. With `classes`
     (a trained model's), labels outside them are refused."""
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:          # one label column, as a 2-D array
+        y = y[:, 0]
     if y.ndim != 1:
         raise DataFileError(f"{where}: cross_entropy takes one label column; got "
                             f"{y.shape[1]} (use --loss binary_cross_entropy for 0/1 "

@@ -58,6 +58,30 @@ def test_string_labels_with_a_numeric_loss_are_a_clear_data_error(loss, tmp_path
     assert not (tmp_path / "m.npz").exists()
 
 
+@pytest.mark.parametrize("shape", ["1-D", "one column"])
+def test_npz_test_arrays_take_the_shapes_of_y(shape, tmp_path, capsys):
+    # before: a 1-D y_test was refused ("must be a 2-D table"), and labels as one column,
+    # (n, 1), gave "cross_entropy takes one label column; got 1"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    labels = np.where(X[:, 0] > 0, 7, 3)
+    target = X @ np.array([1.0, -2.0, 0.5, 0.0])
+    two_d = (lambda a: a[:, None]) if shape == "one column" else (lambda a: a)
+    np.savez(tmp_path / "c.npz", X=X[:150], y=two_d(labels[:150]), X_test=X[150:],
+             y_test=two_d(labels[150:]))
+    np.savez(tmp_path / "r.npz", X=X[:150], y=two_d(target[:150]), X_test=X[150:],
+             y_test=two_d(target[150:]))
+    code, out, err = run(["train", tmp_path / "c.npz", *QUICK, "--out", tmp_path / "c_m.npz"],
+                         capsys)
+    assert code == 0, err
+    assert "150 training samples, 50 test samples" in out and "test accuracy" in out
+    assert list(Trainer.load(tmp_path / "c_m.npz").metadata["classes"]) == [3, 7]
+    code, out, err = run(["train", tmp_path / "r.npz", "--loss", "mse", *QUICK,
+                          "--out", tmp_path / "r_m.npz"], capsys)
+    assert code == 0, err
+    assert "50 test samples" in out and "test loss" in out
+
+
 def test_header_only_file_says_it_has_no_data_rows(tmp_path, capsys):
     (tmp_path / "h.csv").write_text("a,b,label\n")           # before: "row 1 differs"
     code, _, err = run(["train", tmp_path / "h.csv"], capsys)
