@@ -32,6 +32,7 @@ from .datafiles import (DataFileError, LabelColumnError, class_codes, digits,
 from .scaling import scale_features
 
 DEFAULT_OUT = "fastbp-model.npz"
+DEFAULT_TEST_SIZE = 0.2
 TARGETS = ["cpu", "parallel", "cuda"]
 
 
@@ -225,8 +226,13 @@ def _diverged(trainer, error, out):
 
 def cmd_train(args):
     _check_options(args)                               # usage errors first (status 2),
-    if args.stream and args.report:
-        raise UsageError("--report is not available with --stream")
+    if args.stream:           # what a streamed run cannot do is refused, not ignored
+        for given, option in ((args.report, "--report"),
+                              (args.test_size not in (None, 0), "--test-size (evaluate "
+                               "on a separate file)"),
+                              (args.lr_schedule != "constant", "--lr-schedule")):
+            if given:
+                raise UsageError(f"{option} is not available with --stream")
     if args.report:                                    # then the environment (status 1)
         _check_report(args.report)
     _check_writable(args.out, "--out")
@@ -251,7 +257,8 @@ def cmd_train(args):
     if classes is not None:
         meta["classes"] = classes
     if test is None:
-        X, y, test = _split(X, y, args.test_size, args.seed, args.loss == "cross_entropy")
+        test_size = DEFAULT_TEST_SIZE if args.test_size is None else args.test_size
+        X, y, test = _split(X, y, test_size, args.seed, args.loss == "cross_entropy")
     meta.update(_scaling(X, y, args.scale, args.loss))
     if args.data is None:                              # digits' pixels are 0..16
         meta["scale"] = {"mean": [0.0] * X.shape[1], "std": [16.0] * X.shape[1]}
@@ -425,15 +432,19 @@ def cmd_evaluate(args):
 
 
 def cmd_export(args):
-    """Write a saved model as an ONNX graph (fastbp.export); exit 2 for a bad OUT path, 1
-    when the model cannot be read or exported."""
+    """Write a saved model as an ONNX graph (fastbp.export); exit 2 for an OUT that is not
+    an .onnx name, 1 where it cannot be written or the model cannot be read or exported (as
+    train's --out)."""
     from .export import check_onnx_path, output_name, to_onnx
     from .trainer import Trainer
 
+    if not os.fspath(args.out).lower().endswith(".onnx"):
+        raise UsageError(f"OUT={args.out!r} must end in .onnx")
+    _check_writable(args.out, "OUT")
     try:
         check_onnx_path(args.out, who="fastbp export", name="OUT")
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e).removeprefix("fastbp export: ")) from None
+        raise CLIError(str(e).removeprefix("fastbp export: ")) from None
     try:
         trainer = Trainer.load(args.model, target="cpu")
         to_onnx(trainer, args.out)
@@ -542,9 +553,9 @@ def _add_train(sub):
     t.add_argument("--scale", default="standard", choices=["standard", "none"],
                    help="standardise features (and mse targets); mean/std are saved with the "
                    "model and applied by `fastbp predict`")
-    t.add_argument("--test-size", type=_fraction, default=0.2,
-                   help="fraction held out for the test accuracy (0: none; an .npz's "
-                   "X_test, y_test take its place)")
+    t.add_argument("--test-size", type=_fraction,
+                   help=f"fraction held out for the test accuracy (default "
+                   f"{DEFAULT_TEST_SIZE}; 0: none; an .npz's X_test, y_test take its place)")
     t.add_argument("--out", default=DEFAULT_OUT, help="model file to write")
     t.add_argument("--report", help="also draw a training report figure (e.g. report.png; "
                    "needs matplotlib)")
@@ -555,7 +566,7 @@ def _add_train(sub):
     t.add_argument("--stream", action="store_true",
                    help="train from a Parquet file or directory without loading it: record "
                    "batches are read from disk every epoch (memory: about one batch); no "
-                   "held-out test split, no --report")
+                   "held-out test split, no --report, no --lr-schedule")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction,
                    help="progress bar (none given: when stderr is a terminal)")
     t.add_argument("--restore-on-divergence", action=argparse.BooleanOptionalAction,

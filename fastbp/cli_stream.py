@@ -41,8 +41,8 @@ def _columns(args):
         try:
             label = names[int(label)]
         except (ValueError, IndexError):
-            raise UsageError(f"--label {args.label!r}: not a column of {args.data} (its "
-                             f"columns: {', '.join(names)})") from None
+            raise CLIError(f"--label {args.label!r}: not a column of {args.data} (its "
+                           f"columns: {', '.join(names)})") from None
     features = [n for n in names if n != label]
     import pyarrow as pa
     for i, name in enumerate(features):

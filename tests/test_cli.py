@@ -540,10 +540,14 @@ def test_stream_errors_are_one_line(tmp_path, capsys):
     rng = np.random.default_rng(0)
     pd.DataFrame({"a": rng.normal(size=300), "y": rng.normal(size=300)}).to_parquet(continuous)
     cases = [(["train", "--stream"], 2, "--stream needs DATA"),
-             (["train", str(folder), "--stream", "--label", "nope"], 2, "--label 'nope'"),
+             (["train", str(folder), "--stream", "--label", "nope"], 1, "--label 'nope'"),
              (["train", str(folder), "--stream", "--label", "p3"], 1, "kind"),   # text feature
              (["train", str(tmp_path / "missing"), "--stream"], 1, "missing"),
              (["train", str(folder), "--stream", "--report", "r.png"], 2, "--report"),
+             # before: accepted and ignored (no split, a constant learning rate)
+             (["train", str(folder), "--stream", "--test-size", "0.3"], 2, "--test-size"),
+             (["train", str(folder), "--stream", "--lr-schedule", "cosine"], 2,
+              "--lr-schedule is not available with --stream"),
              (["train", str(continuous), "--stream"], 1, "--loss mse")]
     for argv, want, text in cases:
         code, out, err = run([*argv, "--out", str(tmp_path / "m.npz")], capsys)

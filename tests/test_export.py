@@ -169,7 +169,7 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     for argv, code, message in [
             (["export", "m.npz", "m.txt"], 2, "OUT='m.txt' must end in .onnx"),
-            (["export", "m.npz", "no/such/dir/m.onnx"], 2, "does not exist"),
+            (["export", "m.npz", "no/such/dir/m.onnx"], 1, "does not exist"),   # as --out
             (["export", "missing.npz", "m.onnx"], 1, "missing.npz"),
             (["export", "bad.npz", "m.onnx"], 1, "bad.npz")]:
         got, cap = _cli(argv, capsys)
