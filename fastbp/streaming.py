@@ -311,12 +311,27 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
 
 def column_stats(source, columns=None, *, batch_rows=BATCH_ROWS):
     """{column: (mean, std)} of numeric columns of a Parquet file or dataset, in one
-    streamed pass (Chan et al.'s pairwise update; population std). columns: default all."""
-    pq = _pyarrow().parquet
+    streamed pass (Chan et al.'s pairwise update; population std). columns: default every
+    numeric (integer, float or boolean) column, others (text labels) left out; a column
+    named here that is not numeric, or not in a file, is a ValueError naming it."""
+    pa = _pyarrow()
+    pq = pa.parquet
     stats = {}
     for path in parquet_files(source):
         with pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False) as pf:
-            names = columns or pf.schema_arrow.names
+            schema = pf.schema_arrow
+            numeric = [f.name for f in schema if pa.types.is_integer(f.type)
+                       or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)]
+            if columns is None:
+                names = numeric
+            else:
+                names = list(columns)
+                for name in names:
+                    if name not in schema.names:
+                        raise ValueError(f"column {name!r} is not in {path}")
+                    if name not in numeric:
+                        raise ValueError(f"column {name!r} of {path} is "
+                                         f"{schema.field(name).type}, not numeric")
             for batch in pf.iter_batches(batch_size=batch_rows, columns=list(names),
                                          use_threads=False):
                 for name in names:

@@ -174,6 +174,19 @@ def test_column_stats_stream_the_mean_and_std(digits_dataset):
         assert std == pytest.approx(X_tr[:, j].std(), rel=1e-9)
 
 
+def test_column_stats_of_every_numeric_column_leave_the_text_label_out(digits_dataset):
+    # before: column_stats(root) converted the text label too, a bare "could not convert
+    # string to float" without the column's name
+    root, X_tr, _, _, _ = digits_dataset
+    stats = column_stats(root)
+    assert sorted(stats) == sorted(f"p{j}" for j in range(64))
+    assert stats["p36"][0] == pytest.approx(X_tr[:, 36].mean(), rel=1e-12)
+    with pytest.raises(ValueError, match="column 'label' of .* is string, not numeric"):
+        column_stats(root, ["p10", "label"])
+    with pytest.raises(ValueError, match="column 'nope' is not in"):
+        column_stats(root, ["nope"])
+
+
 def test_distinct_values_of_a_label_column(digits_dataset):
     root = digits_dataset[0]
     assert distinct_values(root, "label", batch_rows=100).tolist() == sorted(NAMES)
