@@ -11,6 +11,9 @@ For a workload, float32, target="parallel" with its automatic plan, this times
   - the same products as one whole-batch product each, multi-threaded by NumPy's BLAS on T
     threads: the "one multi-threaded product per layer" alternative.
 Each part is reported in ms per step, its share of the step, and GFLOP/s for the products.
+Last, the step inside the real epoch kernel with its own buffers: the whole kernel's time a
+step, and that of its first region alone (the chunks' forward and backward passes), whose
+difference is the second (the slabs' sum and the update).
 The parts run one after another here, so their sum can differ from the step (caches are
 colder, threads are woken per part): it is meant for the large workloads (mnist, wide);
 on tiny and regression every part is a few microseconds and the parallel region's entry
@@ -104,6 +107,54 @@ def _adam(params, grads, m, v, block_lo, block_hi, reps):
         for k in prange(block_lo.shape[0]):
             optim.adam_update(params, grads, m, v, block_lo[k], block_hi[k], t(0.001), t(0.9),
                               t(0.999), t(1e-8), t(1.0), t(0), t(1), t(1))
+
+
+@njit(parallel=True, cache=False)
+def _chunk_passes(params, gslab, ws, rows, order, net, batch_size, n_steps):
+    """The first region of each of n_steps training steps as cpu.train_epoch runs it: each
+    chunk's forward and backward pass (ops.forward_backward) over its rows of the batch,
+    into its gradient slab; no reduction, no update."""
+    n_chunks = gslab.shape[0]
+    inv_count = params.dtype.type(1) / params.dtype.type(batch_size)
+    per_chunk = (batch_size + n_chunks - 1) // n_chunks
+    for s in range(n_steps):
+        for chunk in prange(n_chunks):
+            c = cpu.index(chunk)
+            lo = s * batch_size + c * per_chunk
+            hi = min(lo + per_chunk, (s + 1) * batch_size)
+            ops.forward_backward(params, gslab[c], ws, c, rows, order[lo:hi], net, 0, s + 1,
+                                 inv_count)
+
+
+def inside_step(name, optimizer, rounds=5):
+    """(ms per step of the whole epoch kernel, ms per step of its chunks' forward-backward
+    region), best of `rounds` epochs each, alternating: the step timed inside the real
+    kernel with the real buffers, where the parts above are timed apart (warmer caches,
+    a parallel region each). The difference is the second region, the slabs' sum and the
+    update, with the step's bookkeeping."""
+    layers, batch, loss = WORKLOADS[name]
+    n = batch * 16
+    X, y = make_data(name, n)
+    t = fastbp.Trainer(layers, loss=loss, optimizer=optimizer, batch_size=batch, lr=1e-4,
+                       target="parallel", dtype="float32", seed=0)
+    t.fit(X, y, epochs=1, progress=False)
+    rows = t.check_data(X, y)
+    order = np.arange(n, dtype=np.int64)
+    runner = t.engine.epoch_runner(rows, order, np.zeros((n // batch, len(layers))), t._hyper)
+    e, steps = t.engine, n // batch
+    whole, passes = [], []
+    with threadpool_limits(1):
+        _chunk_passes(e.params, runner.slabs.gslab, runner.ws, rows, order, e._net, batch, 1)
+        runner.run(t._hyper, 0)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            runner.run(t._hyper, 0)
+            whole.append((time.perf_counter() - start) / steps)
+            start = time.perf_counter()
+            _chunk_passes(e.params, runner.slabs.gslab, runner.ws, rows, order, e._net, batch,
+                          steps)
+            passes.append((time.perf_counter() - start) / steps)
+    return min(whole), min(passes)
 
 
 def timed(fn, *args, reps, blas_threads=1):
@@ -215,6 +266,10 @@ def breakdown(name, optimizer, reps):
           f"({gemm_flops / products / 1e9:.0f}"
           f" GFLOP/s); as whole-batch NumPy products on {T} threads: {t_numpy * 1e3:.3f} ms "
           f"({gemm_flops / t_numpy / 1e9:.0f} GFLOP/s)")
+    kernel, passes = inside_step(name, optimizer)
+    print(f"inside the epoch kernel (best of 5 epochs): {kernel * 1e3:.3f} ms a step, of which "
+          f"the chunks' forward and backward passes {passes * 1e3:.3f} ms and the rest (the "
+          f"slabs' sum, the update, the step's records) {(kernel - passes) * 1e3:.3f} ms")
 
 
 def main(argv=None):
