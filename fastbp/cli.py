@@ -385,6 +385,9 @@ def cmd_evaluate(args):
     names, position = meta.get("feature_names"), meta.get("label_position")
     if args.label is not None:
         data = read_labelled(args.data, args.label, names)
+        if names and data.label in names:
+            raise UsageError(f"--label {args.label!r}: column {data.label!r} is one of the "
+                             "model's feature columns, not a label")
     elif meta.get("label") is None and position is None:   # an .npz, or a model without notes
         data = read_labelled(args.data, None, names)
     else:

@@ -349,6 +349,11 @@ def test_evaluate_regression_in_the_targets_units(tmp_path, capsys):
     assert r2 == pytest.approx(1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2),
                                abs=1e-4)
     assert r2 > 0.9 and 1 < rmse < 0.3 * y.std()               # units of price, not std units
+    # a feature named as the label: before, a meaningless R2 (-8e11) and exit status 0
+    for label in ("q", "1"):
+        code, out, err = run(["evaluate", model, tmp_path / "test.csv", "--label", label],
+                             capsys)
+        assert code == 2 and "column 'q' is one of the model's feature columns" in err, err
 
 
 def test_a_saved_model_predicts_in_python_as_fastbp_predict(tmp_path, capsys):
