@@ -4,6 +4,7 @@ configuration as JSON text with a format version.
 Loading never unpickles (allow_pickle=False), checks every field, and answers a damaged or
 foreign file with a ValueError. Writes are atomic: a temporary file, then a rename.
 """
+import errno
 import json
 import os
 import tempfile
@@ -55,8 +56,13 @@ def atomic_write(path, write, suffix=".tmp"):
     renamed over `path`: `path` is whole or untouched, and a failure (a full disk, an
     interrupt) leaves no temporary file. Model files, ONNX exports and the CLI's outputs."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix,
-                               dir=os.path.dirname(os.path.abspath(path)))
+    directory = os.path.dirname(os.path.abspath(path))
+    # the user's path in the error, not the temporary file's (mkstemp's or os.replace's)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist", path)
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix, dir=directory)
     os.close(fd)
     try:
         write(tmp)

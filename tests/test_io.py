@@ -186,3 +186,17 @@ def test_failed_write_leaves_old_file_intact(trained, tmp_path, monkeypatch, fai
     t.save(path)                                      # and a later save goes through
     np.testing.assert_array_equal(Trainer.load(path).params, t.params)
     assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_save_to_a_bad_path_names_the_path(trained, tmp_path):
+    # before: FileNotFoundError / IsADirectoryError naming a temporary '.fastbp-....tmp'
+    trained = trained[0]
+    missing = tmp_path / "no" / "m.npz"
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        trained.save(missing)
+    assert info.value.filename == str(missing) and ".fastbp-" not in str(info.value)
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory") as info:
+        trained.save(tmp_path / "d.npz")
+    assert info.value.filename == str(tmp_path / "d.npz") and ".fastbp-" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["d.npz"] and os.listdir(tmp_path / "d.npz") == []
