@@ -76,6 +76,9 @@ def file_format(path):
         return _ARROW[ext], None
     if ext in (".npz", ".npy"):
         return ext[1:], None
+    if os.path.isdir(path):
+        raise DataFileError(f"{path} is a directory; give a data file ({FORMATS}), or train "
+                            "from a directory of Parquet files with `fastbp train DIR --stream`")
     raise DataFileError(f"{path}: unknown data format {ext or '(no extension)'!r}; "
                         f"use {FORMATS}")
 

@@ -541,6 +541,8 @@ def test_train_streams_a_parquet_dataset_and_the_model_predicts_like_any(tmp_pat
 
 def test_stream_errors_are_one_line(tmp_path, capsys):
     folder, _ = _parquet_digits(tmp_path, parts=1)
+    assert run(["train", "--epochs", "1", "--no-progress", "--out", tmp_path / "m0.npz"],
+               capsys)[0] == 0
     continuous = tmp_path / "continuous.parquet"
     rng = np.random.default_rng(0)
     pd.DataFrame({"a": rng.normal(size=300), "y": rng.normal(size=300)}).to_parquet(continuous)
@@ -553,7 +555,10 @@ def test_stream_errors_are_one_line(tmp_path, capsys):
              (["train", str(folder), "--stream", "--test-size", "0.3"], 2, "--test-size"),
              (["train", str(folder), "--stream", "--lr-schedule", "cosine"], 2,
               "--lr-schedule is not available with --stream"),
-             (["train", str(continuous), "--stream"], 1, "--loss mse")]
+             (["train", str(continuous), "--stream"], 1, "--loss mse"),
+             # before: "unknown data format '(no extension)'"
+             (["train", str(folder)], 1, "is a directory; give a data file"),
+             (["predict", str(tmp_path / "m0.npz"), str(folder)], 1, "--stream")]
     for argv, want, text in cases:
         code, out, err = run([*argv, "--out", str(tmp_path / "m.npz")], capsys)
         assert code == want and text in err and err.count("\n") == 1, (argv, err)
