@@ -290,6 +290,8 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
     if isinstance(model, Trainer):
         dtype = model.dtype
         encode = classes is not None and model.config["loss"] == "cross_entropy"
+        if classes is None:
+            _refuse_text_labels(files[0], columns[1], model.config["loss"])
     else:
         dtype = np.float32 if getattr(model, "dtype", None) in ("float32", np.float32) \
             else np.float64
@@ -307,6 +309,22 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
     return train_epochs(model, chunks, epochs, classes=None if encode else classes,
                         progress=progress, total_rows=total,
                         restore_on_divergence=restore_on_divergence)
+
+
+def _refuse_text_labels(path, labels, loss):
+    """A Trainer takes numeric labels only: text label columns need `classes` (with
+    cross_entropy), else they are refused before any work, naming the column."""
+    pa = _pyarrow()
+    with pa.parquet.ParquetFile(path) as pf:
+        schema = pf.schema_arrow
+    for name in labels:
+        kind = schema.field(name).type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) \
+                or pa.types.is_dictionary(kind):
+            hint = ("pass classes=[...], every class label, and each row's label becomes "
+                    "its position in it" if loss == "cross_entropy" else
+                    f"loss={loss!r} needs numbers")
+            raise ValueError(f"label column {name!r} of {path} holds text ({kind}): {hint}")
 
 
 def column_stats(source, columns=None, *, batch_rows=BATCH_ROWS):

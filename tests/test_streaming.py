@@ -135,6 +135,14 @@ def test_fit_parquet_refuses_bad_files_with_clear_errors(tmp_path, digits_datase
         fit_parquet(t, root, label="label", classes=NAMES[:9].tolist() + ["ten"])
     with pytest.raises(FileNotFoundError, match="no such Parquet"):
         fit_parquet(t, tmp_path / "missing.parquet", label="y")
+    # text labels and no classes: before, "y must hold real numbers", after reading a batch
+    before = t.params.copy()
+    with pytest.raises(ValueError, match="label column 'label' .* holds text .* pass "
+                                         "classes="):
+        fit_parquet(t, root, label="label")
+    with pytest.raises(ValueError, match="holds text .* loss='mse' needs numbers"):
+        fit_parquet(Trainer([64, 8, 1], loss="mse"), root, label="label")
+    assert np.array_equal(t.params, before) and t.epochs_done == 0
     text = tmp_path / "text.parquet"
     pq.write_table(pa.table({"a": [1.0, 2.0], "name": ["x", "y"], "y": [0, 1]}), text)
     with pytest.raises(ValueError, match="feature column 'name' .* not a number"):
