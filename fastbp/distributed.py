@@ -48,15 +48,30 @@ def _is_dask(X):
 
 
 def _blocks(X, y):
-    """(X block, y block) pairs of lazy Dask objects, one per row block / partition."""
+    """(X block, y block) pairs of lazy Dask objects, one per row block / partition; what
+    can be checked without computing anything (the types, a DataFrame's label column, the
+    rows of X and y where Dask knows them) is, naming X or y."""
     dask, da = _dask()
+    if not _is_dask(X):
+        raise TypeError(f"X must be a Dask array or a Dask DataFrame; got "
+                        f"{type(X).__module__}.{type(X).__name__} (in-memory data: "
+                        "Trainer.fit, or dask.array.from_array(X, chunks=...))")
     if not hasattr(X, "chunks"):
         # a Dask DataFrame: y is a column name or a Dask Series with the same partitions
         if isinstance(y, str):
+            if y not in X.columns:
+                raise ValueError(f"y={y!r} is not a column of X (its columns: "
+                                 f"{', '.join(map(str, X.columns))})")
             X, y = X.drop(columns=[y]), X[y]
+        elif not _is_dask(y):
+            raise TypeError("with a Dask DataFrame X, y must be one of its column names or "
+                            f"a Dask Series; got {type(y).__name__}")
         return list(zip(X.to_delayed(), y.to_delayed()))
     if X.ndim != 2:
         raise ValueError(f"X must be a 2-D Dask array; got {X.ndim} dimension(s)")
+    n_x, n_y = X.shape[0], np.shape(y)[0] if np.ndim(y) else None
+    if n_y is not None and not (np.isnan(n_x) or np.isnan(n_y)) and n_x != n_y:
+        raise ValueError(f"X has {n_x} rows and y {n_y}; they must match")
     if len(X.chunks[1]) != 1:
         X = X.rechunk({1: -1})
     y = da.asarray(y).rechunk({0: X.chunks[0]})
@@ -65,6 +80,14 @@ def _blocks(X, y):
     xs = X.to_delayed().ravel()
     ys = y.to_delayed().ravel() if y.ndim == 1 else y.to_delayed()[:, 0]
     return list(zip(xs, ys))
+
+
+def _n_features(X, y):
+    """X's feature columns where Dask knows them (None where it does not)."""
+    if hasattr(X, "chunks"):
+        n = X.shape[1]
+        return None if np.isnan(n) else int(n)
+    return len(X.columns) - (1 if isinstance(y, str) else 0)
 
 
 def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=True,
@@ -226,7 +249,10 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
     one left it (for states whose extra copy would not fit in the driver's memory). Returns
     trainer, whose `history` gets
     one entry per epoch as from `Trainer.fit` (loss, accuracy, gradient norms, lr, time,
-    val_loss, val_accuracy) and `trainer.distributed_stats`.
+    val_loss, val_accuracy) and `trainer.distributed_stats` (workers, epochs, rounds,
+    local_steps, bytes_per_round: the state sent to and from the workers in a round,
+    rows_per_round: the rows trained in a round by all workers together, on average,
+    rows_per_worker: {worker: its rows}).
 
     rounds (deprecated): run exactly `rounds` rounds of `local_steps` (default 1) steps per
     worker instead of epochs, with one history entry per round: fastbp 0.1's behaviour."""
@@ -260,6 +286,10 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
                                         "validation_data[2]"))
     client = client or get_client()
     blocks = _blocks(X, y)
+    n_features = _n_features(X, y)
+    if n_features is not None and n_features != trainer.layers[0]:
+        raise ValueError(f"X has {n_features} feature columns; the Trainer's first layer "
+                         f"takes {trainer.layers[0]}")
     persisted = _persist(client, blocks)
     sizes = {w: client.submit(len, xs, workers=[w]).result()
              for w, (xs, ys) in persisted.items()}
@@ -289,7 +319,7 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
     bar = tqdm(total=len(units), unit="round" if rounds is not None else "epoch",
                disable=None if progress is None else not progress, leave=True,
                dynamic_ncols=True)
-    warned, n_rounds = set(), 0
+    warned, n_rounds, rows_trained = set(), 0, 0
     try:
         for i in units:
             epoch = trainer.epochs_done
@@ -326,6 +356,7 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
                     warnings.warn(message, TrainingHealthWarning, stacklevel=2)
                     return trainer
                 total = sum(r["rows"] for r in done)
+                rows_trained += total
                 engine.set_state(step=max(r["step"] for r in done), **{
                     key: sum(r[key].astype(np.float64) * (r["rows"] / total) for r in done)
                     for key in ("params", "m", "v") if done[0][key].size})   # weighted means
@@ -347,7 +378,9 @@ def fit(trainer, X, y, *, client=None, epochs=None, local_steps=None, validation
             "workers": len(persisted), "epochs": None if rounds is not None else epochs,
             "rounds": n_rounds, "local_steps": local_steps,
             "bytes_per_round": 2 * state_bytes * len(persisted),
-            "rows_per_round": local_steps * B * len(persisted), "rows_per_worker": sizes}
+            # the rows trained in a round, all workers together, on average over the run
+            "rows_per_round": rows_trained / n_rounds if n_rounds else 0.0,
+            "rows_per_worker": sizes}
     return trainer
 
 

@@ -122,6 +122,9 @@ def test_data_parallel_fit_reaches_single_process_accuracy(client, digits):
     assert stats["workers"] == 2 and stats["bytes_per_round"] == 2 * 2 * t.params.nbytes * 2
     # 672 rows = 21 steps per worker and epoch: rounds of 5, 5, 5, 5 and 1 steps
     assert len(t.history["loss"]) == 48 and stats["rounds"] == 48 * 5
+    # each worker's 672 rows an epoch, in 5 rounds (before: local_steps x batch x workers,
+    # 320, as if every round were whole)
+    assert stats["rows_per_round"] == pytest.approx(2 * 672 / 5)
 
 
 def test_default_fit_does_what_trainer_fit_does(client, digits, capsys):
@@ -159,6 +162,35 @@ def test_fit_refuses_bad_arguments_and_deprecates_rounds(client, digits):
         fit(t, Xd, yd, client=client, rounds=3, progress=False)
     assert len(t.history["loss"]) == 3 and t.step == 3         # one step per worker ...
     assert t.distributed_stats["rows_per_round"] == 2 * 32     # ... per round, as before
+
+
+def test_bad_data_is_refused_before_any_work(client, digits, monkeypatch):
+    """before: NumPy X gave AttributeError 'to_delayed', a missing label column pandas'
+    KeyError, rows of X and y that differ Dask's 'Chunks do not add up', and a wrong feature
+    count its ValueError only after every worker had logged its failed round."""
+    import dask.dataframe as dd
+    import fastbp.distributed as fd
+    X, y, _, _ = digits
+    Xd, yd = da.from_array(X, chunks=(336, 64)), da.from_array(y, chunks=336)
+    frame = dd.from_pandas(__import__("pandas").DataFrame(X).assign(lab=y), npartitions=4)
+    t = Trainer([64, 8, 10], seed=0)
+    before = t.params.copy()
+    monkeypatch.setattr(fd, "_persist", lambda *a: pytest.fail("persisted bad data"))
+    cases = [((X, y), TypeError, "X must be a Dask array or a Dask DataFrame; got "
+                                 "numpy.ndarray"),
+             ((frame, "label"), ValueError, "y='label' is not a column of X"),
+             ((Xd, yd[:1000]), ValueError, "X has 1344 rows and y 1000"),
+             ((Xd[:, :32], yd), ValueError, "X has 32 feature columns; the Trainer's first "
+                                            "layer takes 64"),
+             ((frame.drop(columns=[0]), "lab"), ValueError, "X has 63 feature columns")]
+    for (Xa, ya), error, message in cases:
+        with pytest.raises(error, match=message):
+            fit(t, Xa, ya, client=client, progress=False)
+    with pytest.raises(ValueError, match="X has 1344 rows and y 1000"):
+        fit_incremental(t, Xd, yd[:1000], progress=False)
+    with pytest.raises(ValueError, match="y='lab2' is not a column"):
+        fit_incremental(t, frame, "lab2", progress=False)
+    assert np.array_equal(t.params, before)
 
 
 def test_divergence_on_a_worker_restores_the_last_good_epoch(client, digits):
