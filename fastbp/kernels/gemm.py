@@ -18,8 +18,9 @@ and b's row loaded as vectors; the last, partial tile masks its last vector. Wit
 MR = 6, NV = 2: 12 accumulators, 2 loads and a broadcast, 15 of its 16 vector registers;
 with AVX-512, MR = 8, NV = 3: 24 accumulators and 4 more of its 32 (`block`). The loops
 are LLVM vector IR written in Numba intrinsics (`panel_intrinsic`): Numba's own loops of
-the same maths were slower than BLAS (LLVM kept the accumulators in memory). Two products fit this panel, the left operand read through
-strides and the rows of the right operand and of the output contiguous:
+the same maths were slower than BLAS (LLVM kept the accumulators in memory). Two products
+fit this panel, the left operand read through strides and the rows of the right operand and
+of the output contiguous:
   nn: C (M, N) = A (M, K) B (K, N) + bias, a(i, p) = A[i, p]: the forward product;
   tn: C (M, N) = A^T B for A (K, M),       a(i, p) = A[p, i]: the weight gradient.
 The input gradient dZ W^T has neither operand contiguous along the output's rows:
