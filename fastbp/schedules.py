@@ -10,13 +10,17 @@ eta_min). The formulas are PyTorch's lr_scheduler ones, per epoch:
 - ("exponential", gamma):                    lr * gamma ** epoch
 - ("cosine", t_max, eta_min=0, warmup=0):    linear warm-up over `warmup` epochs to lr, then
       eta_min + (lr - eta_min) * (1 + cos(pi * (epoch - warmup) / (t_max - warmup))) / 2
-- ("plateau", factor=0.1, patience=10, min_delta=1e-4, monitor="val_loss", min_lr=0):
-      multiply by `factor` when `monitor` (val_loss, else loss) has not improved by
-      `min_delta` for `patience` epochs.
+- ("plateau", factor=0.1, patience=10, min_delta=1e-4, monitor=None, min_lr=0, mode="auto"):
+      multiply by `factor` when `monitor` has not improved by `min_delta` for `patience`
+      epochs; monitor None follows val_loss where the fit has validation data, else loss,
+      and a monitor named here must be one the fit records. mode "auto": higher is better
+      for a name with "accuracy" in it, lower for the rest (as EarlyStopping).
 """
 import inspect
 import math
 import numbers
+
+from .callbacks import _improved, _mode
 
 
 class Schedule:
@@ -54,7 +58,8 @@ class _Callable(Schedule):
 class _Step(Schedule):
     def __init__(self, base_lr, step_size, gamma=0.1):
         super().__init__(base_lr)
-        self.step_size, self.gamma = _positive_int("step_size", step_size), float(gamma)
+        self.step_size = _positive_int("step_size", step_size)
+        self.gamma = _real("gamma", gamma)
         if not 0 < self.gamma:
             raise ValueError(f"lr_schedule step: gamma={gamma} must be > 0")
 
@@ -65,7 +70,7 @@ class _Step(Schedule):
 class _Exponential(Schedule):
     def __init__(self, base_lr, gamma):
         super().__init__(base_lr)
-        self.gamma = float(gamma)
+        self.gamma = _real("gamma", gamma)
         if not 0 < self.gamma:
             raise ValueError(f"lr_schedule exponential: gamma={gamma} must be > 0")
 
@@ -76,9 +81,11 @@ class _Exponential(Schedule):
 class _Cosine(Schedule):
     def __init__(self, base_lr, t_max, eta_min=0.0, warmup=0):
         super().__init__(base_lr)
-        self.t_max, self.eta_min = _positive_int("t_max", t_max), float(eta_min)
+        self.t_max, self.eta_min = _positive_int("t_max", t_max), _real("eta_min", eta_min)
         if not 0 <= self.eta_min <= base_lr:
             raise ValueError(f"lr_schedule cosine: eta_min={eta_min} must be in [0, lr]")
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
+            raise TypeError(f"lr_schedule cosine: warmup={warmup!r} must be an integer")
         self.warmup = int(warmup)
         if not 0 <= self.warmup < self.t_max:
             raise ValueError(f"lr_schedule cosine: warmup={warmup} must be in [0, t_max)")
@@ -105,23 +112,48 @@ class _Cosine(Schedule):
 
 
 class _Plateau(Schedule):
-    def __init__(self, base_lr, factor=0.1, patience=10, min_delta=1e-4, monitor="val_loss",
-                 min_lr=0.0):
+    def __init__(self, base_lr, factor=0.1, patience=10, min_delta=1e-4, monitor=None,
+                 min_lr=0.0, mode="auto"):
         super().__init__(base_lr)
+        factor, min_delta, min_lr = (_real(n, v) for n, v in (
+            ("factor", factor), ("min_delta", min_delta), ("min_lr", min_lr)))
         if not 0 < factor < 1:
             raise ValueError(f"lr_schedule plateau: factor={factor} must be in (0, 1)")
-        self.factor, self.patience = float(factor), int(patience)
-        self.min_delta, self.monitor, self.min_lr = float(min_delta), monitor, float(min_lr)
-        self.current, self.best, self.bad = base_lr, math.inf, 0
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
+                or patience < 0:
+            raise ValueError(f"lr_schedule plateau: patience={patience!r} must be an integer "
+                             ">= 0")
+        if min_delta < 0 or min_lr < 0:
+            raise ValueError("lr_schedule plateau: min_delta and min_lr must be >= 0; got "
+                             f"{min_delta} and {min_lr}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"lr_schedule plateau: monitor={monitor!r} must be the name of a "
+                            "history entry (e.g. 'val_loss') or None")
+        self.factor, self.patience = factor, int(patience)
+        self.min_delta, self.monitor, self.min_lr = min_delta, monitor, min_lr
+        self.mode = _mode(monitor or "val_loss", mode)      # accuracies: higher is better
+        self.metric = monitor or "val_loss"                  # (watch() settles it per fit)
+        self.current, self.bad = base_lr, 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def watch(self, recorded):
+        """The metric this fit follows: `monitor`, which the fit must record, or by default
+        val_loss where there is validation data, else loss."""
+        if self.monitor is None:
+            self.metric = "val_loss" if "val_loss" in recorded else "loss"
+        elif self.monitor not in recorded:
+            raise ValueError(f"lr_schedule plateau monitors {self.monitor!r}, which this fit "
+                             f"does not record (it records {sorted(recorded)}); pass "
+                             "validation_data or monitor another entry")
 
     def lr(self, epoch):
         return self.current
 
     def observe(self, logs):
-        value = logs.get(self.monitor, logs.get("loss"))
+        value = logs.get(self.metric)
         if value is None:
             return
-        if value < self.best - self.min_delta:
+        if _improved(value, self.best, self.mode, self.min_delta):
             self.best, self.bad = value, 0
             return
         self.bad += 1
@@ -135,19 +167,27 @@ class _Plateau(Schedule):
         reduction decided after the last epoch is kept), when the metric this fit will
         watch was recorded in every one of them; otherwise start afresh. Either way, an lr
         set by hand since the last epoch wins."""
-        metric = self.monitor if self.monitor in recorded else "loss"
-        values, lrs = history.get(metric), history.get("lr")
+        self.watch(recorded)
+        values, lrs = history.get(self.metric), history.get("lr")
         epochs = len(history.get("loss", []))
-        self.best, self.bad, self.current = math.inf, 0, current_lr
+        self.bad, self.current = 0, current_lr
+        self.best = math.inf if self.mode == "min" else -math.inf
         if not epochs or not all(isinstance(x, list) and len(x) == epochs and
                                  all(isinstance(v, (int, float)) for v in x)
                                  for x in (values, lrs)):
             return
         for value, lr in zip(values, lrs):
             self.current = lr
-            self.observe({metric: value})
+            self.observe({self.metric: value})
         if current_lr != lrs[-1]:
             self.current = current_lr
+
+
+def _real(name, value):
+    """A schedule's real-number parameter as a float (a string or bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"lr_schedule: {name}={value!r} must be a real number")
+    return float(value)
 
 
 NAMES = {"constant": Schedule, "step": _Step, "exponential": _Exponential, "cosine": _Cosine,

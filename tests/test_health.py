@@ -203,6 +203,55 @@ def test_plateau_on_a_metric_the_history_lacks_starts_afresh():
     assert h["lr"][3:] == [0.2, 0.2, 0.2]           # val_loss falls: no reduction
 
 
+def test_plateau_on_an_accuracy_waits_while_it_rises():
+    """before: every monitored value counted as lower-is-better, so a rising val_accuracy
+    cut the lr after `patience` epochs; mode 'auto' is EarlyStopping's."""
+    s = make_schedule(("plateau", {"factor": 0.5, "patience": 1, "monitor": "val_accuracy"}),
+                      0.1)
+    s.watch({"loss", "val_loss", "val_accuracy"})
+    lrs = []
+    for v in [0.35, 0.5, 0.7, 0.74, 0.76, 0.76, 0.75]:
+        lrs.append(s.lr(len(lrs)))
+        s.observe({"val_accuracy": v, "val_loss": 1.0})
+    assert lrs == [0.1] * 7 and s.lr(7) == 0.05          # only the two epochs without gain
+    down = make_schedule(("plateau", {"factor": 0.5, "patience": 0, "monitor": "val_accuracy",
+                                      "mode": "min"}), 0.1)
+    down.watch({"val_accuracy"})
+    down.observe({"val_accuracy": 0.5})
+    down.observe({"val_accuracy": 0.6})
+    assert down.lr(2) == 0.05
+
+
+def test_plateau_monitor_must_be_recorded_and_defaults_to_val_loss_else_loss():
+    """before: an unrecorded or misspelt monitor silently followed the training loss."""
+    X, y = make_data("cross_entropy", 6, 3, n=32)
+    for monitor in ("val_loss", "bogus", "acc"):
+        t = Trainer([6, 5, 3], lr=0.1, seed=0, optimizer="sgd")
+        before = t.params.copy()
+        with pytest.raises(ValueError, match=f"plateau monitors '{monitor}', which this fit "
+                                             "does not record"):
+            t.fit(X, y, epochs=2, progress=False,
+                  lr_schedule=("plateau", {"monitor": monitor}))
+        assert np.array_equal(t.params, before) and t.epochs_done == 0
+    alone, val = make_schedule("plateau", 0.1), make_schedule("plateau", 0.1)
+    alone.watch({"loss", "accuracy"})
+    val.watch({"loss", "accuracy", "val_loss", "val_accuracy"})
+    assert (alone.metric, val.metric) == ("loss", "val_loss")
+
+
+@pytest.mark.parametrize("spec,exc,text", [
+    (("plateau", {"patience": -1}), ValueError, "patience=-1"),
+    (("plateau", {"factor": "0.5"}), TypeError, "factor='0.5' must be a real number"),
+    (("plateau", {"mode": "up"}), ValueError, "mode='up'"),
+    (("plateau", {"monitor": 3}), TypeError, "monitor=3"),
+    (("exponential", {"gamma": "0.9"}), TypeError, "gamma='0.9'"),
+    (("cosine", {"t_max": 5, "warmup": "1"}), TypeError, "warmup='1'")])
+def test_schedule_parameters_of_the_wrong_type_are_refused(spec, exc, text):
+    # before: each was accepted (strings converted, a negative patience used as is)
+    with pytest.raises(exc, match=text):
+        make_schedule(spec, 0.1)
+
+
 @pytest.mark.parametrize("spec,exc", [("linear", ValueError), (("step", 0), ValueError),
                                       (("cosine", {"t_max": 5, "warmup": 5}), ValueError),
                                       (("step", {"size": 3}), TypeError)])
