@@ -10,6 +10,20 @@ import math
 import os
 
 
+def _writable_file(path, who):
+    """A file path a callback will write, checked when the callback is made (before any
+    training): its folder exists and is writable, and it is not a folder."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{who}: {path!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{who}: {path!r}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{who}: {path!r}: directory {folder} is not writable")
+    return path
+
+
 def _improved(value, best, mode, min_delta):
     if mode == "min":
         return value < best - min_delta
@@ -65,6 +79,12 @@ class Checkpoint:
     def __init__(self, path, every=1, save_best=False, monitor="val_loss", mode="auto"):
         if every is not None and (not isinstance(every, int) or every < 1):
             raise ValueError(f"every={every!r} is not allowed: None or an integer >= 1")
+        try:
+            first = os.fspath(path).format(epoch=0)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"Checkpoint: path={os.fspath(path)!r} may contain {{epoch}} and "
+                             "no other {...} field") from None
+        _writable_file(first, "Checkpoint")
         self.path, self.every, self.save_best = os.fspath(path), every, save_best
         self.monitor, self.mode = monitor, _mode(monitor, mode)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -88,7 +108,7 @@ class CSVLogger:
     """Append one row per epoch (the scalar entries of `logs`) to a CSV file."""
 
     def __init__(self, path, append=False):
-        self.path = os.fspath(path)
+        self.path = _writable_file(path, "CSVLogger")
         self.append = append
         self._fields = None
 

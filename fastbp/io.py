@@ -62,7 +62,10 @@ def atomic_write(path, write, suffix=".tmp"):
         raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist", path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=suffix, dir=directory)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write in {directory} ({e.strerror})", path) from None
     os.close(fd)
     try:
         write(tmp)

@@ -1,6 +1,7 @@
 """The Trainer: validates, schedules, handles divergence, records history and calls back;
 its Engine (fastbp.engine) holds the buffers and runs the compiled epochs."""
 import contextlib
+import inspect
 import time
 import warnings
 
@@ -34,9 +35,21 @@ def _check_callbacks(callbacks):
         return []
     callbacks = [callbacks] if callable(callbacks) else list(callbacks)
     for cb in callbacks:
+        if isinstance(cb, type):
+            raise TypeError(f"callbacks: got the class {cb.__name__}; pass an instance, "
+                            f"{cb.__name__}(...)")
         if not callable(cb):
             raise TypeError(f"callbacks must be callables callback(trainer, epoch, logs); "
                             f"got {cb!r}")
+        try:
+            signature = inspect.signature(cb)
+        except (TypeError, ValueError):      # (a builtin without one: taken on trust)
+            continue
+        try:
+            signature.bind(None, 0, {})
+        except TypeError:
+            raise TypeError(f"callbacks: {cb!r} cannot be called as callback(trainer, epoch, "
+                            f"logs): its signature is {signature}") from None
     return callbacks
 
 

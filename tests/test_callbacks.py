@@ -114,3 +114,29 @@ def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes_exactly(tmp_path):
     straight.fit(X, y, epochs=done + 3, progress=False)
     assert np.array_equal(resumed.params, straight.params)
     assert resumed.history["loss"] == straight.history["loss"]
+
+
+def test_callback_mistakes_are_refused_before_training(tmp_path):
+    """before: each trained an epoch (the parameters changed) and then failed: a folder that
+    does not exist or a path that is one, a {field} other than {epoch}, the class instead of
+    an instance ("float() argument must be ... not 'dict'") and a function of two
+    arguments."""
+    X, y, _, _ = _data()
+    (tmp_path / "d.npz").mkdir()
+    for make, message in [
+            (lambda: Checkpoint(tmp_path / "no" / "c.npz"), "directory .* does not exist"),
+            (lambda: Checkpoint(tmp_path / "d.npz"), "is a directory"),
+            (lambda: Checkpoint(tmp_path / "c_{step}.npz"), "may contain {epoch} and no other"),
+            (lambda: Checkpoint(tmp_path / "c_{}.npz"), "may contain {epoch} and no other"),
+            (lambda: CSVLogger(tmp_path / "no" / "log.csv"), "CSVLogger: .* does not exist")]:
+        with pytest.raises(ValueError, match=message):
+            make()
+    t = Trainer(SIZES, seed=0)
+    before = t.params.copy()
+    for bad, message in [(EarlyStopping, "got the class EarlyStopping; pass an instance"),
+                         (lambda trainer, epoch: False, "cannot be called as callback")]:
+        with pytest.raises(TypeError, match=message):
+            t.fit(X, y, epochs=2, progress=False, callbacks=[bad])
+    assert np.array_equal(t.params, before) and t.epochs_done == 0
+    t.fit(X, y, epochs=1, progress=False,                 # keyword and default arguments
+          callbacks=[lambda trainer, epoch, logs=None, *rest: False, History()])
