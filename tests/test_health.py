@@ -379,6 +379,8 @@ def test_a_blow_up_without_nan_is_flagged_dead_layers_and_loss(digits):
         assert "smaller lr (now 1)" in p["message"] and "clip_norm" in p["message"]
         assert "standardised" in p["message"] and "targets" in p["message"]
     assert h["initial_loss"] == [pytest.approx(2.7e7, rel=0.5)]   # (1e3 y)^2, y ~ 0..9
+    # the README quotes this run's starting value: it must follow the initialisation
+    assert "starting value (3.11e+07)" in messages[0]
 
 
 def test_initial_loss_is_the_first_batchs_loss_before_any_update(digits):
