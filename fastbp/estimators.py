@@ -26,7 +26,7 @@ from sklearn.utils.multiclass import (_check_partial_fit_first_call, type_of_tar
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from .data import check_X
+from .data import check_sparse_X, check_X
 from .engine import SPARSE_CPU_ONLY
 from .sklearn_solvers import (NON_FINITE, StochasticSolver, fit_lbfgs, initial_params,
                               loss_scales)
@@ -60,6 +60,16 @@ def resolve_target(target, n_threads):
     if threads <= 1 or threading.current_thread() is not threading.main_thread():
         return "cpu"
     return "parallel"
+
+
+def _name_nonfinite_sparse(X):
+    """Sparse X with a NaN or infinity stored: the ValueError that names its row and column
+    (fastbp.data.check_sparse_X), before scikit-learn's validation, whose message names
+    neither. Formats without a data array (LIL, DOK) are left to scikit-learn."""
+    data = getattr(X, "data", None) if sparse.issparse(X) else None
+    if isinstance(data, np.ndarray) and data.dtype.kind == "f" and X.shape[0] > 0 \
+            and not np.isfinite(data).all():
+        check_sparse_X(X.tocsr(), X.shape[1], data.dtype)
 
 
 class _BaseMLP(BaseEstimator):
@@ -239,6 +249,7 @@ class _BaseMLP(BaseEstimator):
         """The output layer's activations (n, n_outputs)."""
         check_is_fitted(self, "_trainer")
         if check_input:
+            _name_nonfinite_sparse(X)
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32),
                               accept_sparse=SPARSE_FORMATS)
         t = self._trainer
@@ -319,6 +330,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _validate_input(self, X, y, incremental, reset):
         """scikit-learn's: labels binarised by the LabelBinarizer of the first pass (checked
         against its classes on later passes), as a boolean (n, n_outputs) Y."""
+        _name_nonfinite_sparse(X)
         X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
                              reset=reset, accept_sparse=SPARSE_FORMATS)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -445,6 +457,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     _score_function = staticmethod(r2_score)
 
     def _validate_input(self, X, y, incremental, reset):
+        _name_nonfinite_sparse(X)
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
                              dtype=(np.float64, np.float32), reset=reset,
                              accept_sparse=SPARSE_FORMATS)

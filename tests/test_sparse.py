@@ -161,6 +161,32 @@ def test_float32_stays_float32_and_checks_name_the_row():
     assert t.step == 0
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_estimators_name_the_row_and_column_of_a_nan(fmt):
+    """As the Trainer does (before: scikit-learn's "Input X contains NaN", naming neither),
+    in fit, partial_fit and predict, before any work."""
+    rng = np.random.default_rng(0)
+    X = sparse.random(60, 8, density=0.4, format="csr", random_state=0)
+    y = rng.integers(0, 3, 60)
+    bad = X.copy()
+    bad.data[5] = np.nan
+    row = int(np.searchsorted(bad.indptr, 5, side="right") - 1)
+    where = f"X contains NaN at row {row}, column {bad.indices[5]}"
+    bad = bad.asformat(fmt)
+    for call in (lambda: MLPClassifier(max_iter=2).fit(bad, y),
+                 lambda: MLPRegressor(max_iter=2).fit(bad, y.astype(float)),
+                 lambda: MLPClassifier().partial_fit(bad, y, classes=[0, 1, 2])):
+        with pytest.raises(ValueError, match=where):
+            call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = MLPClassifier(max_iter=2, random_state=0).fit(X, y)
+    before = [c.copy() for c in fitted.coefs_]
+    with pytest.raises(ValueError, match=where):
+        fitted.predict(bad)
+    assert all(np.array_equal(a, b) for a, b in zip(before, fitted.coefs_))
+
+
 def test_lazy_update_touches_only_the_batch_rows():
     """sparse_update='lazy': a step updates only the rows of W_0 its batch has entries in,
     with the global step in Adam's bias corrections (torch.optim.SparseAdam); plain SGD is
