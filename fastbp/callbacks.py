@@ -30,6 +30,19 @@ def _improved(value, best, mode, min_delta):
     return value > best + min_delta
 
 
+def _monitor(monitor, who):
+    if not isinstance(monitor, str):
+        raise TypeError(f"{who}: monitor={monitor!r} must be the name of a history entry "
+                        "(e.g. 'val_loss')")
+    return monitor
+
+
+def _flag(name, value, who):
+    if not isinstance(value, bool):
+        raise TypeError(f"{who}: {name}={value!r} must be True or False")
+    return value
+
+
 def _mode(monitor, mode):
     if mode in ("min", "max"):
         return mode
@@ -46,9 +59,13 @@ class EarlyStopping:
                  restore_best=True):
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience={patience!r} is not allowed: an integer >= 0")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) \
+                or not min_delta >= 0:
+            raise ValueError(f"min_delta={min_delta!r} is not allowed: a number >= 0")
+        self.monitor = _monitor(monitor, "EarlyStopping")
+        self.patience, self.min_delta = patience, float(min_delta)
         self.mode = _mode(monitor, mode)
-        self.restore_best = restore_best
+        self.restore_best = _flag("restore_best", restore_best, "EarlyStopping")
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.best_params, self.wait = None, None, 0
         self.stopped_epoch = None
@@ -85,8 +102,10 @@ class Checkpoint:
             raise ValueError(f"Checkpoint: path={os.fspath(path)!r} may contain {{epoch}} and "
                              "no other {...} field") from None
         _writable_file(first, "Checkpoint")
-        self.path, self.every, self.save_best = os.fspath(path), every, save_best
-        self.monitor, self.mode = monitor, _mode(monitor, mode)
+        self.path, self.every = os.fspath(path), every
+        self.save_best = _flag("save_best", save_best, "Checkpoint")
+        self.monitor = _monitor(monitor, "Checkpoint")
+        self.mode = _mode(monitor, mode)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.saved = []
         self.needs_monitor = save_best

@@ -6,9 +6,14 @@ import numpy as np
 
 
 def training_report(history, path, title=None):
-    """Draw `history` (Trainer.history, or a dict of per-epoch lists) to an image file:
-    loss and val_loss (with accuracies when recorded), the mean and max gradient norm of
-    every layer's weights on a log scale, and the learning rate. Returns the path."""
+    """Draw `history` (Trainer.history, a Trainer itself, or a dict of per-epoch lists) to
+    an image file: loss and val_loss (with accuracies when recorded), the mean and max
+    gradient norm of every layer's weights on a log scale, and the learning rate. Returns
+    the path."""
+    history = getattr(history, "history", history)         # a Trainer: its history
+    if not isinstance(history, dict):
+        raise TypeError(f"training_report takes a Trainer or its history (a dict of "
+                        f"per-epoch lists); got {type(history).__name__}")
     try:
         import matplotlib
         matplotlib.use("Agg")

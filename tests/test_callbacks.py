@@ -140,3 +140,15 @@ def test_callback_mistakes_are_refused_before_training(tmp_path):
     assert np.array_equal(t.params, before) and t.epochs_done == 0
     t.fit(X, y, epochs=1, progress=False,                 # keyword and default arguments
           callbacks=[lambda trainer, epoch, logs=None, *rest: False, History()])
+
+
+@pytest.mark.parametrize("make,exc,text", [
+    (lambda: EarlyStopping(min_delta=-1), ValueError, "min_delta=-1"),
+    (lambda: EarlyStopping(restore_best="no"), TypeError, "restore_best='no'"),
+    (lambda: EarlyStopping(monitor=None), TypeError, "monitor=None must be the name"),
+    (lambda: Checkpoint("c.npz", save_best="yes"), TypeError, "save_best='yes'"),
+    (lambda: Checkpoint("c.npz", monitor=3), TypeError, "monitor=3")])
+def test_callback_arguments_of_the_wrong_kind_are_refused(make, exc, text):
+    # before: accepted (a negative min_delta, 'no' as true), or a TypeError about NoneType
+    with pytest.raises(exc, match=text):
+        make()

@@ -272,6 +272,10 @@ def test_training_report_figure(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match="no epochs"):
         training_report({}, tmp_path / "empty.png")
+    # the Trainer itself (before: AttributeError 'Trainer' object has no attribute 'get')
+    assert open(training_report(t, tmp_path / "t.png"), "rb").read()[:8] == data[:8]
+    with pytest.raises(TypeError, match="takes a Trainer or its history"):
+        training_report([1.0, 0.5], tmp_path / "list.png")
 
 
 def test_cli_report_and_health_warnings(tmp_path, capsys):
