@@ -9,19 +9,8 @@ import csv
 import math
 import os
 
-
-def _writable_file(path, who):
-    """A file path a callback will write, checked when the callback is made (before any
-    training): its folder exists and is writable, and it is not a folder."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"{who}: {path!r} is a directory; give a file name")
-    if not os.path.isdir(folder):
-        raise ValueError(f"{who}: {path!r}: directory {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{who}: {path!r}: directory {folder} is not writable")
-    return path
+from . import config as _config
+from .io import check_writable
 
 
 def _improved(value, best, mode, min_delta):
@@ -35,12 +24,6 @@ def _monitor(monitor, who):
         raise TypeError(f"{who}: monitor={monitor!r} must be the name of a history entry "
                         "(e.g. 'val_loss')")
     return monitor
-
-
-def _flag(name, value, who):
-    if not isinstance(value, bool):
-        raise TypeError(f"{who}: {name}={value!r} must be True or False")
-    return value
 
 
 def _mode(monitor, mode):
@@ -59,13 +42,11 @@ class EarlyStopping:
                  restore_best=True):
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience={patience!r} is not allowed: an integer >= 0")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) \
-                or not min_delta >= 0:
-            raise ValueError(f"min_delta={min_delta!r} is not allowed: a number >= 0")
+        min_delta = _config._real("min_delta", min_delta, 0.0, math.inf, "a number >= 0")
         self.monitor = _monitor(monitor, "EarlyStopping")
         self.patience, self.min_delta = patience, float(min_delta)
         self.mode = _mode(monitor, mode)
-        self.restore_best = _flag("restore_best", restore_best, "EarlyStopping")
+        self.restore_best = _config._bool("restore_best", restore_best)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.best_params, self.wait = None, None, 0
         self.stopped_epoch = None
@@ -101,9 +82,9 @@ class Checkpoint:
         except (KeyError, IndexError, ValueError):
             raise ValueError(f"Checkpoint: path={os.fspath(path)!r} may contain {{epoch}} and "
                              "no other {...} field") from None
-        _writable_file(first, "Checkpoint")
+        check_writable(first, "Checkpoint: path")
         self.path, self.every = os.fspath(path), every
-        self.save_best = _flag("save_best", save_best, "Checkpoint")
+        self.save_best = _config._bool("save_best", save_best)
         self.monitor = _monitor(monitor, "Checkpoint")
         self.mode = _mode(monitor, mode)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -127,7 +108,7 @@ class CSVLogger:
     """Append one row per epoch (the scalar entries of `logs`) to a CSV file."""
 
     def __init__(self, path, append=False):
-        self.path = _writable_file(path, "CSVLogger")
+        self.path = check_writable(path, "CSVLogger: path")
         self.append = append
         self._fields = None
 

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import sparse
 
 from . import config as _config
-from .io import atomic_write
+from .io import atomic_write, check_writable
 from .datafiles import (DataFileError, LabelColumnError, class_codes, digits,
                         numeric_targets, one_line, read_features, read_labelled)
 from .scaling import scale_features
@@ -90,19 +90,10 @@ def _unscale_targets(out, meta):
 
 def _check_writable(path, option):
     """Fail now, before any work, where `path` cannot be written atomically."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise CLIError(f"{option} {path}: is a directory; give a file name")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CLIError(f"{option} {path}: directory {directory} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise CLIError(f"{option} {path}: cannot write in {directory} "
-                       f"({e.strerror or one_line(e)})") from None
+        check_writable(path, option)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _write_text(path, text):
@@ -438,16 +429,12 @@ def cmd_export(args):
     """Write a saved model as an ONNX graph (fastbp.export); exit 2 for an OUT that is not
     an .onnx name, 1 where it cannot be written or the model cannot be read or exported (as
     train's --out)."""
-    from .export import check_onnx_path, output_name, to_onnx
+    from .export import output_name, to_onnx
     from .trainer import Trainer
 
     if not os.fspath(args.out).lower().endswith(".onnx"):
         raise UsageError(f"OUT={args.out!r} must end in .onnx")
     _check_writable(args.out, "OUT")
-    try:
-        check_onnx_path(args.out, who="fastbp export", name="OUT")
-    except (TypeError, ValueError) as e:
-        raise CLIError(str(e).removeprefix("fastbp export: ")) from None
     try:
         trainer = Trainer.load(args.model, target="cpu")
         to_onnx(trainer, args.out)

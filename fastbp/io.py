@@ -51,6 +51,27 @@ def save_trainer(trainer, path, *, include_optimizer=True, metadata=None):
     atomic_write(path, write)
 
 
+def check_writable(path, name):
+    """`path` (returned as a str) unless it cannot be written atomically here: a ValueError
+    naming `name` and the path where it is a folder, its folder does not exist, or no new
+    file can be made in it (a probe file is made and removed). For the checks made before
+    any work: the CLI's outputs and the callbacks' files."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name} {path}: is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{name} {path}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{name} {path}: cannot write in {directory} "
+                         f"({e.strerror or e})") from None
+    return path
+
+
 def atomic_write(path, write, suffix=".tmp"):
     """write(tmp), a temporary path beside `path`; then the file is flushed to disk and
     renamed over `path`: `path` is whole or untouched, and a failure (a full disk, an

@@ -18,8 +18,8 @@ eta_min). The formulas are PyTorch's lr_scheduler ones, per epoch:
 """
 import inspect
 import math
-import numbers
 
+from . import config as _config
 from .callbacks import _improved, _mode
 
 
@@ -84,7 +84,7 @@ class _Cosine(Schedule):
         self.t_max, self.eta_min = _positive_int("t_max", t_max), _real("eta_min", eta_min)
         if not 0 <= self.eta_min <= base_lr:
             raise ValueError(f"lr_schedule cosine: eta_min={eta_min} must be in [0, lr]")
-        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
+        if not _config._is_int(warmup):
             raise TypeError(f"lr_schedule cosine: warmup={warmup!r} must be an integer")
         self.warmup = int(warmup)
         if not 0 <= self.warmup < self.t_max:
@@ -119,8 +119,7 @@ class _Plateau(Schedule):
             ("factor", factor), ("min_delta", min_delta), ("min_lr", min_lr)))
         if not 0 < factor < 1:
             raise ValueError(f"lr_schedule plateau: factor={factor} must be in (0, 1)")
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
-                or patience < 0:
+        if not _config._is_int(patience) or patience < 0:
             raise ValueError(f"lr_schedule plateau: patience={patience!r} must be an integer "
                              ">= 0")
         if min_delta < 0 or min_lr < 0:
@@ -185,7 +184,7 @@ class _Plateau(Schedule):
 
 def _real(name, value):
     """A schedule's real-number parameter as a float (a string or bool is refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _config._is_real(value):
         raise TypeError(f"lr_schedule: {name}={value!r} must be a real number")
     return float(value)
 
@@ -195,7 +194,7 @@ NAMES = {"constant": Schedule, "step": _Step, "exponential": _Exponential, "cosi
 
 
 def _positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or value < 1:
+    if not _config._is_int(value) or value < 1:
         raise ValueError(f"lr_schedule: {name}={value!r} must be an integer >= 1")
     return int(value)
 
