@@ -18,7 +18,7 @@ from .datafiles import MAX_CLASSES_BEFORE_CONTINUOUS
 
 def _columns(args):
     """(feature columns, label column, its position) of the Parquet source."""
-    from .streaming import parquet_files
+    from .streaming import numeric_type, parquet_files
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -44,11 +44,9 @@ def _columns(args):
             raise CLIError(f"--label {args.label!r}: not a column of {args.data} (its "
                            f"columns: {', '.join(names)})") from None
     features = [n for n in names if n != label]
-    import pyarrow as pa
     for i, name in enumerate(features):
         kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
-                or pa.types.is_boolean(kind)):
+        if not numeric_type(kind):
             raise CLIError(f"{args.data}: feature column {name!r} (column "
                            f"{names.index(name) + 1}) is {kind}, not numeric; encode it as "
                            "numbers or choose it as --label")

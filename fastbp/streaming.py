@@ -165,9 +165,16 @@ def parquet_files(source):
     return files
 
 
+def numeric_type(t):
+    """Whether an Arrow column type holds numbers a model can take (integers, floats,
+    booleans, decimals)."""
+    pa = _pyarrow()
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_decimal(t))
+
+
 def _columns(schema, label, features, path):
     """(feature names, label names) checked against a file's Arrow schema."""
-    pa = _pyarrow()
     labels = [label] if isinstance(label, str) else list(label)
     if not labels:
         raise ValueError("label must name a column (or a list of columns)")
@@ -183,8 +190,7 @@ def _columns(schema, label, features, path):
         raise ValueError(f"{path} has no feature columns besides the label")
     for name in features:
         t = schema.field(name).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-                or pa.types.is_decimal(t)):
+        if not numeric_type(t):
             raise ValueError(f"feature column {name!r} of {path} has type {t}, not a number: "
                              "encode it as numbers, or leave it out with features=[...]")
     return features, labels
@@ -312,19 +318,19 @@ def fit_parquet(model, source, *, label, features=None, epochs=None, batch_rows=
 
 
 def _refuse_text_labels(path, labels, loss):
-    """A Trainer takes numeric labels only: text label columns need `classes` (with
-    cross_entropy), else they are refused before any work, naming the column."""
-    pa = _pyarrow()
-    with pa.parquet.ParquetFile(path) as pf:
+    """A Trainer takes numeric labels only: label columns of text (or any other type that is
+    not numbers) need `classes` (with cross_entropy), else they are refused before any
+    work, naming the column."""
+    with _pyarrow().parquet.ParquetFile(path) as pf:
         schema = pf.schema_arrow
     for name in labels:
         kind = schema.field(name).type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind) \
-                or pa.types.is_dictionary(kind):
+        if not numeric_type(kind):
             hint = ("pass classes=[...], every class label, and each row's label becomes "
                     "its position in it" if loss == "cross_entropy" else
                     f"loss={loss!r} needs numbers")
-            raise ValueError(f"label column {name!r} of {path} holds text ({kind}): {hint}")
+            raise ValueError(f"label column {name!r} of {path} holds {kind}, not numbers: "
+                             f"{hint}")
 
 
 def column_stats(source, columns=None, *, batch_rows=BATCH_ROWS):
@@ -332,14 +338,12 @@ def column_stats(source, columns=None, *, batch_rows=BATCH_ROWS):
     streamed pass (Chan et al.'s pairwise update; population std). columns: default every
     numeric (integer, float or boolean) column, others (text labels) left out; a column
     named here that is not numeric, or not in a file, is a ValueError naming it."""
-    pa = _pyarrow()
-    pq = pa.parquet
+    pq = _pyarrow().parquet
     stats = {}
     for path in parquet_files(source):
         with pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False) as pf:
             schema = pf.schema_arrow
-            numeric = [f.name for f in schema if pa.types.is_integer(f.type)
-                       or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)]
+            numeric = [f.name for f in schema if numeric_type(f.type)]
             if columns is None:
                 names = numeric
             else:
