@@ -221,7 +221,7 @@ def main():
     from fastbp.kernels import bf16, gemm
     gemm.enable_bf16()
     panel = bf16.host_has_avx512_bf16()
-    print(f"AVX512-BF16: {'yes' if panel else 'no'}; MKL: {'found' if mkl is not None else 'not found (pip install mkl)'}; "
+    print(f"bf16 panel: {bf16.panel_kind()}; AVX512-BF16: {'yes' if panel else 'no'}; MKL: {'found' if mkl is not None else 'not found (pip install mkl)'}; "
           f"PyTorch: {torch.__version__ if torch is not None else 'not installed'}")
     from fastbp.kernels import choose_strategy
     for name in args.workloads:

@@ -33,6 +33,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
+from . import amx
 from .codes import FASTMATH, host_has_avx512_bf16, jit
 from .prebuilt import cfunc
 
@@ -161,23 +162,35 @@ def _emulated_panel_t(a, bp, c, M, K2, N, sai, sap):
 _owners = {}                   # what owns the code of the registered panel and stand-ins
 
 
+def panel_kind():
+    """Which panel bf16 products run on in this process: "amx", "avx512-bf16", "emulated",
+    or "amx-emulated" (FASTBP_AMX=emulate); None before a bf16 model first trained."""
+    return _owners.get("kind")
+
+
 def register_panel():
     """Make the panels' symbols known to the JIT's linker (before gemm's bf16 entry points
-    are compiled or loaded): the native panels on a CPU with AVX512-BF16, else the
-    emulation. Also the reload hook of the callers Numba loads from its cache."""
+    are compiled or loaded): AMX tiles' panels where the process may use them (amx.py),
+    else the VDPBF16PS panels on a CPU with AVX512-BF16, else the emulation. Also the reload hook of the callers Numba loads from its cache."""
     if "panel" in _owners:
         return
     with global_compiler_lock:          # as gemm.register: runs inside compilations
         if "panel" in _owners:
             return
-        if host_has_avx512_bf16():
+        if amx.available():
+            owner = amx.panels(emulate=amx.emulated())
+            addresses = dict(zip((PANEL_SYMBOL, PANEL_T_SYMBOL), (f.address for f in owner)))
+            _owners["kind"] = "amx-emulated" if amx.emulated() else "amx"
+        elif host_has_avx512_bf16():
             addresses, owner = compile_native_panels()
+            _owners["kind"] = "avx512-bf16"
         else:
             u16p = types.CPointer(types.uint16)
             sig = types.void(u16p, u16p, types.CPointer(types.float32), *[types.intp] * 5)
             owner = [cfunc(sig, fastmath=FASTMATH, error_model="numpy")(body)
                      for body in (_emulated_panel, _emulated_panel_t)]
             addresses = dict(zip((PANEL_SYMBOL, PANEL_T_SYMBOL), (f.address for f in owner)))
+            _owners["kind"] = "emulated"
         for name, address in addresses.items():
             llvm_binding.add_symbol(name, address)
         _owners["panel"] = owner

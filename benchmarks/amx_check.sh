@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One prepared pass over the Intel host of a lent machine, for AMX's bf16 panel (issue 15 §3;
+# kernels/amx.py): the machine, the panel on the tiles against its stand-ins (tests/test_amx.py),
+# each product of mnist's and wide's steps on one thread with the AMX panel and with the
+# VDPBF16PS panel (FASTBP_AMX=0) beside OpenBLAS float32 and oneDNN's bf16 (PyTorch)
+# (benchmarks/bf16_products.py), whole epochs on two CPUs of cores of their own: fastbp
+# float32 and bf16 against JAX and PyTorch (compare.py), and bf16's held-out accuracy
+# (bf16_accuracy.py). Logs go to $OUT (the device tool's folder that comes back) or ./amx-out.
+# Uses the python3 there (PYTHONPATH=., nothing installed). About 7 minutes.
+#   bash benchmarks/amx_check.sh
+set -u
+OUT=${OUT:-amx-out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES="" JAX_PLATFORMS=cpu
+PAIR=$(lscpu -p=CPU,CORE | grep -v '^#' | sort -t, -k2,2n -u | head -2 | cut -d, -f1 | paste -sd,)
+ONE=${PAIR%,*}
+{
+  date -u; lscpu | grep 'Model name'; echo "AMX flags: $(grep -o 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | paste -sd' ')"
+  python3 -c "import sys, numpy, numba, llvmlite; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'llvm', llvmlite.binding.llvm_version_info)"
+  python3 -c "from fastbp.kernels import amx; print('AMX panel available:', amx.available())"
+  echo "CPUs: one $ONE, pair $PAIR"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_amx.py > "$OUT/tests.txt" 2>&1
+tail -3 "$OUT/tests.txt"
+for setting in 1 0; do
+  FASTBP_AMX=$setting NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
+    timeout 150 taskset -c "$ONE" python3 benchmarks/bf16_products.py --rounds 3 \
+    > "$OUT/products_amx$setting.txt" 2>&1
+done
+export NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2
+timeout 200 taskset -c "$PAIR" python3 benchmarks/compare.py --rounds 3 --workloads mnist wide \
+  --skip "torch eager foreach" scikit-learn > "$OUT/compare.txt" 2>&1
+timeout 120 taskset -c "$PAIR" python3 benchmarks/bf16_accuracy.py --seeds 1 > "$OUT/accuracy.txt" 2>&1
+echo "done at ${SECONDS} s"

@@ -1,0 +1,362 @@
+"""bfloat16 products on AMX tiles, for precision="bf16" on CPUs with AMX-BF16 (Intel Xeons
+since Sapphire Rapids).
+
+An AMX core holds eight tile registers of up to 16 rows x 64 bytes; one TDPBF16PS multiplies
+a 16 x 32 tile of bf16 A by a 16 x 16 tile of bf16 pairs of B and adds the 16 x 16 float32
+products to a third tile: 8,192 multiply-adds an instruction, where VDPBF16PS (bf16.py's
+panel) does 32. The operands are the ones bf16.py's entry points already make: A's rows as
+pairs along the depth, B packed (K/2, N, 2), which is the layout a B tile wants. So this
+module only brings a second panel of the same signature (`panels`), registered under bf16's
+symbols where the CPU has the tiles and Linux lets the process use them (`available`).
+
+The panel keeps a block of 32 x 32 outputs in four tiles (2 A tiles x 2 B tiles) over the
+depth in steps of 16 pairs, then stores them; a depth that is not a multiple of 16 pairs
+gets a second pass with tiles configured to the pairs left, which loads the stored sums back
+and adds the rest. Row blocks that do not fill 32 rows, and any A not stored row by row
+(sap != 1: tn's packed left operand), are copied into a zero-padded block of 32 rows first;
+outputs that do not fill a block, or are stored transposed, go through a block of 32 rows.
+
+The tile instructions are LLVM intrinsics reached from Numba (`tile_load` and the like,
+whose tile numbers must be literal constants). `panels(emulate=True)` builds the same panel
+from plain-Numba stand-ins of them, which run anywhere: the tests check the panel's
+blocking, padding and passes with it on CPUs without AMX.
+"""
+import ctypes
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+
+from .codes import FASTMATH, target_features
+
+TILE_ROWS = 16                  # rows of a tile; 64 bytes a row: 16 float32 or 16 bf16 pairs
+BLOCK = 2 * TILE_ROWS           # outputs per block: 32 x 32, in four tiles
+C00, C01, C10, C11, A0, A1, B0, B1 = range(8)    # the eight tile registers' roles
+
+# Linux hands out AMX's 8 KB of tile state only to processes that ask (arch_prctl)
+_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, _ARCH_REQ_XCOMP_PERM = 158, 0x1022, 0x1023
+_XFEATURE_XTILEDATA = 18
+
+
+def _request_tiles():
+    """Ask Linux for the tile state (once per process; it holds for every thread)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+            return False
+        granted = ctypes.c_uint64(0)
+        libc.syscall(_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, ctypes.byref(granted))
+        return bool(granted.value & (1 << _XFEATURE_XTILEDATA))
+    except (OSError, AttributeError):
+        return False
+
+
+_available = []
+
+
+def emulated():
+    """FASTBP_AMX=emulate: the AMX panel on its stand-ins, on any CPU (for tests)."""
+    return os.environ.get("FASTBP_AMX") == "emulate"
+
+
+def available():
+    """Whether bf16 products run on the AMX panel here: Numba compiles for AMX-BF16 (the
+    host's features) and Linux granted the tile state, unless FASTBP_AMX=0 (which keeps
+    bf16.py's VDPBF16PS panel, to compare the two); or emulated()."""
+    if not _available:
+        setting = os.environ.get("FASTBP_AMX")
+        _available.append(emulated() or (
+            setting != "0" and {"amx-tile", "amx-bf16", "avx512bf16"} <= target_features()
+            and _request_tiles()))
+    return _available[0]
+
+
+# ------------------------------------------------------------------ the tile instructions
+
+_i8, _i64 = ir.IntType(8), ir.IntType(64)
+
+
+def _literal(t):
+    return ir.Constant(_i8, t.literal_value) if isinstance(t, types.IntegerLiteral) else None
+
+
+def _call(builder, name, argument_types, args):
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), argument_types), name)
+    builder.call(fn, args)
+
+
+def _address(context, builder, array_type, array, offset):
+    data = cgutils.create_struct_proxy(array_type)(context, builder, value=array).data
+    return builder.bitcast(builder.gep(data, [offset]), _i8.as_pointer())
+
+
+@intrinsic
+def tile_config(typingctx, state, config):
+    """LDTILECFG from config (64 uint8: palette 1, bytes per row and rows of each tile);
+    clears every tile."""
+    def codegen(context, builder, sig, args):
+        address = _address(context, builder, sig.args[1], args[1], ir.Constant(_i64, 0))
+        _call(builder, "llvm.x86.ldtilecfg", [_i8.as_pointer()], [address])
+        return context.get_dummy_value()
+    return types.void(state, config), codegen
+
+
+def _memory_op(name):
+    def typer(typingctx, state, t, array, offset, stride):
+        tile = _literal(t)
+        if tile is None:
+            return None                   # Numba retries with the literal tile number
+
+        def codegen(context, builder, sig, args):
+            address = _address(context, builder, sig.args[2], args[2], args[3])
+            _call(builder, name, [_i8, _i8.as_pointer(), _i64], [tile, address, args[4]])
+            return context.get_dummy_value()
+        return types.void(state, t, array, types.intp, types.intp), codegen
+    return intrinsic(typer)
+
+
+# tile_load(state, t, array, offset, stride): tile t's rows from array's element `offset`
+# on, `stride` bytes apart; tile_store the reverse
+tile_load = _memory_op("llvm.x86.tileloadd64")
+tile_store = _memory_op("llvm.x86.tilestored64")
+
+
+@intrinsic
+def tile_zero(typingctx, state, t):
+    tile = _literal(t)
+    if tile is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilezero", [_i8], [tile])
+        return context.get_dummy_value()
+    return types.void(state, t), codegen
+
+
+@intrinsic
+def tile_dot(typingctx, state, c, a, b):
+    """TDPBF16PS: tile c (float32) += tile a (bf16 rows) @ tile b (bf16 pairs)."""
+    tiles = [_literal(t) for t in (c, a, b)]
+    if None in tiles:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tdpbf16ps", [_i8] * 3, tiles)
+        return context.get_dummy_value()
+    return types.void(state, c, a, b), codegen
+
+
+@intrinsic
+def tile_release(typingctx, state):
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilerelease", [], [])
+        return context.get_dummy_value()
+    return types.void(state), codegen
+
+
+@njit
+def hardware_state():
+    return np.empty(0, dtype=np.uint8)        # the tiles live in the core
+
+
+# ------------------------------------------------------------------ their stand-ins
+
+_CFG = 8 * 1024                                # the emulated state: 8 tiles, then config
+
+
+@njit
+def emulated_state():
+    return np.zeros(_CFG + 64, dtype=np.uint8)
+
+
+@njit
+def _shape(state, t):
+    cfg = state[_CFG:]
+    return np.int64(cfg[48 + t]), np.int64(cfg[16 + 2 * t]) | (np.int64(cfg[17 + 2 * t]) << 8)
+
+
+@njit
+def emulated_config(state, config):
+    state[:] = 0
+    state[_CFG:] = config
+
+
+@njit
+def emulated_load(state, t, array, offset, stride):
+    rows, colsb = _shape(state, t)
+    source = array.view(np.uint8)
+    base = offset * array.itemsize
+    state[t * 1024:(t + 1) * 1024] = 0
+    for r in range(rows):
+        state[t * 1024 + r * 64:t * 1024 + r * 64 + colsb] = \
+            source[base + r * stride:base + r * stride + colsb]
+
+
+@njit
+def emulated_store(state, t, array, offset, stride):
+    rows, colsb = _shape(state, t)
+    target = array.view(np.uint8)
+    base = offset * array.itemsize
+    for r in range(rows):
+        target[base + r * stride:base + r * stride + colsb] = \
+            state[t * 1024 + r * 64:t * 1024 + r * 64 + colsb]
+
+
+@njit
+def emulated_zero(state, t):
+    state[t * 1024:(t + 1) * 1024] = 0
+
+
+@njit
+def _widen(h):
+    return np.uint32(h) << np.uint32(16)
+
+
+@njit
+def emulated_dot(state, c, a, b):
+    """The sums TDPBF16PS makes: each pair of bf16 products (exact in float32) added to the
+    float32 sum, pair by pair along the depth (as bf16.py's emulated panel)."""
+    rows, colsb = _shape(state, c)
+    pairs = _shape(state, a)[1] // 4
+    C = state[c * 1024:(c + 1) * 1024].view(np.float32)
+    A = state[a * 1024:(a + 1) * 1024].view(np.uint16)
+    B = state[b * 1024:(b + 1) * 1024].view(np.uint16)
+    wide = np.empty(2, dtype=np.uint32)
+    for m in range(rows):
+        for n in range(colsb // 4):
+            s = C[m * 16 + n]
+            for p in range(pairs):
+                wide[0] = _widen(A[m * 32 + 2 * p])
+                wide[1] = _widen(B[p * 32 + 2 * n])
+                x = wide.view(np.float32)
+                t0 = x[0] * x[1]
+                wide[0] = _widen(A[m * 32 + 2 * p + 1])
+                wide[1] = _widen(B[p * 32 + 2 * n + 1])
+                x = wide.view(np.float32)
+                s += t0 + x[0] * x[1]
+            C[m * 16 + n] = s
+
+
+@njit
+def emulated_release(state):
+    state[:] = 0
+
+
+# ------------------------------------------------------------------ the panel
+
+@njit
+def _config(pairs, b_rows):
+    """Tile configuration: four float32 tiles of 16 x 16 (C), two of 16 rows x `pairs`
+    pairs (A), two of `b_rows` pairs x 16 columns (B)."""
+    config = np.zeros(64, dtype=np.uint8)
+    config[0] = 1                                          # palette 1
+    for t in range(8):
+        colsb = 4 * pairs if t in (A0, A1) else 64
+        config[16 + 2 * t] = colsb & 0xFF
+        config[17 + 2 * t] = colsb >> 8
+        config[48 + t] = b_rows if t in (B0, B1) else TILE_ROWS
+    return config
+
+
+def _panel(new_state, config, zero, load, store, dot, release, transposed):
+    """The panel (bf16.py's signature) from the tile operations given."""
+    def panel(a, bp, c, M, K2, N, sai, sap):
+        state = new_state()
+        A = carray(a, (2 * ((M - 1) * sai + (K2 - 1) * sap + 1),)).view(np.uint32)
+        B = carray(bp, (2 * K2 * N,)).view(np.uint32)                  # (K2, N) pairs
+        C = carray(c, (M * N,))
+        main = K2 - K2 % TILE_ROWS                     # pairs in whole steps of 16
+        rest = K2 - main
+        block = np.zeros(BLOCK * K2, dtype=np.uint32)  # a row block of A, 32 x K2 pairs
+        out = np.empty(BLOCK * N, dtype=np.float32)    # a row block of the output
+        whole_config, rest_config = _config(TILE_ROWS, TILE_ROWS), _config(rest, rest)
+        nb = 4 * N                                     # bytes between output rows
+        for i0 in range(0, M, BLOCK):
+            rows = min(BLOCK, M - i0)
+            if sap == 1 and rows == BLOCK:             # A's own rows
+                src, a0, ab = A, i0 * sai, 4 * sai
+            else:                                      # A's rows copied, zero padded
+                for r in range(BLOCK):
+                    for p in range(K2):
+                        block[r * K2 + p] = A[(i0 + r) * sai + p * sap] if r < rows else 0
+                src, a0, ab = block, 0, 4 * K2
+            direct = rows == BLOCK and not transposed   # into the output's own rows
+            dst, o0 = (C, i0 * N) if direct else (out, 0)
+            a1 = a0 + TILE_ROWS * (ab // 4)            # the block's second 16 rows
+            if main > 0:
+                config(state, whole_config)
+                for j0 in range(0, N, BLOCK):
+                    zero(state, C00)
+                    zero(state, C01)
+                    zero(state, C10)
+                    zero(state, C11)
+                    for p in range(0, main, TILE_ROWS):
+                        load(state, A0, src, a0 + p, ab)
+                        load(state, A1, src, a1 + p, ab)
+                        load(state, B0, B, p * N + j0, nb)
+                        load(state, B1, B, p * N + j0 + TILE_ROWS, nb)
+                        dot(state, C00, A0, B0)
+                        dot(state, C01, A0, B1)
+                        dot(state, C10, A1, B0)
+                        dot(state, C11, A1, B1)
+                    o = o0 + j0
+                    store(state, C00, dst, o, nb)
+                    store(state, C01, dst, o + TILE_ROWS, nb)
+                    store(state, C10, dst, o + TILE_ROWS * N, nb)
+                    store(state, C11, dst, o + TILE_ROWS * N + TILE_ROWS, nb)
+            if rest > 0:                               # the last pairs, added on
+                config(state, rest_config)
+                for j0 in range(0, N, BLOCK):
+                    o = o0 + j0
+                    if main > 0:
+                        load(state, C00, dst, o, nb)
+                        load(state, C01, dst, o + TILE_ROWS, nb)
+                        load(state, C10, dst, o + TILE_ROWS * N, nb)
+                        load(state, C11, dst, o + TILE_ROWS * N + TILE_ROWS, nb)
+                    else:
+                        zero(state, C00)
+                        zero(state, C01)
+                        zero(state, C10)
+                        zero(state, C11)
+                    load(state, A0, src, a0 + main, ab)
+                    load(state, A1, src, a1 + main, ab)
+                    load(state, B0, B, main * N + j0, nb)
+                    load(state, B1, B, main * N + j0 + TILE_ROWS, nb)
+                    dot(state, C00, A0, B0)
+                    dot(state, C01, A0, B1)
+                    dot(state, C10, A1, B0)
+                    dot(state, C11, A1, B1)
+                    store(state, C00, dst, o, nb)
+                    store(state, C01, dst, o + TILE_ROWS, nb)
+                    store(state, C10, dst, o + TILE_ROWS * N, nb)
+                    store(state, C11, dst, o + TILE_ROWS * N + TILE_ROWS, nb)
+            if transposed:                             # C (N, M): column i0 + r of row j
+                for j in range(N):
+                    for r in range(rows):
+                        C[j * M + i0 + r] = out[r * N + j]
+            elif not direct:
+                for r in range(rows):
+                    for j in range(N):
+                        C[(i0 + r) * N + j] = out[r * N + j]
+        release(state)
+    return panel
+
+
+_SIGNATURE = types.void(types.CPointer(types.uint16), types.CPointer(types.uint16),
+                        types.CPointer(types.float32), *[types.intp] * 5)
+
+
+def panels(emulate=False):
+    """[panel, panel_t] as compiled C functions (bf16.py's signature; `.address`): on the
+    tiles, or, emulate=True, on their stand-ins. Not cached on disk: the tile instructions
+    compile only for a CPU that has them, and the panel takes about a second."""
+    ops = ((emulated_state, emulated_config, emulated_zero, emulated_load, emulated_store,
+            emulated_dot, emulated_release) if emulate else
+           (hardware_state, tile_config, tile_zero, tile_load, tile_store, tile_dot,
+            tile_release))
+    return [cfunc(_SIGNATURE, fastmath=FASTMATH, error_model="numpy")(_panel(*ops, t))
+            for t in (False, True)]
