@@ -6,7 +6,8 @@
 # (benchmarks/bf16_products.py), whole epochs on two CPUs of cores of their own: fastbp
 # float32 and bf16 against JAX and PyTorch (compare.py), and bf16's held-out accuracy
 # (bf16_accuracy.py). Logs go to $OUT (the device tool's folder that comes back) or ./amx-out.
-# Uses the python3 there (PYTHONPATH=., nothing installed). About 7 minutes.
+# Uses the python3 there (PYTHONPATH=., nothing installed). About 3 minutes on a 16-core
+# Xeon; AMX_TESTS picks tests (pytest -k), SETTINGS="1" leaves out the VDPBF16PS products.
 #   bash benchmarks/amx_check.sh
 set -u
 OUT=${OUT:-amx-out}; mkdir -p "$OUT"
@@ -20,9 +21,10 @@ ONE=${PAIR%,*}
   echo "CPUs: one $ONE, pair $PAIR"
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_amx.py > "$OUT/tests.txt" 2>&1
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_amx.py ${AMX_TESTS:+-k "$AMX_TESTS"} \
+  > "$OUT/tests.txt" 2>&1
 tail -3 "$OUT/tests.txt"
-for setting in 1 0; do
+for setting in ${SETTINGS:-1 0}; do
   FASTBP_AMX=$setting NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
     timeout 150 taskset -c "$ONE" python3 benchmarks/bf16_products.py --rounds 3 \
     > "$OUT/products_amx$setting.txt" 2>&1

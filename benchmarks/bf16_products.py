@@ -11,10 +11,12 @@ the kernels run them (float32, the rows of one chunk of the automatic plan), thr
                  through oneDNN): what this CPU's bf16 instructions give, conversion
                  not included (bf16 output) -- a bound, not a candidate (torch is no
                  dependency of fastbp);
-  fastbp bf16    fastbp's own bf16 products (precision="bf16": kernels/bf16.py's VDPBF16PS
+  fastbp bf16    fastbp's own bf16 products (precision="bf16": kernels/amx.py's panel on
+                 AMX tiles where the CPU has them, else kernels/bf16.py's VDPBF16PS
                  panel, reached through kernels/gemm.py's bf16 entry points as the
                  kernels call them), the operands' rounding and packing included; only
-                 where this CPU has AVX512-BF16 (elsewhere the panel is emulated);
+                 where this CPU has AVX512-BF16 (elsewhere the panel is emulated; the
+                 first line says which panel runs; FASTBP_AMX=0 keeps VDPBF16PS's);
   fastbp bf16 panel  the panel alone on operands already rounded and packed: what
                  rounding once per layer and packing once per step could approach.
 
@@ -83,7 +85,7 @@ def _kernels():
             else:
                 np.dot(A, B.T, C)
 
-    from fastbp.kernels import bf16
+    from fastbp.kernels import bf16, gemm
 
     @njit(cache=True)
     def rounded(A):                              # bf16 bits of A, same shape (for MKL)
@@ -100,7 +102,7 @@ def _kernels():
         if kind == 0:
             Al, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False, bf16.TILE_COLS)
         else:                    # nt: C^T = B A^T
-            Al, Bp = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
+            Al, Bp = bf16.rounded_rows(B), gemm.pairs_of_rows(A, bf16.TILE_COLS)
         return Al.reshape(-1), Al.shape[1] // 2, 1, Al.shape[0], Bp
 
     @njit(cache=True)

@@ -87,7 +87,7 @@ def test_the_panel_compiles_to_tile_instructions_for_a_sapphire_rapids():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     dots, loads, stores, configs, releases = map(int, done.stdout.split()[-5:])
-    assert dots and dots % 8 == 0         # two passes, four tiles each (LLVM may unroll)
+    assert dots >= 8 and dots % 4 == 0    # two passes of four tiles (LLVM unrolls some)
     assert loads >= 4 and stores >= 4 and configs >= 2 and releases >= 1
 
 
@@ -102,7 +102,11 @@ def test_the_panel_on_the_tiles_equals_its_stand_ins(emulated):
                 operands = _operands(M, K, N, left, seed=3)
                 on_tiles = _run(tiles[transposed].address, *operands, transposed)
                 stand_in = _run(emulated[transposed].address, *operands, transposed)
-                np.testing.assert_allclose(on_tiles, stand_in, rtol=1e-5, atol=1e-5)
+                # the same float32 sums, up to their order inside an instruction
+                bound = 4 * operands[4].shape[0] * 2.0 ** -24 * np.abs(
+                    _exact(*_abs(operands)))
+                assert np.all(np.abs(on_tiles - stand_in) <= bound + 1e-30)
+                assert np.all(np.abs(on_tiles - _exact(*operands)) <= bound + 1e-30)
 
 
 ON_TILES = """

@@ -81,6 +81,16 @@ def test_bf16_products_equal_the_exact_product_of_the_rounded_operands(kind, M, 
     assert not np.allclose(C, full, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("N, K", [(128, 128), (37, 99), (1, 64), (100, 1), (64, 1024)])
+def test_pairs_of_rows_packs_as_packed_pairs_does(N, K):
+    """gemm.pairs_of_rows (rows rounded, then their pairs transposed in registers), which nt
+    products use, is packed_pairs(A, True) bit for bit, NaN and padding included."""
+    A = np.random.default_rng(N).standard_normal((N, K)).astype(np.float32)
+    A[0, 0], A[-1, -1] = np.nan, -np.inf
+    assert np.array_equal(gemm.pairs_of_rows(A, bf16.TILE_COLS),
+                          bf16.packed_pairs(A, True, bf16.TILE_COLS))
+
+
 @pytest.mark.parametrize("kind, M, K, N", [(0, 8, 16, 16), (0, 128, 10, 1024),
                                            (2, 16, 300, 300), (1, 128, 128, 10)])
 def test_small_shallow_and_narrow_products_stay_full_precision(kind, M, K, N):

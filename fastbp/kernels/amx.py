@@ -12,9 +12,12 @@ symbols where the CPU has the tiles and Linux lets the process use them (`availa
 The panel keeps a block of 32 x 32 outputs in four tiles (2 A tiles x 2 B tiles) over the
 depth in steps of 16 pairs, then stores them; a depth that is not a multiple of 16 pairs
 gets a second pass with tiles configured to the pairs left, which loads the stored sums back
-and adds the rest. Row blocks that do not fill 32 rows, and any A not stored row by row
-(sap != 1: tn's packed left operand), are copied into a zero-padded block of 32 rows first;
-outputs that do not fill a block, or are stored transposed, go through a block of 32 rows.
+and adds the rest. The blocks go down A's rows for each 32 columns of B, so those columns
+stay in cache (wide's 256 x 1024 x 1024 ran at half the speed the other way round, B read
+from L3 once per row block). An A whose rows do not fill whole blocks is copied into
+zero-padded rows, and tn's left operand, packed in pairs along its columns, is transposed
+into rows (gemm.transpose_into: it moves 32-bit lanes, so bf16 pairs as well as floats);
+outputs that do not fill whole blocks, or that are stored transposed, go through a buffer.
 
 The tile instructions are LLVM intrinsics reached from Numba (`tile_load` and the like,
 whose tile numbers must be literal constants). `panels(emulate=True)` builds the same panel
@@ -262,87 +265,94 @@ def _config(pairs, b_rows):
     return config
 
 
-def _panel(new_state, config, zero, load, store, dot, release, transposed):
-    """The panel (bf16.py's signature) from the tile operations given."""
+def _panel(new_state, config, zero, load, store, dot, release, transpose, transposed):
+    """The panel (bf16.py's signature) from the tile operations given and a float32
+    transposition (gemm.transpose_into; it moves bits, so it moves bf16 pairs as well)."""
     def panel(a, bp, c, M, K2, N, sai, sap):
         state = new_state()
-        A = carray(a, (2 * ((M - 1) * sai + (K2 - 1) * sap + 1),)).view(np.uint32)
         B = carray(bp, (2 * K2 * N,)).view(np.uint32)                  # (K2, N) pairs
         C = carray(c, (M * N,))
+        Mp = -(-M // BLOCK) * BLOCK                    # rows in whole blocks
+        if sap == 1 and M == Mp:                       # A's own rows
+            A = carray(a, (2 * ((M - 1) * sai + K2),)).view(np.uint32)
+            ab = 4 * sai
+        else:                                          # A's rows, zero padded: (Mp, K2)
+            A = np.zeros(Mp * K2, dtype=np.uint32)
+            if sap == 1:
+                source = carray(a, (2 * ((M - 1) * sai + K2),)).view(np.uint32)
+                for i in range(M):
+                    A[i * K2:(i + 1) * K2] = source[i * sai:i * sai + K2]
+            else:                                      # pairs along columns: (K2, M), sai 1
+                source = carray(a, (2 * K2 * sap,)).view(np.float32)
+                transpose(A[:M * K2].view(np.float32).reshape(M, K2),
+                          source.reshape(K2, sap)[:, :M].copy() if sap != M
+                          else source.reshape(K2, M))
+            ab = 4 * K2
+        direct = M == Mp and not transposed            # sums stored in C itself
+        out = C if direct else np.empty(Mp * N, dtype=np.float32)
+        row = ab // 4                                  # pairs between A's rows
+        nb = 4 * N                                     # bytes between output rows
         main = K2 - K2 % TILE_ROWS                     # pairs in whole steps of 16
         rest = K2 - main
-        block = np.zeros(BLOCK * K2, dtype=np.uint32)  # a row block of A, 32 x K2 pairs
-        out = np.empty(BLOCK * N, dtype=np.float32)    # a row block of the output
-        whole_config, rest_config = _config(TILE_ROWS, TILE_ROWS), _config(rest, rest)
-        nb = 4 * N                                     # bytes between output rows
-        for i0 in range(0, M, BLOCK):
-            rows = min(BLOCK, M - i0)
-            if sap == 1 and rows == BLOCK:             # A's own rows
-                src, a0, ab = A, i0 * sai, 4 * sai
-            else:                                      # A's rows copied, zero padded
-                for r in range(BLOCK):
-                    for p in range(K2):
-                        block[r * K2 + p] = A[(i0 + r) * sai + p * sap] if r < rows else 0
-                src, a0, ab = block, 0, 4 * K2
-            direct = rows == BLOCK and not transposed   # into the output's own rows
-            dst, o0 = (C, i0 * N) if direct else (out, 0)
-            a1 = a0 + TILE_ROWS * (ab // 4)            # the block's second 16 rows
-            if main > 0:
-                config(state, whole_config)
-                for j0 in range(0, N, BLOCK):
+        # B's 32 columns stay in cache while A's row blocks pass (A is the smaller: a chunk's
+        # rows); all blocks' whole steps first, then the rest, so each configuration is
+        # loaded once
+        if main > 0:
+            config(state, _config(TILE_ROWS, TILE_ROWS))
+            for j0 in range(0, N, BLOCK):
+                for i0 in range(0, Mp, BLOCK):
+                    a0, a1 = i0 * row, (i0 + TILE_ROWS) * row
                     zero(state, C00)
                     zero(state, C01)
                     zero(state, C10)
                     zero(state, C11)
                     for p in range(0, main, TILE_ROWS):
-                        load(state, A0, src, a0 + p, ab)
-                        load(state, A1, src, a1 + p, ab)
+                        load(state, A0, A, a0 + p, ab)
+                        load(state, A1, A, a1 + p, ab)
                         load(state, B0, B, p * N + j0, nb)
                         load(state, B1, B, p * N + j0 + TILE_ROWS, nb)
                         dot(state, C00, A0, B0)
                         dot(state, C01, A0, B1)
                         dot(state, C10, A1, B0)
                         dot(state, C11, A1, B1)
-                    o = o0 + j0
-                    store(state, C00, dst, o, nb)
-                    store(state, C01, dst, o + TILE_ROWS, nb)
-                    store(state, C10, dst, o + TILE_ROWS * N, nb)
-                    store(state, C11, dst, o + TILE_ROWS * N + TILE_ROWS, nb)
-            if rest > 0:                               # the last pairs, added on
-                config(state, rest_config)
-                for j0 in range(0, N, BLOCK):
-                    o = o0 + j0
+                    o = i0 * N + j0
+                    store(state, C00, out, o, nb)
+                    store(state, C01, out, o + TILE_ROWS, nb)
+                    store(state, C10, out, o + TILE_ROWS * N, nb)
+                    store(state, C11, out, o + TILE_ROWS * N + TILE_ROWS, nb)
+        if rest > 0:                                   # the last pairs, added on
+            config(state, _config(rest, rest))
+            for j0 in range(0, N, BLOCK):
+                for i0 in range(0, Mp, BLOCK):
+                    a0, a1 = i0 * row + main, (i0 + TILE_ROWS) * row + main
+                    o = i0 * N + j0
                     if main > 0:
-                        load(state, C00, dst, o, nb)
-                        load(state, C01, dst, o + TILE_ROWS, nb)
-                        load(state, C10, dst, o + TILE_ROWS * N, nb)
-                        load(state, C11, dst, o + TILE_ROWS * N + TILE_ROWS, nb)
+                        load(state, C00, out, o, nb)
+                        load(state, C01, out, o + TILE_ROWS, nb)
+                        load(state, C10, out, o + TILE_ROWS * N, nb)
+                        load(state, C11, out, o + TILE_ROWS * N + TILE_ROWS, nb)
                     else:
                         zero(state, C00)
                         zero(state, C01)
                         zero(state, C10)
                         zero(state, C11)
-                    load(state, A0, src, a0 + main, ab)
-                    load(state, A1, src, a1 + main, ab)
+                    load(state, A0, A, a0, ab)
+                    load(state, A1, A, a1, ab)
                     load(state, B0, B, main * N + j0, nb)
                     load(state, B1, B, main * N + j0 + TILE_ROWS, nb)
                     dot(state, C00, A0, B0)
                     dot(state, C01, A0, B1)
                     dot(state, C10, A1, B0)
                     dot(state, C11, A1, B1)
-                    store(state, C00, dst, o, nb)
-                    store(state, C01, dst, o + TILE_ROWS, nb)
-                    store(state, C10, dst, o + TILE_ROWS * N, nb)
-                    store(state, C11, dst, o + TILE_ROWS * N + TILE_ROWS, nb)
-            if transposed:                             # C (N, M): column i0 + r of row j
-                for j in range(N):
-                    for r in range(rows):
-                        C[j * M + i0 + r] = out[r * N + j]
-            elif not direct:
-                for r in range(rows):
-                    for j in range(N):
-                        C[(i0 + r) * N + j] = out[r * N + j]
+                    store(state, C00, out, o, nb)
+                    store(state, C01, out, o + TILE_ROWS, nb)
+                    store(state, C10, out, o + TILE_ROWS * N, nb)
+                    store(state, C11, out, o + TILE_ROWS * N + TILE_ROWS, nb)
         release(state)
+        if transposed:                                 # C (N, M) = the sums' rows^T
+            transpose(C.reshape(N, M), out[:M * N].reshape(M, N))
+        elif not direct:
+            C[:] = out[:M * N]
     return panel
 
 
@@ -354,9 +364,10 @@ def panels(emulate=False):
     """[panel, panel_t] as compiled C functions (bf16.py's signature; `.address`): on the
     tiles, or, emulate=True, on their stand-ins. Not cached on disk: the tile instructions
     compile only for a CPU that has them, and the panel takes about a second."""
+    from .gemm import transpose_into         # not at the top: gemm imports bf16, bf16 this
     ops = ((emulated_state, emulated_config, emulated_zero, emulated_load, emulated_store,
             emulated_dot, emulated_release) if emulate else
            (hardware_state, tile_config, tile_zero, tile_load, tile_store, tile_dot,
             tile_release))
-    return [cfunc(_SIGNATURE, fastmath=FASTMATH, error_model="numpy")(_panel(*ops, t))
-            for t in (False, True)]
+    return [cfunc(_SIGNATURE, fastmath=FASTMATH, error_model="numpy")(
+        _panel(*ops, transpose_into, t)) for t in (False, True)]

@@ -258,11 +258,11 @@ BLOCK = 16    # rows read side by side when transposing: 16 sequential streams, 
 
 
 @jit
-def rounded_rows(A):
-    """A (M, K) rounded to bf16, padded with zeros to (M', K'): M' a multiple of PANEL_ROWS,
+def rounded_rows(A, multiple=PANEL_ROWS):
+    """A (M, K) rounded to bf16, padded with zeros to (M', K'): M' a multiple of `multiple`,
     K' even. Its rows' pairs along the depth are the panel's i32 (sai = K'/2, sap = 1)."""
     M, K = A.shape
-    out = np.empty((-(-M // PANEL_ROWS) * PANEL_ROWS, K + K % 2), dtype=np.uint16)
+    out = np.empty((-(-M // multiple) * multiple, K + K % 2), dtype=np.uint16)
     U = A.view(np.uint32)
     for i in range(M):
         row, u = out[i], U[i]

@@ -612,6 +612,19 @@ def _tn_bf16_entry(c, a, b, unused, M, K, N):
     C[:, :] = out[:M, :N]
 
 
+@jit
+def pairs_of_rows(A, multiple):
+    """bf16.packed_pairs(A, True, multiple) made faster: A's rows rounded (bf16.rounded_rows,
+    padded to whole `multiple`s of rows), then their pairs, 32 bits each, transposed by
+    transpose_into's shuffles (which move bits: bf16 pairs as well as floats). 0.2 against
+    0.9 ns an element on a Zen 4 (packed_pairs reads A's columns element by element)."""
+    R = bf16.rounded_rows(A, multiple)                       # (N', K') bf16
+    rows, K2 = R.shape[0], R.shape[1] // 2
+    out = np.empty((K2, rows, 2), dtype=np.uint16)
+    transpose_into(out.reshape(K2, 2 * rows).view(np.float32), R.view(np.float32))
+    return out
+
+
 def _nt_bf16_entry(c, a, b, t, M, K, N):
     """nt with bf16 operands, as C^T (N, M) = B (N, K) A^T: B's rows are pairs along the depth
     as they are, and A (M, K), the smaller (a chunk's rows), is the one packed transposed
@@ -620,7 +633,7 @@ def _nt_bf16_entry(c, a, b, t, M, K, N):
     if not bf16_product(M, K, N, M):
         nt(C, A, B, carray(t, (K * N + N,)))
         return
-    Bb, Ap = bf16.rounded_rows(B), bf16.packed_pairs(A, True, bf16.TILE_COLS)
+    Bb, Ap = bf16.rounded_rows(B), pairs_of_rows(A, bf16.TILE_COLS)
     if _whole_tiles(N, M):
         bf16.panel_t(Bb, Bb.shape[1] // 2, 1, N, Ap, C)                 # C^T stored as C
         return
