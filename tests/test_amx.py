@@ -87,8 +87,8 @@ def test_the_panel_compiles_to_tile_instructions_for_a_sapphire_rapids():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     dots, loads, stores, configs, releases = map(int, done.stdout.split()[-5:])
-    assert dots >= 8 and dots % 4 == 0    # two passes of four tiles (LLVM unrolls some)
-    assert loads >= 4 and stores >= 4 and configs >= 2 and releases >= 1
+    assert dots >= 8 and dots % 4 == 0    # whole steps and the rest, four tiles each
+    assert loads >= 4 and stores >= 4 and configs >= 1 and releases >= 1
 
 
 @pytest.mark.skipif(not (amx.available() and not amx.emulated()),

@@ -11,13 +11,16 @@ symbols where the CPU has the tiles and Linux lets the process use them (`availa
 
 The panel keeps a block of 32 x 32 outputs in four tiles (2 A tiles x 2 B tiles) over the
 depth in steps of 16 pairs, then stores them; a depth that is not a multiple of 16 pairs
-gets a second pass with tiles configured to the pairs left, which loads the stored sums back
-and adds the rest. The blocks go down A's rows for each 32 columns of B, so those columns
-stay in cache (wide's 256 x 1024 x 1024 ran at half the speed the other way round, B read
-from L3 once per row block). An A whose rows do not fill whole blocks is copied into
-zero-padded rows, and tn's left operand, packed in pairs along its columns, is transposed
-into rows (gemm.transpose_into: it moves 32-bit lanes, so bf16 pairs as well as floats);
-outputs that do not fill whole blocks, or that are stored transposed, go through a buffer.
+ends with one more step over zero-padded copies of the pairs left, so one tile
+configuration serves the whole call. The blocks go down A's rows for each 32 columns of B
+where B is the larger (W, against a chunk's rows: wide's 2 MB W read from L3 once per row
+block ran at half the speed), across B's columns for each row block otherwise. tn's left
+operand, packed in pairs along its columns, is transposed into rows one block at a time
+(gemm's 16 x 16 shuffles of 32-bit lanes move bf16 pairs as well as floats), and a last
+block of fewer than 32 rows is copied, zero padded. Untransposed blocks are stored straight
+into C; transposed ones, and those past C's last row, go through a 32 x 32 buffer. Buffers
+stay small: a first version with whole-output ones ran mnist's 784 x 128 x 256 six times
+slower on the Xeon.
 
 The tile instructions are LLVM intrinsics reached from Numba (`tile_load` and the like,
 whose tile numbers must be literal constants). `panels(emulate=True)` builds the same panel
@@ -265,94 +268,129 @@ def _config(pairs, b_rows):
     return config
 
 
-def _panel(new_state, config, zero, load, store, dot, release, transpose, transposed):
-    """The panel (bf16.py's signature) from the tile operations given and a float32
-    transposition (gemm.transpose_into; it moves bits, so it moves bf16 pairs as well)."""
+def _panel(new_state, config, zero, load, store, dot, release, transpose_block, transposed):
+    """The panel (bf16.py's signature) from the tile operations given and gemm's 16 x 16
+    transposition of 32-bit lanes (64-byte vectors; it moves bits: bf16 pairs as well as
+    floats)."""
+    @njit(inline="always")
+    def block(state, A, a0, ab, B, j0, N, main, R, r0, S, rest):
+        """Tiles C00..C11 = the 32 x 32 block of A's rows from a0 (ab bytes apart) times B's
+        columns from j0: whole steps of 16 pairs, then the rest's zero-padded copies (R, S)."""
+        a1 = a0 + TILE_ROWS * (ab // 4)
+        nb = 4 * N
+        zero(state, C00)
+        zero(state, C01)
+        zero(state, C10)
+        zero(state, C11)
+        for p in range(0, main, TILE_ROWS):
+            load(state, A0, A, a0 + p, ab)
+            load(state, A1, A, a1 + p, ab)
+            load(state, B0, B, p * N + j0, nb)
+            load(state, B1, B, p * N + j0 + TILE_ROWS, nb)
+            dot(state, C00, A0, B0)
+            dot(state, C01, A0, B1)
+            dot(state, C10, A1, B0)
+            dot(state, C11, A1, B1)
+        if rest > 0:
+            load(state, A0, R, r0, 4 * TILE_ROWS)
+            load(state, A1, R, r0 + TILE_ROWS * TILE_ROWS, 4 * TILE_ROWS)
+            load(state, B0, S, j0, nb)
+            load(state, B1, S, j0 + TILE_ROWS, nb)
+            dot(state, C00, A0, B0)
+            dot(state, C01, A0, B1)
+            dot(state, C10, A1, B0)
+            dot(state, C11, A1, B1)
+
+    @njit(inline="always")
+    def put(state, C, i0, j0, M, N, out):
+        """The tiles' block into C at rows i0, columns j0: stored straight into C where it
+        has 32 rows from i0 (untransposed), else through `out` (32 x 32)."""
+        if not transposed and i0 + BLOCK <= M:
+            o, ob = i0 * N + j0, 4 * N
+            store(state, C00, C, o, ob)
+            store(state, C01, C, o + TILE_ROWS, ob)
+            store(state, C10, C, o + TILE_ROWS * N, ob)
+            store(state, C11, C, o + TILE_ROWS * N + TILE_ROWS, ob)
+            return
+        store(state, C00, out, 0, 4 * BLOCK)
+        store(state, C01, out, TILE_ROWS, 4 * BLOCK)
+        store(state, C10, out, TILE_ROWS * BLOCK, 4 * BLOCK)
+        store(state, C11, out, TILE_ROWS * BLOCK + TILE_ROWS, 4 * BLOCK)
+        rows = min(BLOCK, M - i0)
+        if not transposed:
+            for r in range(rows):
+                C[(i0 + r) * N + j0:(i0 + r) * N + j0 + BLOCK] = out[r * BLOCK:(r + 1) * BLOCK]
+        elif rows == BLOCK:                            # C (N, M): 16 x 16 blocks swapped
+            for r0 in range(0, BLOCK, TILE_ROWS):
+                for c0 in range(0, BLOCK, TILE_ROWS):
+                    transpose_block(out.reshape(1, -1), r0 * BLOCK + c0, BLOCK,
+                                    C.reshape(1, -1), (j0 + c0) * M + i0 + r0, M)
+        else:
+            for j in range(BLOCK):
+                for r in range(rows):
+                    C[(j0 + j) * M + i0 + r] = out[r * BLOCK + j]
+
     def panel(a, bp, c, M, K2, N, sai, sap):
         state = new_state()
+        n = 2 * ((M - 1) * sai + (K2 - 1) * sap + 1)
+        A = carray(a, (n + n % 4,)).view(np.uint32)[:n // 2]          # A's pairs
         B = carray(bp, (2 * K2 * N,)).view(np.uint32)                  # (K2, N) pairs
         C = carray(c, (M * N,))
-        Mp = -(-M // BLOCK) * BLOCK                    # rows in whole blocks
-        if sap == 1 and M == Mp:                       # A's own rows
-            A = carray(a, (2 * ((M - 1) * sai + K2),)).view(np.uint32)
-            ab = 4 * sai
-        else:                                          # A's rows, zero padded: (Mp, K2)
-            A = np.zeros(Mp * K2, dtype=np.uint32)
-            if sap == 1:
-                source = carray(a, (2 * ((M - 1) * sai + K2),)).view(np.uint32)
-                for i in range(M):
-                    A[i * K2:(i + 1) * K2] = source[i * sai:i * sai + K2]
-            else:                                      # pairs along columns: (K2, M), sai 1
-                source = carray(a, (2 * K2 * sap,)).view(np.float32)
-                transpose(A[:M * K2].view(np.float32).reshape(M, K2),
-                          source.reshape(K2, sap)[:, :M].copy() if sap != M
-                          else source.reshape(K2, M))
-            ab = 4 * K2
-        direct = M == Mp and not transposed            # sums stored in C itself
-        out = C if direct else np.empty(Mp * N, dtype=np.float32)
-        row = ab // 4                                  # pairs between A's rows
-        nb = 4 * N                                     # bytes between output rows
+        Mp = -(-M // BLOCK) * BLOCK
         main = K2 - K2 % TILE_ROWS                     # pairs in whole steps of 16
         rest = K2 - main
-        # B's 32 columns stay in cache while A's row blocks pass (A is the smaller: a chunk's
-        # rows); all blocks' whole steps first, then the rest, so each configuration is
-        # loaded once
-        if main > 0:
-            config(state, _config(TILE_ROWS, TILE_ROWS))
-            for j0 in range(0, N, BLOCK):
-                for i0 in range(0, Mp, BLOCK):
-                    a0, a1 = i0 * row, (i0 + TILE_ROWS) * row
-                    zero(state, C00)
-                    zero(state, C01)
-                    zero(state, C10)
-                    zero(state, C11)
-                    for p in range(0, main, TILE_ROWS):
-                        load(state, A0, A, a0 + p, ab)
-                        load(state, A1, A, a1 + p, ab)
-                        load(state, B0, B, p * N + j0, nb)
-                        load(state, B1, B, p * N + j0 + TILE_ROWS, nb)
-                        dot(state, C00, A0, B0)
-                        dot(state, C01, A0, B1)
-                        dot(state, C10, A1, B0)
-                        dot(state, C11, A1, B1)
-                    o = i0 * N + j0
-                    store(state, C00, out, o, nb)
-                    store(state, C01, out, o + TILE_ROWS, nb)
-                    store(state, C10, out, o + TILE_ROWS * N, nb)
-                    store(state, C11, out, o + TILE_ROWS * N + TILE_ROWS, nb)
-        if rest > 0:                                   # the last pairs, added on
-            config(state, _config(rest, rest))
-            for j0 in range(0, N, BLOCK):
-                for i0 in range(0, Mp, BLOCK):
-                    a0, a1 = i0 * row + main, (i0 + TILE_ROWS) * row + main
-                    o = i0 * N + j0
-                    if main > 0:
-                        load(state, C00, out, o, nb)
-                        load(state, C01, out, o + TILE_ROWS, nb)
-                        load(state, C10, out, o + TILE_ROWS * N, nb)
-                        load(state, C11, out, o + TILE_ROWS * N + TILE_ROWS, nb)
+        # the rest's pairs, zero padded to a whole step: R (Mp, 16) of A, S (16, N) of B
+        R = np.zeros(Mp * TILE_ROWS, dtype=np.uint32)
+        S = np.zeros(TILE_ROWS * N, dtype=np.uint32)
+        if rest > 0:
+            for i in range(M):
+                for q in range(rest):
+                    R[i * TILE_ROWS + q] = A[i * sai + (main + q) * sap]
+            S[:rest * N] = B[main * N:]
+        out = np.empty(BLOCK * BLOCK, dtype=np.float32)
+        blk = np.zeros(BLOCK * K2, dtype=np.uint32)    # A's rows of one block, (32, K2)
+        blk_f = blk.view(np.float32).reshape(1, -1)    # 2-D, as gemm's intrinsics take them
+        A_f = A.view(np.float32).reshape(1, -1)
+        config(state, _config(TILE_ROWS, TILE_ROWS))
+        if sap != 1:
+            # tn's left operand, pairs along columns (K2, sap): each row block transposed
+            # into blk once, B (a chunk's dZ, the smaller) read again for each
+            for i0 in range(0, Mp, BLOCK):
+                rows = min(BLOCK, M - i0)
+                if rows == BLOCK and i0 + BLOCK <= sap:
+                    for r0 in range(0, BLOCK, TILE_ROWS):
+                        for p0 in range(0, main, TILE_ROWS):
+                            transpose_block(A_f, p0 * sap + i0 + r0, sap, blk_f,
+                                            r0 * K2 + p0, K2)
+                        for p in range(main, K2):
+                            for r in range(r0, r0 + TILE_ROWS):
+                                blk[r * K2 + p] = A[p * sap + i0 + r]
+                else:
+                    blk[:] = 0
+                    for r in range(rows):
+                        for p in range(K2):
+                            blk[r * K2 + p] = A[p * sap + i0 + r]
+                for j0 in range(0, N, BLOCK):
+                    block(state, blk, 0, 4 * K2, B, j0, N, main, R, i0 * TILE_ROWS, S, rest)
+                    put(state, C, i0, j0, M, N, out)
+        else:
+            last = M - M % BLOCK                       # a part block's rows, zero padded
+            for r in range(M - last):
+                blk[r * K2:(r + 1) * K2] = A[(last + r) * sai:(last + r) * sai + K2]
+            # B's 32 columns stay in cache while A's row blocks pass, where B is the larger
+            # (W, for a chunk's rows: wide's 2 MB W was read from L3 once per row block)
+            columns_outer = K2 * N > M * K2
+            for outer in range(0, N if columns_outer else Mp, BLOCK):
+                for inner in range(0, Mp if columns_outer else N, BLOCK):
+                    i0, j0 = (inner, outer) if columns_outer else (outer, inner)
+                    if i0 < last:
+                        block(state, A, i0 * sai, 4 * sai, B, j0, N, main, R,
+                              i0 * TILE_ROWS, S, rest)
                     else:
-                        zero(state, C00)
-                        zero(state, C01)
-                        zero(state, C10)
-                        zero(state, C11)
-                    load(state, A0, A, a0, ab)
-                    load(state, A1, A, a1, ab)
-                    load(state, B0, B, main * N + j0, nb)
-                    load(state, B1, B, main * N + j0 + TILE_ROWS, nb)
-                    dot(state, C00, A0, B0)
-                    dot(state, C01, A0, B1)
-                    dot(state, C10, A1, B0)
-                    dot(state, C11, A1, B1)
-                    store(state, C00, out, o, nb)
-                    store(state, C01, out, o + TILE_ROWS, nb)
-                    store(state, C10, out, o + TILE_ROWS * N, nb)
-                    store(state, C11, out, o + TILE_ROWS * N + TILE_ROWS, nb)
+                        block(state, blk, 0, 4 * K2, B, j0, N, main, R, i0 * TILE_ROWS, S,
+                              rest)
+                    put(state, C, i0, j0, M, N, out)
         release(state)
-        if transposed:                                 # C (N, M) = the sums' rows^T
-            transpose(C.reshape(N, M), out[:M * N].reshape(M, N))
-        elif not direct:
-            C[:] = out[:M * N]
     return panel
 
 
@@ -364,10 +402,10 @@ def panels(emulate=False):
     """[panel, panel_t] as compiled C functions (bf16.py's signature; `.address`): on the
     tiles, or, emulate=True, on their stand-ins. Not cached on disk: the tile instructions
     compile only for a CPU that has them, and the panel takes about a second."""
-    from .gemm import transpose_into         # not at the top: gemm imports bf16, bf16 this
+    from .gemm import transpose_block_intrinsic   # not at the top: gemm imports bf16 (this)
     ops = ((emulated_state, emulated_config, emulated_zero, emulated_load, emulated_store,
             emulated_dot, emulated_release) if emulate else
            (hardware_state, tile_config, tile_zero, tile_load, tile_store, tile_dot,
             tile_release))
     return [cfunc(_SIGNATURE, fastmath=FASTMATH, error_model="numpy")(
-        _panel(*ops, transpose_into, t)) for t in (False, True)]
+        _panel(*ops, transpose_block_intrinsic(64), t)) for t in (False, True)]
