@@ -340,15 +340,16 @@ def _panel(new_state, config, zero, load, store, dot, release, transpose_block, 
         main = K2 - K2 % TILE_ROWS                     # pairs in whole steps of 16
         rest = K2 - main
         # the rest's pairs, zero padded to a whole step: R (Mp, 16) of A, S (16, N) of B
-        R = np.zeros(Mp * TILE_ROWS, dtype=np.uint32)
-        S = np.zeros(TILE_ROWS * N, dtype=np.uint32)
+        R = np.zeros(Mp * TILE_ROWS if rest > 0 else 0, dtype=np.uint32)
+        S = np.zeros(TILE_ROWS * N if rest > 0 else 0, dtype=np.uint32)
         if rest > 0:
             for i in range(M):
                 for q in range(rest):
                     R[i * TILE_ROWS + q] = A[i * sai + (main + q) * sap]
             S[:rest * N] = B[main * N:]
         out = np.empty(BLOCK * BLOCK, dtype=np.float32)
-        blk = np.zeros(BLOCK * K2, dtype=np.uint32)    # A's rows of one block, (32, K2)
+        copied = sap != 1 or M % BLOCK != 0            # A's rows of a block, (32, K2)
+        blk = np.zeros(BLOCK * K2 if copied else 0, dtype=np.uint32)
         blk_f = blk.view(np.float32).reshape(1, -1)    # 2-D, as gemm's intrinsics take them
         A_f = A.view(np.float32).reshape(1, -1)
         config(state, _config(TILE_ROWS, TILE_ROWS))
