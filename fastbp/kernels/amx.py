@@ -29,6 +29,7 @@ blocking, padding and passes with it on CPUs without AMX.
 """
 import ctypes
 import os
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -49,6 +50,8 @@ _XFEATURE_XTILEDATA = 18
 
 def _request_tiles():
     """Ask Linux for the tile state (once per process; it holds for every thread)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
