@@ -14,6 +14,7 @@ from .data import check_sample_weight, check_X, check_y
 from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
+from .kernels import amx
 from .kernels.bf16 import host_has_avx512_bf16
 from .layout import Layout
 from .scaling import scale_features, scaling_arrays
@@ -171,6 +172,11 @@ class Trainer:
             warnings.warn("this CPU has no AVX512-BF16 instructions: precision='bf16' is "
                           "emulated here, slower than precision='full'", UserWarning,
                           stacklevel=3)
+        elif cfg["precision"] == "bf16" and amx.tiles_left_unused():
+            warnings.warn("this CPU's AMX tiles are not available to this process (Linux "
+                          "refused their state, or Numba compiles for other CPU features): "
+                          "precision='bf16' runs on AVX512-BF16 instructions here, slower "
+                          "than precision='full' on such CPUs", UserWarning, stacklevel=3)
         # a model saved or pickled on a larger machine uses at most the threads here
         threads = 1 if cfg["target"] != "parallel" else min(
             cfg["n_threads"] or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)

@@ -153,3 +153,25 @@ def test_bf16_models_train_on_the_amx_panel(setting):
     kind, full, half = done.stdout.split()[-3:]
     assert kind == ("amx-emulated" if setting == "emulate" else "amx")
     assert float(full) != float(half) and abs(float(full) - float(half)) < 0.02 * float(full)
+
+
+def test_tiles_the_process_cannot_use_get_a_warning(monkeypatch):
+    """A CPU with AMX whose tiles this process may not use (an older Linux) would run bf16 on
+    VDPBF16PS, slower than float32 on such CPUs: the Trainer says so. FASTBP_AMX=0 (the
+    user's choice) and CPUs without the tiles stay silent."""
+    import warnings
+
+    from fastbp import Trainer
+    monkeypatch.setattr(amx, "hardware_features", lambda: frozenset({"amx-tile", "amx-bf16"}))
+    monkeypatch.setattr(amx, "available", lambda: False)
+    monkeypatch.setattr(bf16, "host_has_avx512_bf16", lambda: True)
+    monkeypatch.setattr("fastbp.trainer.host_has_avx512_bf16", lambda: True)
+    monkeypatch.delenv("FASTBP_AMX", raising=False)
+    with pytest.warns(UserWarning, match="AMX tiles are not available"):
+        Trainer([64, 256, 10], precision="bf16")
+    for setting, features in (("0", {"amx-tile", "amx-bf16"}), ("1", set())):
+        monkeypatch.setenv("FASTBP_AMX", setting)
+        monkeypatch.setattr(amx, "hardware_features", lambda f=features: frozenset(f))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Trainer([64, 256, 10], precision="bf16")

@@ -37,7 +37,7 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from .codes import FASTMATH, target_features
+from .codes import FASTMATH, hardware_features, target_features
 
 TILE_ROWS = 16                  # rows of a tile; 64 bytes a row: 16 float32 or 16 bf16 pairs
 BLOCK = 2 * TILE_ROWS           # outputs per block: 32 x 32, in four tiles
@@ -81,6 +81,14 @@ def available():
             setting != "0" and {"amx-tile", "amx-bf16", "avx512bf16"} <= target_features()
             and _request_tiles()))
     return _available[0]
+
+
+def tiles_left_unused():
+    """Whether the CPU has AMX-BF16 tiles that this process will not use, other than by
+    FASTBP_AMX=0 (Linux refused their state, or Numba compiles for other features): its
+    bf16 products then take VDPBF16PS, slower than float32 on such (Intel) CPUs."""
+    return (os.environ.get("FASTBP_AMX") != "0" and not available()
+            and {"amx-tile", "amx-bf16"} <= hardware_features())
 
 
 # ------------------------------------------------------------------ the tile instructions
