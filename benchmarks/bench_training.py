@@ -57,6 +57,28 @@ class Training:
     track_gflops.unit = "GFLOP/s"
 
 
+class Bf16Training:
+    """One epoch of the GEMM-bound workloads with precision='bf16' against 'full' (float32,
+    target='parallel'): the bf16 products run on AMX tiles where the CPU has them, else on
+    AVX512-BF16, else emulated (slower; see the README's bfloat16 products)."""
+    params = (["mnist", "wide"], ["full", "bf16"])
+    param_names = ["workload", "precision"]
+    timeout = 600
+
+    def setup(self, workload, precision):
+        self.X, self.y = make_data(workload, N_SAMPLES[workload], "float32")
+        self.trainer = _trainer(workload, "parallel", "sgd", "float32", precision=precision)
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)      # warm the JIT
+
+    def time_epoch(self, *args):
+        self.trainer.fit(self.X, self.y, epochs=1, progress=False)
+
+    def track_samples_per_second(self, *args):
+        h = self.trainer.fit(self.X, self.y, epochs=3, progress=False)
+        return self.X.shape[0] / float(np.median(h["time"][-3:]))
+    track_samples_per_second.unit = "samples/s"
+
+
 class SparseTraining:
     """One epoch on bag-of-words CSR data (hidden 128, batch 128, Adam, float32): 3 widths
     at 50 tokens per row and 3 densities at 50k columns, dense and lazy updates; the time
