@@ -17,7 +17,7 @@ ONE=${PAIR%,*}
 {
   date -u; lscpu | grep 'Model name'; echo "AMX flags: $(grep -o 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | paste -sd' ')"
   python3 -c "import sys, numpy, numba, llvmlite; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'llvm', llvmlite.binding.llvm_version_info)"
-  python3 -c "from fastbp.kernels import amx; print('AMX panel available:', amx.available())"
+  python3 -c "from fastbp.kernels import amx; print('AMX panel:', amx.mode() or 'NOT USED: the tile tests below will be skipped')"
   echo "CPUs: one $ONE, pair $PAIR"
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"

@@ -53,41 +53,61 @@ def _request_tiles():
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+        syscall.restype = ctypes.c_long
+        if syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM),
+                   ctypes.c_long(_XFEATURE_XTILEDATA)) != 0:
             return False
         granted = ctypes.c_uint64(0)
-        libc.syscall(_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, ctypes.byref(granted))
+        syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_GET_XCOMP_PERM),
+                ctypes.byref(granted))
         return bool(granted.value & (1 << _XFEATURE_XTILEDATA))
     except (OSError, AttributeError):
         return False
 
 
-_available = []
+_FEATURES = {"amx-tile", "amx-bf16", "avx512bf16"}
+_mode = []           # decided once per process: "tiles", "emulate" or None
 
 
-def emulated():
-    """FASTBP_AMX=emulate: the AMX panel on its stand-ins, on any CPU (for tests)."""
-    return os.environ.get("FASTBP_AMX") == "emulate"
+def _setting():
+    value = os.environ.get("FASTBP_AMX", "").strip().lower()
+    return "off" if value in ("0", "false", "no", "off") else value
+
+
+def mode():
+    """How bf16 products use the AMX panel in this process, decided at the first call:
+    "tiles" where Numba compiles for AMX-BF16, the CPU reports it and Linux granted the
+    tile state; "emulate" where FASTBP_AMX=emulate (the panel on its stand-ins, on any CPU,
+    for tests); None otherwise, and where FASTBP_AMX=0 (bf16.py's VDPBF16PS panel, to
+    compare the two)."""
+    if not _mode:
+        setting = _setting()
+        if setting == "emulate":
+            _mode.append("emulate")
+        elif (setting != "off" and _FEATURES <= target_features()
+              and _FEATURES <= hardware_features() and _request_tiles()):
+            _mode.append("tiles")
+        else:
+            _mode.append(None)
+    return _mode[0]
 
 
 def available():
-    """Whether bf16 products run on the AMX panel here: Numba compiles for AMX-BF16 (the
-    host's features) and Linux granted the tile state, unless FASTBP_AMX=0 (which keeps
-    bf16.py's VDPBF16PS panel, to compare the two); or emulated()."""
-    if not _available:
-        setting = os.environ.get("FASTBP_AMX")
-        _available.append(emulated() or (
-            setting != "0" and {"amx-tile", "amx-bf16", "avx512bf16"} <= target_features()
-            and _request_tiles()))
-    return _available[0]
+    """Whether bf16 products run on the AMX panel in this process (mode())."""
+    return mode() is not None
+
+
+def emulated():
+    """Whether that panel runs on its stand-ins (FASTBP_AMX=emulate at the first mode())."""
+    return mode() == "emulate"
 
 
 def tiles_left_unused():
     """Whether the CPU has AMX-BF16 tiles that this process will not use, other than by
     FASTBP_AMX=0 (Linux refused their state, or Numba compiles for other features): its
     bf16 products then take VDPBF16PS, slower than float32 on such (Intel) CPUs."""
-    return (os.environ.get("FASTBP_AMX") != "0" and not available()
+    return (_setting() != "off" and not available()
             and {"amx-tile", "amx-bf16"} <= hardware_features())
 
 
@@ -343,8 +363,7 @@ def _panel(new_state, config, zero, load, store, dot, release, transpose_block, 
 
     def panel(a, bp, c, M, K2, N, sai, sap):
         state = new_state()
-        n = 2 * ((M - 1) * sai + (K2 - 1) * sap + 1)
-        A = carray(a, (n + n % 4,)).view(np.uint32)[:n // 2]          # A's pairs
+        A = carray(a, (2 * ((M - 1) * sai + (K2 - 1) * sap + 1),)).view(np.uint32)
         B = carray(bp, (2 * K2 * N,)).view(np.uint32)                  # (K2, N) pairs
         C = carray(c, (M * N,))
         Mp = -(-M // BLOCK) * BLOCK
@@ -365,11 +384,11 @@ def _panel(new_state, config, zero, load, store, dot, release, transpose_block, 
         A_f = A.view(np.float32).reshape(1, -1)
         config(state, _config(TILE_ROWS, TILE_ROWS))
         if sap != 1:
-            # tn's left operand, pairs along columns (K2, sap): each row block transposed
-            # into blk once, B (a chunk's dZ, the smaller) read again for each
+            # tn's left operand, pairs along columns ((K2, sap), sai = 1): each row block
+            # transposed into blk once, B (a chunk's dZ, the smaller) read again for each
             for i0 in range(0, Mp, BLOCK):
                 rows = min(BLOCK, M - i0)
-                if rows == BLOCK and i0 + BLOCK <= sap:
+                if sai == 1 and rows == BLOCK:
                     for r0 in range(0, BLOCK, TILE_ROWS):
                         for p0 in range(0, main, TILE_ROWS):
                             transpose_block(A_f, p0 * sap + i0 + r0, sap, blk_f,
@@ -381,7 +400,7 @@ def _panel(new_state, config, zero, load, store, dot, release, transpose_block, 
                     blk[:] = 0
                     for r in range(rows):
                         for p in range(K2):
-                            blk[r * K2 + p] = A[p * sap + i0 + r]
+                            blk[r * K2 + p] = A[(i0 + r) * sai + p * sap]
                 for j0 in range(0, N, BLOCK):
                     block(state, blk, 0, 4 * K2, B, j0, N, main, R, i0 * TILE_ROWS, S, rest)
                     put(state, C, i0, j0, M, N, out)

@@ -177,10 +177,11 @@ def register_panel():
     with global_compiler_lock:          # as gemm.register: runs inside compilations
         if "panel" in _owners:
             return
-        if amx.available():
-            owner = amx.panels(emulate=amx.emulated())
+        amx_mode = amx.mode()                # decided once per process
+        if amx_mode is not None:
+            owner = amx.panels(emulate=amx_mode == "emulate")
             addresses = dict(zip((PANEL_SYMBOL, PANEL_T_SYMBOL), (f.address for f in owner)))
-            _owners["kind"] = "amx-emulated" if amx.emulated() else "amx"
+            _owners["kind"] = "amx-emulated" if amx_mode == "emulate" else "amx"
         elif host_has_avx512_bf16():
             addresses, owner = compile_native_panels()
             _owners["kind"] = "avx512-bf16"
