@@ -7,7 +7,7 @@ products to a third tile: 8,192 multiply-adds an instruction, where VDPBF16PS (b
 panel) does 32. The operands are the ones bf16.py's entry points already make: A's rows as
 pairs along the depth, B packed (K/2, N, 2), which is the layout a B tile wants. So this
 module only brings a second panel of the same signature (`panels`), registered under bf16's
-symbols where the CPU has the tiles and Linux lets the process use them (`available`).
+symbols where the CPU has the tiles and Linux lets the process use them (`mode`).
 
 The panel keeps a block of 32 x 32 outputs in four tiles (2 A tiles x 2 B tiles) over the
 depth in steps of 16 pairs, then stores them; a depth that is not a multiple of 16 pairs
@@ -19,8 +19,8 @@ operand, packed in pairs along its columns, is transposed into rows one block at
 (gemm's 16 x 16 shuffles of 32-bit lanes move bf16 pairs as well as floats), and a last
 block of fewer than 32 rows is copied, zero padded. Untransposed blocks are stored straight
 into C; transposed ones, and those past C's last row, go through a 32 x 32 buffer. Buffers
-stay small: a first version with whole-output ones ran mnist's 784 x 128 x 256 six times
-slower on the Xeon.
+stay small: a version with whole-output ones ran mnist's 784 x 128 x 256 six times slower
+on the Xeon.
 
 The tile instructions are LLVM intrinsics reached from Numba (`tile_load` and the like,
 whose tile numbers must be literal constants). `panels(emulate=True)` builds the same panel
@@ -286,16 +286,14 @@ def emulated_release(state):
 # ------------------------------------------------------------------ the panel
 
 @njit
-def _config(pairs, b_rows):
-    """Tile configuration: four float32 tiles of 16 x 16 (C), two of 16 rows x `pairs`
-    pairs (A), two of `b_rows` pairs x 16 columns (B)."""
+def _config():
+    """Tile configuration (palette 1): all eight tiles 16 rows of 64 bytes: 16 x 16 float32
+    (C), 16 rows x 16 bf16 pairs (A), 16 pairs x 16 columns (B)."""
     config = np.zeros(64, dtype=np.uint8)
-    config[0] = 1                                          # palette 1
+    config[0] = 1
     for t in range(8):
-        colsb = 4 * pairs if t in (A0, A1) else 64
-        config[16 + 2 * t] = colsb & 0xFF
-        config[17 + 2 * t] = colsb >> 8
-        config[48 + t] = b_rows if t in (B0, B1) else TILE_ROWS
+        config[16 + 2 * t] = 64                            # bytes a row (uint16, low byte)
+        config[48 + t] = TILE_ROWS                         # rows
     return config
 
 
@@ -382,7 +380,7 @@ def _panel(new_state, config, zero, load, store, dot, release, transpose_block, 
         blk = np.zeros(BLOCK * K2 if copied else 0, dtype=np.uint32)
         blk_f = blk.view(np.float32).reshape(1, -1)    # 2-D, as gemm's intrinsics take them
         A_f = A.view(np.float32).reshape(1, -1)
-        config(state, _config(TILE_ROWS, TILE_ROWS))
+        config(state, _config())
         if sap != 1:
             # tn's left operand, pairs along columns ((K2, sap), sai = 1): each row block
             # transposed into blk once, B (a chunk's dZ, the smaller) read again for each
