@@ -270,8 +270,11 @@ def print_table(results, peak, flops):
 
 def summary(results):
     """The best float32 fastbp against the best peer (all float32), and where it ran, the
-    bf16 products' contestant against both (its own precision: a column of its own)."""
-    print("\n| workload | best fastbp | best peer | ratio | bf16 / fastbp | bf16 / peer |")
+    bf16 products' contestant against both (its own precision: a column of its own; the
+    panel it ran on named: AMX tiles, AVX512-BF16)."""
+    from fastbp.kernels.bf16 import panel_kind
+    print(f"\n| workload | best fastbp | best peer | ratio | bf16 ({panel_kind() or 'not run'}) "
+          "/ fastbp | bf16 / peer |")
     print("|---|---|---|---:|---:|---:|")
     for name, res in results.items():
         fb = max((v, c) for c, v in res.items()

@@ -83,8 +83,9 @@ def _abs(operands):
     return (Al & np.uint16(0x7FFF), sai, sap, rows, Bp & np.uint16(0x7FFF))
 
 
-def test_the_panel_compiles_to_tile_instructions_for_a_sapphire_rapids():
-    """Compiled (not run) for a CPU with AMX, in a new process told to compile for one."""
+def test_the_panel_compiles_to_tile_instructions_for_a_sapphire_rapids(tmp_path):
+    """Compiled (not run) for a CPU with AMX, in a new process told to compile for one (with
+    a Numba cache of its own: nothing compiled for that CPU is left for this one)."""
     features = ("+amx-tile,+amx-bf16,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,"
                 "+avx512bf16,+avx2,+avx,+fma,+f16c,+bmi,+bmi2,+lzcnt,+popcnt,+sse4.2")
     code = ("from fastbp.kernels import amx\n"
@@ -92,7 +93,7 @@ def test_the_panel_compiles_to_tile_instructions_for_a_sapphire_rapids():
             "print(*(asm.count(i) for i in ('tdpbf16ps', 'tileloadd', 'tilestored', "
             "'ldtilecfg', 'tilerelease')))")
     env = dict(os.environ, NUMBA_CPU_NAME="sapphirerapids", NUMBA_CPU_FEATURES=features,
-               NUMBA_DISABLE_JIT="0")
+               NUMBA_DISABLE_JIT="0", NUMBA_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
