@@ -186,3 +186,39 @@ def test_tiles_the_process_cannot_use_get_a_warning(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             Trainer([64, 256, 10], precision="bf16")
+
+
+UNBUILDABLE = """
+import warnings
+import numpy as np
+from fastbp.kernels import amx, bf16, gemm
+
+
+def unbuildable(emulate=False):
+    raise RuntimeError("no tiles today")
+
+
+amx.panels = unbuildable
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    gemm.enable_bf16()
+rng = np.random.default_rng(0)
+A = rng.standard_normal((64, 256)).astype(np.float32)
+B = rng.standard_normal((256, 64)).astype(np.float32)
+C, full = np.empty((64, 64), np.float32), np.empty((64, 64), np.float32)
+gemm.product(0, C, A, B, np.zeros(64, np.float32), True)
+gemm.product(0, full, A, B, np.zeros(64, np.float32), False)
+assert np.abs(C - full).max() < 0.05 * np.abs(full).max()
+print(bf16.panel_kind(), any("AMX panel could not be compiled" in str(w.message) for w in caught))
+"""
+
+
+def test_an_amx_panel_that_cannot_be_built_leaves_bf16_working():
+    """If the AMX panel fails to compile (a Numba or LLVM that cannot build it), bf16
+    products fall back to the next panel with a warning instead of failing every fit."""
+    env = dict(os.environ, FASTBP_AMX="emulate")
+    done = subprocess.run([sys.executable, "-c", UNBUILDABLE], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kind, warned = done.stdout.split()[-2:]
+    assert kind in ("avx512-bf16", "emulated") and warned == "True"

@@ -23,6 +23,7 @@ same rounded operands and float32 sums, scalar, so precision="bf16" trains alike
 (only slower than float32 there; the Trainer warns).
 """
 import ctypes
+import warnings
 
 import llvmlite.binding as llvm_binding
 import numpy as np
@@ -170,16 +171,24 @@ def panel_kind():
 
 def register_panel():
     """Make the panels' symbols known to the JIT's linker (before gemm's bf16 entry points
-    are compiled or loaded): AMX tiles' panels where the process may use them (amx.py),
-    else the VDPBF16PS panels on a CPU with AVX512-BF16, else the emulation. Also the reload hook of the callers Numba loads from its cache."""
+    are compiled or loaded): AMX tiles' panels where the process may use them (amx.py;
+    if they fail to compile, with a warning, the next choice), else the VDPBF16PS panels
+    on a CPU with AVX512-BF16, else the emulation. Also the reload hook of the callers
+    Numba loads from its cache."""
     if "panel" in _owners:
         return
     with global_compiler_lock:          # as gemm.register: runs inside compilations
         if "panel" in _owners:
             return
-        amx_mode = amx.mode()                # decided once per process
+        amx_mode, owner = amx.mode(), None   # decided once per process
         if amx_mode is not None:
-            owner = amx.panels(emulate=amx_mode == "emulate")
+            try:
+                owner = amx.panels(emulate=amx_mode == "emulate")
+            except Exception as error:        # a Numba or LLVM that cannot build it
+                warnings.warn(f"the AMX panel could not be compiled ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); bf16 "
+                              "products run without the tiles", RuntimeWarning)
+        if owner is not None:
             addresses = dict(zip((PANEL_SYMBOL, PANEL_T_SYMBOL), (f.address for f in owner)))
             _owners["kind"] = "amx-emulated" if amx_mode == "emulate" else "amx"
         elif host_has_avx512_bf16():
