@@ -336,8 +336,9 @@ def _refuse_text_labels(path, labels, loss):
 def column_stats(source, columns=None, *, batch_rows=BATCH_ROWS):
     """{column: (mean, std)} of numeric columns of a Parquet file or dataset, in one
     streamed pass (Chan et al.'s pairwise update; population std). columns: default every
-    numeric (integer, float or boolean) column, others (text labels) left out; a column
-    named here that is not numeric, or not in a file, is a ValueError naming it."""
+    numeric column (numeric_type: integers, floats, booleans, decimals), others (text
+    labels) left out; a column named here that is not numeric, or not in a file, is a
+    ValueError naming it."""
     pq = _pyarrow().parquet
     stats = {}
     for path in parquet_files(source):

@@ -14,7 +14,6 @@ from .data import check_sample_weight, check_X, check_y
 from .engine import SPARSE_CPU_ONLY, Engine, Hyper, NetworkSpec, make_rows, row_order
 from .health import DivergenceError, TrainingHealthWarning, diagnose
 from .initializers import init_params
-from .kernels import amx
 from .kernels.bf16 import host_has_avx512_bf16
 from .layout import Layout
 from .scaling import scale_features, scaling_arrays
@@ -29,6 +28,11 @@ def _hyper(cfg):
                  decay=float(cfg["weight_decay"]), clip=float(cfg["clip_norm"] or 0.0),
                  alpha=float(cfg["alpha"]), decay_per_weight=float(cfg["decay_per_weight"]),
                  lazy=float(cfg.get("sparse_update") == "lazy"))
+
+
+def _amx_tiles_left_unused():
+    from .kernels import amx           # not at import: only bf16 models need it
+    return amx.tiles_left_unused()
 
 
 def _check_callbacks(callbacks):
@@ -172,7 +176,7 @@ class Trainer:
             warnings.warn("this CPU has no AVX512-BF16 instructions: precision='bf16' is "
                           "emulated here, slower than precision='full'", UserWarning,
                           stacklevel=3)
-        elif cfg["precision"] == "bf16" and amx.tiles_left_unused():
+        elif cfg["precision"] == "bf16" and _amx_tiles_left_unused():
             warnings.warn("this CPU's AMX tiles are not available to this process (Linux "
                           "refused their state, or Numba compiles for other CPU features): "
                           "precision='bf16' runs on AVX512-BF16 instructions here, slower "

@@ -408,7 +408,7 @@ def _panel(new_state, config, zero, load, store, dot, release, transpose_block, 
                 blk[r * K2:(r + 1) * K2] = A[(last + r) * sai:(last + r) * sai + K2]
             # B's 32 columns stay in cache while A's row blocks pass, where B is the larger
             # (W, for a chunk's rows: wide's 2 MB W was read from L3 once per row block)
-            columns_outer = K2 * N > M * K2
+            columns_outer = N > M                      # B (K2 x N) larger than A (M x K2)
             for outer in range(0, N if columns_outer else Mp, BLOCK):
                 for inner in range(0, Mp if columns_outer else N, BLOCK):
                     i0, j0 = (inner, outer) if columns_outer else (outer, inner)

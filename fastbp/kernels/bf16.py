@@ -34,7 +34,6 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.core.extending import intrinsic
 
-from . import amx
 from .codes import FASTMATH, host_has_avx512_bf16, jit
 from .prebuilt import cfunc
 
@@ -180,6 +179,7 @@ def register_panel():
     with global_compiler_lock:          # as gemm.register: runs inside compilations
         if "panel" in _owners:
             return
+        from . import amx                    # only where a bf16 model trains
         amx_mode, owner = amx.mode(), None   # decided once per process
         if amx_mode is not None:
             try:
