@@ -21,12 +21,16 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .kernels import Plan, evaluation_plan, gemm, safe_plan, training_plan
+from .kernels import Plan, bf16, evaluation_plan, gemm, safe_plan, training_plan
 # Hyper and Rows are imported for the Trainer, which builds them
 from .kernels.args import Hyper, Network, Rows, Slabs, State, Workspace  # noqa: F401
 from .layout import (M_OFFSET, PAGE, PARAMS_OFFSET, V_OFFSET, Layout, free_offset,
                      page_placed)
 
+# A bf16 model's training epochs keep W_l in bf16 beside the parameters (kernels/bf16.py,
+# weight copies) instead of every chunk's products rounding and packing it again; False
+# makes every product do that (the same results: tests compare the two).
+BF16_WEIGHT_COPIES = True
 EVAL_ROWS = 256  # rows per block when evaluating, predicting or taking a full-batch gradient
 # Below this much forward work (2 x rows x weights FLOPs) predict and evaluate stay on the
 # calling thread: waking the engine's pool thread cost 0.2-0.5 ms on a 2-core AMD EPYC VM
@@ -295,11 +299,32 @@ class Engine:
             R = touched = touched_capacity(rows.indptr, block_rows, n_0)
         elif skip:
             touched = int(lay.sizes[0])   # dense: the chunk's nonzero columns, W_0's rows
+        packed, pack_off = np.empty(0, dtype=np.uint16), np.empty((0, 2), dtype=np.int64)
+        if backward and self._net.bf16 and BF16_WEIGHT_COPIES:
+            packed, pack_off = self._weight_copies(block_rows, rows.sparse)
         return Workspace(self._placed((n_chunks, size)), a_off, z_off, d_off,
                          np.empty((n_chunks, touched), dtype=np.int64),
                          np.zeros(n_chunks, dtype=np.int64),
                          np.empty((n_chunks, R * n_1), dtype=dtype),
-                         np.full((n_chunks, n_0), -1, dtype=np.int32))
+                         np.full((n_chunks, n_0), -1, dtype=np.int32), packed, pack_off)
+
+    def _weight_copies(self, block_rows, sparse):
+        """A bf16 model's bf16 copies of W_l (args.Workspace.packed, pack_off) for the
+        products that chunks of block_rows rows take in bf16 (gemm.bf16_product; a smaller
+        last batch's products may not, then the copy is unused): A W's where the first layer
+        is dense, dZ W^T's beyond the first layer. Zero-filled: the padding stays zero."""
+        sizes = [int(n) for n in self.network.layout.sizes]
+        pack_off = np.full((len(sizes) - 1, 2), -1, dtype=np.int64)
+        total = 0
+        for l, (K, N) in enumerate(zip(sizes[:-1], sizes[1:])):
+            wanted = (not (sparse and l == 0) and gemm.bf16_product(block_rows, K, N, N),
+                      l > 0 and gemm.bf16_product(block_rows, N, K, block_rows))
+            lengths = (bf16.nn_copy_size(K, N), bf16.nt_copy_size(K, N))
+            for which in (0, 1):
+                if wanted[which]:
+                    pack_off[l, which] = total
+                    total += -(-lengths[which] // 32) * 32     # 64-byte aligned copies
+        return page_placed(total, np.uint16, 0, zero=True), pack_off
 
     def epoch_runner(self, rows, order, norms, hyper=None):
         """An `EpochRunner` over `rows` in the row order `order` (N,) int64, which the caller
@@ -421,7 +446,7 @@ class _CpuEpochs:
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
         self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
-        block_lo, block_hi, block_layer = lay.update_blocks(C)
+        block_lo, block_hi, block_layer = lay.update_blocks(C, self.ws.packed.size > 0)
         R = 0
         if rows.sparse:          # the lazy update's list of the step's touched rows
             R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], int(lay.sizes[0]))

@@ -83,32 +83,37 @@ class Layout:
         """Views b_l (n_{l+1},) into a flat buffer."""
         return [flat[o:o + b] for o, b in zip(self.b_off, self.sizes[1:])]
 
-    def blocks(self, block=BLOCK):
+    def blocks(self, block=BLOCK, row_pairs=False):
         """Cut the flat buffer into blocks of at most `block` elements that never straddle
         a W_l or b_l. Returns (lo, hi, layer) int64 arrays; layer is l for a block of W_l
-        and L + l for a block of b_l."""
+        and L + l for a block of b_l. With row_pairs, a block of W_l holds whole pairs of
+        its rows (its last row may be alone): `block` rounded up to them, so that the
+        thread updating a block can write W's bf16 copy in pairs (kernels/bf16.py)."""
         lo, hi, layer = [], [], []
         L = self.n_layers
         for l in range(L):
             w_end = self.b_off[l]
             b_end = self.b_off[l] + self.sizes[l + 1]
-            for start, end, tag in ((self.w_off[l], w_end, l), (w_end, b_end, L + l)):
-                for s in range(int(start), int(end), block):
+            pair = 2 * int(self.sizes[l + 1])
+            w_block = -(-block // pair) * pair if row_pairs else block
+            for start, end, tag, size in ((self.w_off[l], w_end, l, w_block),
+                                          (w_end, b_end, L + l, block)):
+                for s in range(int(start), int(end), size):
                     lo.append(s)
-                    hi.append(min(s + block, int(end)))
+                    hi.append(min(s + size, int(end)))
                     layer.append(tag)
         return (np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64),
                 np.array(layer, dtype=np.int64))
 
-    def update_blocks(self, threads):
+    def update_blocks(self, threads, row_pairs=False):
         """blocks() for a step reduced and updated by `threads` threads, each taking the
         blocks that start in its 1/threads of the buffer (cpu.update_group): blocks of
         BLOCK elements, or for a small model of about a quarter of a thread's share, so
-        that the threads' shares come out nearly equal."""
+        that the threads' shares come out nearly equal (row_pairs: as blocks())."""
         if threads <= 1:
-            return self.blocks()
+            return self.blocks(row_pairs=row_pairs)
         share = -(-self.n_params // (4 * threads))
-        return self.blocks(min(BLOCK, max(256, share)))
+        return self.blocks(min(BLOCK, max(256, share)), row_pairs)
 
     def skips_zero_columns(self, chunks, itemsize, data_bytes, sparse=False, backward=True):
         """Whether a training step's first layer leaves out the columns of dense X that are

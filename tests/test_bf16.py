@@ -197,6 +197,79 @@ def test_parallel_bf16_matches_cpu_bf16_to_float32_rounding():
     np.testing.assert_allclose(fits[0], fits[1], rtol=0, atol=1e-5)
 
 
+def _epoch_runners(monkeypatch):
+    """The epoch runners (engine._CpuEpochs) that fits make from now on, in a list."""
+    from fastbp import engine
+    runners, made = [], engine._CpuEpochs.__init__
+
+    def spy(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        runners.append(self)
+    monkeypatch.setattr(engine._CpuEpochs, "__init__", spy)
+    return runners
+
+
+# odd sizes: W_0 has an odd row count (its nn copy's last pair is half zero), W_1 an odd
+# column count (its nt copy's rows padded); batch 128 in two chunks of 64 rows: the hidden
+# products take bf16
+ODD = [65, 256, 129, 10]
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+@pytest.mark.parametrize("optimizer, clip", [("sgd", None), ("adam", 1.0)])
+def test_the_epochs_bf16_copies_of_w_hold_the_updated_weights(monkeypatch, target,
+                                                              optimizer, clip):
+    """A bf16 model's epoch keeps W_l in bf16 (Workspace.packed): after it, each copy equals
+    W rounded and packed as the products would have done it themselves, from the weights
+    as the last update left them (the update writes them, block by block)."""
+    runners = _epoch_runners(monkeypatch)
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((300, ODD[0])).astype(np.float32), rng.integers(0, 10, 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t = Trainer(ODD, optimizer=optimizer, lr=0.05, batch_size=128, seed=0, target=target,
+                    n_threads=min(2, numba.config.NUMBA_NUM_THREADS), clip_norm=clip,
+                    precision="bf16")
+    t.fit(X, y, epochs=2, progress=False)
+    ws = runners[-1].ws
+    assert ws.pack_off.tolist() == [[0, -1], [ws.pack_off[1, 0], ws.pack_off[1, 1]], [-1, -1]]
+    assert (ws.pack_off[1] > 0).all()                       # the hidden layers' copies
+    for l, W in enumerate(t.weights[:2]):
+        nn = bf16.packed_pairs(W, False, bf16.TILE_COLS).reshape(-1)
+        at = ws.pack_off[l, 0]
+        assert np.array_equal(ws.packed[at:at + nn.size], nn)
+        if l > 0:
+            nt = bf16.rounded_rows(W).reshape(-1)
+            at = ws.pack_off[l, 1]
+            assert np.array_equal(ws.packed[at:at + nt.size], nt)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_bf16_fits_from_the_copies_of_w_equal_those_that_round_w_in_every_product(
+        monkeypatch, target):
+    """Reading W from the epoch's bf16 copies changes where W is rounded, not the sums: the
+    fits equal, bit for bit, those whose every product rounds and packs W itself
+    (engine.BF16_WEIGHT_COPIES False), also when the weights are changed between fits (the
+    next epoch copies them again), with a partial last batch, and with zero columns in X
+    (the first layer then reads a compact W_0 of the columns kept, not the copy)."""
+    from fastbp import engine
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((500, ODD[0])).astype(np.float32), rng.integers(0, 10, 500)
+    X[:, 5:15] = 0.0
+    fits = []
+    for copies in (True, False):
+        monkeypatch.setattr(engine, "BF16_WEIGHT_COPIES", copies)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            t = Trainer(ODD, optimizer="adam", batch_size=128, seed=0, target=target,
+                        n_threads=min(2, numba.config.NUMBA_NUM_THREADS), precision="bf16")
+        t.fit(X, y, epochs=2, progress=False)
+        t.weights[1][:7] *= -2.0
+        t.fit(X[:, ::-1].copy(), y, epochs=1, progress=False)
+        fits.append(t.engine.params.copy())
+    assert np.array_equal(fits[0], fits[1])
+
+
 def test_precision_survives_save_and_load_and_training_resumes_alike(tmp_path):
     X, y = _data()
     t = _trainer(precision="bf16")

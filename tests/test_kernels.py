@@ -165,6 +165,23 @@ def test_update_blocks_share_the_parameters_evenly():
     assert (hi - lo).max() == BLOCK
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_of_a_bf16_model_hold_whole_pairs_of_rows(threads):
+    """update_blocks(row_pairs=True), a bf16 model's (its update writes W's bf16 copy in
+    pairs of rows, bf16.copy_rows): every block of W_l starts at an even row and ends at
+    one or at W_l's end (odd row counts included); the buffer is covered once."""
+    from fastbp.layout import Layout
+    for sizes in ([65, 256, 129, 10], [784, 1024, 1024, 10], [64, 100, 10]):
+        lay = Layout(sizes)
+        lo, hi, layer = lay.update_blocks(threads, row_pairs=True)
+        assert lo[0] == 0 and hi[-1] == lay.n_params and (lo[1:] == hi[:-1]).all()
+        for k in np.flatnonzero(layer < lay.n_layers):
+            l = layer[k]
+            pair = 2 * sizes[l + 1]
+            assert (lo[k] - lay.w_off[l]) % pair == 0
+            assert (hi[k] - lay.w_off[l]) % pair == 0 or hi[k] == lay.b_off[l]
+
+
 def test_strategy_is_chosen_from_sizes():
     """Small steps serial, larger ones in batch chunks; one thread or cpu: serial."""
     import fastbp.kernels as kernels

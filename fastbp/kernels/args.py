@@ -80,7 +80,12 @@ class Workspace(NamedTuple):
     touched_slot (C, n_0) each row of W_0's position in touched (-1: not touched).
     Dense data whose first layer skips zero columns (Layout.skips_zero_columns) has
     touched (C, n_0): the columns of the chunk's rows that are not all zero, n_touched of
-    them (n_0 where the skip did not pay), and touched_grad and touched_slot empty."""
+    them (n_0 where the skip did not pay), and touched_grad and touched_slot empty.
+
+    A bf16 model's training epochs (Network.bf16) keep W_l's bf16 copies (kernels/bf16.py,
+    weight copies), shared by the chunks: packed (bf16 bits) holds them, pack_off (L, 2)
+    W_l's nn copy at pack_off[l, 0] and its nt copy at pack_off[l, 1] (-1: none: the
+    products then round and pack W themselves). Empty in every other workspace."""
     work: np.ndarray
     a_off: np.ndarray
     z_off: np.ndarray
@@ -89,6 +94,8 @@ class Workspace(NamedTuple):
     n_touched: np.ndarray
     touched_grad: np.ndarray
     touched_slot: np.ndarray
+    packed: np.ndarray = np.empty(0, dtype=np.uint16)
+    pack_off: np.ndarray = np.empty((0, 2), dtype=np.int64)
 
 
 class Slabs(NamedTuple):

@@ -326,6 +326,68 @@ def packed_pairs(B, transposed, multiple):
     return out
 
 
+# ------------------------------------------------------------------ weight copies
+
+# A bf16 model's training epoch keeps W_l in bf16 beside the float32 parameters, in the two
+# layouts its products read (args.Workspace.packed, offsets in pack_off): for A W (nn) W's
+# pairs along its rows, packed_pairs(W, False, TILE_COLS); for dZ W^T (nt) W's rows
+# rounded, rounded_rows(W). The epoch writes them from the parameters when it starts and
+# again wherever the update changes a parameter (cpu.block_pass), so each step's products
+# read W rounded once, not rounded and packed again by every chunk's every product.
+# Padding (to whole tiles) is zero from the allocation on and never written.
+
+@jit
+def nn_copy_cols(N):
+    """Columns of the nn copy of a W with N columns: whole tiles."""
+    return -(-N // TILE_COLS) * TILE_COLS
+
+
+@jit
+def nt_copy_rows(K):
+    """Rows of the nt copy of a W with K rows (rounded_rows' padding)."""
+    return -(-K // PANEL_ROWS) * PANEL_ROWS
+
+
+def nn_copy_size(K, N):
+    """bf16 values of W (K, N)'s nn copy: (K'/2, N', 2)."""
+    return (K + 1) // 2 * 2 * (-(-N // TILE_COLS) * TILE_COLS)
+
+
+def nt_copy_size(K, N):
+    """bf16 values of W (K, N)'s nt copy: (K', N + N % 2), K' whole PANEL_ROWS."""
+    return -(-K // PANEL_ROWS) * PANEL_ROWS * (N + N % 2)
+
+
+@jit
+def copy_rows(packed, nn_off, nt_off, W, k0, k1, N):
+    """Rows k0:k1 of W (K, N), given flat (row-major), into its bf16 copies in `packed`: the
+    nn copy at nn_off and the nt copy at nt_off (each -1: none). k0 is even, and k1 even
+    or K: the nn copy holds rows in pairs (an update block's rows: Layout.blocks with
+    row_pairs), and its pairs are written as packed_pairs writes them."""
+    K = W.shape[0] // N
+    U = W.view(np.uint32)
+    sixteen = np.uint32(16)
+    if nn_off >= 0:
+        width = nn_copy_cols(N)
+        pairs = packed[nn_off:nn_off + (K + 1) // 2 * 2 * width].view(np.uint32)
+        for p in range(k0 // 2, (k1 + 1) // 2):
+            lo, row = U[2 * p * N:(2 * p + 1) * N], pairs[p * width:(p + 1) * width]
+            if 2 * p + 1 < K:
+                hi = U[(2 * p + 1) * N:(2 * p + 2) * N]
+                for j in range(N):
+                    row[j] = (np.uint32(bf16_bits(lo[j]))
+                              | (np.uint32(bf16_bits(hi[j])) << sixteen))
+            else:                   # an odd K's last row: its pair's other value is zero
+                for j in range(N):
+                    row[j] = np.uint32(bf16_bits(lo[j]))
+    if nt_off >= 0:
+        width = N + N % 2
+        for k in range(k0, k1):
+            src, row = U[k * N:(k + 1) * N], packed[nt_off + k * width:nt_off + k * width + N]
+            for j in range(N):
+                row[j] = bf16_bits(src[j])
+
+
 def _panel_call(symbol):
     def typer(typingctx, A, sai, sap, M, Bp, C):
         # the panel reads and writes raw memory: only the buffers rounded_rows and

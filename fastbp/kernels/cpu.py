@@ -22,6 +22,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from . import bf16
 from .ops import (FASTMATH, forward, forward_backward, forward_loss, jit, layer_weight,
                   output_forward, touched_release, touched_scatter)
 from .optim import bias_corrections, step_decay, update_segment
@@ -90,6 +91,9 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
     # several chunks' merged into gslab[0] (merge_touched), never scattered to W_0's rows,
     # gathered back and zeroed again (the same values, a third of the traffic).
     H = net.sizes[1]
+    if net.bf16:        # W_l's bf16 copies from the parameters as the epoch finds them
+        for l in range(L):
+            copy_layer(ws, params, net, l, 0, net.sizes[l] * net.sizes[l + 1])
     weight_sq = 0.0
     loss_total = 0.0
     correct_total = 0
@@ -154,12 +158,12 @@ def _train_epoch(state, slabs, ws, rows, order, net, hyper, batch_size, step, se
                 clip = params.dtype.type(coef if coef < 1.0 else 1.0)
             if n_groups > 1:
                 for g in prange(n_groups):
-                    update_group(state, slabs, index(g), n_groups, L, net.opt_code, hyper, bc1,
-                                 bc2, clip, decay, reduce, update)
+                    update_group(state, slabs, ws, net, index(g), n_groups, hyper, bc1, bc2,
+                                 clip, decay, reduce, update)
             else:
                 for k in range(n_blocks):
-                    block_pass(state, slabs, k, L, net.opt_code, hyper, bc1, bc2, clip, decay,
-                               reduce, update)
+                    block_pass(state, slabs, ws, net, k, hyper, bc1, bc2, clip, decay, reduce,
+                               update)
             if LAZY:                # W_0's touched rows only (block 0 carries their norm)
                 if reduce:
                     slabs.block_sq[0] = rows_sum_of_squares(g_lazy, n_lazy, H)
@@ -322,7 +326,7 @@ def update_rows(state, g, touched, lo, hi, H, opt_code, hyper, bc1, bc2, clip, d
 
 
 @jit
-def update_group(state, slabs, g, n_groups, L, opt_code, hyper, bc1, bc2, clip, decay, reduce,
+def update_group(state, slabs, ws, net, g, n_groups, hyper, bc1, bc2, clip, decay, reduce,
                  update):
     """block_pass over group g of n_groups: the blocks that start in [g P / n_groups,
     (g + 1) P / n_groups) of the P parameters, a contiguous run of blocks (one thread's
@@ -330,28 +334,43 @@ def update_group(state, slabs, g, n_groups, L, opt_code, hyper, bc1, bc2, clip, 
     P = slabs.gslab.shape[1]
     for k in range(slabs.block_lo.shape[0]):
         if slabs.block_lo[k] * n_groups // P == g:
-            block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce,
-                       update)
+            block_pass(state, slabs, ws, net, k, hyper, bc1, bc2, clip, decay, reduce, update)
 
 
 @jit
-def block_pass(state, slabs, k, L, opt_code, hyper, bc1, bc2, clip, decay, reduce, update):
+def block_pass(state, slabs, ws, net, k, hyper, bc1, bc2, clip, decay, reduce, update):
     """Block k of the flat buffers: sum the chunks' gradients into gslab[0] and record the
-    block's sum of squares (reduce), then apply the optimizer to it (update). CSR rows:
+    block's sum of squares (reduce), then apply the optimizer to it (update) and, in a bf16
+    model, write the updated weights into their bf16 copies (ws.packed). CSR rows:
     W_0's blocks are already summed (gather_touched); lazy: they are left to update_rows
     (their sums of squares 0 here), and gslab[0]'s W_0 holds merge_touched's compact rows."""
     lo = slabs.block_lo[k]
     hi = slabs.block_hi[k]
-    if LAZY and slabs.block_layer[k] == 0:
+    L = net.sizes.shape[0] - 1
+    layer = slabs.block_layer[k]
+    if LAZY and layer == 0:
         if reduce:
             slabs.block_sq[k] = 0.0
         return
     if reduce:
-        n_sum = 1 if SPARSE and slabs.block_layer[k] == 0 else slabs.gslab.shape[0]
+        n_sum = 1 if SPARSE and layer == 0 else slabs.gslab.shape[0]
         slabs.block_sq[k] = reduce_block(slabs.gslab, lo, hi, n_sum)
     if update:
-        update_segment(state.params, slabs.gslab[0], state.m, state.v, lo, hi, opt_code,
-                       hyper, bc1, bc2, slabs.block_layer[k] < L, clip, decay)
+        update_segment(state.params, slabs.gslab[0], state.m, state.v, lo, hi, net.opt_code,
+                       hyper, bc1, bc2, layer < L, clip, decay)
+        if net.bf16 and layer < L:
+            start = net.w_off[layer]
+            copy_layer(ws, state.params, net, layer, lo - start, hi - start)
+
+
+@jit
+def copy_layer(ws, params, net, l, lo, hi):
+    """W_l's rows that its flat elements lo:hi hold (whole pairs of rows, or up to its last
+    row) into its bf16 copies (bf16.copy_rows), where the epoch keeps them (ws.pack_off)."""
+    if l < ws.pack_off.shape[0]:
+        start, N = net.w_off[l], net.sizes[l + 1]
+        bf16.copy_rows(ws.packed, ws.pack_off[l, 0], ws.pack_off[l, 1],
+                       params[start:start + net.sizes[l] * N], lo // N, -(-hi // N), N)
 
 
 @jit

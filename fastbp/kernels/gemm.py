@@ -211,13 +211,16 @@ class _Vectors:
                                  fastmath=("reassoc",))
 
 
-def _check_arrays(*arrays):
-    """Typing: C (and A, B) 2-D, a bias 1-D, all C-contiguous, of one float dtype."""
+def _check_arrays(*arrays, copy=False):
+    """Typing: C (and A, B) 2-D, a bias 1-D, all C-contiguous, of one float dtype; with
+    `copy`, B a weight copy of bf16 bits (1-D uint16: bf16.py's weight copies)."""
     for i, arr in enumerate(arrays):
         if not isinstance(arr, types.Array) or arr.layout != "C" or \
-                arr.ndim != (1 if i == 3 else 2):
+                arr.ndim != (1 if i == 3 or (copy and i == 2) else 2):
             raise TypingError("gemm products need C-contiguous 2-D arrays (and a 1-D bias)")
-    dtypes = {arr.dtype for arr in arrays}
+    if copy and arrays[2].dtype != types.uint16:
+        raise TypingError("a bf16 product's weight copy holds bf16 bits (uint16)")
+    dtypes = {arr.dtype for i, arr in enumerate(arrays) if not (copy and i == 2)}
     if len(dtypes) != 1 or arrays[0].dtype not in (types.float32, types.float64):
         raise TypingError("gemm products need arrays of one float dtype")
 
@@ -580,18 +583,35 @@ def _nn_bf16_entry(c, a, b, bias, M, K, N):
     if not bf16_product(M, K, N, N):
         nn(C, A, B, bias_)
         return
-    Ab, Bp = bf16.rounded_rows(A), bf16.packed_pairs(B, False, bf16.TILE_COLS)
+    _nn_bf16_of_packed(C, A, bf16.packed_pairs(B, False, bf16.TILE_COLS), bias_)
+
+
+def _nn_bf16_copy_entry(c, a, b, bias, M, K, N):
+    """nn in bf16 from the step's copy of W (kernels/bf16.py, weight copies): b points at
+    W's pairs, packed (K'/2, N', 2) as packed_pairs packs them; the caller has checked
+    bf16_product."""
+    C, A, bias_ = carray(c, (M, N)), carray(a, (M, K)), carray(bias, (N,))
+    K2, N_ = (K + 1) // 2, bf16.nn_copy_cols(N)
+    Bp = carray(b, (K2 * N_,)).view(np.uint16).reshape(K2, N_, 2)
+    _nn_bf16_of_packed(C, A, Bp, bias_)
+
+
+@jit
+def _nn_bf16_of_packed(C, A, Bp, bias):
+    """C (M, N) = A (M, K) @ B + bias from A rounded here and B's packed pairs Bp."""
+    M, N = C.shape
+    Ab = bf16.rounded_rows(A)
     if _whole_tiles(M, N):
         bf16.panel(Ab, Ab.shape[1] // 2, 1, M, Bp, C)
         for r in range(M):
             for j in range(N):
-                C[r, j] += bias_[j]
+                C[r, j] += bias[j]
         return
     out = np.empty((Ab.shape[0], Bp.shape[1]), dtype=np.float32)
     bf16.panel(Ab, Ab.shape[1] // 2, 1, Ab.shape[0], Bp, out)
     for r in range(M):
         for j in range(N):
-            C[r, j] = out[r, j] + bias_[j]
+            C[r, j] = out[r, j] + bias[j]
 
 
 def _tn_bf16_entry(c, a, b, unused, M, K, N):
@@ -633,7 +653,23 @@ def _nt_bf16_entry(c, a, b, t, M, K, N):
     if not bf16_product(M, K, N, M):
         nt(C, A, B, carray(t, (K * N + N,)))
         return
-    Bb, Ap = bf16.rounded_rows(B), pairs_of_rows(A, bf16.TILE_COLS)
+    _nt_bf16_of_rounded(C, A, bf16.rounded_rows(B))
+
+
+def _nt_bf16_copy_entry(c, a, b, t, M, K, N):
+    """nt in bf16 from the step's copy of W (kernels/bf16.py, weight copies): b points at
+    B's rows rounded (N', K'), as rounded_rows rounds them; the caller has checked
+    bf16_product."""
+    C, A = carray(c, (M, N)), carray(a, (M, K))
+    N_, K_ = bf16.nt_copy_rows(N), K + K % 2
+    _nt_bf16_of_rounded(C, A, carray(b, (N_ * K_ // 2,)).view(np.uint16).reshape(N_, K_))
+
+
+@jit
+def _nt_bf16_of_rounded(C, A, Bb):
+    """C (M, N) = A (M, K) @ B^T from B's rows rounded (Bb) and A packed here."""
+    M, N = C.shape
+    Ap = pairs_of_rows(A, bf16.TILE_COLS)
     if _whole_tiles(N, M):
         bf16.panel_t(Bb, Bb.shape[1] // 2, 1, N, Ap, C)                 # C^T stored as C
         return
@@ -647,11 +683,17 @@ def _nt_bf16_entry(c, a, b, t, M, K, N):
 
 _ENTRIES = {"nn": _nn_entry, "tn": _tn_entry, "nt": _nt_entry}
 _BF16_ENTRIES = {"nn_bf16": _nn_bf16_entry, "tn_bf16": _tn_bf16_entry,
-                 "nt_bf16": _nt_bf16_entry}     # float32 only: see enable_bf16
+                 "nt_bf16": _nt_bf16_entry,     # float32 only: see enable_bf16
+                 "nn_bf16_copy": _nn_bf16_copy_entry, "nt_bf16_copy": _nt_bf16_copy_entry}
+# the plain entry point each bf16 one's stand-in calls until enable_bf16 (the copies' are
+# never reached before: only a bf16 model's epochs call them, and they enable bf16 first)
+# and the one a float64 kernel's (never taken) bf16 branch calls
+_PLAIN = {"nn_bf16": "nn", "tn_bf16": "tn", "nt_bf16": "nt", "nn_bf16_copy": "nn",
+          "nt_bf16_copy": "nt"}
 _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
 _registered = set()            # dtype names whose entry points' symbols are known
 _registering = set()           # ... being compiled, by the thread holding the compiler lock
-_bf16_targets = []             # the bf16 stand-ins' pointers (ctypes.c_void_p), nn, tn, nt
+_bf16_targets = []             # the bf16 stand-ins' pointers (ctypes.c_void_p), _PLAIN's order
 _bf16_enabled = []             # [True] once they point at the bf16 entry points
 
 
@@ -706,11 +748,11 @@ def _register_entries(dtype_name):
         llvm_binding.add_symbol(_symbol(kind, dtype_name), entry.address)
     if dtype_name == "float32":
         for kind, (address, target) in bf16.trampolines(
-                [_symbol(k + "_bf16", "float32") for k in _ENTRIES]).items():
+                [_symbol(k, "float32") for k in _PLAIN]).items():
             llvm_binding.add_symbol(kind, address)
             _bf16_targets.append(target)
-        for target, kind in zip(_bf16_targets, _ENTRIES):
-            target.value = _compiled[kind, "float32"].address
+        for target, plain in zip(_bf16_targets, _PLAIN.values()):
+            target.value = _compiled[plain, "float32"].address
     _registered.add(dtype_name)
 
 
@@ -724,8 +766,8 @@ def enable_bf16():
         if _bf16_enabled:
             return
         bf16.register_panel()                       # the bf16 entry points call it
-        addresses = [_compile_entry(kind, "float32", body).address
-                     for kind, body in _BF16_ENTRIES.items()]
+        addresses = [_compile_entry(kind, "float32", _BF16_ENTRIES[kind]).address
+                     for kind in _PLAIN]
         for target, address in zip(_bf16_targets, addresses):
             target.value = address
         _bf16_enabled.append(True)                  # only now: every stand-in points right
@@ -749,7 +791,7 @@ def _entry_call(kind, with_bias):
     (they are not checked)."""
 
     def typer(operands):
-        _check_arrays(*operands)
+        _check_arrays(*operands, copy=kind.endswith("_copy"))
         dtype_name = str(operands[0].dtype)
         register(dtype_name)
 
@@ -763,7 +805,7 @@ def _entry_call(kind, with_bias):
             a_rows, a_cols = cgutils.unpack_tuple(builder, arrays[1].shape, 2)
             # bf16 products exist for float32 only: a float64 kernel's (never taken)
             # bf16 branch calls the plain entry point
-            name = kind if dtype_name == "float32" else kind.replace("_bf16", "")
+            name = kind if dtype_name == "float32" else _PLAIN.get(kind, kind)
             fn = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 4 + [i64] * 3),
                 _symbol(name, dtype_name))
@@ -793,6 +835,12 @@ nt = _entry_call("nt", True)     # nt(C, A, B, T): C (M, N) = A @ B^T for A (M, 
 nn_bf16 = _entry_call("nn_bf16", True)    # the same three with bf16 operands (float32;
 tn_bf16 = _entry_call("tn_bf16", False)   # float64 arrays take the plain ones)
 nt_bf16 = _entry_call("nt_bf16", True)
+# nn_bf16_copy(C, A, Wp, bias) and nt_bf16_copy(C, A, Wr, T): nn_bf16 and nt_bf16 with W
+# taken from the step's copy of it in bf16 (bf16.py: Wp W's packed pairs, Wr its rounded
+# rows; 1-D uint16) instead of rounding and packing W at every call; for products that
+# bf16_product sends to bf16 (the caller checks)
+nn_bf16_copy = _entry_call("nn_bf16_copy", True)
+nt_bf16_copy = _entry_call("nt_bf16_copy", True)
 
 
 @jit
