@@ -37,14 +37,15 @@ def network_forward(X, params, sizes, w_off, b_off, act, loss_code, x_shift, x_s
             for j in range(sizes[0]):
                 A[r, j] = (X[r, j] - x_shift[j]) / x_scale[j]
     Z = np.empty((N, sizes[1]), X.dtype)
+    no_copy = np.empty(0, dtype=np.uint16)       # (full precision: no bf16 copy of W)
     linear_forward(Z, A, layer_weight(params, w_off, sizes, 0), layer_bias(params, b_off, sizes, 0),
-                   False)
+                   False, no_copy)
     for l in range(1, L):
         H = np.empty_like(Z)                     # act(Z_{l-1}), the input of layer l
         activation_forward(H, Z, act[l - 1])
         Z = np.empty((N, sizes[l + 1]), X.dtype)
         linear_forward(Z, H, layer_weight(params, w_off, sizes, l),
-                       layer_bias(params, b_off, sizes, l), False)
+                       layer_bias(params, b_off, sizes, l), False, no_copy)
     out = np.empty_like(Z)
     output_forward(out, Z, loss_code)
     if y_scale.shape[0] > 0:
