@@ -19,8 +19,12 @@ colder, threads are woken per part): it is meant for the large workloads (mnist,
 on tiny and regression every part is a few microseconds and the parallel region's entry
 around each one dominates what it measures.
 
+With --precision bf16 the model is a bf16 one (precision="bf16") and its products are timed
+as its epochs run them: W from the epoch's bf16 copies where it keeps one (gemm.nn_bf16_copy,
+nt_bf16_copy), the other operand rounded and packed by each product.
+
 Usage: python benchmarks/breakdown.py [--workloads mnist wide] [--optimizer sgd|adam]
-       [--rounds 20]
+       [--rounds 20] [--precision full|bf16]
 """
 import argparse
 import os
@@ -38,31 +42,43 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workloads import WORKLOADS, cpu_model_and_flags, make_data  # noqa: E402
 
 import fastbp  # noqa: E402
-from fastbp.kernels import codes, cpu, gemm, ops, optim  # noqa: E402
+from fastbp.kernels import bf16, codes, cpu, gemm, ops, optim  # noqa: E402
 
 
 # The products through gemm's entry points, as the kernels call them: its own loops or BLAS
 # by gemm.small's rule (bias added in the forward product).
+# bf16: Wp / Wr the epoch's copies of W (empty: none), as ops.linear_forward and
+# linear_backward take them
 @njit(parallel=True, cache=False)
-def _forward_products(As, Ws, b, Zs, reps):
+def _forward_products(As, Ws, b, Zs, bf16, Wp, reps):
     for _ in range(reps):
         for c in prange(As.shape[0]):
-            gemm.nn(Zs[c], As[c], Ws, b)
+            ops.linear_forward(Zs[c], As[c], Ws, b, bf16, Wp)
 
 
 @njit(parallel=True, cache=False)
-def _weight_grad_products(As, dZs, dWs, reps):
+def _weight_grad_products(As, dZs, dWs, bf16, reps):
     for _ in range(reps):
         for c in prange(As.shape[0]):
-            gemm.tn(dWs[c], As[c], dZs[c])
+            if bf16:
+                gemm.tn_bf16(dWs[c], As[c], dZs[c])
+            else:
+                gemm.tn(dWs[c], As[c], dZs[c])
 
 
 @njit(parallel=True, cache=False)
-def _input_grad_products(dZs, Ws, dAs, reps):
+def _input_grad_products(dZs, Ws, dAs, bf16, Wr, reps):
     scratch = np.empty((dZs.shape[0], Ws.size + Ws.shape[0]), dtype=Ws.dtype)   # as the kernels
     for _ in range(reps):
         for c in prange(dZs.shape[0]):
-            gemm.nt(dAs[c], dZs[c], Ws, scratch[c])
+            dZ, dA = dZs[c], dAs[c]
+            if bf16 and Wr.shape[0] > 0 and gemm.bf16_product(dZ.shape[0], dZ.shape[1],
+                                                              dA.shape[1], dZ.shape[0]):
+                gemm.nt_bf16_copy(dA, dZ, Wr, scratch[c])
+            elif bf16:
+                gemm.nt_bf16(dA, dZ, Ws, scratch[c])
+            else:
+                gemm.nt(dA, dZ, Ws, scratch[c])
 
 
 @njit(parallel=True, cache=False)
@@ -126,7 +142,7 @@ def _chunk_passes(params, gslab, ws, rows, order, net, batch_size, n_steps):
                                  inv_count)
 
 
-def inside_step(name, optimizer, rounds=5):
+def inside_step(name, optimizer, precision="full", rounds=5):
     """(ms per step of the whole epoch kernel, ms per step of its chunks' forward-backward
     region), best of `rounds` epochs each, alternating: the step timed inside the real
     kernel with the real buffers, where the parts above are timed apart (warmer caches,
@@ -136,7 +152,7 @@ def inside_step(name, optimizer, rounds=5):
     n = batch * 16
     X, y = make_data(name, n)
     t = fastbp.Trainer(layers, loss=loss, optimizer=optimizer, batch_size=batch, lr=1e-4,
-                       target="parallel", dtype="float32", seed=0)
+                       target="parallel", dtype="float32", seed=0, precision=precision)
     t.fit(X, y, epochs=1, progress=False)
     rows = t.check_data(X, y)
     order = np.arange(n, dtype=np.int64)
@@ -167,12 +183,12 @@ def timed(fn, *args, reps, blas_threads=1):
         return (time.perf_counter() - start) / reps
 
 
-def whole_step(name, optimizer, epochs=3):
+def whole_step(name, optimizer, precision="full", epochs=3):
     layers, batch, loss = WORKLOADS[name]
     n = batch * 64
     X, y = make_data(name, n)
     t = fastbp.Trainer(layers, loss=loss, optimizer=optimizer, batch_size=batch,
-                       target="parallel", dtype="float32", seed=0)
+                       target="parallel", dtype="float32", seed=0, precision=precision)
     t.fit(X, y, epochs=1, progress=False)
     times = []
     for _ in range(epochs):
@@ -182,11 +198,12 @@ def whole_step(name, optimizer, epochs=3):
     return float(np.median(times)) / (n // batch), t.engine.train_plan
 
 
-def breakdown(name, optimizer, reps):
+def breakdown(name, optimizer, reps, precision="full"):
     layers, batch, _ = WORKLOADS[name]
     T = numba.get_num_threads()
-    step, plan = whole_step(name, optimizer)
+    step, plan = whole_step(name, optimizer, precision)
     gemm.register("float32")                 # (the fit above has; the products below need it)
+    use_bf16 = precision == "bf16"
     chunks = plan.chunks
     rows = -(-batch // chunks)
     rng = np.random.default_rng(0)
@@ -202,13 +219,20 @@ def breakdown(name, optimizer, reps):
         dAs = np.empty((chunks, rows, n_in), f32)
         b = rng.standard_normal(n_out).astype(f32)
         flops = 2.0 * batch * n_in * n_out
+        # the epoch's bf16 copies of W where it keeps them (engine._weight_copies' rule)
+        no_copy = np.empty(0, np.uint16)
+        Wp = (bf16.packed_pairs(W, False, bf16.TILE_COLS).reshape(-1) if use_bf16
+              and gemm.bf16_product(rows, n_in, n_out, n_out) else no_copy)
+        Wr = (bf16.rounded_rows(W).reshape(-1) if use_bf16 and l > 0
+              and gemm.bf16_product(rows, n_out, n_in, rows) else no_copy)
         parts.append((f"layer {l} forward A W + b ({n_in}x{n_out})",
-                      timed(_forward_products, As, W, b, Zs, reps=reps), flops))
+                      timed(_forward_products, As, W, b, Zs, use_bf16, Wp, reps=reps), flops))
         parts.append((f"layer {l} weight grad A^T dZ",
-                      timed(_weight_grad_products, As, dZs, dWs, reps=reps), flops))
+                      timed(_weight_grad_products, As, dZs, dWs, use_bf16, reps=reps), flops))
         if l > 0:
             parts.append((f"layer {l} input grad dZ W^T",
-                          timed(_input_grad_products, dZs, W, dAs, reps=reps), flops))
+                          timed(_input_grad_products, dZs, W, dAs, use_bf16, Wr, reps=reps),
+                          flops))
         A, dZ = As.reshape(-1, n_in)[:batch], dZs.reshape(-1, n_out)[:batch]
         Z, dW, dA = np.empty((batch, n_out), f32), np.empty((n_in, n_out), f32), \
             np.empty((batch, n_in), f32)
@@ -250,7 +274,8 @@ def breakdown(name, optimizer, reps):
                       timed(_adam, params, gslab[0], m, v, edges[:-1], edges[1:], reps=reps),
                       0.0))
     total = sum(p[1] for p in parts)
-    print(f"\n### {name} {layers}, batch {batch}, float32, {optimizer}, plan {plan.strategy} "
+    print(f"\n### {name} {layers}, batch {batch}, float32, precision {precision}, {optimizer}, "
+          f"plan {plan.strategy} "
           f"({chunks} chunk(s) of {rows} rows), {T} threads\n")
     print(f"whole step (Trainer.fit): {step * 1e3:.3f} ms; sum of the parts: "
           f"{total * 1e3:.3f} ms\n")
@@ -266,7 +291,7 @@ def breakdown(name, optimizer, reps):
           f"({gemm_flops / products / 1e9:.0f}"
           f" GFLOP/s); as whole-batch NumPy products on {T} threads: {t_numpy * 1e3:.3f} ms "
           f"({gemm_flops / t_numpy / 1e9:.0f} GFLOP/s)")
-    kernel, passes = inside_step(name, optimizer)
+    kernel, passes = inside_step(name, optimizer, precision)
     print(f"inside the epoch kernel (best of 5 epochs): {kernel * 1e3:.3f} ms a step, of which "
           f"the chunks' forward and backward passes {passes * 1e3:.3f} ms and the rest (the "
           f"slabs' sum, the update, the step's records) {(kernel - passes) * 1e3:.3f} ms")
@@ -277,11 +302,12 @@ def main(argv=None):
     p.add_argument("--workloads", nargs="+", default=["mnist", "wide"], choices=list(WORKLOADS))
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--rounds", type=int, default=20, help="repetitions of each part")
+    p.add_argument("--precision", default="full", choices=["full", "bf16"])
     args = p.parse_args(argv)
     print(f"CPU: {cpu_model_and_flags()[0]}; {numba.get_num_threads()} threads; "
           f"{time.strftime('%Y-%m-%d')}")
     for name in args.workloads:
-        breakdown(name, args.optimizer, args.rounds)
+        breakdown(name, args.optimizer, args.rounds, args.precision)
 
 
 if __name__ == "__main__":

@@ -332,8 +332,10 @@ def packed_pairs(B, transposed, multiple):
 # layouts its products read (args.Workspace.packed, offsets in pack_off): for A W (nn) W's
 # pairs along its rows, packed_pairs(W, False, TILE_COLS); for dZ W^T (nt) W's rows
 # rounded, rounded_rows(W). The epoch writes them from the parameters when it starts and
-# again wherever the update changes a parameter (cpu.block_pass), so each step's products
-# read W rounded once, not rounded and packed again by every chunk's every product.
+# again where each update block changes W (cpu.block_pass: a bf16 model's blocks hold whole
+# pairs of W's rows, so the thread that updated them writes their pairs whole, while they
+# are in its cache), so each step's products read W rounded once, not rounded and packed
+# again by every chunk's every product.
 # Padding (to whole tiles) is zero from the allocation on and never written.
 
 @jit
