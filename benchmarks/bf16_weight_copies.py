@@ -3,7 +3,8 @@
 Trains one workload in one process with three Trainers, their epochs alternating round-robin
 (this machine's slow phases hit all three alike): float32 ("full"), bf16 with the epoch's
 bf16 copies of W (the default), and bf16 with every product rounding and packing W itself
-(engine.BF16_WEIGHT_COPIES = False, the code before; the same results bit for bit).
+(engine.BF16_WEIGHT_COPIES = False: the products as before the copies; the same results
+bit for bit).
 Samples/s of Trainer.fit(X, y, epochs=1), Python included, median (min-max) of --rounds
 epochs after one untimed; SGD with momentum, float32 models, the workloads of
 benchmarks/workloads.py; `compare.py`'s core-sharing measure before and after.

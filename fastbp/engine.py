@@ -284,10 +284,11 @@ class Engine:
             return self.device().data(*rows[:4])
         return self.device().data(*rows[:4], batch_size)
 
-    def _workspace(self, block_rows, n_chunks, rows, backward=True):
+    def _workspace(self, block_rows, n_chunks, rows, backward=True, weight_copies=False):
         """Per chunk: the activations of block_rows rows, and for a backward pass the input
         gradient's scratch and the touched rows of W_0: for CSR `rows`, and for dense ones
-        where the first layer skips zero columns (args.Workspace)."""
+        where the first layer skips zero columns (args.Workspace); with weight_copies (a
+        training epoch's workspace) a bf16 model's copies of W_l in bf16."""
         lay, dtype = self.network.layout, self.network.dtype
         skip = lay.skips_zero_columns(n_chunks, np.dtype(dtype).itemsize, rows.X.nbytes,
                                       rows.sparse, backward)
@@ -300,7 +301,7 @@ class Engine:
         elif skip:
             touched = int(lay.sizes[0])   # dense: the chunk's nonzero columns, W_0's rows
         packed, pack_off = np.empty(0, dtype=np.uint16), np.empty((0, 2), dtype=np.int64)
-        if backward and self._net.bf16 and BF16_WEIGHT_COPIES:
+        if weight_copies and self._net.bf16 and BF16_WEIGHT_COPIES:
             packed, pack_off = self._weight_copies(block_rows, rows.sparse)
         return Workspace(self._placed((n_chunks, size)), a_off, z_off, d_off,
                          np.empty((n_chunks, touched), dtype=np.int64),
@@ -313,6 +314,10 @@ class Engine:
         products that chunks of block_rows rows take in bf16 (gemm.bf16_product; a smaller
         last batch's products may not, then the copy is unused): A W's where the first layer
         is dense, dZ W^T's beyond the first layer. Zero-filled: the padding stays zero."""
+        assert np.dtype(self.network.dtype) == np.float32      # (bf16 models are float32)
+        # the products that read them exist from now on: before, their symbols' stand-ins
+        # would take a copy for a float32 W of twice its size
+        gemm.enable_bf16()
         sizes = [int(n) for n in self.network.layout.sizes]
         pack_off = np.full((len(sizes) - 1, 2), -1, dtype=np.int64)
         total = 0
@@ -445,8 +450,12 @@ class _CpuEpochs:
         self.kernel = self.plan.kernels.train_epoch_for(rows, self.lazy)
         lay, dtype = engine.network.layout, engine.network.dtype
         C = self.plan.chunks
-        self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows)
-        block_lo, block_hi, block_layer = lay.update_blocks(C, self.ws.packed.size > 0)
+        self.ws = engine._workspace(-(-min(engine.batch_size, rows.n) // C), C, rows,
+                                    weight_copies=True)
+        # a bf16 model's blocks hold whole pairs of W's rows (its copies are written in
+        # pairs), with or without the copies: the blocks' sums of squares, and so the
+        # clipping and the recorded norms, are the same either way
+        block_lo, block_hi, block_layer = lay.update_blocks(C, bool(engine._net.bf16))
         R = 0
         if rows.sparse:          # the lazy update's list of the step's touched rows
             R = min(self.ws.touched.shape[0] * self.ws.touched.shape[1], int(lay.sizes[0]))

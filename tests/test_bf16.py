@@ -244,30 +244,68 @@ def test_the_epochs_bf16_copies_of_w_hold_the_updated_weights(monkeypatch, targe
             assert np.array_equal(ws.packed[at:at + nt.size], nt)
 
 
+# n_0 = 97 (odd): with 10 zero columns a chunk keeps 87 of them, deep enough for bf16, so
+# its first layer reads a compact W_0 through nn_bf16 instead of the copy
+WIDE_IN = [97, 256, 129, 10]
+
+
 @pytest.mark.parametrize("target", ["cpu", "parallel"])
+@pytest.mark.parametrize("zero_columns, clip", [(False, None), (True, None), (False, 0.3)])
 def test_bf16_fits_from_the_copies_of_w_equal_those_that_round_w_in_every_product(
-        monkeypatch, target):
+        monkeypatch, target, zero_columns, clip):
     """Reading W from the epoch's bf16 copies changes where W is rounded, not the sums: the
     fits equal, bit for bit, those whose every product rounds and packs W itself
     (engine.BF16_WEIGHT_COPIES False), also when the weights are changed between fits (the
-    next epoch copies them again), with a partial last batch, and with zero columns in X
-    (the first layer then reads a compact W_0 of the columns kept, not the copy)."""
+    next epoch copies them again), with a partial last batch, with gradient clipping (its
+    global norm sums the same blocks either way), and with zero columns in X (the first
+    layer then reads a compact W_0 of the columns kept, not the copy)."""
     from fastbp import engine
     rng = np.random.default_rng(2)
-    X, y = rng.standard_normal((500, ODD[0])).astype(np.float32), rng.integers(0, 10, 500)
-    X[:, 5:15] = 0.0
-    fits = []
+    X = rng.standard_normal((500, WIDE_IN[0])).astype(np.float32)
+    y = rng.integers(0, 10, 500)
+    if zero_columns:
+        X[:, 5:15] = 0.0
+        # the compact W_0 is deep enough for bf16: that path is the one taken
+        assert gemm.bf16_product(64, WIDE_IN[0] - 10, WIDE_IN[1], WIDE_IN[1])
+    fits, histories, runners = [], [], _epoch_runners(monkeypatch)
     for copies in (True, False):
         monkeypatch.setattr(engine, "BF16_WEIGHT_COPIES", copies)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            t = Trainer(ODD, optimizer="adam", batch_size=128, seed=0, target=target,
+            t = Trainer(WIDE_IN, optimizer="sgd" if clip else "adam", lr=0.05 if clip else 1e-3,
+                        batch_size=128, seed=0, target=target, clip_norm=clip,
                         n_threads=min(2, numba.config.NUMBA_NUM_THREADS), precision="bf16")
         t.fit(X, y, epochs=2, progress=False)
         t.weights[1][:7] *= -2.0
         t.fit(X[:, ::-1].copy(), y, epochs=1, progress=False)
         fits.append(t.engine.params.copy())
+        histories.append(t.history["grad_norm"])
     assert np.array_equal(fits[0], fits[1])
+    assert histories[0] == histories[1]
+    with_copies = runners[0].ws
+    assert (with_copies.pack_off[:2, 0] >= 0).all() and with_copies.pack_off[1, 1] >= 0
+    if zero_columns:
+        assert (with_copies.n_touched == WIDE_IN[0] - 10).all()  # the chunks were compacted
+
+
+def test_the_full_batch_gradient_of_a_bf16_model_keeps_no_weight_copies(monkeypatch):
+    """Only training epochs read the copies: the full-batch gradient's workspace (the
+    evaluation net, full precision) allocates none."""
+    from fastbp import engine
+    made = []
+    workspace = engine.Engine._workspace
+
+    def spy(self, *args, **kwargs):
+        ws = workspace(self, *args, **kwargs)
+        made.append(ws)
+        return ws
+    monkeypatch.setattr(engine.Engine, "_workspace", spy)
+    X, y = _data()
+    t = _trainer(precision="bf16", target="parallel")
+    t.gradient(X, y)
+    assert made and all(ws.packed.size == 0 for ws in made)
+    t.fit(X, y, epochs=1, progress=False)
+    assert made[-1].packed.size > 0
 
 
 def test_precision_survives_save_and_load_and_training_resumes_alike(tmp_path):
