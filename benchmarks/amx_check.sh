@@ -5,9 +5,10 @@
 # VDPBF16PS panel (FASTBP_AMX=0) beside OpenBLAS float32 and oneDNN's bf16 (PyTorch)
 # (benchmarks/bf16_products.py), whole epochs on two CPUs of cores of their own: fastbp
 # float32 and bf16 against JAX and PyTorch (compare.py), and bf16's held-out accuracy
-# (bf16_accuracy.py). Logs go to $OUT (the device tool's folder that comes back) or ./amx-out.
-# Uses the python3 there (PYTHONPATH=., nothing installed). About 3 minutes on a 16-core
-# Xeon; AMX_TESTS picks tests (pytest -k), SETTINGS="1" leaves out the VDPBF16PS products.
+# (bf16_accuracy.py), and bf16 with and without the epochs' copies of W
+# (bf16_weight_copies.py). Logs go to $OUT (the device tool's folder that comes back) or
+# ./amx-out. Uses the python3 there (PYTHONPATH=., nothing installed). About 4 minutes on a
+# 16-core Xeon; AMX_TESTS picks tests (pytest -k), SETTINGS="1" leaves out the VDPBF16PS products.
 #   bash benchmarks/amx_check.sh
 set -u
 OUT=${OUT:-amx-out}; mkdir -p "$OUT"
@@ -33,4 +34,8 @@ export NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2
 timeout 200 taskset -c "$PAIR" python3 benchmarks/compare.py --rounds 3 --workloads mnist wide \
   --skip "torch eager foreach" scikit-learn > "$OUT/compare.txt" 2>&1
 timeout 120 taskset -c "$PAIR" python3 benchmarks/bf16_accuracy.py --seeds 1 > "$OUT/accuracy.txt" 2>&1
+for workload in mnist wide; do      # the epochs' bf16 copies of W against packing W per product
+  timeout 90 taskset -c "$PAIR" python3 benchmarks/bf16_weight_copies.py $workload --rounds 5 \
+    >> "$OUT/weight_copies.txt" 2>&1
+done
 echo "done at ${SECONDS} s"
