@@ -1,7 +1,7 @@
 """What a bf16 model's weight copies give (kernels/bf16.py, weight copies; issue 15 §3).
 
 Trains one workload in one process with three Trainers, their epochs alternating round-robin
-(this machine's slow phases hit all three alike): float32 ("full"), bf16 with the epoch's
+(this machine's slow phases hit all three alike): float32 (precision "full"), bf16 with the epoch's
 bf16 copies of W (the default), and bf16 with every product rounding and packing W itself
 (engine.BF16_WEIGHT_COPIES = False: the products as before the copies; the same results
 bit for bit).
@@ -27,7 +27,7 @@ from workloads import WORKLOADS, core_sharing, cpu_model_and_flags, make_data  #
 from fastbp import Trainer, engine  # noqa: E402
 
 ROWS = {"mnist": 16384, "wide": 4096}
-KINDS = {"full": ("full", True), "bf16, weight copies": ("bf16", True),
+KINDS = {"float32": ("full", True), "bf16, weight copies": ("bf16", True),
          "bf16, W packed per product": ("bf16", False)}
 
 
@@ -35,7 +35,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workload", choices=list(WORKLOADS))
     p.add_argument("--target", default="parallel", choices=["cpu", "parallel"])
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=7,
+                   help="timed epochs of each, alternating (default 7)")
     args = p.parse_args(argv)
     layers, batch, loss = WORKLOADS[args.workload]
     n = ROWS.get(args.workload, 8192)
@@ -64,10 +65,10 @@ def main(argv=None):
             rates[kind].append(epoch(kind))
     print(f"core sharing (1.0: cores of their own) {sharing:.2f} before, "
           f"{core_sharing():.2f} after")
-    full = np.median(rates["full"])
+    full = np.median(rates["float32"])
     for kind, r in rates.items():
         print(f"{kind:28s} {np.median(r):>10,.0f} samples/s ({min(r):,.0f}-{max(r):,.0f})  "
-              f"{np.median(r) / full:.2f}x full")
+              f"{np.median(r) / full:.2f}x float32")
 
 
 if __name__ == "__main__":
