@@ -53,7 +53,7 @@ from fastbp.kernels import bf16, codes, cpu, gemm, ops, optim  # noqa: E402
 def _forward_products(As, Ws, b, Zs, bf16, Wp, reps):
     for _ in range(reps):
         for c in prange(As.shape[0]):
-            ops.linear_forward(Zs[c], As[c], Ws, b, bf16, Wp)
+            ops.linear_forward(Zs[c], As[c], Ws, b, bf16, Wp, 0 if Wp.shape[0] > 0 else -1)
 
 
 @njit(parallel=True, cache=False)
@@ -74,7 +74,7 @@ def _input_grad_products(dZs, Ws, dAs, bf16, Wr, reps):
             dZ, dA = dZs[c], dAs[c]
             if bf16 and Wr.shape[0] > 0 and gemm.bf16_product(dZ.shape[0], dZ.shape[1],
                                                               dA.shape[1], dZ.shape[0]):
-                gemm.nt_bf16_copy(dA, dZ, Wr, scratch[c])
+                gemm.nt_bf16_copy(dA, dZ, Wr, 0, scratch[c])
             elif bf16:
                 gemm.nt_bf16(dA, dZ, Ws, scratch[c])
             else:

@@ -300,7 +300,7 @@ class Engine:
             R = touched = touched_capacity(rows.indptr, block_rows, n_0)
         elif skip:
             touched = int(lay.sizes[0])   # dense: the chunk's nonzero columns, W_0's rows
-        packed, pack_off = np.empty(0, dtype=np.uint16), np.empty((0, 2), dtype=np.int64)
+        packed, pack_off = np.empty(0, dtype=np.uint16), np.empty((0, 3), dtype=np.int64)
         if weight_copies and self._net.bf16 and BF16_WEIGHT_COPIES:
             packed, pack_off = self._weight_copies(block_rows, rows.sparse)
         return Workspace(self._placed((n_chunks, size)), a_off, z_off, d_off,
@@ -311,15 +311,17 @@ class Engine:
 
     def _weight_copies(self, block_rows, sparse):
         """A bf16 model's bf16 copies of W_l (args.Workspace.packed, pack_off) for the
-        products that chunks of block_rows rows take in bf16 (gemm.bf16_product; a smaller
-        last batch's products may not, then the copy is unused): A W's where the first layer
-        is dense, dZ W^T's beyond the first layer. Zero-filled: the padding stays zero."""
+        products that chunks of block_rows rows take in bf16 (gemm.bf16_product; a chunk of
+        fewer rows, in a smaller last batch, leaves its products to round and pack W
+        themselves, ops.copy_offset): A W's where the first layer is dense, dZ W^T's beyond
+        the first layer. Zero-filled: the padding stays zero."""
         assert np.dtype(self.network.dtype) == np.float32      # (bf16 models are float32)
         # the products that read them exist from now on: before, their symbols' stand-ins
         # would take a copy for a float32 W of twice its size
         gemm.enable_bf16()
         sizes = [int(n) for n in self.network.layout.sizes]
-        pack_off = np.full((len(sizes) - 1, 2), -1, dtype=np.int64)
+        pack_off = np.full((len(sizes) - 1, 3), -1, dtype=np.int64)
+        pack_off[:, 2] = block_rows                    # the rows of the products they serve
         total = 0
         for l, (K, N) in enumerate(zip(sizes[:-1], sizes[1:])):
             wanted = (not (sparse and l == 0) and gemm.bf16_product(block_rows, K, N, N),

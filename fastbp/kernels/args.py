@@ -83,9 +83,10 @@ class Workspace(NamedTuple):
     them (n_0 where the skip did not pay), and touched_grad and touched_slot empty.
 
     A bf16 model's training epochs (Network.bf16) keep W_l's bf16 copies (kernels/bf16.py,
-    weight copies), shared by the chunks: packed (bf16 bits) holds them, pack_off (L, 2)
+    weight copies), shared by the chunks: packed (bf16 bits) holds them, pack_off (L, 3)
     W_l's nn copy at pack_off[l, 0] and its nt copy at pack_off[l, 1] (-1: none: the
-    products then round and pack W themselves). Empty in every other workspace."""
+    products then round and pack W themselves), for products over pack_off[l, 2] rows (a
+    full batch's chunks). Empty in every other workspace."""
     work: np.ndarray
     a_off: np.ndarray
     z_off: np.ndarray
@@ -95,7 +96,7 @@ class Workspace(NamedTuple):
     touched_grad: np.ndarray
     touched_slot: np.ndarray
     packed: np.ndarray = np.empty(0, dtype=np.uint16)
-    pack_off: np.ndarray = np.empty((0, 2), dtype=np.int64)
+    pack_off: np.ndarray = np.empty((0, 3), dtype=np.int64)
 
 
 class Slabs(NamedTuple):

@@ -22,7 +22,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from . import bf16
+from . import gemm
 from .ops import (FASTMATH, forward, forward_backward, forward_loss, jit, layer_weight,
                   output_forward, touched_release, touched_scatter)
 from .optim import bias_corrections, step_decay, update_segment
@@ -366,11 +366,15 @@ def block_pass(state, slabs, ws, net, k, hyper, bc1, bc2, clip, decay, reduce, u
 @jit
 def copy_layer(ws, params, net, l, lo, hi):
     """W_l's rows that its flat elements lo:hi hold (whole pairs of rows, or up to its last
-    row) into its bf16 copies (bf16.copy_rows), where the epoch keeps them (ws.pack_off)."""
+    row) into its bf16 copies (gemm.copy_call: bf16.copy_rows, compiled only where a bf16
+    model trains), where the epoch keeps them (ws.pack_off)."""
     if l < ws.pack_off.shape[0]:
         start, N = net.w_off[l], net.sizes[l + 1]
-        bf16.copy_rows(ws.packed, ws.pack_off[l, 0], ws.pack_off[l, 1],
-                       params[start:start + net.sizes[l] * N], lo // N, -(-hi // N), N)
+        k0, k1 = lo // N, -(-hi // N)
+        if ws.pack_off[l, 0] >= 0:
+            gemm.copy_call(0, ws.packed, ws.pack_off[l, 0], params, start, k0, k1, N)
+        if ws.pack_off[l, 1] >= 0:
+            gemm.copy_call(1, ws.packed, ws.pack_off[l, 1], params, start, k0, k1, N)
 
 
 @jit

@@ -39,13 +39,13 @@ def network_forward(X, params, sizes, w_off, b_off, act, loss_code, x_shift, x_s
     Z = np.empty((N, sizes[1]), X.dtype)
     no_copy = np.empty(0, dtype=np.uint16)       # (full precision: no bf16 copy of W)
     linear_forward(Z, A, layer_weight(params, w_off, sizes, 0), layer_bias(params, b_off, sizes, 0),
-                   False, no_copy)
+                   False, no_copy, -1)
     for l in range(1, L):
         H = np.empty_like(Z)                     # act(Z_{l-1}), the input of layer l
         activation_forward(H, Z, act[l - 1])
         Z = np.empty((N, sizes[l + 1]), X.dtype)
         linear_forward(Z, H, layer_weight(params, w_off, sizes, l),
-                       layer_bias(params, b_off, sizes, l), False, no_copy)
+                       layer_bias(params, b_off, sizes, l), False, no_copy, -1)
     out = np.empty_like(Z)
     output_forward(out, Z, loss_code)
     if y_scale.shape[0] > 0:

@@ -211,16 +211,13 @@ class _Vectors:
                                  fastmath=("reassoc",))
 
 
-def _check_arrays(*arrays, copy=False):
-    """Typing: C (and A, B) 2-D, a bias 1-D, all C-contiguous, of one float dtype; with
-    `copy`, B a weight copy of bf16 bits (1-D uint16: bf16.py's weight copies)."""
+def _check_arrays(*arrays):
+    """Typing: C (and A, B) 2-D, a bias 1-D, all C-contiguous, of one float dtype."""
     for i, arr in enumerate(arrays):
         if not isinstance(arr, types.Array) or arr.layout != "C" or \
-                arr.ndim != (1 if i == 3 or (copy and i == 2) else 2):
+                arr.ndim != (1 if i == 3 else 2):
             raise TypingError("gemm products need C-contiguous 2-D arrays (and a 1-D bias)")
-    if copy and arrays[2].dtype != types.uint16:
-        raise TypingError("a bf16 product's weight copy holds bf16 bits (uint16)")
-    dtypes = {arr.dtype for i, arr in enumerate(arrays) if not (copy and i == 2)}
+    dtypes = {arr.dtype for arr in arrays}
     if len(dtypes) != 1 or arrays[0].dtype not in (types.float32, types.float64):
         raise TypingError("gemm products need arrays of one float dtype")
 
@@ -681,15 +678,29 @@ def _nt_bf16_of_rounded(C, A, Bb):
                 C[r, j] = out[j, r]
 
 
+def _copy_nn_entry(c, a, b, d, k0, k1, N):
+    """Rows k0:k1 of W (N columns, flat at a) into its nn copy at c (bf16.copy_rows)."""
+    copy = carray(c, ((k1 + 1) // 2 * bf16.nn_copy_cols(N),)).view(np.uint16)
+    bf16.copy_rows(copy, 0, -1, carray(a, (k1 * N,)), k0, k1, N)
+
+
+def _copy_nt_entry(c, a, b, d, k0, k1, N):
+    """Rows k0:k1 of W (N columns, flat at a) into its nt copy at c (bf16.copy_rows)."""
+    copy = carray(c, (k1 * (N + N % 2) // 2,)).view(np.uint16)
+    bf16.copy_rows(copy, -1, 0, carray(a, (k1 * N,)), k0, k1, N)
+
+
 _ENTRIES = {"nn": _nn_entry, "tn": _tn_entry, "nt": _nt_entry}
 _BF16_ENTRIES = {"nn_bf16": _nn_bf16_entry, "tn_bf16": _tn_bf16_entry,
                  "nt_bf16": _nt_bf16_entry,     # float32 only: see enable_bf16
-                 "nn_bf16_copy": _nn_bf16_copy_entry, "nt_bf16_copy": _nt_bf16_copy_entry}
-# the plain entry point each bf16 one's stand-in calls until enable_bf16 (the copies' are
-# never reached before: only a bf16 model's epochs call them, and they enable bf16 first)
-# and the one a float64 kernel's (never taken) bf16 branch calls
+                 "nn_bf16_copy": _nn_bf16_copy_entry, "nt_bf16_copy": _nt_bf16_copy_entry,
+                 "copy_nn": _copy_nn_entry, "copy_nt": _copy_nt_entry}
+# the plain entry point each bf16 one's stand-in calls until enable_bf16 (those of the
+# weight copies are never reached before: only a bf16 model's epochs call them, and its
+# workspace enables bf16 first) and the one a float64 kernel's (never taken) bf16 branch
+# calls (a float64 kernel calls no copy_ entry: copy_call emits nothing there)
 _PLAIN = {"nn_bf16": "nn", "tn_bf16": "tn", "nt_bf16": "nt", "nn_bf16_copy": "nn",
-          "nt_bf16_copy": "nt"}
+          "nt_bf16_copy": "nt", "copy_nn": "nn", "copy_nt": "nn"}
 _compiled = {}                 # (kind, dtype name) -> its cfunc (kept: its code must stay)
 _registered = set()            # dtype names whose entry points' symbols are known
 _registering = set()           # ... being compiled, by the thread holding the compiler lock
@@ -791,7 +802,7 @@ def _entry_call(kind, with_bias):
     (they are not checked)."""
 
     def typer(operands):
-        _check_arrays(*operands, copy=kind.endswith("_copy"))
+        _check_arrays(*operands)
         dtype_name = str(operands[0].dtype)
         register(dtype_name)
 
@@ -827,6 +838,81 @@ def _entry_call(kind, with_bias):
     return call
 
 
+def _copy_product_call(kind):
+    """The intrinsic calling entry point `kind` (nn_bf16_copy, nt_bf16_copy) as
+    (C, A, packed, offset, bias or T): the weight copy at element `offset` of `packed` (1-D
+    uint16, args.Workspace.packed) in B's place; float32 only (register's stand-ins; a
+    float64 kernel's never taken branch calls the plain entry point)."""
+
+    @intrinsic
+    def call(typingctx, C, A, packed, offset, bias):
+        _check_arrays(C, A, C, bias)
+        if not (isinstance(packed, types.Array) and packed.dtype == types.uint16
+                and packed.ndim == 1 and packed.layout == "C"):
+            raise TypingError("a bf16 product's weight copies are bf16 bits (1-D uint16)")
+        dtype_name = str(C.dtype)
+        register(dtype_name)
+
+        def codegen(context, builder, sig, args):
+            c, a, pk, off, bs = args
+            i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+            data = [cgutils.create_struct_proxy(t)(context, builder, value=v).data
+                    for t, v in ((sig.args[0], c), (sig.args[1], a), (sig.args[2], pk),
+                                 (sig.args[4], bs))]
+            data[2] = builder.gep(data[2], [off])            # the copy's first element
+            data = [builder.bitcast(x, i8p) for x in data]
+            M, N = cgutils.unpack_tuple(builder, cgutils.create_struct_proxy(sig.args[0])(
+                context, builder, value=c).shape, 2)
+            K = cgutils.unpack_tuple(builder, cgutils.create_struct_proxy(sig.args[1])(
+                context, builder, value=a).shape, 2)[1]
+            name = kind if dtype_name == "float32" else _PLAIN[kind]
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 4 + [i64] * 3),
+                _symbol(name, dtype_name))
+            builder.call(fn, data + [M, K, N])
+            context.active_code_library._reload_init.add(_RELOAD[dtype_name])
+            return context.get_dummy_value()
+
+        return types.void(C, A, packed, types.intp, bias), codegen
+    return call
+
+
+@intrinsic
+def copy_call(typingctx, which, packed, at, flat, start, k0, k1, N):
+    """copy_call(which, packed, at, flat, start, k0, k1, N): rows k0:k1 of W, N columns
+    flat at element `start` of `flat` (the parameters), into its bf16 copy at element `at`
+    of `packed` (1-D uint16): nn's copy (which 0, a literal) or nt's (1), through entry
+    points copy_nn / copy_nt (bf16.copy_rows). The copy code is compiled once, when a bf16
+    model first trains, not into every kernel; for float64 parameters (never a bf16 model)
+    it emits nothing."""
+    if not isinstance(which, types.IntegerLiteral):
+        raise TypingError("copy_call's `which` must be a literal 0 or 1")
+    kind = ("copy_nn", "copy_nt")[which.literal_value]
+    dtype_name = str(flat.dtype)
+    if dtype_name == "float32":
+        register(dtype_name)
+
+    def codegen(context, builder, sig, args):
+        if dtype_name != "float32":
+            return context.get_dummy_value()
+        _, pk, pk_at, fl, fl_at, lo, hi, n = args
+        i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+        dst = builder.gep(cgutils.create_struct_proxy(sig.args[1])(
+            context, builder, value=pk).data, [pk_at])
+        src = builder.gep(cgutils.create_struct_proxy(sig.args[3])(
+            context, builder, value=fl).data, [fl_at])
+        dst, src = builder.bitcast(dst, i8p), builder.bitcast(src, i8p)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 4 + [i64] * 3),
+            _symbol(kind, dtype_name))
+        builder.call(fn, [dst, src, dst, dst, lo, hi, n])
+        context.active_code_library._reload_init.add(_RELOAD[dtype_name])
+        return context.get_dummy_value()
+
+    return (types.void(which, packed, types.intp, flat, types.intp, types.intp, types.intp,
+                       types.intp), codegen)
+
+
 # callable from jit code only
 nn = _entry_call("nn", True)     # nn(C, A, B, bias): C (M, N) = A (M, K) @ B (K, N) + bias (N,)
 tn = _entry_call("tn", False)    # tn(C, A, B): C (M, N) = A^T @ B for A (K, M), B (K, N)
@@ -835,12 +921,13 @@ nt = _entry_call("nt", True)     # nt(C, A, B, T): C (M, N) = A @ B^T for A (M, 
 nn_bf16 = _entry_call("nn_bf16", True)    # the same three with bf16 operands (float32;
 tn_bf16 = _entry_call("tn_bf16", False)   # float64 arrays take the plain ones)
 nt_bf16 = _entry_call("nt_bf16", True)
-# nn_bf16_copy(C, A, Wp, bias) and nt_bf16_copy(C, A, Wr, T): nn_bf16 and nt_bf16 with W
-# taken from the step's copy of it in bf16 (bf16.py: Wp W's packed pairs, Wr its rounded
-# rows; 1-D uint16) instead of rounding and packing W at every call; for products that
-# bf16_product sends to bf16 (the caller checks)
-nn_bf16_copy = _entry_call("nn_bf16_copy", True)
-nt_bf16_copy = _entry_call("nt_bf16_copy", True)
+# nn_bf16_copy(C, A, packed, offset, bias) and nt_bf16_copy(C, A, packed, offset, T):
+# nn_bf16 and nt_bf16 with W taken from the epoch's copy of it in bf16 at element `offset`
+# of `packed` (bf16.py: nn's copy W's packed pairs, nt's its rounded rows) instead of
+# rounding and packing W at every call; for products that bf16_product sends to bf16 (the
+# caller checks)
+nn_bf16_copy = _copy_product_call("nn_bf16_copy")
+nt_bf16_copy = _copy_product_call("nt_bf16_copy")
 
 
 @jit

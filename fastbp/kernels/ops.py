@@ -18,7 +18,7 @@ Compiled with codes.jit (fast-math without nnan/ninf, error_model="numpy": see c
 """
 import numpy as np
 
-from . import bf16, gemm, scalar, vexp
+from . import gemm, scalar, vexp
 from .codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, FASTMATH, GELU, GELU_C,  # noqa: F401
                     GELU_K, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, POISSON, RELU, SIGMOID,
                     TANH, jit, jit_inline)
@@ -169,15 +169,14 @@ def skip_zero_columns(ws, c, A0, W0):
 # --------------------------------------------------------------------------- linear
 
 @jit
-def linear_forward(Z, A, W, b, bf16, Wp):
+def linear_forward(Z, A, W, b, bf16, packed, copy_at):
     """Z (B, n_out) = A (B, n_in) @ W (n_in, n_out) + b (n_out,) (gemm.py: its own loops for a
     small product, BLAS for a large one; with bf16 (a bf16 model's training step) a large
-    product from operands rounded to bfloat16, kernels/bf16.py: W's from Wp, the epoch's
-    bf16 copy of it, where it has one (weight_copy; else Wp is empty))."""
-    B, n_in = A.shape
-    n_out = Z.shape[1]
-    if bf16 and Wp.shape[0] > 0 and gemm.bf16_product(B, n_in, n_out, n_out):
-        gemm.nn_bf16_copy(Z, A, Wp, b)
+    product from operands rounded to bfloat16, kernels/bf16.py: W's from the epoch's bf16
+    copy of it at element copy_at of `packed` where it has one (copy_offset: only for
+    products that gemm.bf16_product sends to bf16; else -1))."""
+    if bf16 and copy_at >= 0:
+        gemm.nn_bf16_copy(Z, A, packed, copy_at, b)
     elif bf16:
         gemm.nn_bf16(Z, A, W, b)
     else:
@@ -185,11 +184,12 @@ def linear_forward(Z, A, W, b, bf16, Wp):
 
 
 @jit
-def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16, scratch, Wr):
+def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16, scratch, packed, copy_at):
     """dW (n_in, n_out) = A^T dZ; db (n_out,) = column sums of dZ (B, n_out);
     dA (B, n_in) = dZ W^T, skipped for the first layer (need_dA False), with `scratch`
     (1-D, the workspace's: gemm.nt transposes W into it where that pays). The products as
-    linear_forward's (Wr: the epoch's bf16 copy of W's rounded rows, or empty)."""
+    linear_forward's (copy_at: the epoch's bf16 copy of W's rounded rows in `packed`, or
+    -1)."""
     if bf16:
         gemm.tn_bf16(dW, A, dZ)
     else:
@@ -200,9 +200,8 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16, scratch, Wr):
         for j in range(n_out):
             db[j] += dZ[r, j]
     if need_dA:
-        n_in = dA.shape[1]
-        if bf16 and Wr.shape[0] > 0 and gemm.bf16_product(B, n_out, n_in, B):
-            gemm.nt_bf16_copy(dA, dZ, Wr, scratch)
+        if bf16 and copy_at >= 0:
+            gemm.nt_bf16_copy(dA, dZ, packed, copy_at, scratch)
         elif bf16:
             gemm.nt_bf16(dA, dZ, W, scratch)
         else:
@@ -210,15 +209,14 @@ def linear_backward(dA, dW, db, dZ, A, W, need_dA, bf16, scratch, Wr):
 
 
 @jit
-def weight_copy(ws, l, which, K, N):
-    """W_l (K, N)'s bf16 copy `which` (0: nn's, 1: nt's) in ws.packed (args.Workspace), or
-    an empty array where the epoch keeps none."""
-    if l >= ws.pack_off.shape[0] or ws.pack_off[l, which] < 0:
-        return ws.packed[:0]
-    lo = ws.pack_off[l, which]
-    if which == 0:
-        return ws.packed[lo:lo + (K + 1) // 2 * 2 * bf16.nn_copy_cols(N)]
-    return ws.packed[lo:lo + bf16.nt_copy_rows(K) * (N + N % 2)]
+def copy_offset(ws, l, which, B):
+    """Where W_l's bf16 copy `which` (0: nn's, 1: nt's) starts in ws.packed
+    (args.Workspace) for a product over B rows: -1 where the epoch keeps none, or B is not
+    the rows its copies are for (ws.pack_off[l, 2]: a smaller last batch's products then
+    round and pack W themselves, or stay float32, as gemm.bf16_product decides)."""
+    if l >= ws.pack_off.shape[0] or B != ws.pack_off[l, 2]:
+        return -1
+    return ws.pack_off[l, which]
 
 
 @jit
@@ -539,10 +537,10 @@ def forward(params, ws, c, rows, A0, W0, idx, net, seed, step):
         if SPARSE and l == 0:
             sparse_linear_forward(Z, rows, idx, W, b)
         else:
-            Wp = weight_copy(ws, l, 0, sizes[l], sizes[l + 1])
+            copy_at = copy_offset(ws, l, 0, B)
             if A.shape[1] < sizes[l]:       # W_0's rows of the columns kept (skip_zero_columns)
-                Wp = ws.packed[:0]
-            linear_forward(Z, A, W, b, net.bf16, Wp)
+                copy_at = -1
+            linear_forward(Z, A, W, b, net.bf16, ws.packed, copy_at)
         if l < L - 1:
             A = matrix(work, ws.a_off[l + 1], B, sizes[l + 1])
             activation_forward(A, Z, net.act[l])
@@ -605,7 +603,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
         linear_backward(dA, layer_weight(grads, w_off, sizes, l),
                         layer_bias(grads, b_off, sizes, l), dZ, A,
                         layer_weight(params, w_off, sizes, l), True, net.bf16, scratch,
-                        weight_copy(ws, l, 1, sizes[l], sizes[l + 1]))
+                        ws.packed, copy_offset(ws, l, 1, B))
         dropped = dropout.shape[0] > 0 and dropout[l - 1] > 0.0
         if dropped:
             dropout_backward(dA, idx, dropout[l - 1], seed, step, l - 1)
@@ -618,7 +616,7 @@ def forward_backward(params, grads, ws, c, rows, idx, net, seed, step, inv_count
     else:                                    # the rows of dW_0 for A_0's columns
         W = layer_weight(params, w_off, sizes, 0)
         linear_backward(dZ, matrix(grads, w_off[0], n_cols, sizes[1]), db, dZ, A0, W, False,
-                        net.bf16, scratch, ws.packed[:0])
+                        net.bf16, scratch, ws.packed, -1)
         if n_cols < n_0:
             spread_rows(layer_weight(grads, w_off, sizes, 0), ws.touched[c], n_cols)
     return loss_sum, n_correct
