@@ -734,7 +734,7 @@ def register(dtype_name):
 
     float32 kernels also call the bf16 entry points (in a branch only bf16 models take):
     their symbols are stand-ins (bf16.trampolines) that call the plain entry points until
-    enable_bf16 compiles the real ones (7.7 s cold on a Zen 4) and points the stand-ins at them, so
+    enable_bf16 compiles the real ones (seconds, cold: README) and points the stand-ins at them, so
     only a process that trains a bf16 model pays for them."""
     if dtype_name in _registered:
         return
