@@ -585,8 +585,8 @@ def _nn_bf16_entry(c, a, b, bias, M, K, N):
 
 def _nn_bf16_copy_entry(c, a, b, bias, M, K, N):
     """nn in bf16 from the step's copy of W (kernels/bf16.py, weight copies): b points at
-    W's pairs, packed (K'/2, N', 2) as packed_pairs packs them; the caller has checked
-    bf16_product."""
+    W's pairs, packed (K'/2, N', 2) as packed_pairs packs them; only for products that
+    bf16_product sends to bf16 (a copy exists only for those: ops.copy_offset)."""
     C, A, bias_ = carray(c, (M, N)), carray(a, (M, K)), carray(bias, (N,))
     K2, N_ = (K + 1) // 2, bf16.nn_copy_cols(N)
     Bp = carray(b, (K2 * N_,)).view(np.uint16).reshape(K2, N_, 2)
@@ -655,8 +655,8 @@ def _nt_bf16_entry(c, a, b, t, M, K, N):
 
 def _nt_bf16_copy_entry(c, a, b, t, M, K, N):
     """nt in bf16 from the step's copy of W (kernels/bf16.py, weight copies): b points at
-    B's rows rounded (N', K'), as rounded_rows rounds them; the caller has checked
-    bf16_product."""
+    B's rows rounded (N', K'), as rounded_rows rounds them; only for products that
+    bf16_product sends to bf16 (a copy exists only for those: ops.copy_offset)."""
     C, A = carray(c, (M, N)), carray(a, (M, K))
     N_, K_ = bf16.nt_copy_rows(N), K + K % 2
     _nt_bf16_of_rounded(C, A, carray(b, (N_ * K_ // 2,)).view(np.uint16).reshape(N_, K_))
@@ -924,8 +924,8 @@ nt_bf16 = _entry_call("nt_bf16", True)
 # nn_bf16_copy(C, A, packed, offset, bias) and nt_bf16_copy(C, A, packed, offset, T):
 # nn_bf16 and nt_bf16 with W taken from the epoch's copy of it in bf16 at element `offset`
 # of `packed` (bf16.py: nn's copy W's packed pairs, nt's its rounded rows) instead of
-# rounding and packing W at every call; for products that bf16_product sends to bf16 (the
-# caller checks)
+# rounding and packing W at every call; for products that bf16_product sends to bf16 (a
+# copy is made and offered only for those: engine._weight_copies, ops.copy_offset)
 nn_bf16_copy = _copy_product_call("nn_bf16_copy")
 nt_bf16_copy = _copy_product_call("nt_bf16_copy")
 
