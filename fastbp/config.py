@@ -166,6 +166,11 @@ def validate(layers, **kwargs):
     n_threads = kw["n_threads"]
     cfg["n_threads"] = None if n_threads is None else _int(
         "n_threads", n_threads, 1, "None (all cores) or an integer >= 1")
+    if cfg["n_threads"] is not None and cfg["n_threads"] > 1 and cfg["target"] != "parallel":
+        # target 'cpu' runs one thread and 'cuda' the GPU: more threads would be ignored
+        runs = "on the GPU" if cfg["target"] == "cuda" else "one thread"
+        _fail("n_threads", cfg["n_threads"], f"None or 1 with target={cfg['target']!r}, "
+              f"which runs {runs} (target='parallel' runs several threads)")
     return cfg
 
 

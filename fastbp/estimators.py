@@ -144,7 +144,8 @@ class _BaseMLP(BaseEstimator):
             betas=(self.beta_1, self.beta_2), eps=self.epsilon,
             weight_decay=self._scale * self.alpha, decay_per_weight=True, dropout=dropout,
             sparse_update=self.sparse_update,
-            shuffle=self.shuffle, target=target, dtype=dtype, seed=0, n_threads=self.n_threads)
+            shuffle=self.shuffle, target=target, dtype=dtype, seed=0,
+            n_threads=self.n_threads if target == "parallel" else None)
         params = initial_params(random_state, layer_units, self.activation,
                                 self._trainer.engine.network.layout, self._trainer.dtype)
         self._trainer.engine.init(params)
@@ -203,6 +204,11 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's `_fit`: validate, (re)initialise on a first pass from a fresh
         check_random_state(random_state), run the solver, refuse non-finite weights."""
         hidden = self._hidden()
+        if self.n_threads is not None and self.n_threads > 1 and self.target in ("cpu", "cuda"):
+            runs = "on the GPU" if self.target == "cuda" else "one thread"
+            raise ValueError(f"n_threads={self.n_threads} is not allowed with target="
+                             f"{self.target!r}, which runs {runs}: use target='parallel' or "
+                             "'auto' for more threads, or n_threads=None")
         first_pass = not hasattr(self, "_trainer") or (not self.warm_start and not incremental)
         X, y, Y, class_weights = self._validate_input(X, y, incremental, reset=first_pass)
         if sparse.issparse(X) and resolve_target(self.target, self.n_threads) == "cuda":

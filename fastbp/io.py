@@ -234,6 +234,8 @@ def load_trainer(cls, path, target=None):
     import numba
     if cfg.get("n_threads") and cfg["n_threads"] > numba.config.NUMBA_NUM_THREADS:
         cfg["n_threads"] = numba.config.NUMBA_NUM_THREADS   # saved on a larger machine
+    if cfg.get("target") != "parallel":
+        cfg["n_threads"] = None     # a parallel model's threads, loaded for another target
     from .kernels.cuda_backend import CudaUnavailableError
     try:
         trainer = cls(cfg.pop("layers"), **cfg)

@@ -326,6 +326,26 @@ def test_multi_output_squared_error_loss_in_scikit_learns_units():
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=0.2)
 
 
+def test_n_threads_with_a_single_threaded_target_is_refused_before_training():
+    """target='cpu' runs one thread and 'cuda' the GPU: n_threads=2 with them was silently
+    ignored. It is refused at fit, before any work, and a fitted model is kept as it was;
+    under target='auto' n_threads picks the plan (1: 'cpu')."""
+    X, y = datasets.load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, warm_start=True,
+                          target="cpu").fit(X, y)
+        before = [c.copy() for c in m.coefs_]
+        for target in ("cpu", "cuda"):
+            with pytest.raises(ValueError, match=f"n_threads=2 .*target='{target}'"):
+                MLPClassifier(target=target, n_threads=2).fit(X, y)
+        with pytest.raises(ValueError, match="n_threads=2 .*target='cpu'"):
+            m.set_params(n_threads=2).fit(X, y)
+        assert m.n_iter_ == 2 and all(np.array_equal(a, b) for a, b in zip(m.coefs_, before))
+        one = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, n_threads=1).fit(X, y)
+    assert one._trainer.config["target"] == "cpu"
+
+
 def test_target_auto_uses_the_threads_this_fit_may_have(monkeypatch):
     """target='auto' (the default): 'parallel' in the main thread with more than one Numba
     thread; 'cpu' in joblib's process workers (OMP_NUM_THREADS=1 there), off the main thread

@@ -47,7 +47,11 @@ INVALID_ARGUMENTS = [
     (dict(seed=-1), ValueError, "seed"),
     (dict(seed=1.5), TypeError, "seed"),
     (dict(n_threads=0), ValueError, "n_threads"),
-    (dict(n_threads=10_000), ValueError, "n_threads"),
+    (dict(n_threads=10_000, target="parallel"), ValueError, "n_threads"),
+    # one thread runs target 'cpu', the GPU 'cuda': more threads would be silently ignored
+    (dict(n_threads=2, target="cpu"), ValueError, "n_threads=2 .*target='cpu'"),
+    (dict(n_threads=2), ValueError, "n_threads=2 .*target='cpu'"),
+    (dict(n_threads=2, target="cuda"), ValueError, "n_threads=2 .*target='cuda'"),
     (dict(learning_rate=0.1), TypeError, "learning_rate"),
 ]
 
@@ -157,3 +161,17 @@ def test_params_setter_checks():
 def test_labels_as_whole_floats_and_column_vector_are_accepted():
     t = Trainer([4, 5, 3], seed=0, dtype="float64")
     assert t.loss(X_GOOD, Y_GOOD.astype(float)) == t.loss(X_GOOD, Y_GOOD[:, None])
+
+
+def test_one_thread_is_accepted_with_the_single_threaded_targets():
+    assert Trainer([4, 3, 2], target="cpu", n_threads=1).engine.threads == 1
+
+
+def test_a_parallel_model_with_its_threads_loads_for_target_cpu(tmp_path):
+    rng = np.random.default_rng(0)
+    t = Trainer([4, 3, 2], target="parallel", n_threads=2, seed=0)
+    t.fit(rng.normal(size=(16, 4)), rng.integers(0, 2, 16), epochs=1, progress=False)
+    t.save(tmp_path / "m.npz")
+    u = Trainer.load(tmp_path / "m.npz", target="cpu")
+    assert u.config["target"] == "cpu" and u.config["n_threads"] is None
+    np.testing.assert_array_equal(u.params, t.params)
