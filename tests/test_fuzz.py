@@ -524,6 +524,9 @@ def constructor_arguments(draw):
     # nesterov=True is valid only with optimizer='sgd' and momentum > 0 (PyTorch's rule)
     if not (kwargs.get("optimizer") == "sgd" and kwargs.get("momentum", 0.0) > 0):
         kwargs.pop("nesterov", None)
+    # more than one thread is valid only with target='parallel' (the default is 'cpu')
+    if kwargs.get("target", "cpu") != "parallel" and (kwargs.get("n_threads") or 1) > 1:
+        kwargs.pop("n_threads")
     return kwargs
 
 
@@ -579,6 +582,8 @@ def test_random_constructor_arguments():
                 seen["refused"] += 1
         if not (t.config["optimizer"] == "sgd" and t.config["momentum"] > 0):
             _refuses({**kwargs, "nesterov": True}, "nesterov")
+        if t.config["target"] != "parallel":
+            _refuses({**kwargs, "n_threads": 2}, "n_threads")
         if kwargs.get("seed") is None:  # accepted above; trained from a fixed seed, so that
             t = Trainer(LAYERS, **{**kwargs, "seed": 0})     # each example is one fit
         X, y = _data_for(t.config["loss"])
