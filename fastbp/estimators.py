@@ -30,12 +30,53 @@ from .data import check_sparse_X, check_X
 from .engine import SPARSE_CPU_ONLY
 from .sklearn_solvers import (NON_FINITE, StochasticSolver, fit_lbfgs, initial_params,
                               loss_scales)
+from . import config as _config
 from .trainer import Trainer
 
 # scikit-learn's MLP takes these (others are converted to the first); fastbp converts CSC
 # to CSR once per fit
 SPARSE_FORMATS = ["csr", "csc"]
 ACTIVATIONS = {"identity", "logistic", "tanh", "relu", "leaky_relu", "gelu"}
+
+
+class _LayerArrays(list):
+    """coefs_ / intercepts_: one view into the flat buffer per layer. Assigning an item
+    copies into the model (its shape checked), as item assignment changes scikit-learn's
+    lists of arrays; adding or removing layers is refused rather than silently lost."""
+
+    def __init__(self, name, views):
+        super().__init__(views)
+        self._name = name
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            at = range(*i.indices(len(self)))
+            values = list(value)
+            if len(values) != len(at):
+                self._refuse()
+            pairs = list(zip(at, values))
+        else:
+            pairs = [(range(len(self))[i], value)]
+        arrays = []
+        for j, v in pairs:          # all checked before any is written
+            view, a = list.__getitem__(self, j), np.asarray(v)
+            if a.shape != view.shape:
+                raise ValueError(f"{self._name}[{j}] must have shape {view.shape}, got "
+                                 f"{a.shape}")
+            arrays.append((view, a))
+        for view, a in arrays:
+            view[...] = a
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{self._name} holds one array per layer of the fitted model: "
+                        "layers cannot be added or removed (fit an estimator with other "
+                        "hidden_layer_sizes)")
+
+    append = extend = insert = pop = remove = clear = __delitem__ = _refuse
+    __iadd__ = __imul__ = sort = reverse = _refuse
+
+    def __reduce__(self):          # copies and pickles are plain lists (of copied arrays)
+        return list, (list(self),)
 
 
 def _stochastic(est):
@@ -114,6 +155,9 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(sizes, "__iter__"):
             sizes = [sizes]
         sizes = list(sizes)
+        if not all(isinstance(s, Integral) and not isinstance(s, (bool, np.bool_))
+                   for s in sizes):
+            raise TypeError(f"hidden_layer_sizes must hold integers, got {sizes}.")
         if np.any(np.array(sizes) <= 0):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
@@ -130,29 +174,16 @@ class _BaseMLP(BaseEstimator):
         self.out_activation_ = {"cross_entropy": "softmax", "binary_cross_entropy": "logistic",
                                 "mse": "identity", "poisson": "exp"}[loss]
         self._scale, self._value_scale = loss_scales(loss, self.n_outputs_)
-        dtype = self.dtype or dtype
-        sgd = self.solver == "sgd"
-        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
-        target = resolve_target(self.target, self.n_threads)
-        # the optimizer's numbers come from sklearn_solvers' Hyper; this configures the
-        # buffers: a momentum buffer for SGD with momentum, m and v for Adam, none for L-BFGS
-        self._trainer = Trainer(
-            layer_units, activation=self.activation, loss=loss,
-            optimizer="adam" if self.solver == "adam" else "sgd", lr=self.learning_rate_init,
-            batch_size=200, epochs=1, momentum=min(self.momentum, 1 - 1e-12) if sgd else 0.0,
-            nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
-            betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-            weight_decay=self._scale * self.alpha, decay_per_weight=True, dropout=dropout,
-            sparse_update=self.sparse_update,
-            shuffle=self.shuffle, target=target, dtype=dtype, seed=0,
-            n_threads=self.n_threads if target == "parallel" else None)
+        self._trainer = self._new_trainer(layer_units, loss, self.dtype or dtype,
+                                          resolve_target(self.target, self.n_threads),
+                                          self.solver, self.momentum)
         params = initial_params(random_state, layer_units, self.activation,
                                 self._trainer.engine.network.layout, self._trainer.dtype)
         self._trainer.engine.init(params)
         self._best_params = params.copy()
         # dropout has no scikit-learn counterpart: its masks' seed is drawn only when used
         self._dropout_seed = (int(random_state.randint(np.iinfo(np.int32).max))
-                              if np.any(np.asarray(dropout) > 0) else 0)
+                              if np.any(np.asarray(self.dropout, dtype=float) > 0) else 0)
         if self.solver in ("sgd", "adam"):
             self.loss_curve_ = []
             self._no_improvement_count = 0
@@ -165,12 +196,64 @@ class _BaseMLP(BaseEstimator):
                 self.validation_scores_ = None
                 self.best_validation_score_ = None
 
+    def _new_trainer(self, layer_units, loss, dtype, target, solver, momentum):
+        """A Trainer for these sizes with the estimator's activation, dropout and
+        sparse_update, and the buffers of `solver`'s optimizer: a momentum buffer for SGD
+        with momentum, m and v for Adam, none for L-BFGS (the optimizer's numbers come from
+        sklearn_solvers' Hyper at every epoch)."""
+        sgd = solver == "sgd"
+        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
+        return Trainer(
+            layer_units, activation=self.activation, loss=loss,
+            optimizer="adam" if solver == "adam" else "sgd", lr=self.learning_rate_init,
+            batch_size=200, epochs=1, momentum=min(momentum, 1 - 1e-12) if sgd else 0.0,
+            nesterov=bool(sgd and self.nesterovs_momentum and momentum > 0),
+            betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+            weight_decay=self._scale * self.alpha, decay_per_weight=True, dropout=dropout,
+            sparse_update=self.sparse_update, shuffle=self.shuffle, target=target,
+            dtype=dtype, seed=0, n_threads=self.n_threads if target == "parallel" else None)
+
+    def _sync_trainer(self, optimizer=None):
+        """scikit-learn reads `activation` at every forward pass and builds its optimizer
+        from `solver` and `momentum` at every fit (or first partial_fit): when the Trainer
+        was built for other settings (or for another dropout or explicit target), a new one
+        replaces it with the same parameters, and the same optimizer state where the
+        optimizer is unchanged. `optimizer`: the settings of the optimizer in use
+        (sklearn_solvers.optimizer_settings), or None to keep the Trainer's."""
+        t = self._trainer
+        cfg = t.config
+        if optimizer is None:
+            solver = cfg["optimizer"]
+            momentum = cfg["momentum"]
+        else:
+            solver, momentum = optimizer["solver"], optimizer["momentum"]
+        wanted_opt = "adam" if solver == "adam" else "sgd"
+        wanted_m = solver == "sgd" and momentum > 0
+        target = cfg["target"] if self.target == "auto" else self.target
+        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
+        n_hidden = len(cfg["layers"]) - 2
+        dropout = [float(dropout)] * n_hidden if isinstance(dropout, Real) else \
+            [float(d) for d in dropout]
+        if (cfg["activation"] == self.activation and cfg["optimizer"] == wanted_opt
+                and (cfg["momentum"] > 0) == wanted_m and cfg["target"] == target
+                and _config.hidden_dropout(cfg) == dropout
+                and cfg["sparse_update"] == self.sparse_update):
+            return
+        new = self._new_trainer(cfg["layers"], cfg["loss"], cfg["dtype"], target, solver,
+                                momentum)
+        state = t.engine.state()
+        same = new.engine.m.shape == t.engine.m.shape and new.engine.v.shape == t.engine.v.shape \
+            and new.config["optimizer"] == cfg["optimizer"]
+        new.engine.set_state(**(state if same else {"params": state["params"]}))
+        new.lr = t.lr
+        self._trainer = new
+
     @property
     def coefs_(self):
         """Weight matrices (n_l, n_{l+1}): views into the flat buffer, so writing into them
         changes the model; assigning a list of arrays of the same shapes copies it in."""
         check_is_fitted(self, "_trainer")
-        return self._trainer.weights
+        return _LayerArrays("coefs_", self._trainer.weights)
 
     @coefs_.setter
     def coefs_(self, values):
@@ -180,7 +263,7 @@ class _BaseMLP(BaseEstimator):
     def intercepts_(self):
         """Bias vectors (n_{l+1},): views into the flat buffer (see coefs_)."""
         check_is_fitted(self, "_trainer")
-        return self._trainer.biases
+        return _LayerArrays("intercepts_", self._trainer.biases)
 
     @intercepts_.setter
     def intercepts_(self, values):
@@ -231,6 +314,7 @@ class _BaseMLP(BaseEstimator):
         if sample_weight is not None:
             sample_weight = sample_weight.astype(self._trainer.dtype, copy=False)
         if self.solver == "lbfgs":
+            self._sync_trainer()
             fit_lbfgs(self, X, Y, sample_weight)
         else:
             StochasticSolver(self).fit(X, Y, sample_weight, random_state, incremental)
@@ -254,6 +338,7 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X, check_input=True):
         """The output layer's activations (n, n_outputs)."""
         check_is_fitted(self, "_trainer")
+        self._sync_trainer()            # set_params(activation=...) after fit, as scikit-learn
         if check_input:
             _name_nonfinite_sparse(X)
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32),
@@ -492,8 +577,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Predicted values: shape (n,) for one output, (n, n_outputs) otherwise."""
         return self._predict(X, check_input=True)
 
-    @available_if(_stochastic)
+    # Always there, as scikit-learn's MLPRegressor.partial_fit (whose availability check
+    # tests the method `_check_solver` itself, not its result): with solver='lbfgs' it runs
+    # an L-BFGS fit from the current weights, as scikit-learn's does.
     def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over (X, y) from the current state."""
+        """One epoch over (X, y) from the current state (solver 'lbfgs': an L-BFGS fit from
+        the current weights, as scikit-learn)."""
         self._validate_params()
         return self._fit(X, y, sample_weight, incremental=True)

@@ -48,6 +48,19 @@ def initial_params(random_state, layer_units, activation, layout, dtype):
     return params
 
 
+# What scikit-learn's SGDOptimizer / AdamOptimizer take when made (at every fit, or at a
+# first partial_fit) and keep: set_params between partial_fit calls does not reach them
+OPTIMIZER_SETTINGS = ("solver", "learning_rate_init", "learning_rate", "momentum",
+                      "nesterovs_momentum", "power_t", "beta_1", "beta_2", "epsilon")
+
+
+def optimizer_settings(est):
+    """The settings of the optimizer `est` trains with: those it was made with, or (an
+    estimator pickled before they were kept) its current ones."""
+    kept = getattr(est, "_optimizer_settings", None)
+    return kept if kept is not None else {k: getattr(est, k) for k in OPTIMIZER_SETTINGS}
+
+
 def loss_scales(loss, n_outputs):
     """(gradient scale, loss value scale): fastbp's / scikit-learn's."""
     if loss == "cross_entropy":
@@ -69,6 +82,16 @@ def batch_slices(n, batch_size):
     return starts, np.minimum(batch_size, n - starts)
 
 
+def refuse_weightless_batch(sample_weight, order, starts):
+    """scikit-learn's ZeroDivisionError for a batch whose rows all weigh 0 (its weighted
+    mean loss is 0/0), raised before the epoch that would meet it rather than in it."""
+    totals = np.add.reduceat(sample_weight[order], starts)
+    if not totals.all():
+        i = int(np.flatnonzero(totals == 0)[0])
+        raise ZeroDivisionError(f"Weights sum to zero, can't be normalized: the rows of batch "
+                                f"{i} (of {starts.shape[0]}) all have sample_weight 0")
+
+
 class StochasticSolver:
     """scikit-learn's `_fit_stochastic` for one estimator: `est` provides the settings and
     receives the fitted attributes (n_iter_, t_, loss_, loss_curve_, best_loss_,
@@ -79,11 +102,12 @@ class StochasticSolver:
 
     def hyper(self, lr):
         est = self.est
-        sgd = est.solver == "sgd"
+        opt = optimizer_settings(est)
+        sgd = opt["solver"] == "sgd"
         return Hyper(lr=lr / est._scale if sgd else lr,
-                     momentum=min(est.momentum, 1 - 1e-12) if sgd else 0.0,
-                     nesterov=float(sgd and est.nesterovs_momentum and est.momentum > 0),
-                     beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon * est._scale,
+                     momentum=min(opt["momentum"], 1 - 1e-12) if sgd else 0.0,
+                     nesterov=float(sgd and opt["nesterovs_momentum"] and opt["momentum"] > 0),
+                     beta1=opt["beta_1"], beta2=opt["beta_2"], eps=opt["epsilon"] * est._scale,
                      decay=est._scale * est.alpha, clip=0.0, alpha=0.99,
                      decay_per_weight=1.0, eps_hat=1.0,
                      lazy=float(getattr(est, "sparse_update", "dense") == "lazy"))
@@ -105,11 +129,16 @@ class StochasticSolver:
 
     def fit(self, X, Y, sample_weight, rs, incremental):
         est = self.est
+        new_optimizer = not incremental or not hasattr(est, "_lr")
+        if new_optimizer:
+            est._optimizer_settings = {k: getattr(est, k) for k in OPTIMIZER_SETTINGS}
+        opt = optimizer_settings(est)
+        est._sync_trainer(opt)          # the optimizer's buffers, the current activation
         t = est._trainer
         engine = t.engine
-        if not incremental or not hasattr(est, "_lr"):     # a new optimizer
+        if new_optimizer:
             engine.init(engine.params.copy())
-            est._lr = est.learning_rate_init
+            est._lr = opt["learning_rate_init"]
         val = None
         if est.early_stopping:
             if incremental:
@@ -135,48 +164,59 @@ class StochasticSolver:
         runner = engine.epoch_runner(rows, order, records, hyper)
         offsets = poisson_offsets(Y) if est._loss == "poisson" else None
         diverged = False
+        invscaling = opt["solver"] == "sgd" and opt["learning_rate"] == "invscaling"
         est.n_iter_ = 0
-        with engine.compute(runner.plan):
-            for _ in range(est.max_iter):
-                if est.shuffle:
-                    # sample_idx = sklearn.utils.shuffle(sample_idx, random_state=rs), without
-                    # its checks (3 ms a call, a third of a digits epoch): order holds the last
-                    # sample_idx, and as the shuffle's swaps do not depend on the values,
-                    # shuffling it in place equals indexing it by a shuffled arange
-                    rs.shuffle(order)
-                if est._lr != hyper_lr:         # invscaling, adaptive
-                    hyper, hyper_lr = self.hyper(est._lr), est._lr
-                if not diverged:
-                    _, _, bad = runner.run(hyper, est._dropout_seed)
-                    params = engine.params
-                    diverged = bad >= 0 or not (np.isfinite(params.min())
-                                                and np.isfinite(params.max()))
-                    if diverged:        # scikit-learn carries NaN weights to the end
-                        engine.params[:] = np.nan
-                loss = np.nan if diverged else self.epoch_loss(
-                    records, starts, lens, sample_weight, order, offsets)
-                est.n_iter_ += 1
-                est.loss_ = loss
-                est.t_ += n
-                est.loss_curve_.append(loss)
-                if est.verbose:
-                    print("Iteration %d, loss = %.8f" % (est.n_iter_, loss))
-                self.update_no_improvement(val)
-                if est.solver == "sgd" and est.learning_rate == "invscaling":
-                    self.set_lr(est.learning_rate_init / (est.t_ + 1) ** est.power_t)
-                if est._no_improvement_count > est.n_iter_no_change:
-                    if self.trigger_stopping():
+        try:
+            with engine.compute(runner.plan):
+                for _ in range(est.max_iter):
+                    if est.shuffle:
+                        # sample_idx = sklearn.utils.shuffle(sample_idx, random_state=rs),
+                        # without its checks (3 ms a call, a third of a digits epoch): order
+                        # holds the last sample_idx, and as the shuffle's swaps do not depend
+                        # on the values, shuffling it in place equals indexing it by a
+                        # shuffled arange
+                        rs.shuffle(order)
+                    if sample_weight is not None:
+                        refuse_weightless_batch(sample_weight, order, starts)
+                    if est._lr != hyper_lr:         # invscaling, adaptive
+                        hyper, hyper_lr = self.hyper(est._lr), est._lr
+                    if not diverged:
+                        _, _, bad = runner.run(hyper, est._dropout_seed)
+                        params = engine.params
+                        diverged = bad >= 0 or not (np.isfinite(params.min())
+                                                    and np.isfinite(params.max()))
+                        if diverged:        # scikit-learn carries NaN weights to the end
+                            engine.params[:] = np.nan
+                    loss = np.float64(np.nan) if diverged else self.epoch_loss(
+                        records, starts, lens, sample_weight, order, offsets)
+                    est.n_iter_ += 1
+                    est.loss_ = loss
+                    est.t_ += n
+                    est.loss_curve_.append(loss)
+                    if est.verbose:
+                        print("Iteration %d, loss = %.8f" % (est.n_iter_, loss))
+                    self.update_no_improvement(val)
+                    if invscaling:
+                        self.set_lr(opt["learning_rate_init"] / (est.t_ + 1) ** opt["power_t"])
+                    if est._no_improvement_count > est.n_iter_no_change:
+                        if self.trigger_stopping():
+                            break
+                        est._no_improvement_count = 0
+                    if incremental:
                         break
-                    est._no_improvement_count = 0
-                if incremental:
-                    break
-                if est.n_iter_ == est.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations "
-                                  f"({est.max_iter}) reached and the optimization hasn't "
-                                  "converged yet.", ConvergenceWarning)
+                    if est.n_iter_ == est.max_iter:
+                        warnings.warn(f"Stochastic Optimizer: Maximum iterations "
+                                      f"({est.max_iter}) reached and the optimization hasn't "
+                                      "converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:       # as scikit-learn: the model so far, best restored
+            warnings.warn("Training interrupted by user.")
         t.lr = self.hyper(est._lr).lr
         if est.early_stopping:
-            engine.params[:] = est._best_params
+            # scikit-learn's coefs_ then are its best copy itself: the next warm start trains
+            # that copy, so until a better score the best weights are the live ones (None)
+            if est._best_params is not None:
+                engine.params[:] = est._best_params
+            est._best_params = None
 
     def epoch_loss(self, records, starts, lens, sample_weight, order, offsets):
         """scikit-learn's loss_ of the epoch just run: each batch's loss (the weighted mean
@@ -189,7 +229,7 @@ class StochasticSolver:
             total = row_loss_sum.sum() / est._value_scale
             if est.alpha > 0:
                 total += 0.5 * est.alpha * records[:, L + 2].sum()
-            return float(total / order.shape[0])
+            return np.float64(total / order.shape[0])
         if sample_weight is None:
             totals = lens.astype(np.float64)
         else:
@@ -200,7 +240,7 @@ class StochasticSolver:
             batch_loss = batch_loss + np.add.reduceat(w * offsets[order], starts) / totals
         if est.alpha > 0:
             batch_loss = batch_loss + 0.5 * est.alpha * records[:, L + 2] / totals
-        return float(np.sum(batch_loss * lens) / order.shape[0])
+        return np.float64(np.sum(batch_loss * lens) / order.shape[0])
 
     def update_no_improvement(self, val):
         """scikit-learn's `_update_no_improvement_count`: on the validation score (a NaN
@@ -233,7 +273,8 @@ class StochasticSolver:
         what = "Validation score" if est.early_stopping else "Training loss"
         msg = (f"{what} did not improve more than tol={est.tol:f} for "
                f"{est.n_iter_no_change} consecutive epochs.")
-        if est.solver != "sgd" or est.learning_rate != "adaptive":
+        opt = optimizer_settings(est)
+        if opt["solver"] != "sgd" or opt["learning_rate"] != "adaptive":
             if est.verbose:
                 print(msg + " Stopping.")
             return True

@@ -342,6 +342,25 @@ def test_coefs_and_intercepts_can_be_assigned():
     with pytest.raises(ValueError, match=r"coefs_\[1\] must have shape \(4, 3\)"):
         m.coefs_ = [new[0], np.zeros((3, 3))]
     assert np.all(m.coefs_[0] == 0.5)          # nothing written when a shape is wrong
+    # item assignment changes the model too, as in scikit-learn's list (it was lost: each
+    # access gave a new list)
+    m.coefs_[1] = np.ones((4, 3))
+    m.intercepts_[1] = np.full(3, 2.0)
+    assert np.all(m.coefs_[1] == 1) and np.all(m.intercepts_[1] == 2)
+    m.coefs_[0:1] = [np.full((4, 4), 0.25)]
+    assert np.all(m.coefs_[0] == 0.25)
+    with pytest.raises(ValueError, match=r"coefs_\[1\] must have shape \(4, 3\)"):
+        m.coefs_[-1] = np.zeros((3, 3))
+    with pytest.raises(TypeError, match="layers cannot be added or removed"):
+        m.coefs_.append(np.zeros((3, 3)))
+    assert np.all(m.coefs_[1] == 1)
+    import copy
+    import pickle
+    for saved in (copy.deepcopy(m.coefs_), pickle.loads(pickle.dumps(m.coefs_))):
+        assert type(saved) is list and np.all(saved[1] == 1)
+        saved.append(None)                  # a plain list, apart from the model
+        m.coefs_[1][...] = 3
+        assert np.all(saved[1] == 1)
 
 
 def test_error_messages_list_the_users_labels():
@@ -420,3 +439,152 @@ def test_no_l2_term(solver):
     (sk, fb), X = _fit_both("multiclass", hidden_layer_sizes=(6,), solver=solver, alpha=0.0,
                             max_iter=6, random_state=0)
     assert_same_model(sk, fb, X)
+
+
+# ---------------------------------------------------------------- settings changed between calls
+
+@pytest.mark.parametrize("first,second", [
+    (dict(solver="adam"), dict(solver="sgd")),
+    (dict(solver="sgd", learning_rate_init=0.1), dict(solver="adam")),
+    (dict(solver="sgd", momentum=0.0, learning_rate_init=0.1), dict(momentum=0.9)),
+    (dict(solver="adam", learning_rate_init=0.01), dict(activation="tanh")),
+    (dict(solver="lbfgs"), dict(activation="logistic")),
+])
+def test_a_warm_start_trains_with_the_settings_of_its_own_call(first, second):
+    """scikit-learn makes a new optimizer at every fit, from the solver and momentum set
+    then, and reads `activation` at every forward pass: fastbp kept the first fit's
+    optimizer (Adam after a switch to SGD; no momentum buffer after momentum 0 -> 0.9) and
+    activation."""
+    def two_fits(est):
+        X, y = _data("multiclass")
+        est.fit(X, y)
+        est.set_params(warm_start=True, **second)
+        est.fit(X, y)
+    (sk, fb), X = _fit_both("multiclass", fit=two_fits, hidden_layer_sizes=(5,), max_iter=4,
+                            random_state=0, **first)
+    assert_same_model(sk, fb, X)
+
+
+def test_predictions_follow_an_activation_set_after_fitting():
+    (sk, fb), X = _fit_both("multiclass", hidden_layer_sizes=(5,), max_iter=4, random_state=0)
+    for est in (sk, fb):
+        est.set_params(activation="tanh")
+    assert_same_model(sk, fb, X)
+
+
+@pytest.mark.parametrize("change", [dict(momentum=0.2), dict(nesterovs_momentum=False),
+                                    dict(learning_rate_init=0.3), dict(power_t=0.1),
+                                    dict(beta_1=0.5, solver="adam"), dict(epsilon=1e-3,
+                                                                          solver="adam")])
+def test_partial_fit_keeps_the_optimizer_it_made(change):
+    """scikit-learn's optimizer keeps the settings it was made with across partial_fit
+    calls; fastbp read them anew at every call."""
+    change = dict(change)
+    solver = change.pop("solver", "sgd")
+    X, y = _data("multiclass")
+
+    def calls(est):
+        est.partial_fit(X, y, classes=[0, 1, 2])
+        est.set_params(**change)
+        est.partial_fit(X, y)
+        est.partial_fit(X[:70], y[:70])
+    kw = dict(learning_rate="invscaling", learning_rate_init=0.2) if solver == "sgd" else {}
+    (sk, fb), X = _fit_both("multiclass", fit=calls, hidden_layer_sizes=(5,), random_state=0,
+                            solver=solver, **kw)
+    assert_same_model(sk, fb, X)
+
+
+@pytest.mark.parametrize("kind", ["regression", "multiclass"])
+def test_warm_starts_with_early_stopping_continue_from_the_restored_weights(kind):
+    """After early stopping, scikit-learn's coefs_ are its best copy itself, so a warm start
+    that never beats the best score ends with its last weights (fastbp restored the
+    earlier fit's best copy)."""
+    def three_fits(est):
+        X, y = _data(kind)
+        for _ in range(3):
+            est.fit(X, y)
+    (sk, fb), X = _fit_both(kind, fit=three_fits, hidden_layer_sizes=(5,), random_state=0,
+                            max_iter=5, early_stopping=True, warm_start=True,
+                            learning_rate_init=0.05)
+    assert_same_model(sk, fb, X)
+
+
+def test_an_interrupted_fit_keeps_the_epochs_done_as_scikit_learn(monkeypatch):
+    """Ctrl-C during fit: scikit-learn warns "Training interrupted by user.", stops and
+    restores the best weights (early stopping); fastbp's KeyboardInterrupt escaped fit.
+    Both are interrupted as their fourth epoch starts."""
+    from fastbp import engine
+    X, y = _data("multiclass")
+    kw = dict(hidden_layer_sizes=(5,), max_iter=20, random_state=0, early_stopping=True,
+              learning_rate_init=0.02)
+    sk_calls, fb_calls = [], []
+    n_batches = 1                              # 135 training rows: one batch of 'auto'
+    backprop = SkMLPClassifier._backprop
+    run = engine._CpuEpochs.run
+
+    def sk_interrupted(self, *args):
+        sk_calls.append(1)
+        if len(sk_calls) > 3 * n_batches:
+            raise KeyboardInterrupt
+        return backprop(self, *args)
+
+    def fb_interrupted(self, *args):
+        fb_calls.append(1)
+        if len(fb_calls) > 3:
+            raise KeyboardInterrupt
+        return run(self, *args)
+    monkeypatch.setattr(SkMLPClassifier, "_backprop", sk_interrupted)
+    monkeypatch.setattr(engine._CpuEpochs, "run", fb_interrupted)
+    sk, fb = SkMLPClassifier(**kw), MLPClassifier(target="cpu", **kw)
+    for est in (sk, fb):
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            try:
+                assert est.fit(X, y) is est
+            except KeyboardInterrupt:        # (re-raised, it would stop the test run)
+                pytest.fail(f"KeyboardInterrupt escaped {type(est).__module__}'s fit")
+    assert fb.n_iter_ == sk.n_iter_ == 3
+    assert_same_model(sk, fb, X)
+
+
+def test_a_batch_of_zero_weight_raises_scikit_learns_zero_division_error():
+    """A batch whose rows all weigh 0: scikit-learn raises ZeroDivisionError; fastbp
+    trained on with NaN losses. Without shuffling it is found before any training."""
+    X, y = _data("regression")
+    w = np.r_[np.zeros(10), np.ones(140)]
+    kw = dict(solver="sgd", batch_size=10, shuffle=False, max_iter=2)
+    with pytest.raises(ZeroDivisionError, match="Weights sum to zero"):
+        SkMLPRegressor(**kw).fit(X, y, sample_weight=w)
+    m = MLPRegressor(**kw)
+    with pytest.raises(ZeroDivisionError, match="Weights sum to zero.*batch 0"):
+        m.fit(X, y, sample_weight=w)
+    assert m.loss_curve_ == []
+
+
+def test_the_regressors_partial_fit_runs_lbfgs_as_scikit_learns():
+    """scikit-learn's MLPRegressor.partial_fit exists for every solver (its check tests the
+    method, not its result) and with 'lbfgs' fits from the current weights."""
+    def calls(est):
+        X, y = _data("regression")
+        est.partial_fit(X, y)
+        est.partial_fit(X[:100], y[:100])
+    (sk, fb), X = _fit_both("regression", fit=calls, solver="lbfgs", hidden_layer_sizes=(5,),
+                            max_iter=5, random_state=0)
+    assert_same_model(sk, fb, X)
+    assert hasattr(MLPRegressor(solver="lbfgs"), "partial_fit")
+    assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
+
+
+@pytest.mark.parametrize("sizes", [(3.5,), (3.0,), (True,), np.array([2.7])])
+def test_hidden_layer_sizes_must_be_integers(sizes):
+    X, y = _data("multiclass")
+    with pytest.raises(TypeError):
+        SkMLPClassifier(hidden_layer_sizes=sizes, max_iter=1).fit(X, y)
+    with pytest.raises(TypeError, match="hidden_layer_sizes must hold integers"):
+        MLPClassifier(hidden_layer_sizes=sizes, max_iter=1).fit(X, y)
+
+
+def test_losses_are_numpy_floats_as_scikit_learns():
+    (sk, fb), X = _fit_both("multiclass", hidden_layer_sizes=(5,), max_iter=3, random_state=0)
+    for name in ("loss_", "best_loss_"):
+        assert type(getattr(fb, name)) is type(getattr(sk, name)) is np.float64
+    assert all(type(v) is np.float64 for v in fb.loss_curve_)
