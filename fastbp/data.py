@@ -168,9 +168,11 @@ def check_y(y, n_samples, loss, n_outputs, dtype, name="y"):
     return no_labels, targets
 
 
-def check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
+def check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight",
+                        negative=False):
     """None -> an empty array (unweighted); otherwise (N,) finite weights >= 0 of `dtype`
-    with a positive sum."""
+    with a positive sum; with `negative` (scikit-learn's estimators), any finite weights not
+    all zero (a batch's loss is then sum(w l) / sum(w), as np.average's)."""
     if sample_weight is None:
         return np.empty(0, dtype=dtype)
     arr = _as_numeric(sample_weight, name)
@@ -178,6 +180,12 @@ def check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
         raise ValueError(f"{name} must be a 1-D array of {n_samples} weights (one per sample); "
                          f"got shape {arr.shape}")
     w = np.ascontiguousarray(arr, dtype=dtype)
+    if negative:
+        if not np.isfinite(w).all():
+            raise ValueError(f"{name} must hold finite weights")
+        if not w.any():
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return w
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"{name} must hold finite weights >= 0")
     if not w.sum() > 0:

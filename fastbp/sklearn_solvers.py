@@ -153,7 +153,8 @@ class StochasticSolver:
                               "is going to be clipped")
             batch = int(np.clip(est.batch_size, 1, n))
         engine.set_batch_size(batch)
-        rows = t.check_data(X, est._kernel_targets(Y), sample_weight)
+        rows = t.check_data(X, est._kernel_targets(Y), sample_weight,
+                        negative_weights=True)
         starts, lens = batch_slices(n, batch)
         L = engine.network.layout.n_layers
         # step records (cpu.train_epoch): each step's loss sum, and the weights' sum of
@@ -301,7 +302,8 @@ def fit_lbfgs(est, X, Y, sample_weight):
     """scikit-learn's `_fit_lbfgs`: SciPy's L-BFGS-B on the full-batch loss and gradient in
     scikit-learn's units, one compiled pass per evaluation."""
     t = est._trainer
-    rows = t.check_data(X, est._kernel_targets(Y), sample_weight)
+    rows = t.check_data(X, est._kernel_targets(Y), sample_weight,
+                        negative_weights=True)
     n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
     offset = 0.0
     if est._loss == "poisson":

@@ -290,17 +290,22 @@ class Trainer:
 
     # --------------------------------------------------------------- helpers
 
-    def check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight")):
+    def check_data(self, X, y, sample_weight=None, names=("X", "y", "sample_weight"), *,
+                   negative_weights=False):
         """(X, y, sample_weight) checked as `fit` checks them (ValueError/TypeError naming
         the argument) and converted once to the `Rows` the engine takes (X C-contiguous in
-        the model's dtype, or CSR for scipy sparse X; labels or targets, row weights)."""
-        return self._rows(self._check_X(X, names[0]), y, sample_weight, names)
+        the model's dtype, or CSR for scipy sparse X; labels or targets, row weights).
+        `negative_weights`: accept negative weights, as scikit-learn's estimators do."""
+        return self._rows(self._check_X(X, names[0]), y, sample_weight, names,
+                          negative_weights)
 
-    def _rows(self, Xc, y, sample_weight, names=("X", "y", "sample_weight")):
+    def _rows(self, Xc, y, sample_weight, names=("X", "y", "sample_weight"),
+              negative_weights=False):
         """check_data for an X already checked (_check_X)."""
         labels, targets = check_y(y, Xc.shape[0], self._cfg["loss"], self._cfg["layers"][-1],
                                   self._dtype, names[1])
-        weights = check_sample_weight(sample_weight, Xc.shape[0], self._dtype, names[2])
+        weights = check_sample_weight(sample_weight, Xc.shape[0], self._dtype, names[2],
+                                      negative_weights)
         return make_rows(Xc, labels, targets, weights, self._dtype)
 
     def _check_X(self, X, name="X"):

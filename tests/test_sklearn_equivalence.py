@@ -588,3 +588,26 @@ def test_losses_are_numpy_floats_as_scikit_learns():
     for name in ("loss_", "best_loss_"):
         assert type(getattr(fb, name)) is type(getattr(sk, name)) is np.float64
     assert all(type(v) is np.float64 for v in fb.loss_curve_)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("weights", ["all negative", "some negative"])
+def test_negative_sample_weights_as_scikit_learn(solver, weights):
+    """scikit-learn's estimators take negative sample weights (a batch's loss is then
+    sum(w l) / sum(w), as np.average's); fastbp refused them, and its kernel gave a batch
+    of negative total weight no gradient. (The Trainer still refuses them.)"""
+    X, y = _data("multiclass")
+    w = -np.ones(150) if weights == "all negative" else np.r_[-np.ones(10), np.ones(140)]
+    kw = dict(solver=solver, max_iter=5, random_state=0, hidden_layer_sizes=(5,))
+    (sk, fb), X = _fit_both("multiclass", fit=lambda e: e.fit(X, y, sample_weight=w), **kw)
+    assert_same_model(sk, fb, X)
+    if solver != "lbfgs":
+        (sk, fb), X = _fit_both("multiclass", fit=lambda e: e.fit(X, y, sample_weight=w),
+                                early_stopping=True, **kw)
+        assert_same_model(sk, fb, X)
+    for est in (SkMLPClassifier(**kw), MLPClassifier(**kw)):
+        with pytest.raises(ValueError, match="at least one non-zero"):
+            est.fit(X, y, sample_weight=np.zeros(150))
+    from fastbp import Trainer
+    with pytest.raises(ValueError, match="sample_weight must hold finite weights >= 0"):
+        Trainer([4, 5, 3]).fit(X, y, sample_weight=w, epochs=1, progress=False)

@@ -198,11 +198,12 @@ def index(i):
 @jit
 def batch_weight_inverse(row_weight, idx):
     """1 / (sum of the weights of the rows idx), 0 for a batch of zero weight (it then
-    contributes no gradient)."""
+    contributes no gradient). A negative sum (the estimators take negative weights, as
+    scikit-learn's) gives a negative inverse: the batch's loss is sum(w l) / sum(w)."""
     total = row_weight.dtype.type(0)
     for i in range(idx.shape[0]):
         total += row_weight[idx[i]]
-    return row_weight.dtype.type(1) / total if total > 0 else row_weight.dtype.type(0)
+    return row_weight.dtype.type(1) / total if total != 0 else row_weight.dtype.type(0)
 
 
 @jit

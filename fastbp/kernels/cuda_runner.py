@@ -469,7 +469,7 @@ class CudaNetwork:
             return self.F(1) / counts
         totals = np.add.reduceat(data.weights[order], starts).astype(self.dtype)
         with np.errstate(divide="ignore"):
-            return np.where(totals > 0, self.F(1) / totals, self.F(0)).astype(self.dtype)
+            return np.where(totals != 0, self.F(1) / totals, self.F(0)).astype(self.dtype)
 
     def _adam_scalars(self, hyper, step, S):
         """Per step t = step + 1 ... step + S: Adam's step size and 1/sqrt(bc2) as
@@ -528,7 +528,7 @@ class CudaNetwork:
         row_correct = self.cuda.device_array(n, dtype=np.int64)
         if data.weighted:
             total = data.weights.sum(dtype=self.dtype)
-            inv_count = self.F(1) / total if total > 0 else self.F(0)
+            inv_count = self.F(1) / total if total != 0 else self.F(0)
         else:
             inv_count = self.F(1) / self.F(n)
         blocks = self._row_blocks(data)

@@ -237,6 +237,21 @@ def test_estimator_on_cuda_matches_cpu(solver):
         np.testing.assert_allclose(cuda.loss_curve_, cpu.loss_curve_, rtol=1e-9)
 
 
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_estimator_negative_sample_weights_on_cuda_match_cpu(solver):
+    """Negative sample weights (as scikit-learn takes them): a batch of negative total
+    weight has the negative inverse, on the GPU as on the CPU (it had none: no gradient)."""
+    X, y = make_data("cross_entropy", SIZES[0], SIZES[-1], n=N)
+    w = -np.ones(N)
+    w[: N // 4] = 0.5
+    kw = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=BATCH, max_iter=3,
+              random_state=0, dtype="float64", shuffle=False)
+    cpu = MLPClassifier(target="cpu", **kw).fit(X, y, sample_weight=w)
+    cuda = MLPClassifier(target="cuda", **kw).fit(X, y, sample_weight=w)
+    for a, b in zip(cuda.coefs_ + cuda.intercepts_, cpu.coefs_ + cpu.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_sparse_input_is_refused_as_cpu_only_for_now():
     """Sparse X trains on the CPU targets only: target='cuda' says so (a ValueError) before
     any work, in the Trainer and the estimators, with the model unchanged."""
