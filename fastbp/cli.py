@@ -232,7 +232,7 @@ def cmd_train(args):
         return train_streamed(args)
 
     if args.data is None:
-        X, y, test = digits()
+        (X, y), test = digits(), None
         source, meta = "digits (scikit-learn's copy)", {"feature_names": None}
         where = "digits"
     else:
@@ -251,7 +251,7 @@ def cmd_train(args):
         test_size = DEFAULT_TEST_SIZE if args.test_size is None else args.test_size
         X, y, test = _split(X, y, test_size, args.seed, args.loss == "cross_entropy")
     meta.update(_scaling(X, y, args.scale, args.loss))
-    if args.data is None:                              # digits' pixels are 0..16
+    if args.data is None and args.scale == "standard":  # digits' pixels are 0..16
         meta["scale"] = {"mean": [0.0] * X.shape[1], "std": [16.0] * X.shape[1]}
     y = _scale_targets(y, meta)
     if test is not None:
@@ -375,19 +375,28 @@ def cmd_evaluate(args):
     n_features = trainer.layers[0]
     names, position = meta.get("feature_names"), meta.get("label_position")
     if args.label is not None:
-        data = read_labelled(args.data, args.label, names)
+        feature = "column {!r} is one of the model's feature columns, not a label"
+        if names and args.label in names:       # before reading: the label may be text
+            raise UsageError(f"--label {args.label!r}: " + feature.format(args.label))
+        try:
+            data = read_labelled(args.data, args.label, names, n_features)
+        except DataFileError as e:
+            trained = meta.get("label")
+            if trained is None or str(trained) == str(args.label):
+                raise
+            raise CLIError(f"{one_line(e)} (the model's label column is {trained!r}: was "
+                           f"--label {args.label!r} meant to name it?)") from None
         if names and data.label in names:
-            raise UsageError(f"--label {args.label!r}: column {data.label!r} is one of the "
-                             "model's feature columns, not a label")
+            raise UsageError(f"--label {args.label!r}: " + feature.format(data.label))
     elif meta.get("label") is None and position is None:   # an .npz, or a model without notes
-        data = read_labelled(args.data, None, names)
+        data = read_labelled(args.data, None, names, n_features)
     else:
         label = meta["label"] if meta.get("label") is not None else position
         try:                                           # the training label: by name, else
-            data = read_labelled(args.data, label, names)
+            data = read_labelled(args.data, label, names, n_features)
         except LabelColumnError:                       # by position
             try:
-                data = read_labelled(args.data, position, names)
+                data = read_labelled(args.data, position, names, n_features)
             except LabelColumnError:
                 raise CLIError(f"{args.data} has no column {label!r} (the model's label "
                                "column); name it with --label") from None

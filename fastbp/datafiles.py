@@ -405,16 +405,22 @@ def _sparse_label_column(X, path, label):
     return X[:, keep].tocsr(), X[:, j].toarray().ravel(), j
 
 
-def read_labelled(path, label=None, feature_names=None):
+def read_labelled(path, label=None, feature_names=None, n_features=None):
     """Features and labels of a file: X, y (and X_test, y_test) of an .npz, or the columns
     of a table, the label being the --label column (name or position; None: the last).
     feature_names: take these columns as the features, by name, where the file's header has
     them all (a model's saved names); else every column but the label. A sparse file gives
-    a scipy CSR X: svmlight/libsvm with its labels, a save_npz matrix with its --label
-    column as the label."""
+    a scipy CSR X: svmlight/libsvm with its labels (no --label: refused; n_features, the
+    model's width: a file whose highest feature index is lower still gives X that width),
+    a save_npz matrix with its --label column as the label."""
     path = os.fspath(path)
     if _sparse_file(path):
-        X, y = _read_sparse(path)
+        svmlight = not path.lower().endswith(".npz")
+        if svmlight and label is not None:
+            raise LabelColumnError(f"--label {label!r}: {path} is an svmlight/libsvm file, "
+                                   "whose labels are the first field of each line; leave "
+                                   "--label out")
+        X, y = _read_sparse(path, n_features if svmlight else None)
         if y is not None:
             return Dataset(X, y)
         X, y, j = _sparse_label_column(X, path, label)
@@ -562,10 +568,7 @@ def numeric_targets(y, where, loss):
 
 
 def digits():
-    """scikit-learn's digits, split 80/20 (stratified, seed 0): X_train, y_train, test pair."""
+    """scikit-learn's digits: X (1797, 64) pixels 0..16, y (1797,) (`fastbp train` holds
+    out --test-size of it, 20% stratified with seed 0 by default)."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0,
-                                                        stratify=y)
-    return X_train, y_train, (X_test, y_test)
+    return load_digits(return_X_y=True)

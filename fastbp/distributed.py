@@ -114,6 +114,12 @@ def fit_incremental(model, X, y=None, *, epochs=1, classes=None, shuffle_blocks=
     if _is_dask(X):
         blocks = _blocks(X, y)
         total = sum(int(c) for c in X.chunks[0]) if hasattr(X, "chunks") else None
+    elif isinstance(X, np.ndarray) or sparse.issparse(X) or hasattr(X, "iloc"):
+        # iterable, but over rows or columns, not (X_chunk, y_chunk) pairs
+        raise TypeError(f"X must be a Dask array, a Dask DataFrame, an iterable of "
+                        f"(X_chunk, y_chunk) pairs, a callable returning one, or a Parquet "
+                        f"path; got {type(X).__module__}.{type(X).__name__}, which is in "
+                        f"memory: train it with model.fit(X, y), or pass [(X, y)]")
     elif callable(X) or hasattr(X, "__iter__"):
         blocks, total = None, None
     else:

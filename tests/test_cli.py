@@ -601,3 +601,52 @@ def test_train_evaluate_and_predict_on_sparse_files(tmp_path, capsys, monkeypatc
     (tmp_path / "bad.svm").write_text("1 3:x\n")
     code, out, err = run(["train", tmp_path / "bad.svm", "--out", tmp_path / "b.npz"], capsys)
     assert code == 1 and "bad.svm" in err
+    # the labels are in an svmlight file: --label was silently ignored
+    code, out, err = run(["train", tmp_path / "d.svm", "--label", "3", "--out",
+                          tmp_path / "b.npz"], capsys)
+    assert code == 1 and "--label '3': " in err and "leave --label out" in err
+    # a file whose highest feature index is lower than the model's width: predict took it,
+    # evaluate refused it
+    dump_svmlight_file(X[:, :9], y, str(tmp_path / "few.svm"))
+    model = tmp_path / "d.svm.model.npz"
+    for command in ("evaluate", "predict"):
+        code, out, err = run([command, model, tmp_path / "few.svm"], capsys)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("options,counts", [
+    ([], "1437 training samples, 360 test samples"),
+    (["--test-size", "0.5"], "898 training samples, 899 test samples"),
+    (["--test-size", "0"], "1797 training samples;"),
+])
+def test_the_main_job_holds_out_test_size_of_digits(options, counts, tmp_path, capsys):
+    """`fastbp train` with no data took its fixed 80/20 split whatever --test-size said."""
+    code, out, _ = run(["train", "--epochs", "1", "--out", tmp_path / "m.npz",
+                        "--no-progress", *options], capsys)
+    assert code == 0 and counts in out
+    assert ("test accuracy" in out) == (options != ["--test-size", "0"])
+
+
+def test_the_main_job_with_scale_none_keeps_the_raw_pixels(tmp_path, capsys):
+    """`--scale none` on digits still divided the pixels by 16."""
+    for scale, std in (("standard", 16.0), ("none", 1.0)):
+        code, _, _ = run(["train", "--epochs", "1", "--scale", scale, "--out",
+                          tmp_path / "m.npz", "--no-progress"], capsys)
+        assert code == 0
+        assert Trainer.load(tmp_path / "m.npz").metadata["scale"]["std"] == [std] * 64
+
+
+def test_evaluate_with_a_label_that_is_not_the_models(tmp_path, capsys):
+    """A feature column given as --label, in a file whose label column is text: refused as a
+    feature (it failed on the text column instead), and a position that is not the label
+    says which column the model's label is."""
+    frame = classes_frame()
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    model = tmp_path / "m.npz"
+    assert run(["train", tmp_path / "d.csv", "--label", "kind", "--epochs", "1", "--out",
+                model, "--no-progress"], capsys)[0] == 0
+    code, _, err = run(["evaluate", model, tmp_path / "d.csv", "--label", "f1"], capsys)
+    assert code == 2 and "column 'f1' is one of the model's feature columns" in err
+    code, _, err = run(["evaluate", model, tmp_path / "d.csv", "--label", "1"], capsys)
+    assert code == 1 and "the model's label column is 'kind'" in err
+    assert run(["evaluate", model, tmp_path / "d.csv", "--label", "kind"], capsys)[0] == 0

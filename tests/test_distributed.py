@@ -72,6 +72,17 @@ def test_fit_incremental_with_estimators_chunks_and_dataframes(digits):
     assert t.evaluate(X_te, y_te)["accuracy"] > 0.9
     with pytest.raises(TypeError, match="one-shot iterator"):
         fit_incremental(Trainer([64, 32, 10]), iter(chunks), epochs=2)
+    # in-memory X is iterable over rows (or columns), not (X, y) pairs: it was unpacked as
+    # pairs ("too many values to unpack")
+    from scipy import sparse
+    pd = pytest.importorskip("pandas")
+    fresh = Trainer([64, 32, 10], seed=0)
+    before = fresh.params.copy()
+    for data in (X, sparse.csr_matrix(X), pd.DataFrame(X)):
+        with pytest.raises(TypeError, match=r"X must be a Dask array.*got .*in memory: train "
+                                            r"it with model.fit\(X, y\)"):
+            fit_incremental(fresh, data, y)
+    np.testing.assert_array_equal(fresh.params, before)
     dd = pytest.importorskip("dask.dataframe")
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame(X, columns=[f"p{i}" for i in range(64)]).assign(label=y)
