@@ -194,8 +194,11 @@ NAMES = {"constant": Schedule, "step": _Step, "exponential": _Exponential, "cosi
 
 
 def _positive_int(name, value):
+    """A schedule's count parameter: a string or float is a TypeError (as a real-number
+    parameter's), an integer below 1 a ValueError."""
     if not _config._is_int(value) or value < 1:
-        raise ValueError(f"lr_schedule: {name}={value!r} must be an integer >= 1")
+        exc = ValueError if _config._is_int(value) else TypeError
+        raise exc(f"lr_schedule: {name}={value!r} must be an integer >= 1")
     return int(value)
 
 

@@ -448,6 +448,18 @@ def test_cosine_without_t_max_is_a_one_line_error_naming_it():
     assert t.step == 0 and t.history == {}
 
 
+@pytest.mark.parametrize("spec,exc", [
+    (("cosine", {"t_max": "5"}), TypeError), (("step", {"step_size": "2"}), TypeError),
+    (("step", {"step_size": 2.0}), TypeError), (("exponential", {"gamma": "0.9"}), TypeError),
+    (("cosine", {"t_max": 0}), ValueError), (("step", {"step_size": -1}), ValueError)])
+def test_a_schedule_parameter_of_the_wrong_type_is_a_type_error(spec, exc):
+    """A string for a count (t_max, step_size) was a ValueError, a string for a real number
+    a TypeError; the README promises a TypeError for the wrong type."""
+    name = next(iter(spec[1]))
+    with pytest.raises(exc, match=f"lr_schedule: {name}="):
+        make_schedule(spec, 0.1)
+
+
 def test_a_cosine_schedule_past_its_t_max_warns_instead_of_training_at_lr_0():
     """Issue 14: on a Trainer with earlier epochs, cosine with t_max <= those epochs ran
     every epoch at lr 0, silently. Epochs still count over the whole history (a resumed
