@@ -50,6 +50,11 @@ def read_sparse(path, n_features=None):
             from sklearn.datasets import load_svmlight_file
             X, y = load_svmlight_file(name, n_features=n_features)
     except (ValueError, OSError, KeyError, zipfile.BadZipFile, NotImplementedError) as e:
+        if name.lower().endswith(".npz") and type(e) in (ValueError, KeyError):
+            # NumPy's own words (allow_pickle, missing keys) would mislead here
+            raise ValueError(f"{name}: not a sparse matrix written by scipy.sparse.save_npz "
+                             "(a dense table's .npz holds arrays 'X' and 'y': read it as "
+                             "one)") from None
         raise ValueError(f"{name}: not a readable sparse data file ({e})") from None
     if n_features is not None and X.shape[1] != n_features:
         if X.shape[1] > n_features:

@@ -390,3 +390,8 @@ def test_sparse_files_are_read_without_densifying(tmp_path):
     (tmp_path / "damaged.npz").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged.npz: not a readable sparse data file"):
         read_sparse(tmp_path / "damaged.npz")
+    # a dense table's .npz: NumPy's words (allow_pickle=...) said nothing useful
+    np.savez(tmp_path / "table.npz", X=np.zeros((2, 2)), y=np.array(["a", "b"], dtype=object))
+    with pytest.raises(ValueError, match=r"table.npz: not a sparse matrix written by "
+                                         r"scipy.sparse.save_npz \(a dense table"):
+        read_sparse(tmp_path / "table.npz")
