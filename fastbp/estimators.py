@@ -26,11 +26,11 @@ from sklearn.utils.multiclass import (_check_partial_fit_first_call, type_of_tar
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from . import config as _config
 from .data import check_sparse_X, check_X
 from .engine import SPARSE_CPU_ONLY
 from .sklearn_solvers import (NON_FINITE, StochasticSolver, fit_lbfgs, initial_params,
                               loss_scales)
-from . import config as _config
 from .trainer import Trainer
 
 # scikit-learn's MLP takes these (others are converted to the first); fastbp converts CSC

@@ -83,13 +83,13 @@ def batch_slices(n, batch_size):
 
 
 def refuse_weightless_batch(sample_weight, order, starts):
-    """scikit-learn's ZeroDivisionError for a batch whose rows all weigh 0 (its weighted
+    """scikit-learn's ZeroDivisionError for a batch whose weights sum to 0 (its weighted
     mean loss is 0/0), raised before the epoch that would meet it rather than in it."""
     totals = np.add.reduceat(sample_weight[order], starts)
     if not totals.all():
         i = int(np.flatnonzero(totals == 0)[0])
-        raise ZeroDivisionError(f"Weights sum to zero, can't be normalized: the rows of batch "
-                                f"{i} (of {starts.shape[0]}) all have sample_weight 0")
+        raise ZeroDivisionError(f"Weights sum to zero, can't be normalized: the sample_weight "
+                                f"of the rows of batch {i} (of {starts.shape[0]}) sums to 0")
 
 
 class StochasticSolver:
