@@ -168,7 +168,12 @@ def _trainer(**kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)      # the emulation's, on other CPUs
         return Trainer(LAYERS, optimizer="sgd", lr=0.1, batch_size=128, seed=0,
-                       n_threads=min(2, numba.config.NUMBA_NUM_THREADS), **kw)
+                       n_threads=_threads(kw.get("target", "cpu")), **kw)
+
+
+def _threads(target):
+    """Two threads at most for 'parallel'; none to give for 'cpu' (one thread)."""
+    return min(2, numba.config.NUMBA_NUM_THREADS) if target == "parallel" else None
 
 
 @pytest.mark.parametrize("target", ["cpu", "parallel"])
@@ -228,7 +233,7 @@ def test_the_epochs_bf16_copies_of_w_hold_the_updated_weights(monkeypatch, targe
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         t = Trainer(ODD, optimizer=optimizer, lr=0.05, batch_size=128, seed=0, target=target,
-                    n_threads=min(2, numba.config.NUMBA_NUM_THREADS), clip_norm=clip,
+                    n_threads=_threads(target), clip_norm=clip,
                     precision="bf16")
     t.fit(X, y, epochs=2, progress=False)
     ws = runners[-1].ws
@@ -278,7 +283,7 @@ def test_bf16_fits_from_the_copies_of_w_equal_those_that_round_w_in_every_produc
             warnings.simplefilter("ignore", UserWarning)
             t = Trainer(WIDE_IN, optimizer="sgd" if clip else "adam", lr=0.05 if clip else 1e-3,
                         batch_size=128, seed=0, target=target, clip_norm=clip,
-                        n_threads=min(2, numba.config.NUMBA_NUM_THREADS), precision="bf16")
+                        n_threads=_threads(target), precision="bf16")
         t.fit(X, y, epochs=2, progress=False)
         t.weights[1][:7] *= -2.0
         t.fit(X[:, ::-1].copy(), y, epochs=1, progress=False)
