@@ -166,12 +166,18 @@ def validate(layers, **kwargs):
     n_threads = kw["n_threads"]
     cfg["n_threads"] = None if n_threads is None else _int(
         "n_threads", n_threads, 1, "None (all cores) or an integer >= 1")
-    if cfg["n_threads"] is not None and cfg["n_threads"] > 1 and cfg["target"] != "parallel":
-        # target 'cpu' runs one thread and 'cuda' the GPU: more threads would be ignored
-        runs = "on the GPU" if cfg["target"] == "cuda" else "one thread"
-        _fail("n_threads", cfg["n_threads"], f"None or 1 with target={cfg['target']!r}, "
-              f"which runs {runs} (target='parallel' runs several threads)")
+    check_threads_for_target(cfg["n_threads"], cfg["target"])
     return cfg
+
+
+def check_threads_for_target(n_threads, target):
+    """More than one thread only where they are used: target 'cpu' runs one thread and
+    'cuda' the GPU, so n_threads > 1 with them would be silently ignored ('auto', the
+    estimators', picks by n_threads)."""
+    if n_threads is not None and n_threads > 1 and target in ("cpu", "cuda"):
+        runs = "on the GPU" if target == "cuda" else "one thread"
+        _fail("n_threads", n_threads, f"None or 1 with target={target!r}, which runs {runs} "
+              "(target='parallel' runs several threads)")
 
 
 def hidden_activations(cfg):

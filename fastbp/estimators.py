@@ -183,7 +183,7 @@ class _BaseMLP(BaseEstimator):
         self._best_params = params.copy()
         # dropout has no scikit-learn counterpart: its masks' seed is drawn only when used
         self._dropout_seed = (int(random_state.randint(np.iinfo(np.int32).max))
-                              if np.any(np.asarray(self.dropout, dtype=float) > 0) else 0)
+                              if np.any(np.asarray(self._dropout(), dtype=float) > 0) else 0)
         if self.solver in ("sgd", "adam"):
             self.loss_curve_ = []
             self._no_improvement_count = 0
@@ -196,21 +196,25 @@ class _BaseMLP(BaseEstimator):
                 self.validation_scores_ = None
                 self.best_validation_score_ = None
 
+    def _dropout(self):
+        """`dropout` as the Trainer takes it: one rate, or a list of one per hidden layer."""
+        return self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
+
     def _new_trainer(self, layer_units, loss, dtype, target, solver, momentum):
         """A Trainer for these sizes with the estimator's activation, dropout and
         sparse_update, and the buffers of `solver`'s optimizer: a momentum buffer for SGD
         with momentum, m and v for Adam, none for L-BFGS (the optimizer's numbers come from
         sklearn_solvers' Hyper at every epoch)."""
         sgd = solver == "sgd"
-        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
         return Trainer(
             layer_units, activation=self.activation, loss=loss,
             optimizer="adam" if solver == "adam" else "sgd", lr=self.learning_rate_init,
             batch_size=200, epochs=1, momentum=min(momentum, 1 - 1e-12) if sgd else 0.0,
             nesterov=bool(sgd and self.nesterovs_momentum and momentum > 0),
             betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-            weight_decay=self._scale * self.alpha, decay_per_weight=True, dropout=dropout,
-            sparse_update=self.sparse_update, shuffle=self.shuffle, target=target,
+            weight_decay=self._scale * self.alpha, decay_per_weight=True,
+            dropout=self._dropout(), sparse_update=self.sparse_update, shuffle=self.shuffle,
+            target=target,
             dtype=dtype, seed=0, n_threads=self.n_threads if target == "parallel" else None)
 
     def _sync_trainer(self, optimizer=None):
@@ -230,10 +234,7 @@ class _BaseMLP(BaseEstimator):
         wanted_opt = "adam" if solver == "adam" else "sgd"
         wanted_m = solver == "sgd" and momentum > 0
         target = cfg["target"] if self.target == "auto" else self.target
-        dropout = self.dropout if isinstance(self.dropout, Real) else list(self.dropout)
-        n_hidden = len(cfg["layers"]) - 2
-        dropout = [float(dropout)] * n_hidden if isinstance(dropout, Real) else \
-            [float(d) for d in dropout]
+        dropout = _config.hidden_dropout({"layers": cfg["layers"], "dropout": self._dropout()})
         if (cfg["activation"] == self.activation and cfg["optimizer"] == wanted_opt
                 and (cfg["momentum"] > 0) == wanted_m and cfg["target"] == target
                 and _config.hidden_dropout(cfg) == dropout
@@ -287,11 +288,7 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's `_fit`: validate, (re)initialise on a first pass from a fresh
         check_random_state(random_state), run the solver, refuse non-finite weights."""
         hidden = self._hidden()
-        if self.n_threads is not None and self.n_threads > 1 and self.target in ("cpu", "cuda"):
-            runs = "on the GPU" if self.target == "cuda" else "one thread"
-            raise ValueError(f"n_threads={self.n_threads} is not allowed with target="
-                             f"{self.target!r}, which runs {runs}: use target='parallel' or "
-                             "'auto' for more threads, or n_threads=None")
+        _config.check_threads_for_target(self.n_threads, self.target)   # before any work
         first_pass = not hasattr(self, "_trainer") or (not self.warm_start and not incremental)
         X, y, Y, class_weights = self._validate_input(X, y, incremental, reset=first_pass)
         if sparse.issparse(X) and resolve_target(self.target, self.n_threads) == "cuda":

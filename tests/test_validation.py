@@ -169,7 +169,9 @@ def test_one_thread_is_accepted_with_the_single_threaded_targets():
 
 def test_a_parallel_model_with_its_threads_loads_for_target_cpu(tmp_path):
     rng = np.random.default_rng(0)
-    t = Trainer([4, 3, 2], target="parallel", n_threads=2, seed=0)
+    import numba
+    t = Trainer([4, 3, 2], target="parallel", n_threads=min(2, numba.config.NUMBA_NUM_THREADS),
+                seed=0)
     t.fit(rng.normal(size=(16, 4)), rng.integers(0, 2, 16), epochs=1, progress=False)
     t.save(tmp_path / "m.npz")
     u = Trainer.load(tmp_path / "m.npz", target="cpu")
